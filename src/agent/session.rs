@@ -1,0 +1,276 @@
+//! One control connection: connect, handshake, then frame mode until it ends.
+
+use std::io::{self, BufReader, Write};
+use std::net::{Shutdown as How, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+
+use crate::agent::channels::{Channels, Totals};
+use crate::agent::shutdown::Shutdown;
+use crate::config::Config;
+use crate::frame::{
+    close_frame, printable_type, Frame, FrameError, FrameReader, DEFAULT_MAX_FRAME,
+};
+use crate::handshake::{handshake_line, read_reply, FailureClass, Reply, ReplyError};
+use crate::writer;
+
+/// How long a TCP connect to the proxy may take.
+pub const PROXY_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read buffer of the control connection.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Why a control connection could not be made or did not last.
+#[derive(Debug)]
+pub enum SessionError {
+    /// The proxy host name did not resolve.
+    Resolve {
+        /// `host:port` as configured.
+        proxy: String,
+        /// Resolver error.
+        err: io::Error,
+    },
+    /// No address of the proxy accepted the connection.
+    Connect {
+        /// The address tried last.
+        addr: SocketAddr,
+        /// The error.
+        err: io::Error,
+    },
+    /// Sending the handshake failed.
+    SendHandshake(io::Error),
+    /// The reply to the handshake was a refusal or not understood.
+    Reply(ReplyError),
+    /// The frame stream broke (protocol error or truncated frame).
+    Frame(FrameError),
+    /// The proxy closed the control connection between frames.
+    ClosedByProxy,
+    /// Writing to the proxy failed.
+    Write(io::Error),
+}
+
+impl SessionError {
+    /// Whether the proxy refused the device (long backoff) or it was transient.
+    pub fn class(&self) -> FailureClass {
+        match self {
+            SessionError::Reply(e) => e.class(),
+            _ => FailureClass::Transient,
+        }
+    }
+
+    /// The message for the log: what happened, likely cause, what to check.
+    pub fn describe(&self, cfg: &Config) -> String {
+        let proxy = cfg.proxy_addr();
+        match self {
+            SessionError::Resolve { proxy, err } => format!(
+                "cannot resolve the proxy host of {proxy}: {err}; check the tunnel_host setting \
+                 and the device's DNS (/etc/resolv.conf)"
+            ),
+            SessionError::Connect { addr, err } => match err.kind() {
+                io::ErrorKind::ConnectionRefused => format!(
+                    "the proxy {proxy} ({addr}) refused the TCP connection: the proxy is down or \
+                     tunnel_port is wrong"
+                ),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => format!(
+                    "no answer from the proxy {proxy} ({addr}) within {} s: a firewall drops the \
+                     traffic or the network is down",
+                    PROXY_CONNECT_TIMEOUT.as_secs()
+                ),
+                _ => format!("cannot connect to the proxy {proxy} ({addr}): {err}"),
+            },
+            SessionError::SendHandshake(e) => {
+                format!("sending the handshake to {proxy} failed: {e}")
+            }
+            SessionError::Reply(e) => e.diagnosis(&cfg.device_key.value, &proxy),
+            SessionError::Frame(e) => format!("{e}; reconnecting to {proxy}"),
+            SessionError::ClosedByProxy => {
+                format!("the proxy {proxy} closed the control connection")
+            }
+            SessionError::Write(e) => format!("writing to the proxy {proxy} failed: {e}"),
+        }
+    }
+}
+
+/// How a session went.
+pub struct SessionOutcome {
+    /// How long the connection was in frame mode (zero if it never got there).
+    pub uptime: Duration,
+    /// `Ok` when it ended because a stop was requested.
+    pub result: Result<(), SessionError>,
+}
+
+fn connect(cfg: &Config) -> Result<TcpStream, SessionError> {
+    let proxy = cfg.proxy_addr();
+    let addrs: Vec<SocketAddr> = (cfg.host.value.as_str(), cfg.port.value)
+        .to_socket_addrs()
+        .map_err(|err| SessionError::Resolve {
+            proxy: proxy.clone(),
+            err,
+        })?
+        .collect();
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, PROXY_CONNECT_TIMEOUT) {
+            Ok(s) => return Ok(s),
+            Err(err) => {
+                debug!("connect to {addr} failed: {err}");
+                last = Some(SessionError::Connect { addr, err });
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| SessionError::Resolve {
+        proxy,
+        err: io::Error::new(io::ErrorKind::NotFound, "the name has no address"),
+    }))
+}
+
+/// Runs one control connection to its end.
+pub fn run(cfg: &Config, shutdown: &Shutdown, totals: &Arc<Totals>) -> SessionOutcome {
+    let failed = |e| SessionOutcome {
+        uptime: Duration::ZERO,
+        result: Err(e),
+    };
+    let sock = match connect(cfg) {
+        Ok(s) => s,
+        Err(e) => return failed(e),
+    };
+    shutdown.register(sock.try_clone().ok());
+    let outcome = handshake_then_frames(cfg, sock, shutdown, totals);
+    shutdown.register(None);
+    outcome
+}
+
+fn handshake_then_frames(
+    cfg: &Config,
+    sock: TcpStream,
+    shutdown: &Shutdown,
+    totals: &Arc<Totals>,
+) -> SessionOutcome {
+    let failed = |e| SessionOutcome {
+        uptime: Duration::ZERO,
+        result: Err(e),
+    };
+    let proxy = cfg.proxy_addr();
+    let peer = sock
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| proxy.clone());
+    let _ = sock.set_nodelay(true);
+    info!(
+        "connected to proxy {proxy} ({peer}); sending handshake for device {}",
+        cfg.device_key.value
+    );
+    let line = handshake_line(cfg.token.value.expose(), &cfg.device_key.value);
+    if let Err(e) = (&sock).write_all(line.as_bytes()) {
+        return failed(SessionError::SendHandshake(e));
+    }
+    let reader_sock = match sock.try_clone() {
+        Ok(s) => s,
+        Err(e) => return failed(SessionError::SendHandshake(e)),
+    };
+    let _ = reader_sock.set_read_timeout(Some(cfg.handshake_timeout));
+    let mut reader = BufReader::with_capacity(READ_BUFFER, reader_sock);
+    let started = Instant::now();
+    match read_reply(&mut reader) {
+        Ok(Reply::Accepted { device_key }) => {
+            if let Some(k) = device_key.filter(|k| !k.eq_ignore_ascii_case(&cfg.device_key.value)) {
+                warn!(
+                    "the proxy authenticated us as device {k}, not {}",
+                    cfg.device_key.value
+                );
+            }
+            info!(
+                "authenticated by proxy {proxy} as device {} in {} ms; tunnel ready",
+                cfg.device_key.value,
+                started.elapsed().as_millis()
+            );
+        }
+        Ok(Reply::NoReply) => warn!(
+            "no reply to the handshake from {proxy} within {:.1} s and the connection is still \
+             open: assuming an older proxy that does not answer; entering frame mode",
+            cfg.handshake_timeout.as_secs_f64()
+        ),
+        Ok(Reply::FramesStarted { first }) => info!(
+            "proxy {proxy} sent no reply line and began with a frame ({}): older proxy; \
+             entering frame mode",
+            printable_type(first)
+        ),
+        Err(e) => return failed(SessionError::Reply(e)),
+    }
+    let _ = reader.get_ref().set_read_timeout(None);
+    frames(cfg, sock, reader, shutdown, totals)
+}
+
+fn frames(
+    cfg: &Config,
+    sock: TcpStream,
+    reader: BufReader<TcpStream>,
+    shutdown: &Shutdown,
+    totals: &Arc<Totals>,
+) -> SessionOutcome {
+    let since = Instant::now();
+    let write_sock = match sock.try_clone() {
+        Ok(s) => s,
+        Err(e) => {
+            return SessionOutcome {
+                uptime: Duration::ZERO,
+                result: Err(SessionError::Write(e)),
+            }
+        }
+    };
+    let (tx, writer) = match writer::spawn(write_sock, "frame-writer") {
+        Ok(w) => w,
+        Err(e) => {
+            return SessionOutcome {
+                uptime: Duration::ZERO,
+                result: Err(SessionError::Write(e)),
+            }
+        }
+    };
+    let channels = Channels::new(tx.clone(), cfg.connect_timeout, totals.clone());
+    let mut frames = FrameReader::new(reader, DEFAULT_MAX_FRAME);
+    let end = loop {
+        let frame = match frames.next_frame() {
+            Ok(Some(f)) => f,
+            Ok(None) => break Err(SessionError::ClosedByProxy),
+            Err(e) => break Err(SessionError::Frame(e)),
+        };
+        match frame {
+            Frame::Open { stream, port } => channels.open(stream, port),
+            Frame::Data { stream, payload } => channels.deliver(stream, payload),
+            Frame::Close { stream } => channels.close_from_proxy(stream),
+            Frame::BadOpen { stream, len } => {
+                warn!("proxy sent an open request for stream {stream} with a {len}-byte payload (2 expected); refusing it");
+                let _ = tx.send(close_frame(stream));
+            }
+            Frame::Unknown { kind, stream, len } => warn!(
+                "ignoring a frame of unknown type {} (stream {stream}, {len} bytes skipped)",
+                printable_type(kind)
+            ),
+        }
+    };
+    let uptime = since.elapsed();
+    let stopping = shutdown.requested();
+    if stopping {
+        // Tell the proxy about every open stream, then finish; never wait long on a stuck proxy.
+        let _ = sock.set_write_timeout(Some(Duration::from_millis(500)));
+        let n = channels.len();
+        channels.close_all(true, "agent stopping");
+        debug!("sent close for {n} open channels");
+    } else {
+        let _ = sock.shutdown(How::Both);
+        channels.close_all(false, "control connection lost");
+    }
+    tx.finish();
+    drop(tx);
+    drop(channels);
+    let written = writer.join();
+    let _ = sock.shutdown(How::Both);
+    let result = match (stopping, end, written) {
+        (true, _, _) => Ok(()),
+        (false, Err(SessionError::ClosedByProxy), Ok(Err(e))) => Err(SessionError::Write(e)),
+        (false, end, _) => end,
+    };
+    SessionOutcome { uptime, result }
+}

@@ -1,0 +1,457 @@
+//! Handshake of the control connection (PROTOCOL.md section 2): the line the agent sends and
+//! the classification of whatever the proxy does in reply.
+//!
+//! Pure code over `BufRead`; the caller sets the socket's read timeout so that "no byte for a
+//! while" shows up here as a timeout error.
+
+use std::io::{self, BufRead};
+
+use serde_json::Value;
+
+use crate::printable::printable;
+
+/// Longest reply line accepted, without its newline.
+pub const MAX_REPLY_LINE: usize = 4096;
+/// How many raw reply bytes diagnoses quote.
+const QUOTE: usize = 64;
+
+/// The handshake line, exactly as the deployed Python agent writes it:
+/// `{"token": "41e291", "name": "3316A52EB08837267BF6BD3E2B2E8DC7"}` and a newline.
+pub fn handshake_line(token: &str, device_key: &str) -> String {
+    format!(
+        "{{\"token\": {}, \"name\": {}}}\n",
+        Value::from(token),
+        Value::from(device_key)
+    )
+}
+
+/// A reply that lets the agent go on to frame mode.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// `{"status":"authenticated",...}`. `device_key` is what the proxy echoed, if anything.
+    Accepted {
+        /// The device key the proxy says it authenticated.
+        device_key: Option<String>,
+    },
+    /// Nothing arrived before the timeout and the connection is still open: an older proxy
+    /// that answers nothing and sends frames when a tunnel opens.
+    NoReply,
+    /// The first byte was `N`, `D` or `C`: an older proxy with no reply line. The byte is still
+    /// unread in the reader and begins the first frame.
+    FramesStarted {
+        /// The first byte, left in the reader.
+        first: u8,
+    },
+}
+
+/// A reply that means the agent cannot go on with this connection.
+#[derive(Debug)]
+pub enum ReplyError {
+    /// The proxy refused the device and said why (`status: error` or an `error` member).
+    Refused {
+        /// The server's reason, as sent (`message`, `reason`, or the `error` code).
+        reason: String,
+        /// The `error` code of form B, when present.
+        code: Option<String>,
+    },
+    /// The connection closed with zero bytes received: a refusal without a reason.
+    ClosedWithoutReply,
+    /// The first byte was a TLS record type: the port speaks TLS, the agent does not.
+    TlsOnPlainAgent {
+        /// The first bytes received.
+        raw: Vec<u8>,
+    },
+    /// Text that is not JSON: wrong port or wrong service (`http` when it starts with `HTTP/`).
+    NotMeetingProxy {
+        /// The first bytes received.
+        raw: Vec<u8>,
+        /// The reply starts with `HTTP/`.
+        http: bool,
+    },
+    /// A reply line over [`MAX_REPLY_LINE`] bytes.
+    LineTooLong {
+        /// The first bytes received.
+        raw: Vec<u8>,
+    },
+    /// Valid JSON that is not an object.
+    NotAnObject {
+        /// The first bytes received.
+        raw: Vec<u8>,
+    },
+    /// A JSON object that is neither an acceptance nor a refusal.
+    UnexpectedObject {
+        /// The first bytes received.
+        raw: Vec<u8>,
+    },
+    /// A socket error before the reply could be read.
+    Io(io::Error),
+}
+
+/// How the agent should back off after a failed connection attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// The proxy refused this device (with or without a reason): wait long.
+    Refusal,
+    /// Network trouble or a protocol mismatch: the usual exponential backoff.
+    Transient,
+}
+
+impl ReplyError {
+    /// Whether this is a refusal (long backoff) or something transient.
+    pub fn class(&self) -> FailureClass {
+        match self {
+            ReplyError::Refused { .. } | ReplyError::ClosedWithoutReply => FailureClass::Refusal,
+            _ => FailureClass::Transient,
+        }
+    }
+
+    /// One paragraph for the operator: what happened, the likely cause, what to check.
+    /// Names the device key, never the token.
+    pub fn diagnosis(&self, device_key: &str, proxy: &str) -> String {
+        match self {
+            ReplyError::Refused { reason, code } => {
+                let code = code
+                    .as_deref()
+                    .map(|c| format!(" [{}]", printable(c.as_bytes(), QUOTE)))
+                    .unwrap_or_default();
+                format!(
+                    "the proxy {proxy} refused device {device_key}: \"{}\"{code}. Check that the \
+                     device key and token in the configuration match what the Meeting server has \
+                     for this device, and that the device is authorized for tunnels",
+                    printable(reason.as_bytes(), 512)
+                )
+            }
+            ReplyError::ClosedWithoutReply => format!(
+                "the proxy {proxy} closed the connection without answering the handshake \
+                 (0 bytes received): it refused device {device_key} without giving a reason. \
+                 Check: (1) the device key and the token in the configuration are the ones the \
+                 Meeting server has for this device; (2) the device exists and is registered in \
+                 the Meeting API the proxy consults; (3) the device is authorized for tunnels \
+                 (`authorized: true`); (4) if all of that holds, ask the Meeting team what their \
+                 proxy logged for device {device_key} at this time"
+            ),
+            ReplyError::TlsOnPlainAgent { raw } => format!(
+                "the proxy port {proxy} answered with TLS bytes ({}) but the agent connected \
+                 without TLS: enable TLS (`\"tunnel_ssl\": true` in the configuration or \
+                 MEETING_TUNNEL_TLS=1)",
+                printable(raw, 16)
+            ),
+            ReplyError::NotMeetingProxy { raw, http: true } => format!(
+                "{proxy} answered like a web server, not a Meeting proxy (reply begins \"{}\"): \
+                 wrong port or wrong host; the Meeting tunnel port is usually 9001",
+                printable(raw, QUOTE)
+            ),
+            ReplyError::NotMeetingProxy { raw, http: false } => format!(
+                "{proxy} is not speaking the Meeting protocol (reply begins \"{}\"): check the \
+                 tunnel host and port in the configuration",
+                printable(raw, QUOTE)
+            ),
+            ReplyError::LineTooLong { raw } => format!(
+                "protocol error: {proxy} sent a reply line longer than {MAX_REPLY_LINE} bytes \
+                 (begins \"{}\"); this is not a Meeting proxy or it is broken",
+                printable(raw, QUOTE)
+            ),
+            ReplyError::NotAnObject { raw } => format!(
+                "protocol error: {proxy} replied with JSON that is not an object (\"{}\"); \
+                 a Meeting proxy answers {{\"status\": ...}}",
+                printable(raw, QUOTE)
+            ),
+            ReplyError::UnexpectedObject { raw } => format!(
+                "protocol error: {proxy} replied with a JSON object that is neither an \
+                 acceptance nor a refusal (\"{}\")",
+                printable(raw, QUOTE)
+            ),
+            ReplyError::Io(e) => format!(
+                "reading the handshake reply from {proxy} failed: {e}; the network dropped the \
+                 connection"
+            ),
+        }
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// Reads and classifies the proxy's answer to the handshake.
+///
+/// On `Ok`, bytes after the reply line (or the first frame byte) stay in `r` for the frame
+/// reader.
+pub fn read_reply<R: BufRead>(r: &mut R) -> Result<Reply, ReplyError> {
+    let first = loop {
+        match r.fill_buf() {
+            Ok([]) => return Err(ReplyError::ClosedWithoutReply),
+            Ok(b) => break b[0],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) => return Ok(Reply::NoReply),
+            Err(e) if is_reset(&e) => return Err(ReplyError::ClosedWithoutReply),
+            Err(e) => return Err(ReplyError::Io(e)),
+        }
+    };
+    match first {
+        b'N' | b'D' | b'C' => return Ok(Reply::FramesStarted { first }),
+        0x15 | 0x16 => {
+            let raw = r.fill_buf().map(|b| b[..b.len().min(16)].to_vec());
+            return Err(ReplyError::TlsOnPlainAgent {
+                raw: raw.unwrap_or_else(|_| vec![first]),
+            });
+        }
+        _ => {}
+    }
+    let line = read_line(r)?;
+    classify_line(&line)
+}
+
+/// Reads up to a newline (consumed, not returned), the end of the stream or a timeout.
+fn read_line<R: BufRead>(r: &mut R) -> Result<Vec<u8>, ReplyError> {
+    let mut line = Vec::new();
+    loop {
+        let buf = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // A partial reply followed by silence or a close: classify what we have.
+            Err(e) if is_timeout(&e) || is_reset(&e) => return Ok(line),
+            Err(e) => return Err(ReplyError::Io(e)),
+        };
+        if buf.is_empty() {
+            return Ok(line);
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (buf.len(), false),
+        };
+        if line.len() + take > MAX_REPLY_LINE {
+            line.extend_from_slice(&buf[..QUOTE.min(take)]);
+            line.truncate(QUOTE);
+            return Err(ReplyError::LineTooLong { raw: line });
+        }
+        line.extend_from_slice(&buf[..take]);
+        r.consume(if done { take + 1 } else { take });
+        if done {
+            return Ok(line);
+        }
+    }
+}
+
+/// Classifies one reply line (without its newline).
+pub fn classify_line(line: &[u8]) -> Result<Reply, ReplyError> {
+    let raw = || line[..line.len().min(QUOTE)].to_vec();
+    let value: Value = match serde_json::from_slice(line.trim_ascii()) {
+        Ok(v) => v,
+        Err(_) => {
+            return Err(ReplyError::NotMeetingProxy {
+                raw: raw(),
+                http: line.starts_with(b"HTTP/"),
+            })
+        }
+    };
+    let Value::Object(map) = value else {
+        return Err(ReplyError::NotAnObject { raw: raw() });
+    };
+    let text = |k: &str| map.get(k).and_then(Value::as_str).map(str::to_owned);
+    let status = text("status");
+    if status.as_deref() == Some("authenticated") {
+        return Ok(Reply::Accepted {
+            device_key: text("device_key"),
+        });
+    }
+    if status.as_deref() == Some("error") || map.contains_key("error") {
+        let code = text("error");
+        let reason = text("message")
+            .or_else(|| text("reason"))
+            .or_else(|| code.clone())
+            .unwrap_or_else(|| "(the proxy gave no reason)".to_owned());
+        return Err(ReplyError::Refused { reason, code });
+    }
+    Err(ReplyError::UnexpectedObject { raw: raw() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufReader, Read};
+
+    const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
+
+    fn classify(bytes: &[u8]) -> Result<Reply, ReplyError> {
+        read_reply(&mut BufReader::new(bytes))
+    }
+
+    /// A reader that yields `data` and then fails with `kind`, like a socket with a read timeout.
+    struct ThenErr<'a>(&'a [u8], io::ErrorKind);
+    impl Read for ThenErr<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(io::Error::from(self.1));
+            }
+            let n = buf.len().min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn handshake_line_matches_the_python_agent_byte_for_byte() {
+        let line = handshake_line("41e291", KEY);
+        assert_eq!(
+            line,
+            "{\"token\": \"41e291\", \"name\": \"3316A52EB08837267BF6BD3E2B2E8DC7\"}\n"
+        );
+        assert_eq!(line.len(), 64);
+    }
+
+    #[test]
+    fn handshake_line_escapes_json() {
+        let line = handshake_line("a\"b", "k\\");
+        let v: Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(v["token"], "a\"b");
+        assert_eq!(v["name"], "k\\");
+    }
+
+    #[test]
+    fn accepted_keeps_following_frame_bytes() {
+        let mut r = BufReader::new(
+            &b"{\"status\":\"authenticated\",\"device_key\":\"K\"}\nN\0\0\0\x01"[..],
+        );
+        assert_eq!(
+            read_reply(&mut r).unwrap(),
+            Reply::Accepted {
+                device_key: Some("K".into())
+            }
+        );
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"N\0\0\0\x01");
+    }
+
+    #[test]
+    fn refusal_form_a_and_b() {
+        match classify(b"{\"status\":\"error\",\"message\":\"Invalid token\"}\n") {
+            Err(e @ ReplyError::Refused { .. }) => {
+                assert_eq!(e.class(), FailureClass::Refusal);
+                assert!(e.diagnosis(KEY, "p:1").contains("\"Invalid token\""));
+            }
+            other => panic!("{other:?}"),
+        }
+        match classify(b"{\"error\":\"auth_failed\",\"reason\":\"Device not authorized\"}\n") {
+            Err(ReplyError::Refused { reason, code }) => {
+                assert_eq!(reason, "Device not authorized");
+                assert_eq!(code.as_deref(), Some("auth_failed"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn zero_bytes_then_close_is_a_silent_refusal_naming_the_key() {
+        let e = classify(b"").unwrap_err();
+        assert!(matches!(e, ReplyError::ClosedWithoutReply));
+        assert_eq!(e.class(), FailureClass::Refusal);
+        let d = e.diagnosis(KEY, "meeting.example:9001");
+        assert!(d.contains("closed the connection without answering the handshake"));
+        assert!(d.contains(KEY));
+        let reset = read_reply(&mut BufReader::new(ThenErr(
+            b"",
+            io::ErrorKind::ConnectionReset,
+        )));
+        assert!(matches!(reset, Err(ReplyError::ClosedWithoutReply)));
+    }
+
+    #[test]
+    fn silence_is_no_reply_not_failure() {
+        let mut r = BufReader::new(ThenErr(b"", io::ErrorKind::WouldBlock));
+        assert_eq!(read_reply(&mut r).unwrap(), Reply::NoReply);
+    }
+
+    #[test]
+    fn frame_byte_first_is_kept() {
+        for b in [b'N', b'D', b'C'] {
+            let bytes = [b, 0, 0, 0, 1];
+            let mut r = BufReader::new(&bytes[..]);
+            assert_eq!(
+                read_reply(&mut r).unwrap(),
+                Reply::FramesStarted { first: b }
+            );
+            let mut rest = Vec::new();
+            r.read_to_end(&mut rest).unwrap();
+            assert_eq!(rest, bytes);
+        }
+    }
+
+    #[test]
+    fn tls_bytes_say_enable_tls() {
+        for b in [0x15u8, 0x16] {
+            let e = classify(&[b, 3, 1, 0, 2]).unwrap_err();
+            assert!(matches!(e, ReplyError::TlsOnPlainAgent { .. }));
+            assert!(e.diagnosis(KEY, "p").contains("enable TLS"));
+        }
+    }
+
+    #[test]
+    fn http_and_other_text_are_wrong_service_with_quoted_bytes() {
+        let e = classify(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").unwrap_err();
+        assert!(matches!(e, ReplyError::NotMeetingProxy { http: true, .. }));
+        assert!(e
+            .diagnosis(KEY, "p")
+            .contains("HTTP/1.1 400 Bad Request\\r"));
+        let e = classify(b"SSH-2.0-OpenSSH_9.2\r\n").unwrap_err();
+        assert!(matches!(e, ReplyError::NotMeetingProxy { http: false, .. }));
+        assert!(e.diagnosis(KEY, "p").contains("SSH-2.0-OpenSSH_9.2"));
+        let e = classify(b"\x01\x02garbage").unwrap_err();
+        assert!(e.diagnosis(KEY, "p").contains("\\x01\\x02garbage"));
+    }
+
+    #[test]
+    fn partial_text_then_silence_is_classified_on_what_arrived() {
+        let mut r = BufReader::new(ThenErr(b"220 smtp ready", io::ErrorKind::WouldBlock));
+        assert!(matches!(
+            read_reply(&mut r),
+            Err(ReplyError::NotMeetingProxy { http: false, .. })
+        ));
+    }
+
+    #[test]
+    fn overlong_line_and_non_object_are_protocol_errors() {
+        let long = vec![b'a'; MAX_REPLY_LINE + 1];
+        let e = classify(&long).unwrap_err();
+        assert!(matches!(e, ReplyError::LineTooLong { .. }));
+        assert_eq!(e.class(), FailureClass::Transient);
+        let mut exact = vec![b' '; MAX_REPLY_LINE - 2];
+        exact.extend_from_slice(b"{}\n");
+        assert!(matches!(
+            classify(&exact),
+            Err(ReplyError::UnexpectedObject { .. })
+        ));
+        assert!(matches!(
+            classify(b"[1,2]\n"),
+            Err(ReplyError::NotAnObject { .. })
+        ));
+        assert!(matches!(
+            classify(b"\"authenticated\"\n"),
+            Err(ReplyError::NotAnObject { .. })
+        ));
+    }
+
+    #[test]
+    fn accepts_crlf_and_missing_newline_before_close() {
+        assert!(matches!(
+            classify(b"{\"status\":\"authenticated\"}\r\n"),
+            Ok(Reply::Accepted { device_key: None })
+        ));
+        assert!(matches!(
+            classify(b"{\"status\":\"error\",\"message\":\"x\"}"),
+            Err(ReplyError::Refused { .. })
+        ));
+    }
+}

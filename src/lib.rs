@@ -1,0 +1,12 @@
+//! tunnel-agent: the device side of the Meeting reverse tunnel, and the protocol code its
+//! reference proxy shares.
+
+pub mod agent;
+pub mod backoff;
+pub mod config;
+pub mod frame;
+pub mod handshake;
+pub mod logging;
+pub mod printable;
+pub mod relay;
+pub mod writer;

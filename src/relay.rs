@@ -1,0 +1,47 @@
+//! Copying one TCP socket's bytes into `D` frames for the frame writer.
+
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::frame::{encode_header, TYPE_DATA};
+use crate::writer::FrameSender;
+
+/// Largest payload of the `D` frames we send: well under what any Meeting proxy reads at once.
+pub const MAX_DATA_PAYLOAD: usize = 32 * 1024;
+
+/// How a pump ended.
+#[derive(Debug)]
+pub enum PumpEnd {
+    /// The socket reached end of file.
+    Eof,
+    /// Reading the socket failed.
+    ReadError(io::Error),
+    /// The frame writer stopped (control connection gone or finishing).
+    WriterGone,
+}
+
+/// Reads `src` until it ends, sending its bytes as `D` frames for `stream`; `counter` counts
+/// payload bytes sent.
+pub fn pump_to_frames<R: Read>(
+    mut src: R,
+    stream: u32,
+    tx: &FrameSender,
+    counter: &AtomicU64,
+) -> PumpEnd {
+    let mut buf = vec![0u8; MAX_DATA_PAYLOAD];
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => return PumpEnd::Eof,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return PumpEnd::ReadError(e),
+        };
+        let mut frame = Vec::with_capacity(crate::frame::HEADER_LEN + n);
+        frame.extend_from_slice(&encode_header(TYPE_DATA, stream, n as u32));
+        frame.extend_from_slice(&buf[..n]);
+        if tx.send(frame).is_err() {
+            return PumpEnd::WriterGone;
+        }
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}

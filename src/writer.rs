@@ -1,0 +1,77 @@
+//! The frame-writer thread: the only code that writes to the control connection.
+//!
+//! Channel threads hand it encoded frames over a bounded queue, so a proxy that reads slowly
+//! blocks them (TCP backpressure) instead of growing a queue. Whatever is already queued is
+//! written together and flushed at once: keystrokes are never held back waiting for more.
+
+use std::io::{self, BufWriter, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::thread::{self, JoinHandle};
+
+/// Frames the queue holds at most; with 32 KiB data frames that is 2 MiB.
+pub const QUEUE_FRAMES: usize = 64;
+const BUFFER: usize = 64 * 1024;
+
+enum Msg {
+    Frame(Vec<u8>),
+    Finish,
+}
+
+/// A handle to queue frames for the writer; cheap to clone, one per channel thread.
+#[derive(Clone)]
+pub struct FrameSender(SyncSender<Msg>);
+
+/// The writer has stopped (the connection failed or was finished).
+#[derive(Debug)]
+pub struct WriterGone;
+
+impl FrameSender {
+    /// Queues one encoded frame, waiting while the queue is full.
+    pub fn send(&self, frame: Vec<u8>) -> Result<(), WriterGone> {
+        self.0.send(Msg::Frame(frame)).map_err(|_| WriterGone)
+    }
+
+    /// Asks the writer to write what is queued, flush and stop.
+    pub fn finish(&self) {
+        let _ = self.0.send(Msg::Finish);
+    }
+}
+
+/// Starts the writer thread on `stream`. On a write error it shuts the socket down, so the
+/// reading side notices at once; the thread's result says what failed.
+pub fn spawn(
+    stream: TcpStream,
+    name: &str,
+) -> io::Result<(FrameSender, JoinHandle<io::Result<()>>)> {
+    let (tx, rx) = mpsc::sync_channel(QUEUE_FRAMES);
+    let handle = thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let result = write_loop(&stream, &rx);
+            if result.is_err() {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+            result
+        })?;
+    Ok((FrameSender(tx), handle))
+}
+
+fn write_loop(stream: &TcpStream, rx: &Receiver<Msg>) -> io::Result<()> {
+    let mut out = BufWriter::with_capacity(BUFFER, stream);
+    while let Ok(msg) = rx.recv() {
+        let Msg::Frame(frame) = msg else {
+            return out.flush();
+        };
+        out.write_all(&frame)?;
+        // Coalesce only what is already waiting, then flush.
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                Msg::Frame(frame) => out.write_all(&frame)?,
+                Msg::Finish => return out.flush(),
+            }
+        }
+        out.flush()?;
+    }
+    out.flush()
+}

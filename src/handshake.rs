@@ -208,37 +208,50 @@ pub fn read_reply<R: BufRead>(r: &mut R) -> Result<Reply, ReplyError> {
         }
         _ => {}
     }
-    let line = read_line(r)?;
-    classify_line(&line)
+    match read_bounded_line(r, MAX_REPLY_LINE).map_err(ReplyError::Io)? {
+        BoundedLine::Line(line) | BoundedLine::Partial(line) => classify_line(&line),
+        BoundedLine::TooLong(raw) => Err(ReplyError::LineTooLong { raw }),
+    }
 }
 
-/// Reads up to a newline (consumed, not returned), the end of the stream or a timeout.
-fn read_line<R: BufRead>(r: &mut R) -> Result<Vec<u8>, ReplyError> {
+/// A line read with a length limit by [`read_bounded_line`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum BoundedLine {
+    /// A whole line; the newline was consumed and is not included.
+    Line(Vec<u8>),
+    /// The stream ended, timed out or was reset before a newline: what arrived.
+    Partial(Vec<u8>),
+    /// More than the limit arrived without a newline: the first bytes, for quoting.
+    TooLong(Vec<u8>),
+}
+
+/// Reads one line of at most `max` bytes (newline excluded). Bytes after the newline stay in
+/// `r`. A timeout or reset part-way is not an error: the bytes so far come back as `Partial`.
+pub fn read_bounded_line<R: BufRead>(r: &mut R, max: usize) -> io::Result<BoundedLine> {
     let mut line = Vec::new();
     loop {
         let buf = match r.fill_buf() {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // A partial reply followed by silence or a close: classify what we have.
-            Err(e) if is_timeout(&e) || is_reset(&e) => return Ok(line),
-            Err(e) => return Err(ReplyError::Io(e)),
+            Err(e) if is_timeout(&e) || is_reset(&e) => return Ok(BoundedLine::Partial(line)),
+            Err(e) => return Err(e),
         };
         if buf.is_empty() {
-            return Ok(line);
+            return Ok(BoundedLine::Partial(line));
         }
         let (take, done) = match buf.iter().position(|&b| b == b'\n') {
             Some(i) => (i, true),
             None => (buf.len(), false),
         };
-        if line.len() + take > MAX_REPLY_LINE {
+        if line.len() + take > max {
             line.extend_from_slice(&buf[..QUOTE.min(take)]);
             line.truncate(QUOTE);
-            return Err(ReplyError::LineTooLong { raw: line });
+            return Ok(BoundedLine::TooLong(line));
         }
         line.extend_from_slice(&buf[..take]);
         r.consume(if done { take + 1 } else { take });
         if done {
-            return Ok(line);
+            return Ok(BoundedLine::Line(line));
         }
     }
 }

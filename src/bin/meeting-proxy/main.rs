@@ -1,1 +1,90 @@
-fn main() {}
+//! `meeting-proxy`: the reference server side of the Meeting tunnel, for tests, demos and
+//! self-hosting.
+
+mod control;
+mod public;
+mod registry;
+mod settings;
+
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
+
+use log::{info, warn};
+
+use registry::Registry;
+use settings::Command;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (settings, verbosity) = match settings::parse(&args) {
+        Ok(Command::Serve(s, v)) => (s, v),
+        Ok(Command::Help) => {
+            println!("{}", settings::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("meeting-proxy {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("meeting-proxy: {e}\nRun 'meeting-proxy --help' for the options.");
+            return ExitCode::from(2);
+        }
+    };
+    tunnel_agent::logging::init(verbosity);
+    let registry = Arc::new(Registry::default());
+    let control = match TcpListener::bind(&settings.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("meeting-proxy: cannot listen on {}: {e}", settings.listen);
+            return ExitCode::from(1);
+        }
+    };
+    for tunnel in &settings.tunnels {
+        let listener = match TcpListener::bind(&tunnel.listen) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "meeting-proxy: cannot listen on {} for a tunnel: {e}",
+                    tunnel.listen
+                );
+                return ExitCode::from(1);
+            }
+        };
+        let mut tunnel = tunnel.clone();
+        if let Ok(addr) = listener.local_addr() {
+            tunnel.listen = addr.to_string();
+        }
+        info!(
+            "tunnel {} -> device {} port {}",
+            tunnel.listen, tunnel.device, tunnel.port
+        );
+        let r = registry.clone();
+        thread::spawn(move || public::serve(listener, tunnel, r));
+    }
+    match control.local_addr() {
+        Ok(a) => info!(
+            "listening for agents on {a} (reply mode {:?})",
+            settings.reply
+        ),
+        Err(e) => warn!("listening for agents (address unknown: {e})"),
+    }
+    let settings = Arc::new(settings);
+    for conn in control.incoming() {
+        match conn {
+            Ok(sock) => {
+                let (s, r) = (settings.clone(), registry.clone());
+                if let Err(e) = thread::Builder::new()
+                    .name("agent".into())
+                    .spawn(move || control::serve(sock, &s, &r))
+                {
+                    warn!("cannot start a thread for an agent connection: {e}");
+                }
+            }
+            Err(e) => warn!("accept failed: {e}"),
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,176 @@
+//! One agent's control connection: the handshake decision, then frames from the agent.
+
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::{debug, info, warn};
+use serde_json::{json, Value};
+
+use tunnel_agent::frame::{printable_type, Frame, FrameReader, DEFAULT_MAX_FRAME};
+use tunnel_agent::handshake::{read_bounded_line, BoundedLine, MAX_REPLY_LINE};
+use tunnel_agent::printable::printable;
+use tunnel_agent::writer;
+
+use crate::registry::{DeviceSession, Registry};
+use crate::settings::{ErrorForm, ReplyMode, Settings};
+
+/// How long an agent may take to send its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the handshake line says.
+struct Hello {
+    token: String,
+    name: String,
+}
+
+fn parse_hello(line: &[u8]) -> Result<Hello, String> {
+    let v: Value = serde_json::from_slice(line.trim_ascii())
+        .map_err(|e| format!("not JSON ({e}): \"{}\"", printable(line, 64)))?;
+    let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    match (field("token"), field("name")) {
+        (Some(token), Some(name)) => Ok(Hello { token, name }),
+        _ => Err("expected a JSON object with string members \"token\" and \"name\"".to_owned()),
+    }
+}
+
+fn refusal(form: ErrorForm, reason: &str) -> Value {
+    match form {
+        ErrorForm::Status => json!({"status": "error", "message": reason}),
+        ErrorForm::Error => json!({"error": "auth_failed", "reason": reason}),
+    }
+}
+
+fn send_line(mut sock: &TcpStream, v: &Value) {
+    let _ = sock.write_all(format!("{v}\n").as_bytes());
+}
+
+/// Serves one agent connection to its end.
+pub fn serve(sock: TcpStream, settings: &Settings, registry: &Registry) {
+    let peer = match sock.peer_addr() {
+        Ok(p) => p,
+        Err(_) => return,
+    };
+    let _ = sock.set_nodelay(true);
+    let _ = sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    let Ok(read_half) = sock.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+    let hello = match read_bounded_line(&mut reader, MAX_REPLY_LINE) {
+        Ok(BoundedLine::Line(l)) => parse_hello(&l),
+        Ok(BoundedLine::Partial(l)) if l.is_empty() => {
+            info!("agent {peer} sent no handshake; closed");
+            return;
+        }
+        Ok(BoundedLine::Partial(l)) => Err(format!(
+            "incomplete handshake line: \"{}\"",
+            printable(&l, 64)
+        )),
+        Ok(BoundedLine::TooLong(_)) => Err(format!("handshake line over {MAX_REPLY_LINE} bytes")),
+        Err(e) => Err(format!("read error: {e}")),
+    };
+    let hello = match hello {
+        Ok(h) => h,
+        Err(why) => {
+            warn!("malformed handshake from {peer}: {why}");
+            if settings.reply == ReplyMode::Normal {
+                send_line(&sock, &refusal(settings.error_form, "malformed handshake"));
+            }
+            return;
+        }
+    };
+    let key = hello.name;
+    let decision = match settings.device(&key) {
+        None => Err("unknown device"),
+        Some(d) if d.token != hello.token => Err("wrong token"),
+        Some(d) if !d.authorized => Err("device not authorized"),
+        Some(_) => Ok(()),
+    };
+    match (&decision, settings.reply) {
+        (_, ReplyMode::SilentClose) => {
+            info!(
+                "device {key} from {peer}: {}; closing without a reply (--reply silent-close)",
+                decision.err().unwrap_or("accepted")
+            );
+            return;
+        }
+        (Err(why), mode) => {
+            info!("device {key} from {peer} refused: {why}");
+            if mode == ReplyMode::Normal {
+                send_line(&sock, &refusal(settings.error_form, why));
+            }
+            return;
+        }
+        (Ok(()), ReplyMode::Normal) => {
+            send_line(
+                &sock,
+                &json!({"status": "authenticated", "device_key": key}),
+            );
+            info!("device {key} connected from {peer}: authenticated");
+        }
+        (Ok(()), ReplyMode::None) => {
+            info!(
+                "device {key} connected from {peer}: authenticated (no reply sent, --reply none)"
+            );
+        }
+    }
+    let _ = reader.get_ref().set_read_timeout(None);
+    frames(sock, reader, key, peer, registry);
+}
+
+fn frames(
+    sock: TcpStream,
+    reader: BufReader<TcpStream>,
+    key: String,
+    peer: std::net::SocketAddr,
+    registry: &Registry,
+) {
+    let (Ok(write_half), Ok(kill_half)) = (sock.try_clone(), sock.try_clone()) else {
+        return;
+    };
+    let Ok((tx, writer)) = writer::spawn(write_half, "agent-writer") else {
+        return;
+    };
+    let session = Arc::new(DeviceSession::new(key.clone(), peer, tx.clone(), kill_half));
+    if let Some(old) = registry.insert(session.clone()) {
+        info!(
+            "device {key}: new connection from {peer} replaces the one from {}; closing the old one",
+            old.peer
+        );
+        old.close();
+    }
+    let mut frames = FrameReader::new(reader, DEFAULT_MAX_FRAME);
+    let why = loop {
+        match frames.next_frame() {
+            Ok(Some(Frame::Data { stream, payload })) => {
+                if let Some(public) = session.stream(stream) {
+                    if (&*public).write_all(payload).is_err() && session.remove_stream(stream) {
+                        let _ = tx.send(tunnel_agent::frame::close_frame(stream));
+                    }
+                }
+            }
+            Ok(Some(Frame::Close { stream })) => {
+                if session.remove_stream(stream) {
+                    debug!("device {key}: agent closed stream {stream}");
+                }
+            }
+            Ok(Some(Frame::Open { stream, .. } | Frame::BadOpen { stream, .. })) => {
+                warn!("device {key}: agent sent an open request (stream {stream}); agents may not open streams, ignored");
+            }
+            Ok(Some(Frame::Unknown { kind, stream, len })) => warn!(
+                "device {key}: ignoring frame of unknown type {} (stream {stream}, {len} bytes)",
+                printable_type(kind)
+            ),
+            Ok(None) => break "agent closed the connection".to_owned(),
+            Err(e) => break e.to_string(),
+        }
+    };
+    registry.remove_if_current(&session);
+    session.close();
+    tx.finish();
+    drop(tx);
+    let _ = writer.join();
+    info!("device {key} from {peer} disconnected: {why}");
+}

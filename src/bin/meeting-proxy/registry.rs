@@ -1,0 +1,102 @@
+//! Which device has which live agent connection, and that connection's public streams.
+
+use std::collections::HashMap;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tunnel_agent::writer::FrameSender;
+
+/// One authenticated agent connection.
+pub struct DeviceSession {
+    /// Device key as configured on the proxy.
+    pub key: String,
+    /// The agent's address.
+    pub peer: SocketAddr,
+    /// Frames to the agent.
+    pub tx: FrameSender,
+    /// The agent socket, to cut it when a newer connection replaces this one.
+    sock: TcpStream,
+    streams: Mutex<HashMap<u32, Arc<TcpStream>>>,
+    next_id: AtomicU32,
+}
+
+impl DeviceSession {
+    /// A session with no streams yet.
+    pub fn new(key: String, peer: SocketAddr, tx: FrameSender, sock: TcpStream) -> Self {
+        DeviceSession {
+            key,
+            peer,
+            tx,
+            sock,
+            streams: Mutex::new(HashMap::new()),
+            next_id: AtomicU32::new(1),
+        }
+    }
+
+    fn streams(&self) -> MutexGuard<'_, HashMap<u32, Arc<TcpStream>>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a public connection under a fresh stream id.
+    pub fn add_stream(&self, public: Arc<TcpStream>) -> u32 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.streams().insert(id, public);
+        id
+    }
+
+    /// The public connection of a stream.
+    pub fn stream(&self, id: u32) -> Option<Arc<TcpStream>> {
+        self.streams().get(&id).cloned()
+    }
+
+    /// Removes a stream and shuts its public connection; returns whether it was there.
+    pub fn remove_stream(&self, id: u32) -> bool {
+        match self.streams().remove(&id) {
+            Some(s) => {
+                let _ = s.shutdown(Shutdown::Both);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes every public connection and the agent socket.
+    pub fn close(&self) {
+        for (_, s) in self.streams().drain() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        let _ = self.sock.shutdown(Shutdown::Both);
+    }
+}
+
+/// Live sessions by upper-cased device key.
+#[derive(Default)]
+pub struct Registry {
+    map: Mutex<HashMap<String, Arc<DeviceSession>>>,
+}
+
+impl Registry {
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<DeviceSession>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `s` the device's session; returns the one it replaces.
+    pub fn insert(&self, s: Arc<DeviceSession>) -> Option<Arc<DeviceSession>> {
+        self.map().insert(s.key.to_ascii_uppercase(), s)
+    }
+
+    /// The device's live session.
+    pub fn get(&self, key: &str) -> Option<Arc<DeviceSession>> {
+        self.map().get(&key.to_ascii_uppercase()).cloned()
+    }
+
+    /// Removes `s` unless a newer session already replaced it.
+    pub fn remove_if_current(&self, s: &Arc<DeviceSession>) {
+        let mut map = self.map();
+        let k = s.key.to_ascii_uppercase();
+        if map.get(&k).is_some_and(|cur| Arc::ptr_eq(cur, s)) {
+            map.remove(&k);
+        }
+    }
+}

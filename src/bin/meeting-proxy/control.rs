@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use log::{debug, info, warn};
+use log::{info, warn};
 use serde_json::{json, Value};
 
 use tunnel_agent::frame::{printable_type, Frame, FrameReader, DEFAULT_MAX_FRAME};
@@ -103,21 +103,12 @@ pub fn serve(sock: TcpStream, settings: &Settings, registry: &Registry) {
             }
             return;
         }
-        (Ok(()), ReplyMode::Normal) => {
-            send_line(
-                &sock,
-                &json!({"status": "authenticated", "device_key": key}),
-            );
-            info!("device {key} connected from {peer}: authenticated");
-        }
-        (Ok(()), ReplyMode::None) => {
-            info!(
-                "device {key} connected from {peer}: authenticated (no reply sent, --reply none)"
-            );
-        }
+        (Ok(()), ReplyMode::Normal | ReplyMode::None) => {}
     }
     let _ = reader.get_ref().set_read_timeout(None);
-    frames(sock, reader, key, peer, registry);
+    let reply = (settings.reply == ReplyMode::Normal)
+        .then(|| json!({"status": "authenticated", "device_key": key}));
+    frames(sock, reader, key, peer, registry, reply);
 }
 
 fn frames(
@@ -126,6 +117,7 @@ fn frames(
     key: String,
     peer: std::net::SocketAddr,
     registry: &Registry,
+    reply: Option<Value>,
 ) {
     let (Ok(write_half), Ok(kill_half)) = (sock.try_clone(), sock.try_clone()) else {
         return;
@@ -134,6 +126,11 @@ fn frames(
         return;
     };
     let session = Arc::new(DeviceSession::new(key.clone(), peer, tx.clone(), kill_half));
+    // The reply goes first in the writer's queue, before any open request a public connection
+    // may queue once the session is registered.
+    if let Some(reply) = &reply {
+        let _ = tx.send(format!("{reply}\n").into_bytes());
+    }
     if let Some(old) = registry.insert(session.clone()) {
         info!(
             "device {key}: new connection from {peer} replaces the one from {}; closing the old one",
@@ -141,6 +138,14 @@ fn frames(
         );
         old.close();
     }
+    info!(
+        "device {key} connected from {peer}: authenticated{}",
+        if reply.is_some() {
+            ""
+        } else {
+            " (no reply sent, --reply none)"
+        }
+    );
     let mut frames = FrameReader::new(reader, DEFAULT_MAX_FRAME);
     let why = loop {
         match frames.next_frame() {
@@ -153,7 +158,7 @@ fn frames(
             }
             Ok(Some(Frame::Close { stream })) => {
                 if session.remove_stream(stream) {
-                    debug!("device {key}: agent closed stream {stream}");
+                    info!("device {key}: agent closed stream {stream}");
                 }
             }
             Ok(Some(Frame::Open { stream, .. } | Frame::BadOpen { stream, .. })) => {

@@ -1,0 +1,154 @@
+//! The agent's command line and configuration, through the real binary.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+
+struct Tmp(PathBuf);
+impl Tmp {
+    fn new(name: &str) -> Tmp {
+        let p =
+            std::env::temp_dir().join(format!("tunnel-agent-cli-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        Tmp(p)
+    }
+    fn file(&self, name: &str, text: &str) -> String {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+}
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn exit_of(mut p: Proc) -> (i32, String) {
+    let status = p.wait_exit(SOON).expect("agent did not exit");
+    (status.code().unwrap_or(-1), p.output())
+}
+
+#[test]
+fn missing_device_key_exits_2_listing_every_place() {
+    let t = Tmp::new("nokey");
+    let cfg = t.file("c.json", r#"{"token_code": "abc"}"#);
+    let (code, out) = exit_of(Proc::spawn(bin("tunnel-agent"), &["--config", &cfg], &[]));
+    assert_eq!(code, 2, "{out}");
+    for place in [
+        "--device-key",
+        "MEETING_DEVICE_KEY",
+        cfg.as_str(),
+        "/etc/meeting/device_info.json",
+    ] {
+        assert!(out.contains(place), "{place} not listed:\n{out}");
+    }
+}
+
+#[test]
+fn missing_token_exits_2_listing_every_place() {
+    let t = Tmp::new("notoken");
+    let cfg = t.file("c.json", &format!(r#"{{"device_key": "{KEY}"}}"#));
+    let (code, out) = exit_of(Proc::spawn(bin("tunnel-agent"), &["--config", &cfg], &[]));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no token configured"), "{out}");
+    assert!(out.contains("MEETING_TOKEN") && out.contains(&cfg), "{out}");
+}
+
+#[test]
+fn malformed_file_exits_2_naming_file_line_and_column() {
+    let t = Tmp::new("malformed");
+    let cfg = t.file(
+        "meeting.json",
+        "{\n  \"device_key\": \"K\",\n  \"tunnel_port\": 9001,,\n}\n",
+    );
+    let (code, out) = exit_of(Proc::spawn(bin("tunnel-agent"), &["--config", &cfg], &[]));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains(&format!("{cfg}:3:23")), "{out}");
+}
+
+#[test]
+fn token_flag_is_refused_with_the_reason() {
+    let (code, out) = exit_of(Proc::spawn(bin("tunnel-agent"), &["--token", "x"], &[]));
+    assert_eq!(code, 2);
+    assert!(out.contains("visible to every local user"), "{out}");
+}
+
+#[test]
+fn tls_requested_is_a_clear_configuration_error_in_this_version() {
+    let (code, out) = exit_of(agent_with_env(
+        "127.0.0.1:9".parse().unwrap(),
+        &[],
+        &[("MEETING_TUNNEL_TLS", "1")],
+    ));
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("TLS is requested (environment MEETING_TUNNEL_TLS)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_deployed_meeting_json_works_unchanged() {
+    let echo = echo_server();
+    let proxy = Proxy::for_ports(&[echo], &[]);
+    let t = Tmp::new("deployed");
+    let cfg = t.file(
+        "meeting.json",
+        &format!(
+            r#"{{
+  "device_key": "{KEY}",
+  "token_code": "{TOKEN}",
+  "tunnel_host": "127.0.0.1",
+  "tunnel_port": {},
+  "tunnel_ssl": false,
+  "api_url": "https://meeting.ygsoft.fr/api",
+  "camera": {{"fps": 25}}
+}}"#,
+            proxy.control.port()
+        ),
+    );
+    let agent = Proc::spawn(bin("tunnel-agent"), &["--config", &cfg], &[]);
+    proxy.wait_agent(1);
+    assert_eq!(
+        echo_through(proxy.tunnels[0], b"from meeting.json"),
+        b"from meeting.json"
+    );
+    agent.wait_for(&format!("config {cfg}"), SOON);
+    assert!(!agent.output().contains(TOKEN));
+}
+
+#[test]
+fn environment_overrides_the_file_and_flags_override_both() {
+    let echo = echo_server();
+    let proxy = Proxy::for_ports(&[echo], &[]);
+    let t = Tmp::new("priority");
+    let cfg = t.file(
+        "c.json",
+        &format!(r#"{{"device_key": "{KEY}", "token_code": "wrong", "tunnel_host": "127.0.0.1", "tunnel_port": 9}}"#),
+    );
+    let port = proxy.control.port().to_string();
+    let agent = Proc::spawn(
+        bin("tunnel-agent"),
+        &["--config", &cfg, "--port", &port],
+        &[("MEETING_TOKEN", TOKEN), ("MEETING_TUNNEL_PORT", "10")],
+    );
+    proxy.wait_agent(1);
+    agent.wait_for("tunnel ready", SOON);
+}
+
+#[test]
+fn version_and_help() {
+    let out = std::process::Command::new(bin("tunnel-agent"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("tunnel-agent "));
+    let out = std::process::Command::new(bin("tunnel-agent"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("MEETING_TOKEN"));
+}

@@ -8,7 +8,7 @@ use std::io::{self, BufRead};
 
 use serde_json::Value;
 
-use crate::printable::printable;
+use crate::printable::{printable, trim_ascii};
 
 /// Longest reply line accepted, without its newline.
 pub const MAX_REPLY_LINE: usize = 4096;
@@ -259,7 +259,7 @@ pub fn read_bounded_line<R: BufRead>(r: &mut R, max: usize) -> io::Result<Bounde
 /// Classifies one reply line (without its newline).
 pub fn classify_line(line: &[u8]) -> Result<Reply, ReplyError> {
     let raw = || line[..line.len().min(QUOTE)].to_vec();
-    let value: Value = match serde_json::from_slice(line.trim_ascii()) {
+    let value: Value = match serde_json::from_slice(trim_ascii(line)) {
         Ok(v) => v,
         Err(_) => {
             return Err(ReplyError::NotMeetingProxy {

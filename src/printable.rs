@@ -20,9 +20,30 @@ pub fn printable(bytes: &[u8], max: usize) -> String {
     out
 }
 
+/// `bytes` without leading and trailing ASCII white space (`<[u8]>::trim_ascii` needs Rust
+/// 1.80; this crate supports 1.75).
+pub fn trim_ascii(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
 #[cfg(test)]
 mod tests {
-    use super::printable;
+    use super::{printable, trim_ascii};
+
+    #[test]
+    fn trims_ascii_white_space() {
+        assert_eq!(trim_ascii(b" \r\n{}\r\n"), b"{}");
+        assert_eq!(trim_ascii(b"   "), b"");
+        assert_eq!(trim_ascii(b""), b"");
+    }
 
     #[test]
     fn escapes_and_truncates() {

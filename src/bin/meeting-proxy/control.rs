@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use tunnel_agent::frame::{printable_type, Frame, FrameReader, DEFAULT_MAX_FRAME};
 use tunnel_agent::handshake::{read_bounded_line, BoundedLine, MAX_REPLY_LINE};
-use tunnel_agent::printable::printable;
+use tunnel_agent::printable::{printable, trim_ascii};
 use tunnel_agent::writer;
 
 use crate::registry::{DeviceSession, Registry};
@@ -26,7 +26,7 @@ struct Hello {
 }
 
 fn parse_hello(line: &[u8]) -> Result<Hello, String> {
-    let v: Value = serde_json::from_slice(line.trim_ascii())
+    let v: Value = serde_json::from_slice(trim_ascii(line))
         .map_err(|e| format!("not JSON ({e}): \"{}\"", printable(line, 64)))?;
     let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
     match (field("token"), field("name")) {

@@ -1,0 +1,36 @@
+# tunnel-agent: build, test and demo. `make help` lists the targets.
+
+CARGO ?= cargo
+
+.PHONY: help build release test lint fmt demo clean
+
+help:
+	@echo "make build    debug build of tunnel-agent and meeting-proxy"
+	@echo "make release  optimised build (target/release)"
+	@echo "make test     the whole suite: unit, end-to-end, real sshd"
+	@echo "make lint     cargo fmt --check and clippy -D warnings"
+	@echo "make demo     build, then show a real tunnel working on loopback"
+	@echo "make clean    remove build output"
+
+build:
+	$(CARGO) build --locked --bins
+
+release:
+	$(CARGO) build --locked --release --bins
+
+test:
+	$(CARGO) test --locked
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+demo:
+	$(CARGO) build --locked --release --bins --example demo
+	./target/release/examples/demo
+
+clean:
+	$(CARGO) clean

@@ -62,6 +62,14 @@ fn first_word(s: &str) -> String {
     s.split_whitespace().next().unwrap_or_default().to_owned()
 }
 
+/// Starts the agent against the proxy whose log is `proxy_log`, once it listens.
+fn start_agent(proxy_log: &Receiver<String>) -> (Child, Receiver<String>) {
+    let control = first_word(&wait_for(proxy_log, "listening for agents on "));
+    let port = control.rsplit(':').next().unwrap_or_default().to_owned();
+    let args = ["--device-key", KEY, "--host", "127.0.0.1", "--port", &port];
+    start("tunnel-agent", &args, &[("MEETING_TOKEN", TOKEN)])
+}
+
 fn main() {
     println!("== 1. A local service on the device (an echo server standing in for sshd)");
     let service = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -92,20 +100,10 @@ fn main() {
         &[],
     );
     let public = first_word(&wait_for(&proxy_log, "tunnel "));
-    let control = first_word(&wait_for(&proxy_log, "listening for agents on "));
-    let control_port = control.rsplit(':').next().unwrap_or_default().to_owned();
     println!();
 
     println!("== 3. tunnel-agent dials out to the proxy (the token comes from MEETING_TOKEN)");
-    let agent_args = [
-        "--device-key",
-        KEY,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &control_port,
-    ];
-    let (mut agent, agent_log) = start("tunnel-agent", &agent_args, &[("MEETING_TOKEN", TOKEN)]);
+    let (mut agent, agent_log) = start_agent(&proxy_log);
     wait_for(&proxy_log, "connected from");
     wait_for(&agent_log, "tunnel ready");
     println!();
@@ -144,17 +142,7 @@ fn main() {
         ],
         &[],
     );
-    let control = first_word(&wait_for(&bad_log, "listening for agents on "));
-    let control_port = control.rsplit(':').next().unwrap_or_default().to_owned();
-    let agent_args = [
-        "--device-key",
-        KEY,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &control_port,
-    ];
-    let (mut agent, agent_log) = start("tunnel-agent", &agent_args, &[("MEETING_TOKEN", TOKEN)]);
+    let (mut agent, agent_log) = start_agent(&bad_log);
     wait_for(&agent_log, "reconnecting in");
     let _ = agent.kill();
     let _ = bad.kill();

@@ -93,6 +93,8 @@ pub struct Flags {
     pub handshake_timeout: Option<String>,
     /// `--connect-timeout SECS`.
     pub connect_timeout: Option<String>,
+    /// `--allow-port PORT`, repeatable.
+    pub allow_ports: Vec<String>,
 }
 
 /// Where the files are looked for; tests point these elsewhere.
@@ -132,6 +134,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// How long a local connection (e.g. to sshd) may take before the channel is closed.
     pub connect_timeout: Duration,
+    /// Local ports the proxy may ask for (default `[22]`).
+    pub allowed_ports: Sourced<Vec<u16>>,
     /// The configuration file that was read, if any.
     pub file: Option<PathBuf>,
 }
@@ -140,6 +144,17 @@ impl Config {
     /// `host:port` of the proxy.
     pub fn proxy_addr(&self) -> String {
         format!("{}:{}", self.host.value, self.port.value)
+    }
+
+    /// The configuration file that holds the token, with its permission bits, when group or
+    /// others may read it.
+    pub fn token_file_exposure(&self) -> Option<(PathBuf, u32)> {
+        use std::os::unix::fs::PermissionsExt;
+        let Source::File(path) = &self.token.source else {
+            return None;
+        };
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then(|| (path.clone(), mode))
     }
 
     /// Whether the device key has the expected form (32 hexadecimal characters).
@@ -279,6 +294,35 @@ impl FileValues {
                 source: self.source(),
                 why: format!("expected a string, found {}", json_kind(other)),
             }),
+        }
+    }
+}
+
+impl FileValues {
+    /// A list of ports: `[22, 5900]` (numbers or numeric strings).
+    fn ports(&self, key: &'static str) -> Result<Vec<u16>, ConfigError> {
+        let invalid = |why: String| ConfigError::Invalid {
+            what: key,
+            source: self.source(),
+            why,
+        };
+        match self.map.get(key) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::Number(n) => parse_port(key, &n.to_string(), &self.source()),
+                    Value::String(s) => parse_port(key, s, &self.source()),
+                    other => Err(invalid(format!(
+                        "expected port numbers, found {}",
+                        json_kind(other)
+                    ))),
+                })
+                .collect(),
+            Some(other) => Err(invalid(format!(
+                "expected a list of ports like [22, 5900], found {}",
+                json_kind(other)
+            ))),
+            None => Ok(Vec::new()),
         }
     }
 }
@@ -486,6 +530,32 @@ pub fn load(
         5,
     )?;
 
+    let allowed_ports = if !flags.allow_ports.is_empty() {
+        let source = Source::Flag("--allow-port");
+        let ports = flags
+            .allow_ports
+            .iter()
+            .map(|p| parse_port("allowed port", p, &source))
+            .collect::<Result<_, _>>()?;
+        Sourced {
+            value: ports,
+            source,
+        }
+    } else if let Some(f) = file
+        .as_ref()
+        .filter(|f| f.map.contains_key("allowed_ports"))
+    {
+        Sourced {
+            value: f.ports("allowed_ports")?,
+            source: f.source(),
+        }
+    } else {
+        Sourced {
+            value: vec![22],
+            source: Source::Default,
+        }
+    };
+
     Ok(Config {
         device_key: Sourced {
             value: device_key.value.trim().to_owned(),
@@ -504,6 +574,7 @@ pub fn load(
         api_url,
         handshake_timeout,
         connect_timeout,
+        allowed_ports,
         file: file.map(|f| f.path),
     })
 }
@@ -619,6 +690,40 @@ mod tests {
             Source::File(t.0.join("device_info.json"))
         );
         assert_eq!(c.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(c.allowed_ports.value, vec![22]);
+    }
+
+    #[test]
+    fn allowed_ports_from_file_or_flags() {
+        let t = Tmp::new("ports");
+        let p = t.file(
+            "c.json",
+            r#"{"device_key":"K","token_code":"t","allowed_ports":[22,"5900"]}"#,
+        );
+        let mut flags = Flags {
+            config: Some(p),
+            ..Flags::default()
+        };
+        let c = load(&flags, &env_of(&[]), &t.paths()).unwrap();
+        assert_eq!(c.allowed_ports.value, vec![22, 5900]);
+        flags.allow_ports = vec!["8080".into()];
+        let c = load(&flags, &env_of(&[]), &t.paths()).unwrap();
+        assert_eq!(c.allowed_ports.value, vec![8080]);
+        assert_eq!(c.allowed_ports.source, Source::Flag("--allow-port"));
+        let p = t.file(
+            "d.json",
+            r#"{"device_key":"K","token_code":"t","allowed_ports":22}"#,
+        );
+        let e = load(
+            &Flags {
+                config: Some(p),
+                ..Flags::default()
+            },
+            &env_of(&[]),
+            &t.paths(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("expected a list of ports"), "{e}");
     }
 
     #[test]

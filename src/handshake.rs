@@ -105,6 +105,40 @@ impl ReplyError {
         }
     }
 
+    /// What happened, in a few words (the diagnosis says what to do).
+    pub fn short(&self) -> String {
+        match self {
+            ReplyError::Refused { reason, code } => format!(
+                "refused: \"{}\"{}",
+                printable(reason.as_bytes(), 200),
+                code.as_deref()
+                    .map(|c| format!(" [{}]", printable(c.as_bytes(), QUOTE)))
+                    .unwrap_or_default()
+            ),
+            ReplyError::ClosedWithoutReply => {
+                "the proxy closed the connection without answering (a refusal without a reason)"
+                    .into()
+            }
+            ReplyError::TlsOnPlainAgent { .. } => {
+                "the port answered with TLS bytes; the agent is not using TLS".into()
+            }
+            ReplyError::NotMeetingProxy { http: true, .. } => {
+                "answered like a web server (HTTP), not a Meeting proxy".into()
+            }
+            ReplyError::NotMeetingProxy { http: false, .. } => {
+                "answered something that is not the Meeting protocol".into()
+            }
+            ReplyError::LineTooLong { .. } => {
+                format!("reply line longer than {MAX_REPLY_LINE} bytes")
+            }
+            ReplyError::NotAnObject { .. } => "reply is JSON but not an object".into(),
+            ReplyError::UnexpectedObject { .. } => {
+                "reply is a JSON object that is neither an acceptance nor a refusal".into()
+            }
+            ReplyError::Io(e) => format!("reading the reply failed: {e}"),
+        }
+    }
+
     /// One paragraph for the operator: what happened, the likely cause, what to check.
     /// Names the device key, never the token.
     pub fn diagnosis(&self, device_key: &str, proxy: &str) -> String {
@@ -211,6 +245,44 @@ pub fn read_reply<R: BufRead>(r: &mut R) -> Result<Reply, ReplyError> {
     match read_bounded_line(r, MAX_REPLY_LINE).map_err(ReplyError::Io)? {
         BoundedLine::Line(line) | BoundedLine::Partial(line) => classify_line(&line),
         BoundedLine::TooLong(raw) => Err(ReplyError::LineTooLong { raw }),
+    }
+}
+
+/// A reader that keeps a copy of the first bytes it passes on, so a diagnosis can quote
+/// exactly what the peer sent.
+pub struct Recorded<R> {
+    inner: R,
+    seen: Vec<u8>,
+    keep: usize,
+}
+
+impl<R> Recorded<R> {
+    /// Records up to `keep` bytes read through `inner`.
+    pub fn new(inner: R, keep: usize) -> Self {
+        Recorded {
+            inner,
+            seen: Vec::new(),
+            keep,
+        }
+    }
+
+    /// The bytes recorded so far.
+    pub fn seen(&self) -> &[u8] {
+        &self.seen
+    }
+
+    /// The wrapped reader.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+}
+
+impl<R: io::Read> io::Read for Recorded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let room = self.keep.saturating_sub(self.seen.len());
+        self.seen.extend_from_slice(&buf[..n.min(room)]);
+        Ok(n)
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod check;
 pub mod config;
 pub mod frame;
 pub mod handshake;

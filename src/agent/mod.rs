@@ -28,6 +28,14 @@ pub fn run(cfg: &Config, shutdown: &Shutdown) {
             cfg.device_key.value, cfg.device_key.source
         );
     }
+    if let Some((path, mode)) = cfg.token_file_exposure() {
+        warn!(
+            "{} holds the token and is readable by group or others (mode {mode:03o}): run \
+             chmod 600 {}",
+            path.display(),
+            path.display()
+        );
+    }
     info!(
         "tunnel-agent {VERSION} starting: device {}, proxy {} ({}), config {}",
         cfg.device_key.value,

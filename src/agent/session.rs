@@ -100,29 +100,51 @@ pub struct SessionOutcome {
     pub result: Result<(), SessionError>,
 }
 
-fn connect(cfg: &Config) -> Result<TcpStream, SessionError> {
-    let proxy = cfg.proxy_addr();
-    let addrs: Vec<SocketAddr> = (cfg.host.value.as_str(), cfg.port.value)
-        .to_socket_addrs()
-        .map_err(|err| SessionError::Resolve {
-            proxy: proxy.clone(),
-            err,
-        })?
-        .collect();
+/// Resolves the proxy's addresses.
+pub fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
+    if addrs.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the name has no address",
+        ));
+    }
+    Ok(addrs)
+}
+
+/// Connects to the first of `addrs` that accepts within `timeout` each; on failure, the error
+/// of the last address tried.
+pub fn connect_any(
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), (SocketAddr, io::Error)> {
     let mut last = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, PROXY_CONNECT_TIMEOUT) {
-            Ok(s) => return Ok(s),
+    for &addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => return Ok((s, addr)),
             Err(err) => {
                 debug!("connect to {addr} failed: {err}");
-                last = Some(SessionError::Connect { addr, err });
+                last = Some((addr, err));
             }
         }
     }
-    Err(last.unwrap_or_else(|| SessionError::Resolve {
-        proxy,
-        err: io::Error::new(io::ErrorKind::NotFound, "the name has no address"),
+    Err(last.unwrap_or_else(|| {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        (
+            unspecified,
+            io::Error::new(io::ErrorKind::NotFound, "no address to connect to"),
+        )
     }))
+}
+
+fn connect(cfg: &Config) -> Result<TcpStream, SessionError> {
+    let addrs = resolve(&cfg.host.value, cfg.port.value).map_err(|err| SessionError::Resolve {
+        proxy: cfg.proxy_addr(),
+        err,
+    })?;
+    connect_any(&addrs, PROXY_CONNECT_TIMEOUT)
+        .map(|(s, _)| s)
+        .map_err(|(addr, err)| SessionError::Connect { addr, err })
 }
 
 /// Runs one control connection to its end.

@@ -1,6 +1,19 @@
 //! Command-line parsing for `tunnel-agent` (no parser crate: a handful of flags).
 
-use tunnel_agent::config::Flags;
+use std::time::Duration;
+
+use tunnel_agent::config::{parse_secs, Flags, Source};
+
+/// How `check` prints its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One line per step, for people.
+    Text,
+    /// One JSON object.
+    Json,
+    /// A Markdown bug report.
+    Report,
+}
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -12,6 +25,15 @@ pub enum Command {
         /// `-v` count minus `-q` count.
         verbosity: i32,
     },
+    /// Diagnose the device end to end.
+    Check {
+        /// Configuration flags.
+        flags: Flags,
+        /// Output form.
+        format: Format,
+        /// Bound for each network wait.
+        timeout: Duration,
+    },
     /// Print help.
     Help,
     /// Print the version.
@@ -21,8 +43,11 @@ pub enum Command {
 /// Usage text.
 pub const USAGE: &str = "\
 Usage: tunnel-agent [run] [OPTIONS]
+       tunnel-agent check [--json | --report] [--timeout SECS] [OPTIONS]
 
-Dials out to the Meeting proxy and carries its tunnels to local services (sshd, ...).
+run (the default) dials out to the Meeting proxy and carries its tunnels to local services.
+check diagnoses the device end to end (configuration, DNS, TCP, TLS, handshake, Meeting API,
+local services) and names the most likely cause of a failure.
 
 Options:
   --config FILE              JSON configuration (default: first of /etc/tunnel-agent/config.json,
@@ -32,6 +57,7 @@ Options:
   --port PORT                proxy control port (else MEETING_TUNNEL_PORT, tunnel_port, 9001)
   --handshake-timeout SECS   wait for the handshake reply before assuming an older proxy (5)
   --connect-timeout SECS     local connect timeout per channel (5)
+  --allow-port PORT          local port the proxy may open (repeatable; default 22)
   -v, --verbose              more log detail (repeat for trace); overrides RUST_LOG
   -q, --quiet                warnings and errors only (repeat: errors only)
   -h, --help                 this text
@@ -40,14 +66,25 @@ Options:
 The token is never taken from the command line (every local user can read it): set
 MEETING_TOKEN or token_code in the configuration file (mode 0600).
 
-Exit status: 0 stopped by SIGINT/SIGTERM; 2 bad command line or configuration.";
+check options:
+  --json                     one JSON object: {\"verdict\", \"summary\", \"exit_code\", \"steps\": [...]}
+  --report                   a Markdown bug report to paste into a ticket
+  --timeout SECS             bound for each network wait (10)
+
+Exit status of run: 0 stopped by SIGINT/SIGTERM; 2 bad command line or configuration.
+Exit status of check: 0 ok (or no_reply: an older proxy that never answers); 1 configuration;
+2 network (DNS, TCP, TLS, not a Meeting proxy); 3 refused by the proxy (with a reason or
+silently); 4 the Meeting API says the device is unknown or not authorized; 5 local service down.";
 
 /// Parses the arguments after the program name.
 pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut flags = Flags::default();
     let mut verbosity = 0;
+    let mut format = Format::Text;
+    let mut timeout = Duration::from_secs(10);
     let mut it = args.iter().peekable();
-    if it.peek().map(|a| a.as_str()) == Some("run") {
+    let check = it.peek().map(|a| a.as_str()) == Some("check");
+    if check || it.peek().map(|a| a.as_str()) == Some("run") {
         it.next();
     }
     while let Some(arg) = it.next() {
@@ -73,6 +110,13 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--port" => flags.port = Some(value(name)?),
             "--handshake-timeout" => flags.handshake_timeout = Some(value(name)?),
             "--connect-timeout" => flags.connect_timeout = Some(value(name)?),
+            "--allow-port" => flags.allow_ports.push(value(name)?),
+            "--json" if check => format = Format::Json,
+            "--report" if check => format = Format::Report,
+            "--timeout" if check => {
+                timeout = parse_secs("--timeout", &value(name)?, &Source::Flag("--timeout"))
+                    .map_err(|e| e.to_string())?
+            }
             "--token" | "--token-code" => {
                 return Err(
                     "there is no token flag: a command line is visible to every local \
@@ -83,6 +127,13 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             }
             other => return Err(format!("unknown argument '{other}'")),
         }
+    }
+    if check {
+        return Ok(Command::Check {
+            flags,
+            format,
+            timeout,
+        });
     }
     Ok(Command::Run { flags, verbosity })
 }
@@ -123,5 +174,26 @@ mod tests {
             .unwrap_err()
             .contains("needs a value"));
         assert_eq!(parse(&args("--help")).unwrap(), Command::Help);
+    }
+
+    #[test]
+    fn check_takes_its_own_options() {
+        let Ok(Command::Check {
+            flags,
+            format,
+            timeout,
+        }) = parse(&args(
+            "check --json --timeout 2.5 --allow-port 2222 --host h",
+        ))
+        else {
+            panic!()
+        };
+        assert_eq!(format, Format::Json);
+        assert_eq!(timeout, Duration::from_millis(2500));
+        assert_eq!(flags.allow_ports, vec!["2222".to_owned()]);
+        assert!(parse(&args("--json")).is_err(), "--json belongs to check");
+        assert!(parse(&args("check --timeout x"))
+            .unwrap_err()
+            .contains("seconds"));
     }
 }

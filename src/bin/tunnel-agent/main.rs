@@ -21,6 +21,11 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (flags, verbosity) = match cli::parse(&args) {
         Ok(cli::Command::Run { flags, verbosity }) => (flags, verbosity),
+        Ok(cli::Command::Check {
+            flags,
+            format,
+            timeout,
+        }) => return check(&flags, format, timeout),
         Ok(cli::Command::Help) => {
             println!("{}", cli::USAGE);
             return ExitCode::SUCCESS;
@@ -59,6 +64,29 @@ fn main() -> ExitCode {
     agent::run(&cfg, &shutdown);
     shutdown.mark_finished();
     ExitCode::SUCCESS
+}
+
+/// `tunnel-agent check`: prints the report and exits with the verdict's status.
+fn check(flags: &config::Flags, format: cli::Format, timeout: Duration) -> ExitCode {
+    use std::io::IsTerminal;
+    use tunnel_agent::check::{self, render};
+    let env = |k: &str| std::env::var(k).ok();
+    let report = check::run(
+        flags,
+        &env,
+        &SearchPaths::default(),
+        &check::Options { timeout },
+    );
+    let out = match format {
+        cli::Format::Text => {
+            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            render::text(&report, color)
+        }
+        cli::Format::Json => render::json(&report) + "\n",
+        cli::Format::Report => render::markdown(&report),
+    };
+    print!("{out}");
+    ExitCode::from(report.verdict.exit_code())
 }
 
 /// On SIGINT/SIGTERM: stop in order, and exit within a second whatever happens.

@@ -1,0 +1,536 @@
+//! `tunnel-agent check`: diagnose the device end to end, step by step, and conclude.
+//!
+//! Uses the agent's own configuration loading, connect, handshake and reply classification.
+
+pub mod api;
+pub mod render;
+pub mod verdict;
+
+use std::io::{self, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::agent::session::{connect_any, resolve};
+use crate::config::{self, Config, Flags, SearchPaths};
+use crate::handshake::{handshake_line, read_reply, Recorded, Reply, ReplyError};
+use crate::printable::printable;
+use verdict::{Api, Findings, Handshake, Reach, Verdict};
+
+/// Outcome of one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Fine.
+    Pass,
+    /// Works, but something deserves attention.
+    Warn,
+    /// Broken.
+    Fail,
+    /// Not run (not configured, or an earlier step failed).
+    Skipped,
+}
+
+impl Status {
+    /// `pass`, `warn`, `fail` or `skipped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+/// One step of the check.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Stable name: `config`, `dns`, `tcp`, `tls`, `handshake`, `api`, `local:PORT`.
+    pub name: String,
+    /// Outcome.
+    pub status: Status,
+    /// One line of what was seen.
+    pub detail: String,
+    /// What to do, on anything but pass.
+    pub hint: Option<String>,
+    /// Time taken, milliseconds.
+    pub ms: u64,
+}
+
+/// Facts gathered on the way, for the Markdown bug report.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// Device key, when configured.
+    pub device_key: Option<String>,
+    /// Token, masked.
+    pub token_masked: Option<String>,
+    /// `host:port` of the proxy.
+    pub proxy: Option<String>,
+    /// TLS configured.
+    pub tls: bool,
+    /// The handshake line as sent, token masked.
+    pub handshake_sent: Option<String>,
+    /// The reply's first bytes, printable.
+    pub reply_raw: Option<String>,
+    /// How long the proxy took to reply (or to time out).
+    pub reply_ms: Option<u64>,
+}
+
+/// The whole result.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// One sentence a non-developer can act on.
+    pub summary: String,
+    /// Steps in order.
+    pub steps: Vec<Step>,
+    /// Facts for the bug report.
+    pub facts: Facts,
+}
+
+/// Options of `check`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Bound for each network wait (TCP connect, handshake reply, API request).
+    pub timeout: Duration,
+}
+
+fn step(name: &str, status: Status, detail: String, hint: Option<String>, since: Instant) -> Step {
+    Step {
+        name: name.to_owned(),
+        status,
+        detail,
+        hint,
+        ms: since.elapsed().as_millis() as u64,
+    }
+}
+
+fn skipped(name: &str, why: &str) -> Step {
+    Step {
+        name: name.to_owned(),
+        status: Status::Skipped,
+        detail: why.to_owned(),
+        hint: None,
+        ms: 0,
+    }
+}
+
+/// Runs every step and concludes.
+pub fn run(
+    flags: &Flags,
+    env: &dyn Fn(&str) -> Option<String>,
+    paths: &SearchPaths,
+    opts: &Options,
+) -> Report {
+    let mut steps = Vec::new();
+    let mut facts = Facts::default();
+    let t = Instant::now();
+    let cfg = match config::load(flags, env, paths) {
+        Ok(c) => c,
+        Err(e) => {
+            steps.push(step(
+                "config",
+                Status::Fail,
+                e.to_string(),
+                Some("fix the configuration (tunnel-agent --help lists every setting)".into()),
+                t,
+            ));
+            for name in ["dns", "tcp", "tls", "handshake", "api", "local"] {
+                steps.push(skipped(name, "no usable configuration"));
+            }
+            let reach = Reach::ConfigError(e.to_string());
+            return conclude(steps, facts, &reach, Api::Unknown, &[], &[], "", "", opts);
+        }
+    };
+    facts.device_key = Some(cfg.device_key.value.clone());
+    facts.token_masked = Some(cfg.token.value.masked());
+    facts.proxy = Some(cfg.proxy_addr());
+    facts.tls = cfg.tls.value;
+    steps.push(config_step(&cfg, t));
+
+    let reach = reach_proxy(&cfg, opts, &mut steps, &mut facts);
+    let api = api_step(&cfg, opts, &mut steps);
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    for &port in &cfg.allowed_ports.value {
+        let s = local_step(port, opts.timeout);
+        if s.status == Status::Fail {
+            down.push(port);
+        } else {
+            up.push(port);
+        }
+        steps.push(s);
+    }
+    let key = cfg.device_key.value.clone();
+    conclude(
+        steps,
+        facts,
+        &reach,
+        api,
+        &up,
+        &down,
+        &key,
+        &cfg.proxy_addr(),
+        opts,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conclude(
+    steps: Vec<Step>,
+    facts: Facts,
+    reach: &Reach,
+    api: Api,
+    up: &[u16],
+    down: &[u16],
+    key: &str,
+    proxy: &str,
+    opts: &Options,
+) -> Report {
+    let (verdict, summary) = verdict::decide(&Findings {
+        device_key: key.to_owned(),
+        proxy: proxy.to_owned(),
+        reach: reach.clone(),
+        api,
+        local_down: down.to_vec(),
+        local_up: up.to_vec(),
+        reply_timeout_s: opts.timeout.as_secs_f64(),
+    });
+    Report {
+        verdict,
+        summary,
+        steps,
+        facts,
+    }
+}
+
+fn config_step(cfg: &Config, t: Instant) -> Step {
+    let mut warnings = Vec::new();
+    if !cfg.device_key_well_formed() {
+        warnings.push(format!(
+            "device key is {} characters, 32 hexadecimal characters expected",
+            cfg.device_key.value.chars().count()
+        ));
+    }
+    let mut hint = None;
+    if let Some((path, mode)) = cfg.token_file_exposure() {
+        warnings.push(format!(
+            "{} holds the token and is readable by group or others (mode {mode:03o})",
+            path.display()
+        ));
+        hint = Some(format!("chmod 600 {}", path.display()));
+    }
+    let api = cfg
+        .api_url
+        .as_ref()
+        .map(|u| format!("{} ({})", u.value, u.source))
+        .unwrap_or_else(|| "not set".into());
+    let detail = format!(
+        "device key {} ({}); token {} ({}); proxy {} (host: {}, port: {}); TLS {} ({}); \
+         api_url {api}; local ports {:?} ({}){}",
+        cfg.device_key.value,
+        cfg.device_key.source,
+        cfg.token.value.masked(),
+        cfg.token.source,
+        cfg.proxy_addr(),
+        cfg.host.source,
+        cfg.port.source,
+        if cfg.tls.value { "on" } else { "off" },
+        cfg.tls.source,
+        cfg.allowed_ports.value,
+        cfg.allowed_ports.source,
+        if warnings.is_empty() {
+            String::new()
+        } else {
+            format!("; WARNING: {}", warnings.join("; "))
+        }
+    );
+    let status = if warnings.is_empty() {
+        Status::Pass
+    } else {
+        Status::Warn
+    };
+    if status == Status::Warn && hint.is_none() {
+        hint = Some("check device_key against the Meeting record of this device".into());
+    }
+    step("config", status, detail, hint, t)
+}
+
+/// DNS, TCP, TLS and handshake: how far the connection to the proxy gets.
+fn reach_proxy(cfg: &Config, opts: &Options, steps: &mut Vec<Step>, facts: &mut Facts) -> Reach {
+    let skip_rest = |steps: &mut Vec<Step>, from: usize, why: &str| {
+        for name in ["dns", "tcp", "tls", "handshake"].iter().skip(from) {
+            steps.push(skipped(name, why));
+        }
+    };
+    let t = Instant::now();
+    let addrs = match resolve(&cfg.host.value, cfg.port.value) {
+        Ok(a) => a,
+        Err(e) => {
+            steps.push(step(
+                "dns",
+                Status::Fail,
+                format!("{} does not resolve: {e}", cfg.host.value),
+                Some("check /etc/resolv.conf and tunnel_host".into()),
+                t,
+            ));
+            skip_rest(steps, 1, "the proxy name does not resolve");
+            return Reach::DnsFailed;
+        }
+    };
+    let list: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+    steps.push(step(
+        "dns",
+        Status::Pass,
+        format!("{} resolves to {}", cfg.host.value, list.join(", ")),
+        None,
+        t,
+    ));
+
+    let t = Instant::now();
+    let (sock, addr) = match connect_any(&addrs, opts.timeout) {
+        Ok(c) => c,
+        Err((addr, e)) => {
+            let (reach, what, hint) = match e.kind() {
+                io::ErrorKind::ConnectionRefused => (
+                    Reach::ConnectRefused,
+                    "refused",
+                    "the proxy is down or tunnel_port is wrong",
+                ),
+                _ => (
+                    Reach::ConnectTimeout,
+                    "timed out or unreachable",
+                    "a firewall drops outgoing traffic to this port, or the network is down",
+                ),
+            };
+            steps.push(step(
+                "tcp",
+                Status::Fail,
+                format!("connect to {addr} {what}: {e}"),
+                Some(hint.into()),
+                t,
+            ));
+            skip_rest(steps, 2, "no TCP connection");
+            return reach;
+        }
+    };
+    steps.push(step(
+        "tcp",
+        Status::Pass,
+        format!("connected to {addr}"),
+        None,
+        t,
+    ));
+
+    if cfg.tls.value {
+        steps.push(step(
+            "tls",
+            Status::Fail,
+            "TLS is configured but this version of tunnel-agent has no TLS support".into(),
+            Some("set tunnel_ssl to false, or use a tunnel-agent built with TLS".into()),
+            Instant::now(),
+        ));
+        skip_rest(steps, 3, "TLS not available");
+        return Reach::ConfigError("TLS is configured but not supported by this version".into());
+    }
+    steps.push(skipped("tls", "TLS off (tunnel_ssl false)"));
+    handshake_step(cfg, opts, sock, addr, steps, facts)
+}
+
+fn handshake_step(
+    cfg: &Config,
+    opts: &Options,
+    mut sock: TcpStream,
+    addr: SocketAddr,
+    steps: &mut Vec<Step>,
+    facts: &mut Facts,
+) -> Reach {
+    let key = &cfg.device_key.value;
+    let shown = handshake_line(&cfg.token.value.masked(), key);
+    let line = handshake_line(cfg.token.value.expose(), key);
+    facts.handshake_sent = Some(printable(shown.as_bytes(), 200));
+    let t = Instant::now();
+    let sent = format!(
+        "sent to {addr}: {} ({} bytes)",
+        printable(shown.as_bytes(), 200),
+        line.len()
+    );
+    if let Err(e) = sock.write_all(line.as_bytes()) {
+        steps.push(step(
+            "handshake",
+            Status::Fail,
+            format!("{sent}; sending failed: {e}"),
+            Some("the proxy dropped the connection at once".into()),
+            t,
+        ));
+        return Reach::Replied(Handshake::Silent);
+    }
+    let _ = sock.set_read_timeout(Some(opts.timeout));
+    let mut reader = BufReader::new(Recorded::new(&sock, 256));
+    let reply = read_reply(&mut reader);
+    // What else is already waiting (e.g. the rest of an HTTP answer) belongs in the quote too.
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut more = [0u8; 256];
+    let _ = reader.read(&mut more);
+    let ms = t.elapsed().as_millis() as u64;
+    let raw = printable(reader.get_ref().seen(), 160);
+    facts.reply_ms = Some(ms);
+    facts.reply_raw = Some(raw.clone());
+    let (status, what, hint, found) = match reply {
+        Ok(Reply::Accepted { .. }) => (Status::Pass, "accepted".to_owned(), None, Handshake::Accepted),
+        Ok(Reply::FramesStarted { .. }) => (
+            Status::Pass,
+            "no reply line; the proxy began with a frame (older proxy)".to_owned(),
+            None,
+            Handshake::Accepted,
+        ),
+        Ok(Reply::NoReply) => (
+            Status::Warn,
+            format!(
+                "no reply within {:.0} s and the connection stays open (older proxy that never answers?)",
+                opts.timeout.as_secs_f64()
+            ),
+            Some("nothing to fix if tunnels work; the agent handles such proxies".into()),
+            Handshake::NoReply,
+        ),
+        Err(e) => {
+            let found = match &e {
+                ReplyError::Refused { reason, .. } => Handshake::Refused(reason.clone()),
+                ReplyError::ClosedWithoutReply => Handshake::Silent,
+                ReplyError::TlsOnPlainAgent { .. } => Handshake::TlsOnPlain,
+                _ => Handshake::NotMeeting(printable(reader.get_ref().seen(), 40)),
+            };
+            (Status::Fail, e.short(), None, found)
+        }
+    };
+    let raw_part = if raw.is_empty() {
+        "0 bytes received".to_owned()
+    } else {
+        format!("reply bytes \"{raw}\"")
+    };
+    let hint =
+        hint.or_else(|| (status == Status::Fail).then(|| "see the verdict below".to_owned()));
+    steps.push(step(
+        "handshake",
+        status,
+        format!("{sent}; after {ms} ms: {what}; {raw_part}"),
+        hint,
+        t,
+    ));
+    Reach::Replied(found)
+}
+
+fn api_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Api {
+    let Some(url) = &cfg.api_url else {
+        steps.push(skipped("api", "api_url not configured"));
+        return Api::Unknown;
+    };
+    let t = Instant::now();
+    let key = &cfg.device_key.value;
+    let full = api::device_url(&url.value, key);
+    let record = api::fetch(&url.value, key, cfg.token.value.expose(), opts.timeout);
+    let (status, detail, hint, api) = match record {
+        api::DeviceRecord::Found {
+            authorized,
+            services,
+        } => {
+            let ssh = services.iter().any(|s| s == "ssh");
+            let facts = format!(
+                "GET {full}: HTTP 200, authorized: {authorized}, services: [{}]",
+                services.join(", ")
+            );
+            match (authorized, ssh) {
+                (false, _) => (
+                    Status::Fail,
+                    format!("{facts}: the device is not authorized for tunnels"),
+                    Some("ask a Meeting administrator to authorize the device".into()),
+                    Api::NotAuthorized,
+                ),
+                (true, false) => (
+                    Status::Warn,
+                    format!("{facts}: ssh is not among the device's services"),
+                    Some("ask a Meeting administrator to add the ssh service to the device".into()),
+                    Api::Authorized { ssh },
+                ),
+                (true, true) => (Status::Pass, facts, None, Api::Authorized { ssh }),
+            }
+        }
+        api::DeviceRecord::NotFound => (
+            Status::Fail,
+            format!("GET {full}: HTTP 404: the Meeting API does not know device {key}"),
+            Some("register the device in Meeting or correct device_key".into()),
+            Api::DeviceUnknown,
+        ),
+        api::DeviceRecord::Status(code, body) => (
+            Status::Warn,
+            format!("GET {full}: HTTP {code}: \"{body}\""),
+            Some("the API could not be asked; check api_url and the token".into()),
+            Api::Unknown,
+        ),
+        api::DeviceRecord::Failed(e) => (
+            Status::Warn,
+            format!("GET {full} failed: {e}"),
+            Some("the API could not be reached; check api_url and the network".into()),
+            Api::Unknown,
+        ),
+    };
+    steps.push(step("api", status, detail, hint, t));
+    api
+}
+
+/// How long a local service may take to show its banner.
+const BANNER_WAIT: Duration = Duration::from_secs(2);
+
+fn local_step(port: u16, timeout: Duration) -> Step {
+    let name = format!("local:{port}");
+    let t = Instant::now();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let sock = match TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(5))) {
+        Ok(s) => s,
+        Err(e) => {
+            let hint = if port == 22 {
+                "start sshd (systemctl start ssh, or /etc/init.d/sshd start)".to_owned()
+            } else {
+                format!("start the service that should listen on port {port}")
+            };
+            return step(
+                &name,
+                Status::Fail,
+                format!("nothing accepts on {addr}: {e}"),
+                Some(hint),
+                t,
+            );
+        }
+    };
+    let _ = sock.set_read_timeout(Some(BANNER_WAIT));
+    let mut buf = [0u8; 256];
+    let n = (&sock).read(&mut buf).unwrap_or(0);
+    let banner = &buf[..n];
+    let first_line = banner.split(|&b| b == b'\n').next().unwrap_or_default();
+    let shown = printable(first_line.strip_suffix(b"\r").unwrap_or(first_line), 80);
+    let (status, detail, hint) = if banner.starts_with(b"SSH-") {
+        (Status::Pass, format!("{addr} is sshd: {shown}"), None)
+    } else if port != 22 {
+        let says = if n == 0 {
+            String::new()
+        } else {
+            format!("; it says \"{shown}\"")
+        };
+        (Status::Pass, format!("{addr} is listening{says}"), None)
+    } else if n == 0 {
+        (
+            Status::Warn,
+            format!(
+                "{addr} accepts connections but sent no SSH banner within {} s",
+                BANNER_WAIT.as_secs()
+            ),
+            Some("check that the service on port 22 is sshd".into()),
+        )
+    } else {
+        (
+            Status::Warn,
+            format!("{addr} answers something unexpected for sshd: \"{shown}\""),
+            Some("check which program listens on port 22 (ss -tlnp)".into()),
+        )
+    };
+    step(&name, status, detail, hint, t)
+}

@@ -1,0 +1,250 @@
+//! The three ways `check` prints its report: readable text, JSON, a Markdown bug report.
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use super::verdict::Verdict;
+use super::{Report, Status};
+
+/// One line per step and the verdict; ANSI colours when `color`.
+pub fn text(r: &Report, color: bool) -> String {
+    let paint = |code: &str, s: &str| {
+        if color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_owned()
+        }
+    };
+    let mut out = String::new();
+    let who = r.facts.device_key.as_deref().unwrap_or("(no device key)");
+    let proxy = r.facts.proxy.as_deref().unwrap_or("(no proxy)");
+    let _ = writeln!(out, "tunnel-agent check: device {who}, proxy {proxy}\n");
+    for s in &r.steps {
+        let label = match s.status {
+            Status::Pass => paint("32", "PASS"),
+            Status::Warn => paint("33", "WARN"),
+            Status::Fail => paint("31", "FAIL"),
+            Status::Skipped => paint("2", "SKIP"),
+        };
+        let _ = writeln!(out, "{label}  {:<10} {} ({} ms)", s.name, s.detail, s.ms);
+        if let Some(h) = &s.hint {
+            let _ = writeln!(out, "      {:<10} -> {h}", "");
+        }
+    }
+    let code = r.verdict.code();
+    let v = if r.verdict == Verdict::Ok {
+        paint("32;1", code)
+    } else {
+        paint("31;1", code)
+    };
+    let _ = writeln!(
+        out,
+        "\nVerdict: {v} (exit {})\n{}",
+        r.verdict.exit_code(),
+        r.summary
+    );
+    out
+}
+
+/// The stable JSON form: `{"verdict", "summary", "exit_code", "device_key", "steps": [{"name",
+/// "status", "detail", "hint", "ms"}]}`.
+pub fn json(r: &Report) -> String {
+    let steps: Vec<_> = r
+        .steps
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "status": s.status.as_str(),
+                "detail": s.detail,
+                "hint": s.hint,
+                "ms": s.ms,
+            })
+        })
+        .collect();
+    json!({
+        "verdict": r.verdict.code(),
+        "summary": r.summary,
+        "exit_code": r.verdict.exit_code(),
+        "device_key": r.facts.device_key,
+        "version": env!("CARGO_PKG_VERSION"),
+        "steps": steps,
+    })
+    .to_string()
+}
+
+fn mark(s: Status) -> &'static str {
+    match s {
+        Status::Pass => "✅",
+        Status::Warn => "⚠️",
+        Status::Fail => "❌",
+        Status::Skipped => "➖",
+    }
+}
+
+fn questions(r: &Report) -> Vec<String> {
+    let key = r.facts.device_key.as_deref().unwrap_or("(unknown)");
+    match r.verdict {
+        Verdict::SilentlyRejected | Verdict::Rejected => vec![
+            format!("What did the proxy log for device key `{key}` at the time of this report?"),
+            format!(
+                "Does the proxy's own validation accept device key `{key}` with token `{}`? \
+                 Which check refused it (unknown key, wrong token, not registered, not authorized)?",
+                r.facts.token_masked.as_deref().unwrap_or("?")
+            ),
+            "Why does the proxy close without an error line? Could it answer \
+             `{\"status\":\"error\",\"message\":\"...\"}` so devices can say why?"
+                .into(),
+            "Does the proxy consult the same API/database that answers for this device below?".into(),
+        ],
+        Verdict::DeviceUnknown => vec![format!("Can device `{key}` be registered in Meeting?")],
+        Verdict::DeviceNotAuthorized => {
+            vec![format!("Can device `{key}` be authorized for tunnels (ssh)?")]
+        }
+        Verdict::NotMeetingProxy | Verdict::ConnectRefused | Verdict::ConnectTimeout => vec![
+            format!(
+                "Is `{}` the right tunnel endpoint for this device, and is the proxy running?",
+                r.facts.proxy.as_deref().unwrap_or("?")
+            ),
+        ],
+        Verdict::TlsMismatch | Verdict::TlsFailed => vec![
+            "Does the proxy port speak TLS, and with which certificate?".into(),
+        ],
+        _ => vec!["None: the device side looks right.".into()],
+    }
+}
+
+/// A bug report in the shape of the field report, ready to paste into a ticket.
+pub fn markdown(r: &Report) -> String {
+    let f = &r.facts;
+    let mut out = String::new();
+    let _ = writeln!(out, "# Tunnel check report: `{}`\n", r.verdict.code());
+    let _ = writeln!(out, "## Summary\n\n{}\n", r.summary);
+    let _ = writeln!(out, "## Environment\n");
+    let _ = writeln!(
+        out,
+        "- **Device key:** {}",
+        f.device_key.as_deref().unwrap_or("(not configured)")
+    );
+    let _ = writeln!(
+        out,
+        "- **Token:** {}",
+        f.token_masked.as_deref().unwrap_or("(not configured)")
+    );
+    let _ = writeln!(
+        out,
+        "- **Proxy:** {} (TLS {})",
+        f.proxy.as_deref().unwrap_or("(not configured)"),
+        if f.tls { "on" } else { "off" }
+    );
+    let _ = writeln!(
+        out,
+        "- **Agent:** tunnel-agent {} on {}",
+        env!("CARGO_PKG_VERSION"),
+        hostname()
+    );
+    let _ = writeln!(out, "- **Date:** {}\n", utc_now());
+    let _ = writeln!(out, "## Observed behaviour\n");
+    let mut n = 0;
+    for s in r
+        .steps
+        .iter()
+        .filter(|s| !s.name.starts_with("local") && s.name != "api")
+    {
+        n += 1;
+        let _ = writeln!(
+            out,
+            "{n}. **{}** {} {} ({} ms)",
+            s.name,
+            mark(s.status),
+            s.detail,
+            s.ms
+        );
+    }
+    if let Some(sent) = &f.handshake_sent {
+        let _ = writeln!(out, "\nHandshake sent (token masked):\n```\n{sent}\n```");
+    }
+    if let Some(raw) = &f.reply_raw {
+        let shown = if raw.is_empty() { "(0 bytes)" } else { raw };
+        let _ = writeln!(
+            out,
+            "Reply received after {} ms:\n```\n{shown}\n```",
+            f.reply_ms.unwrap_or(0)
+        );
+    }
+    let _ = writeln!(out, "\n## Device-side verifications\n");
+    for s in r
+        .steps
+        .iter()
+        .filter(|s| s.name.starts_with("local") || s.name == "api")
+    {
+        let _ = writeln!(out, "- **{}** {} {}", s.name, mark(s.status), s.detail);
+    }
+    let _ = writeln!(
+        out,
+        "\n## Expected behaviour\n\nPer the Meeting protocol, the proxy answers the handshake \
+         with one JSON line, `{{\"status\":\"authenticated\",\"device_key\":...}}` or an error \
+         with a reason (`{{\"status\":\"error\",\"message\":...}}`), then both sides exchange \
+         binary N/D/C frames.\n"
+    );
+    let _ = writeln!(out, "## Questions for the Meeting team\n");
+    for (i, q) in questions(r).iter().enumerate() {
+        let _ = writeln!(out, "{}. {q}", i + 1);
+    }
+    let _ = writeln!(
+        out,
+        "\n---\n*Generated by `tunnel-agent check --report`; verdict `{}`, exit {}.*",
+        r.verdict.code(),
+        r.verdict.exit_code()
+    );
+    out
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "(unknown host)".into())
+}
+
+/// Current time as `YYYY-MM-DD HH:MM UTC`.
+fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// Days since 1970-01-01 to a calendar date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::civil_from_days;
+
+    #[test]
+    fn calendar_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_486), (2026, 2, 2));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}

@@ -1,0 +1,391 @@
+//! From what the check steps found to one verdict: the single most likely cause, in one
+//! sentence a non-developer can act on. Pure logic.
+
+/// What went wrong first on the way to the proxy, if anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// The configuration could not be loaded.
+    ConfigError(String),
+    /// The host name did not resolve.
+    DnsFailed,
+    /// TCP connect refused.
+    ConnectRefused,
+    /// TCP connect timed out or the network is unreachable.
+    ConnectTimeout,
+    /// TLS on one side only.
+    TlsMismatch(String),
+    /// TLS handshake failed otherwise (certificate, name, expiry).
+    TlsFailed(String),
+    /// The handshake was sent and the reply classified.
+    Replied(Handshake),
+}
+
+/// What the proxy did with the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handshake {
+    /// Accepted (a reply, or frames from an older proxy).
+    Accepted,
+    /// Nothing within the timeout, connection still open.
+    NoReply,
+    /// Refused with a reason.
+    Refused(String),
+    /// Closed without a byte.
+    Silent,
+    /// TLS bytes on a plain connection.
+    TlsOnPlain,
+    /// Something that is not the Meeting protocol; the printable first bytes.
+    NotMeeting(String),
+}
+
+/// What the Meeting API said about the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// Not configured or not usable: no finding.
+    Unknown,
+    /// 404: the device does not exist.
+    DeviceUnknown,
+    /// `authorized: false`.
+    NotAuthorized,
+    /// Authorized; whether `ssh` is among its services.
+    Authorized {
+        /// `services` contains `ssh`.
+        ssh: bool,
+    },
+}
+
+/// Everything the verdict depends on.
+#[derive(Debug, Clone)]
+pub struct Findings {
+    /// Device key, quoted in summaries.
+    pub device_key: String,
+    /// `host:port` of the proxy.
+    pub proxy: String,
+    /// How far the connection got.
+    pub reach: Reach,
+    /// The API's answer.
+    pub api: Api,
+    /// Local ports that refused a connection.
+    pub local_down: Vec<u16>,
+    /// Local ports checked and answering.
+    pub local_up: Vec<u16>,
+    /// The handshake reply timeout, for the no-reply summary.
+    pub reply_timeout_s: f64,
+}
+
+/// The verdict codes of `tunnel-agent check --json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Everything works.
+    Ok,
+    /// Configuration missing or invalid.
+    ConfigError,
+    /// DNS failed.
+    DnsFailed,
+    /// TCP refused.
+    ConnectRefused,
+    /// TCP timed out.
+    ConnectTimeout,
+    /// TLS on one side only.
+    TlsMismatch,
+    /// TLS failed.
+    TlsFailed,
+    /// Refused with a reason.
+    Rejected,
+    /// Closed without a reply.
+    SilentlyRejected,
+    /// Older proxy that answers nothing.
+    NoReply,
+    /// Not a Meeting proxy.
+    NotMeetingProxy,
+    /// API: device unknown.
+    DeviceUnknown,
+    /// API: device not authorized.
+    DeviceNotAuthorized,
+    /// Local service down.
+    LocalServiceDown,
+}
+
+impl Verdict {
+    /// The stable code used in JSON.
+    pub fn code(self) -> &'static str {
+        match self {
+            Verdict::Ok => "ok",
+            Verdict::ConfigError => "config_error",
+            Verdict::DnsFailed => "dns_failed",
+            Verdict::ConnectRefused => "connect_refused",
+            Verdict::ConnectTimeout => "connect_timeout",
+            Verdict::TlsMismatch => "tls_mismatch",
+            Verdict::TlsFailed => "tls_failed",
+            Verdict::Rejected => "rejected",
+            Verdict::SilentlyRejected => "silently_rejected",
+            Verdict::NoReply => "no_reply",
+            Verdict::NotMeetingProxy => "not_meeting_proxy",
+            Verdict::DeviceUnknown => "device_unknown",
+            Verdict::DeviceNotAuthorized => "device_not_authorized",
+            Verdict::LocalServiceDown => "local_service_down",
+        }
+    }
+
+    /// Exit status: 0 ok (and no_reply: such proxies work); 1 configuration; 2 network (DNS,
+    /// TCP, TLS, not a Meeting proxy); 3 refused by the proxy; 4 the API says the device is
+    /// unknown or not authorized; 5 local service down.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Verdict::Ok | Verdict::NoReply => 0,
+            Verdict::ConfigError => 1,
+            Verdict::DnsFailed
+            | Verdict::ConnectRefused
+            | Verdict::ConnectTimeout
+            | Verdict::TlsMismatch
+            | Verdict::TlsFailed
+            | Verdict::NotMeetingProxy => 2,
+            Verdict::Rejected | Verdict::SilentlyRejected => 3,
+            Verdict::DeviceUnknown | Verdict::DeviceNotAuthorized => 4,
+            Verdict::LocalServiceDown => 5,
+        }
+    }
+}
+
+fn ports(ps: &[u16]) -> String {
+    ps.iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The verdict and its one-sentence summary.
+pub fn decide(f: &Findings) -> (Verdict, String) {
+    let key = &f.device_key;
+    let proxy = &f.proxy;
+    let host = proxy.rsplit_once(':').map_or(proxy.as_str(), |(h, _)| h);
+    let port = proxy.rsplit_once(':').map_or("", |(_, p)| p);
+    let api_refusal = || match f.api {
+        Api::DeviceUnknown => Some((
+            Verdict::DeviceUnknown,
+            format!(
+                "The Meeting API does not know device {key}: register the device in Meeting, or \
+                 correct device_key in the agent's configuration."
+            ),
+        )),
+        Api::NotAuthorized => Some((
+            Verdict::DeviceNotAuthorized,
+            format!(
+                "Device {key} exists in Meeting but is not authorized for tunnels: ask a Meeting \
+                 administrator to authorize it."
+            ),
+        )),
+        _ => None,
+    };
+    let local_down = || {
+        (!f.local_down.is_empty()).then(|| {
+            (
+                Verdict::LocalServiceDown,
+                format!(
+                    "The proxy accepts the device but nothing listens on {} on the device: start \
+                     the service (for sshd: systemctl start ssh).",
+                    ports(&f.local_down)
+                ),
+            )
+        })
+    };
+    match &f.reach {
+        Reach::ConfigError(e) => (
+            Verdict::ConfigError,
+            format!("The agent's configuration is incomplete or invalid: {e}"),
+        ),
+        Reach::DnsFailed => (
+            Verdict::DnsFailed,
+            format!(
+                "The device cannot resolve the proxy name {host}: check its DNS settings \
+                 (/etc/resolv.conf) and tunnel_host."
+            ),
+        ),
+        Reach::ConnectRefused => (
+            Verdict::ConnectRefused,
+            format!(
+                "The proxy {proxy} refused the connection: the proxy is down or tunnel_port is \
+                 wrong."
+            ),
+        ),
+        Reach::ConnectTimeout => (
+            Verdict::ConnectTimeout,
+            format!(
+                "Nothing answers at {proxy}: a firewall blocks outgoing TCP port {port} or the \
+                 device's network is down."
+            ),
+        ),
+        Reach::TlsMismatch(d) => (
+            Verdict::TlsMismatch,
+            format!("TLS is on at one end only ({d}): make tunnel_ssl match the proxy port."),
+        ),
+        Reach::TlsFailed(d) => (
+            Verdict::TlsFailed,
+            format!("The TLS connection to {proxy} failed: {d}."),
+        ),
+        Reach::Replied(Handshake::TlsOnPlain) => (
+            Verdict::TlsMismatch,
+            format!(
+                "The proxy port {proxy} speaks TLS but the agent does not: set tunnel_ssl to true."
+            ),
+        ),
+        Reach::Replied(Handshake::NotMeeting(first)) => (
+            Verdict::NotMeetingProxy,
+            format!(
+                "{proxy} is not a Meeting proxy (it answered \"{first}\"): check tunnel_host and \
+                 tunnel_port."
+            ),
+        ),
+        Reach::Replied(Handshake::Refused(reason)) => api_refusal().unwrap_or_else(|| {
+            (
+                Verdict::Rejected,
+                format!(
+                    "The proxy refused device {key} with the reason \"{reason}\": correct the \
+                     device's token or registration accordingly."
+                ),
+            )
+        }),
+        Reach::Replied(Handshake::Silent) => api_refusal().unwrap_or_else(|| {
+            let mut backing = Vec::new();
+            if matches!(f.api, Api::Authorized { .. }) {
+                backing.push("the Meeting API says the device is authorized".to_owned());
+            }
+            if !f.local_up.is_empty() {
+                backing.push(format!("{} is listening", ports(&f.local_up)));
+            }
+            let although = if backing.is_empty() {
+                String::new()
+            } else {
+                format!(", although {}", backing.join(" and "))
+            };
+            (
+                Verdict::SilentlyRejected,
+                format!(
+                    "The Meeting proxy's own validation rejected device key {key} and its token \
+                     without giving a reason{although}: ask the Meeting team why their proxy \
+                     refuses device {key} (what their proxy logged for it) and to confirm its \
+                     token."
+                ),
+            )
+        }),
+        Reach::Replied(Handshake::NoReply) => local_down().unwrap_or_else(|| {
+            (
+                Verdict::NoReply,
+                format!(
+                    "The proxy {proxy} kept the connection open but sent no reply within {:.0} s: \
+                     it is probably an older proxy that never answers, and the tunnel should work.",
+                    f.reply_timeout_s
+                ),
+            )
+        }),
+        Reach::Replied(Handshake::Accepted) => local_down().unwrap_or_else(|| {
+            (
+                Verdict::Ok,
+                format!(
+                    "The tunnel works: the proxy accepts device {key} and the local services \
+                     answer."
+                ),
+            )
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
+
+    fn findings(reach: Reach, api: Api, down: &[u16]) -> Findings {
+        Findings {
+            device_key: KEY.into(),
+            proxy: "meeting.ygsoft.fr:9001".into(),
+            reach,
+            api,
+            local_down: down.to_vec(),
+            local_up: if down.is_empty() { vec![22] } else { vec![] },
+            reply_timeout_s: 10.0,
+        }
+    }
+
+    #[test]
+    fn the_field_report_is_silently_rejected_and_says_whom_to_ask() {
+        let (v, s) = decide(&findings(
+            Reach::Replied(Handshake::Silent),
+            Api::Authorized { ssh: true },
+            &[],
+        ));
+        assert_eq!(v, Verdict::SilentlyRejected);
+        assert_eq!(v.exit_code(), 3);
+        assert!(
+            s.contains("proxy's own validation rejected device key"),
+            "{s}"
+        );
+        assert!(s.contains("API says the device is authorized"), "{s}");
+        assert!(s.contains("127.0.0.1:22 is listening"), "{s}");
+        assert!(s.contains("ask the Meeting team"), "{s}");
+        assert!(s.matches(KEY).count() >= 2, "{s}");
+    }
+
+    #[test]
+    fn the_api_explains_a_refusal_when_it_can() {
+        let silent = Reach::Replied(Handshake::Silent);
+        let refused = Reach::Replied(Handshake::Refused("Invalid token".into()));
+        assert_eq!(
+            decide(&findings(silent.clone(), Api::DeviceUnknown, &[])).0,
+            Verdict::DeviceUnknown
+        );
+        assert_eq!(
+            decide(&findings(refused.clone(), Api::NotAuthorized, &[])).0,
+            Verdict::DeviceNotAuthorized
+        );
+        let (v, s) = decide(&findings(refused, Api::Unknown, &[]));
+        assert_eq!(v, Verdict::Rejected);
+        assert!(s.contains("\"Invalid token\""));
+    }
+
+    #[test]
+    fn the_first_failure_on_the_path_wins() {
+        let f = |r| decide(&findings(r, Api::DeviceUnknown, &[22])).0;
+        assert_eq!(f(Reach::DnsFailed), Verdict::DnsFailed);
+        assert_eq!(f(Reach::ConnectRefused), Verdict::ConnectRefused);
+        assert_eq!(f(Reach::ConnectTimeout), Verdict::ConnectTimeout);
+        assert_eq!(
+            f(Reach::Replied(Handshake::TlsOnPlain)),
+            Verdict::TlsMismatch
+        );
+        assert_eq!(
+            f(Reach::Replied(Handshake::NotMeeting("HTTP/1.1".into()))),
+            Verdict::NotMeetingProxy
+        );
+        assert_eq!(
+            f(Reach::Replied(Handshake::Accepted)),
+            Verdict::LocalServiceDown
+        );
+        assert_eq!(
+            f(Reach::Replied(Handshake::NoReply)),
+            Verdict::LocalServiceDown
+        );
+    }
+
+    #[test]
+    fn ok_and_no_reply_exit_zero_everything_else_does_not() {
+        let ok = decide(&findings(
+            Reach::Replied(Handshake::Accepted),
+            Api::Unknown,
+            &[],
+        ))
+        .0;
+        assert_eq!((ok, ok.exit_code()), (Verdict::Ok, 0));
+        let nr = decide(&findings(
+            Reach::Replied(Handshake::NoReply),
+            Api::Unknown,
+            &[],
+        ))
+        .0;
+        assert_eq!((nr, nr.exit_code()), (Verdict::NoReply, 0));
+        assert_eq!(Verdict::ConfigError.exit_code(), 1);
+        assert_eq!(Verdict::TlsFailed.exit_code(), 2);
+        assert_eq!(Verdict::DeviceNotAuthorized.exit_code(), 4);
+        assert_eq!(Verdict::LocalServiceDown.exit_code(), 5);
+    }
+}

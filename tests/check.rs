@@ -1,0 +1,430 @@
+//! `tunnel-agent check`: every verdict produced by a real situation on loopback, asserted on
+//! the exit status, the JSON verdict and the key facts in the text and Markdown outputs.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use common::*;
+use serde_json::Value;
+
+/// A loopback server that answers every connection by calling `f`.
+fn serve(f: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let f = Arc::new(f);
+    thread::spawn(move || {
+        for c in l.incoming().map_while(Result::ok) {
+            let f = f.clone();
+            thread::spawn(move || f(c));
+        }
+    });
+    addr
+}
+
+/// A fake proxy that reads the handshake line and answers `reply`, then closes.
+fn replies(reply: &'static [u8]) -> SocketAddr {
+    serve(move |mut c| {
+        let mut line = String::new();
+        let _ = BufReader::new(c.try_clone().unwrap()).read_line(&mut line);
+        let _ = c.write_all(reply);
+    })
+}
+
+/// A service that greets like sshd.
+fn fake_sshd() -> u16 {
+    serve(|mut c| {
+        let _ = c.write_all(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n");
+        let _ = c.read(&mut [0u8; 64]);
+    })
+    .port()
+}
+
+/// A loopback port that drops SYNs: listen backlog 0, already full.
+fn black_hole() -> (SocketAddr, socket2::Socket, TcpStream) {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    s.listen(0).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    let filler = TcpStream::connect(addr).unwrap();
+    (addr, s, filler)
+}
+
+/// The fake Meeting API: answers `GET /api/devices/{key}` and records the requests.
+struct FakeApi {
+    url: String,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+fn fake_api(status: u16, body: &'static str) -> FakeApi {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let addr = serve(move |c| {
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        log.lock().unwrap().push(head);
+        let reason = if status == 200 { "OK" } else { "Not Found" };
+        let _ = (&c).write_all(
+            format!(
+                "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    });
+    FakeApi {
+        url: format!("http://{addr}/api"),
+        seen,
+    }
+}
+
+const AUTHORIZED: &str = r#"{"device_key":"3316A52EB08837267BF6BD3E2B2E8DC7","authorized":true,"services":["ssh","scp","debug"]}"#;
+const UNAUTHORIZED: &str =
+    r#"{"device_key":"3316A52EB08837267BF6BD3E2B2E8DC7","authorized":false,"services":["ssh"]}"#;
+
+/// A situation to check.
+struct Setup {
+    host: String,
+    port: u16,
+    api: Option<String>,
+    local: u16,
+    timeout: &'static str,
+}
+
+impl Setup {
+    fn new(proxy: SocketAddr, local: u16) -> Setup {
+        Setup {
+            host: "127.0.0.1".into(),
+            port: proxy.port(),
+            api: None,
+            local,
+            timeout: "1",
+        }
+    }
+}
+
+/// The three outputs of one situation.
+struct Outcome {
+    code: i32,
+    json: Value,
+    text: String,
+    report: String,
+}
+
+impl Outcome {
+    fn verdict(&self) -> &str {
+        self.json["verdict"].as_str().unwrap()
+    }
+    fn step(&self, name: &str) -> &Value {
+        self.json["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no step {name} in {}", self.json))
+    }
+    fn assert(&self, verdict: &str, code: i32, facts: &[&str]) {
+        assert_eq!(self.verdict(), verdict, "{}", self.text);
+        assert_eq!(self.code, code, "{}", self.text);
+        assert_eq!(self.json["exit_code"], code);
+        for f in facts {
+            assert!(self.text.contains(f), "text lacks {f:?}:\n{}", self.text);
+            assert!(
+                self.report.contains(f),
+                "report lacks {f:?}:\n{}",
+                self.report
+            );
+        }
+        for out in [&self.text, &self.report, &self.json.to_string()] {
+            assert!(!out.contains(TOKEN), "token leaked:\n{out}");
+        }
+    }
+}
+
+fn check(s: &Setup) -> Outcome {
+    let dir = std::env::temp_dir().join(format!(
+        "tunnel-agent-check-{}-{}",
+        std::process::id(),
+        s.port
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg: PathBuf = dir.join("meeting.json");
+    let mut v = serde_json::json!({
+        "device_key": KEY, "token_code": TOKEN, "tunnel_host": s.host, "tunnel_port": s.port,
+        "allowed_ports": [s.local],
+    });
+    if let Some(api) = &s.api {
+        v["api_url"] = api.clone().into();
+    }
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(bin("tunnel-agent"))
+            .args(["check", "--timeout", s.timeout, "--config"])
+            .arg(&cfg)
+            .args(extra)
+            .env_remove("MEETING_TOKEN")
+            .env_remove("MEETING_DEVICE_KEY")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, json) = run(&["--json"]);
+    let (tcode, text) = run(&[]);
+    let (_, report) = run(&["--report"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        code, tcode,
+        "the exit status does not depend on the output form"
+    );
+    Outcome {
+        code,
+        json: serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}")),
+        text,
+        report,
+    }
+}
+
+#[test]
+fn ok_when_everything_works() {
+    let proxy = Proxy::start(&["--device", &format!("{KEY}={TOKEN}")]);
+    let api = fake_api(200, AUTHORIZED);
+    let mut s = Setup::new(proxy.control, fake_sshd());
+    s.api = Some(api.url.clone());
+    let o = check(&s);
+    o.assert("ok", 0, &["SSH-2.0-OpenSSH_9.2p1", "authorized: true", KEY]);
+    assert_eq!(o.step("handshake")["status"], "pass");
+    assert_eq!(o.step("api")["status"], "pass");
+    let seen = api.seen.lock().unwrap();
+    assert!(
+        seen[0].starts_with(&format!("GET /api/devices/{KEY} HTTP/1.1")),
+        "{}",
+        seen[0]
+    );
+    assert!(
+        seen[0]
+            .to_ascii_lowercase()
+            .contains(&format!("x-token-code: {TOKEN}")),
+        "{}",
+        seen[0]
+    );
+}
+
+#[test]
+fn the_field_report_is_silently_rejected() {
+    let proxy = Proxy::start(&[
+        "--device",
+        &format!("{KEY}={TOKEN}"),
+        "--reply",
+        "silent-close",
+    ]);
+    let api = fake_api(200, AUTHORIZED);
+    let mut s = Setup::new(proxy.control, fake_sshd());
+    // Configured without the trailing /api, as some devices have it.
+    s.api = Some(api.url.trim_end_matches("/api").to_owned());
+    let o = check(&s);
+    o.assert(
+        "silently_rejected",
+        3,
+        &[
+            "proxy's own validation rejected device key",
+            KEY,
+            "0 bytes",
+            "ask the Meeting team",
+        ],
+    );
+    assert!(
+        o.json["summary"].as_str().unwrap().contains("authorized"),
+        "{}",
+        o.json
+    );
+    assert!(api.seen.lock().unwrap()[0].starts_with(&format!("GET /api/devices/{KEY} ")));
+    // The report has the field report's shape, with the masked token.
+    let token_masked = format!("{}****", &TOKEN[..2]);
+    for section in [
+        "## Summary",
+        "## Environment",
+        "## Observed behaviour",
+        "## Device-side verifications",
+        "## Expected behaviour",
+        "## Questions for the Meeting team",
+    ] {
+        assert!(
+            o.report.contains(section),
+            "{section} missing:\n{}",
+            o.report
+        );
+    }
+    assert!(
+        o.report.contains(&format!("**Token:** {token_masked}")),
+        "{}",
+        o.report
+    );
+    assert!(
+        o.report.contains(&format!(
+            "{{\"token\": \"{token_masked}\", \"name\": \"{KEY}\"}}\\n"
+        )),
+        "{}",
+        o.report
+    );
+}
+
+#[test]
+fn rejected_with_the_servers_reason() {
+    let proxy = Proxy::start(&["--device", &format!("{KEY}=another")]);
+    let o = check(&Setup::new(proxy.control, fake_sshd()));
+    o.assert("rejected", 3, &["\"wrong token\""]);
+}
+
+#[test]
+fn the_api_names_an_unknown_or_unauthorized_device() {
+    let proxy = Proxy::start(&["--device", &format!("{KEY}=another")]);
+    let api = fake_api(404, r#"{"error":"Device not found"}"#);
+    let mut s = Setup::new(proxy.control, fake_sshd());
+    s.api = Some(api.url.clone());
+    check(&s).assert("device_unknown", 4, &["HTTP 404", KEY]);
+
+    let proxy = Proxy::start(&[
+        "--device",
+        &format!("{KEY}={TOKEN}"),
+        "--reply",
+        "silent-close",
+    ]);
+    let api = fake_api(200, UNAUTHORIZED);
+    let mut s = Setup::new(proxy.control, fake_sshd());
+    s.api = Some(api.url.clone());
+    check(&s).assert("device_not_authorized", 4, &["authorized: false"]);
+}
+
+#[test]
+fn ssh_missing_from_services_is_its_own_finding() {
+    let proxy = Proxy::start(&["--device", &format!("{KEY}={TOKEN}")]);
+    let api = fake_api(200, r#"{"authorized":true,"services":["vnc"]}"#);
+    let mut s = Setup::new(proxy.control, fake_sshd());
+    s.api = Some(api.url.clone());
+    let o = check(&s);
+    o.assert("ok", 0, &["ssh is not among the device's services"]);
+    assert_eq!(o.step("api")["status"], "warn");
+}
+
+#[test]
+fn local_service_down() {
+    let proxy = Proxy::start(&["--device", &format!("{KEY}={TOKEN}")]);
+    let closed = closed_port();
+    let o = check(&Setup::new(proxy.control, closed));
+    o.assert("local_service_down", 5, &[&format!("127.0.0.1:{closed}")]);
+    assert_eq!(o.step(&format!("local:{closed}"))["status"], "fail");
+}
+
+#[test]
+fn no_reply_from_an_older_proxy() {
+    let proxy = Proxy::start(&["--device", &format!("{KEY}={TOKEN}"), "--reply", "none"]);
+    let o = check(&Setup::new(proxy.control, fake_sshd()));
+    o.assert("no_reply", 0, &["no reply within 1 s"]);
+    assert_eq!(o.step("handshake")["status"], "warn");
+}
+
+#[test]
+fn a_listener_that_never_answers_is_no_reply_too() {
+    let silent = serve(|c| {
+        let _ = (&c).read(&mut [0u8; 4096]);
+        let _ = (&c).read(&mut [0u8; 1]);
+    });
+    check(&Setup::new(silent, fake_sshd())).assert("no_reply", 0, &["connection stays open"]);
+}
+
+#[test]
+fn http_is_not_a_meeting_proxy() {
+    let http = replies(b"HTTP/1.1 400 Bad Request\r\nServer: nginx\r\n\r\n");
+    check(&Setup::new(http, fake_sshd())).assert(
+        "not_meeting_proxy",
+        2,
+        &["HTTP/1.1 400 Bad Request"],
+    );
+}
+
+#[test]
+fn tls_bytes_are_a_tls_mismatch() {
+    let tls = replies(&[0x16, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]);
+    check(&Setup::new(tls, fake_sshd())).assert(
+        "tls_mismatch",
+        2,
+        &["\\x16\\x03\\x03", "tunnel_ssl"],
+    );
+}
+
+#[test]
+fn connect_refused_and_timeout_are_different_failures() {
+    let closed: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
+    check(&Setup::new(closed, fake_sshd())).assert("connect_refused", 2, &["refused"]);
+    let (hole, _listener, _filler) = black_hole();
+    check(&Setup::new(hole, fake_sshd())).assert("connect_timeout", 2, &["timed out"]);
+}
+
+#[test]
+fn a_name_that_does_not_resolve() {
+    let mut s = Setup::new("127.0.0.1:9001".parse().unwrap(), fake_sshd());
+    s.host = "meeting-proxy.invalid".into();
+    check(&s).assert("dns_failed", 2, &["meeting-proxy.invalid"]);
+}
+
+#[test]
+fn configuration_errors_exit_1() {
+    let out = Command::new(bin("tunnel-agent"))
+        .args(["check", "--json", "--config", "/nonexistent/meeting.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verdict"], "config_error");
+    assert!(v["summary"]
+        .as_str()
+        .unwrap()
+        .contains("/nonexistent/meeting.json"));
+}
+
+#[test]
+fn a_token_file_readable_by_others_is_a_warning_with_the_fix() {
+    let proxy = Proxy::start(&["--device", &format!("{KEY}={TOKEN}")]);
+    let dir = std::env::temp_dir().join(format!("tunnel-agent-perm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("meeting.json");
+    std::fs::write(
+        &cfg,
+        format!(r#"{{"device_key":"{KEY}","token_code":"{TOKEN}","tunnel_host":"127.0.0.1","tunnel_port":{},"allowed_ports":[{}]}}"#, proxy.control.port(), fake_sshd()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(bin("tunnel-agent"))
+        .arg("check")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("WARN  config"), "{text}");
+    assert!(
+        text.contains(&format!("chmod 600 {}", cfg.display())),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

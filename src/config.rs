@@ -95,6 +95,16 @@ pub struct Flags {
     pub connect_timeout: Option<String>,
     /// `--allow-port PORT`, repeatable.
     pub allow_ports: Vec<String>,
+    /// `--tls`.
+    pub tls: bool,
+    /// `--ca-file FILE`.
+    pub ca_file: Option<String>,
+    /// `--tls-server-name NAME`.
+    pub tls_server_name: Option<String>,
+    /// `--max-channels N`.
+    pub max_channels: Option<String>,
+    /// `--max-frame BYTES`.
+    pub max_frame: Option<String>,
 }
 
 /// Where the files are looked for; tests point these elsewhere.
@@ -136,6 +146,14 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Local ports the proxy may ask for (default `[22]`).
     pub allowed_ports: Sourced<Vec<u16>>,
+    /// PEM CA bundle trusted instead of the public roots.
+    pub ca_file: Option<Sourced<PathBuf>>,
+    /// Name checked in the proxy's certificate (default: the host).
+    pub tls_server_name: Sourced<String>,
+    /// Most channels open at once.
+    pub max_channels: usize,
+    /// Largest frame payload accepted from the proxy.
+    pub max_frame: u32,
     /// The configuration file that was read, if any.
     pub file: Option<PathBuf>,
 }
@@ -496,6 +514,7 @@ pub fn load(
     };
 
     let tls = match pick(vec![
+        (Source::Flag("--tls"), flags.tls.then(|| "true".to_owned())),
         (Source::Env("MEETING_TUNNEL_TLS"), env("MEETING_TUNNEL_TLS")),
         from_file("tunnel_ssl")?,
     ]) {
@@ -529,6 +548,51 @@ pub fn load(
         "connect_timeout",
         5,
     )?;
+
+    let ca_file = pick(vec![
+        (Source::Flag("--ca-file"), flags.ca_file.clone()),
+        from_file("ca_file")?,
+    ])
+    .map(|s| Sourced {
+        value: PathBuf::from(s.value),
+        source: s.source,
+    });
+    let tls_server_name = pick(vec![
+        (
+            Source::Flag("--tls-server-name"),
+            flags.tls_server_name.clone(),
+        ),
+        from_file("tls_server_name")?,
+    ])
+    .unwrap_or_else(|| host.clone());
+    let count =
+        |flag: Option<String>, name: &'static str, key: &'static str, default: u64, max: u64| {
+            match pick(vec![(Source::Flag(name), flag), from_file(key)?]) {
+                Some(s) => match s.value.trim().parse::<u64>() {
+                    Ok(n) if (1..=max).contains(&n) => Ok(n),
+                    _ => Err(ConfigError::Invalid {
+                        what: key,
+                        source: s.source,
+                        why: format!("\"{}\" is not a whole number from 1 to {max}", s.value),
+                    }),
+                },
+                None => Ok(default),
+            }
+        };
+    let max_channels = count(
+        flags.max_channels.clone(),
+        "--max-channels",
+        "max_channels",
+        64,
+        100_000,
+    )? as usize;
+    let max_frame = count(
+        flags.max_frame.clone(),
+        "--max-frame",
+        "max_frame",
+        u64::from(crate::frame::DEFAULT_MAX_FRAME),
+        64 * 1024 * 1024,
+    )? as u32;
 
     let allowed_ports = if !flags.allow_ports.is_empty() {
         let source = Source::Flag("--allow-port");
@@ -575,6 +639,10 @@ pub fn load(
         handshake_timeout,
         connect_timeout,
         allowed_ports,
+        ca_file,
+        tls_server_name,
+        max_channels,
+        max_frame,
         file: file.map(|f| f.path),
     })
 }
@@ -691,6 +759,57 @@ mod tests {
         );
         assert_eq!(c.handshake_timeout, Duration::from_secs(5));
         assert_eq!(c.allowed_ports.value, vec![22]);
+        assert_eq!(c.max_channels, 64);
+        assert_eq!(c.max_frame, 1024 * 1024);
+        assert_eq!(c.tls_server_name.value, DEFAULT_HOST);
+        assert!(c.ca_file.is_none());
+    }
+
+    #[test]
+    fn tls_settings_and_limits() {
+        let t = Tmp::new("tls");
+        let p = t.file(
+            "c.json",
+            r#"{"device_key":"K","token_code":"t","tunnel_host":"10.0.0.1","tunnel_ssl":true,
+               "ca_file":"/etc/tunnel-agent/ca.pem","tls_server_name":"proxy.example",
+               "max_channels":8,"max_frame":65536}"#,
+        );
+        let flags = Flags {
+            config: Some(p),
+            ..Flags::default()
+        };
+        let c = load(&flags, &env_of(&[]), &t.paths()).unwrap();
+        assert!(c.tls.value);
+        assert_eq!(
+            c.ca_file.unwrap().value,
+            PathBuf::from("/etc/tunnel-agent/ca.pem")
+        );
+        assert_eq!(c.tls_server_name.value, "proxy.example");
+        assert_eq!((c.max_channels, c.max_frame), (8, 65536));
+        let c = load(
+            &Flags {
+                tls: true,
+                ..Flags::default()
+            },
+            &env_of(&[
+                ("MEETING_DEVICE_KEY", "K"),
+                ("MEETING_TOKEN", "t"),
+                ("MEETING_TUNNEL_TLS", "0"),
+            ]),
+            &t.paths(),
+        )
+        .unwrap();
+        assert!(c.tls.value, "--tls beats the environment");
+        let e = load(
+            &Flags {
+                max_channels: Some("0".into()),
+                ..flags.clone()
+            },
+            &env_of(&[]),
+            &t.paths(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("max_channels"), "{e}");
     }
 
     #[test]

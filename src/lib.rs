@@ -10,4 +10,5 @@ pub mod handshake;
 pub mod logging;
 pub mod printable;
 pub mod relay;
+pub mod transport;
 pub mod writer;

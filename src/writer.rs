@@ -38,26 +38,28 @@ impl FrameSender {
     }
 }
 
-/// Starts the writer thread on `stream`. On a write error it shuts the socket down, so the
-/// reading side notices at once; the thread's result says what failed.
-pub fn spawn(
-    stream: TcpStream,
+/// Starts the writer thread writing to `out`. On a write error it shuts `sock` (the socket
+/// under `out`) down, so the reading side notices at once; the thread's result says what
+/// failed.
+pub fn spawn<W: Write + Send + 'static>(
+    out: W,
+    sock: TcpStream,
     name: &str,
 ) -> io::Result<(FrameSender, JoinHandle<io::Result<()>>)> {
     let (tx, rx) = mpsc::sync_channel(QUEUE_FRAMES);
     let handle = thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
-            let result = write_loop(&stream, &rx);
+            let result = write_loop(out, &rx);
             if result.is_err() {
-                let _ = stream.shutdown(Shutdown::Both);
+                let _ = sock.shutdown(Shutdown::Both);
             }
             result
         })?;
     Ok((FrameSender(tx), handle))
 }
 
-fn write_loop(stream: &TcpStream, rx: &Receiver<Msg>) -> io::Result<()> {
+fn write_loop<W: Write>(stream: W, rx: &Receiver<Msg>) -> io::Result<()> {
     let mut out = BufWriter::with_capacity(BUFFER, stream);
     while let Ok(msg) = rx.recv() {
         let Msg::Frame(frame) = msg else {

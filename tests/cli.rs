@@ -77,20 +77,6 @@ fn token_flag_is_refused_with_the_reason() {
 }
 
 #[test]
-fn tls_requested_is_a_clear_configuration_error_in_this_version() {
-    let (code, out) = exit_of(agent_with_env(
-        "127.0.0.1:9".parse().unwrap(),
-        &[],
-        &[("MEETING_TUNNEL_TLS", "1")],
-    ));
-    assert_eq!(code, 2, "{out}");
-    assert!(
-        out.contains("TLS is requested (environment MEETING_TUNNEL_TLS)"),
-        "{out}"
-    );
-}
-
-#[test]
 fn a_deployed_meeting_json_works_unchanged() {
     let echo = echo_server();
     let proxy = Proxy::for_ports(&[echo], &[]);
@@ -105,9 +91,11 @@ fn a_deployed_meeting_json_works_unchanged() {
   "tunnel_port": {},
   "tunnel_ssl": false,
   "api_url": "https://meeting.ygsoft.fr/api",
+  "allowed_ports": [{}],
   "camera": {{"fps": 25}}
 }}"#,
-            proxy.control.port()
+            proxy.control.port(),
+            echo
         ),
     );
     let agent = Proc::spawn(bin("tunnel-agent"), &["--config", &cfg], &[]);

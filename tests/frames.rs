@@ -43,7 +43,8 @@ fn assert_echo(s: &mut TcpStream, stream: u32, port: u16, msg: &[u8]) {
 fn unknown_frame_type_is_skipped_and_the_session_goes_on() {
     let echo = echo_server();
     let fake = FakeProxy::start();
-    let agent = agent(fake.addr, &[]);
+    let allow = echo.to_string();
+    let agent = agent(fake.addr, &["--allow-port", &allow]);
     let mut s = session(&fake);
     write_frame(&mut s, b'P', 1, b"ping?").unwrap();
     write_frame(&mut s, TYPE_DATA, 99, b"for nobody").unwrap();

@@ -62,7 +62,7 @@ fn handshake_line_is_the_python_agents_64_bytes() {
 fn accepted_enters_frame_mode() {
     let echo = echo_server();
     let proxy = Proxy::for_ports(&[echo], &[]);
-    let agent = agent(proxy.control, &[]);
+    let agent = proxy.agent(&[]);
     proxy.wait_agent(1);
     agent.wait_for(
         &format!(
@@ -77,7 +77,7 @@ fn accepted_enters_frame_mode() {
 #[test]
 fn refused_form_a_logs_the_servers_reason_and_backs_off_long() {
     let proxy = Proxy::start(&["--device", &format!("{KEY}=not-the-token")]);
-    let agent = agent(proxy.control, &[]);
+    let agent = proxy.agent(&[]);
     assert_refusal(&agent, &["refused device", "\"wrong token\""]);
 }
 
@@ -89,7 +89,7 @@ fn refused_form_b_is_a_refusal_not_a_success() {
         "--error-form",
         "error",
     ]);
-    let agent = agent(proxy.control, &[]);
+    let agent = proxy.agent(&[]);
     assert_refusal(&agent, &["\"device not authorized\"", "[auth_failed]"]);
     assert!(!agent.output().contains("tunnel ready"));
 }
@@ -102,7 +102,7 @@ fn closed_with_zero_bytes_is_the_field_report_diagnosis() {
         "--reply",
         "silent-close",
     ]);
-    let agent = agent(proxy.control, &[]);
+    let agent = proxy.agent(&[]);
     assert_refusal(
         &agent,
         &[
@@ -119,7 +119,7 @@ fn closed_with_zero_bytes_is_the_field_report_diagnosis() {
 fn no_reply_but_open_connection_enters_frame_mode_after_the_timeout() {
     let echo = echo_server();
     let proxy = Proxy::for_ports(&[echo], &["--reply", "none"]);
-    let agent = agent(proxy.control, &["--handshake-timeout", "0.5"]);
+    let agent = proxy.agent(&["--handshake-timeout", "0.5"]);
     agent.wait_for("no reply to the handshake", SOON);
     assert_eq!(echo_through(proxy.tunnels[0], b"old proxy"), b"old proxy");
     assert_eq!(agent.count("no reply to the handshake"), 1, "logged once");
@@ -130,7 +130,7 @@ fn first_byte_of_a_frame_instead_of_a_reply_is_kept() {
     let echo = echo_server();
     let proxy = Proxy::for_ports(&[echo], &["--reply", "none"]);
     // A long reply timeout: the tunnel can only work at once if the N byte was kept.
-    let agent = agent(proxy.control, &["--handshake-timeout", "600"]);
+    let agent = proxy.agent(&["--handshake-timeout", "600"]);
     proxy.wait_agent(1);
     assert_eq!(
         echo_through(proxy.tunnels[0], b"first frame"),

@@ -102,7 +102,7 @@ fn ssh_and_scp_through_the_tunnel() {
     sshd.wait_for(&format!("Server listening on 127.0.0.1 port {port}"), SOON);
 
     let proxy = Proxy::for_ports(&[port], &[]);
-    let agent = agent(proxy.control, &[]);
+    let agent = proxy.agent(&[]);
     proxy.wait_agent(1);
     let public = proxy.tunnels[0].port().to_string();
     let opts = client_opts(d);

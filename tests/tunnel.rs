@@ -13,7 +13,7 @@ use common::*;
 fn thirty_two_concurrent_channels_echo_four_megabytes_each() {
     let echo = echo_server();
     let proxy = Proxy::for_ports(&[echo], &[]);
-    let _agent = agent(proxy.control, &[]);
+    let _agent = proxy.agent(&[]);
     proxy.wait_agent(1);
     let public = proxy.tunnels[0];
     let handles: Vec<_> = (0..32u64)
@@ -36,7 +36,7 @@ fn refused_local_port_closes_only_that_channel() {
     let echo = echo_server();
     let closed = closed_port();
     let proxy = Proxy::for_ports(&[echo, closed], &[]);
-    let agent = agent(proxy.control, &[]);
+    let agent = proxy.agent(&[]);
     proxy.wait_agent(1);
     let (good, bad) = (proxy.tunnels[0], proxy.tunnels[1]);
 
@@ -70,7 +70,7 @@ fn data_sent_before_the_local_connection_is_up_is_delivered() {
     // The public client writes immediately; the agent gets D frames while still connecting.
     let echo = echo_server();
     let proxy = Proxy::for_ports(&[echo], &[]);
-    let _agent = agent(proxy.control, &[]);
+    let _agent = proxy.agent(&[]);
     proxy.wait_agent(1);
     for i in 0..20u64 {
         let data = random_bytes(300_000, 100 + i);
@@ -82,7 +82,7 @@ fn data_sent_before_the_local_connection_is_up_is_delivered() {
 fn channel_open_and_close_are_logged_with_port_bytes_and_duration() {
     let echo = echo_server();
     let proxy = Proxy::for_ports(&[echo], &[]);
-    let agent = agent(proxy.control, &[]);
+    let agent = proxy.agent(&[]);
     proxy.wait_agent(1);
     assert_eq!(
         echo_through(proxy.tunnels[0], &[7u8; 1000]),
@@ -102,7 +102,7 @@ fn channel_open_and_close_are_logged_with_port_bytes_and_duration() {
 fn agent_reconnects_after_proxy_restart_and_tunnel_works_again() {
     let echo = echo_server();
     let mut proxy = Proxy::for_ports(&[echo], &[]);
-    let agent = agent(proxy.control, &[]);
+    let agent = proxy.agent(&[]);
     proxy.wait_agent(1);
     assert_eq!(echo_through(proxy.tunnels[0], b"first"), b"first");
 
@@ -123,7 +123,7 @@ fn agent_reconnects_after_proxy_restart_and_tunnel_works_again() {
 fn sigterm_closes_channels_and_exits_zero_promptly() {
     let echo = echo_server();
     let proxy = Proxy::for_ports(&[echo], &[]);
-    let mut agent = agent(proxy.control, &[]);
+    let mut agent = proxy.agent(&[]);
     proxy.wait_agent(1);
     let open = TcpStream::connect(proxy.tunnels[0]).unwrap();
     open.set_read_timeout(Some(SOON)).unwrap();
@@ -176,7 +176,7 @@ fn a_new_device_connection_replaces_the_old_one() {
     use std::io::{BufRead, BufReader, Write};
     let echo = echo_server();
     let proxy = Proxy::for_ports(&[echo], &[]);
-    let agent = agent(proxy.control, &[]);
+    let agent = proxy.agent(&[]);
     proxy.wait_agent(1);
     // A second connection for the same device, made by hand.
     let mut other = TcpStream::connect(proxy.control).unwrap();

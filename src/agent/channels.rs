@@ -84,6 +84,17 @@ impl Channel {
     }
 }
 
+/// What the proxy may ask of the agent; it cannot talk the agent out of these.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Local ports a channel may connect to (always on 127.0.0.1).
+    pub allowed_ports: Vec<u16>,
+    /// Most channels open at once.
+    pub max_channels: usize,
+    /// How long a local connect may take.
+    pub connect_timeout: Duration,
+}
+
 /// Totals over the life of a [`Channels`] table.
 #[derive(Debug, Default)]
 pub struct Totals {
@@ -98,7 +109,7 @@ pub struct Totals {
 struct Shared {
     map: Mutex<HashMap<u32, Arc<Channel>>>,
     tx: FrameSender,
-    connect_timeout: Duration,
+    limits: Limits,
     totals: Arc<Totals>,
 }
 
@@ -136,12 +147,12 @@ pub struct Channels {
 
 impl Channels {
     /// An empty table whose channels send frames through `tx`.
-    pub fn new(tx: FrameSender, connect_timeout: Duration, totals: Arc<Totals>) -> Self {
+    pub fn new(tx: FrameSender, limits: Limits, totals: Arc<Totals>) -> Self {
         Channels {
             shared: Arc::new(Shared {
                 map: Mutex::new(HashMap::new()),
                 tx,
-                connect_timeout,
+                limits,
                 totals,
             }),
         }
@@ -158,7 +169,28 @@ impl Channels {
     }
 
     /// `N`: opens a channel to `127.0.0.1:port` on its own thread; never blocks on the connect.
+    /// A port outside `allowed_ports`, or one channel too many, is answered with `C` at once.
     pub fn open(&self, stream: u32, port: u16) {
+        let limits = &self.shared.limits;
+        if !limits.allowed_ports.contains(&port) {
+            warn!(
+                "refusing channel {stream}: the proxy asked for local port {port}, which is not in \
+                 allowed_ports {:?}; answered with close",
+                limits.allowed_ports
+            );
+            let _ = self.shared.tx.send(close_frame(stream));
+            return;
+        }
+        let open = self.len();
+        if open >= limits.max_channels && !self.shared.map().contains_key(&stream) {
+            warn!(
+                "refusing channel {stream} to port {port}: {open} channels are open, the limit \
+                 (max_channels) is {}; answered with close",
+                limits.max_channels
+            );
+            let _ = self.shared.tx.send(close_frame(stream));
+            return;
+        }
         let ch = Arc::new(Channel {
             stream,
             port,
@@ -264,7 +296,7 @@ impl Channels {
 
 fn run_channel(shared: &Shared, ch: &Arc<Channel>) {
     let addr = SocketAddr::from(([127, 0, 0, 1], ch.port));
-    let sock = match TcpStream::connect_timeout(&addr, shared.connect_timeout) {
+    let sock = match TcpStream::connect_timeout(&addr, shared.limits.connect_timeout) {
         Ok(s) => s,
         Err(e) => {
             let hint = match e.kind() {

@@ -1,19 +1,18 @@
 //! One control connection: connect, handshake, then frame mode until it ends.
 
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown as How, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
-use crate::agent::channels::{Channels, Totals};
+use crate::agent::channels::{Channels, Limits, Totals};
 use crate::agent::shutdown::Shutdown;
 use crate::config::Config;
-use crate::frame::{
-    close_frame, printable_type, Frame, FrameError, FrameReader, DEFAULT_MAX_FRAME,
-};
+use crate::frame::{close_frame, printable_type, Frame, FrameError, FrameReader};
 use crate::handshake::{handshake_line, read_reply, FailureClass, Reply, ReplyError};
+use crate::transport::Control;
 use crate::writer;
 
 /// How long a TCP connect to the proxy may take.
@@ -48,6 +47,11 @@ pub enum SessionError {
     ClosedByProxy,
     /// Writing to the proxy failed.
     Write(io::Error),
+    /// TLS could not be set up.
+    #[cfg(feature = "tls")]
+    Tls(crate::transport::tls::TlsError),
+    /// TLS is configured but this build has no TLS.
+    TlsUnavailable,
 }
 
 impl SessionError {
@@ -88,6 +92,12 @@ impl SessionError {
                 format!("the proxy {proxy} closed the control connection")
             }
             SessionError::Write(e) => format!("writing to the proxy {proxy} failed: {e}"),
+            #[cfg(feature = "tls")]
+            SessionError::Tls(e) => format!("TLS to the proxy {proxy}: {e}"),
+            SessionError::TlsUnavailable => format!(
+                "TLS is configured for {proxy} but this tunnel-agent was built without the tls \
+                 feature: install a build with TLS or set tunnel_ssl to false"
+            ),
         }
     }
 }
@@ -147,6 +157,40 @@ fn connect(cfg: &Config) -> Result<TcpStream, SessionError> {
         .map_err(|(addr, err)| SessionError::Connect { addr, err })
 }
 
+/// Describes what the TLS configuration trusts, for messages.
+pub fn trusted(cfg: &Config) -> String {
+    match &cfg.ca_file {
+        Some(ca) => format!("the CA in ca_file {}", ca.value.display()),
+        None => "any public certificate authority (webpki-roots)".to_owned(),
+    }
+}
+
+/// Makes the control connection on `sock`: plain, or TLS when configured.
+pub fn secure(cfg: &Config, sock: TcpStream, timeout: Duration) -> Result<Control, SessionError> {
+    if !cfg.tls.value {
+        return Control::plain(sock).map_err(SessionError::SendHandshake);
+    }
+    #[cfg(feature = "tls")]
+    {
+        use crate::transport::tls;
+        let ca = cfg.ca_file.as_ref().map(|c| c.value.as_path());
+        let config = tls::client_config(ca).map_err(SessionError::Tls)?;
+        tls::connect(
+            sock,
+            config,
+            &cfg.tls_server_name.value,
+            &trusted(cfg),
+            timeout,
+        )
+        .map_err(SessionError::Tls)
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = (sock, timeout);
+        Err(SessionError::TlsUnavailable)
+    }
+}
+
 /// Runs one control connection to its end.
 pub fn run(cfg: &Config, shutdown: &Shutdown, totals: &Arc<Totals>) -> SessionOutcome {
     let failed = |e| SessionOutcome {
@@ -158,14 +202,17 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, totals: &Arc<Totals>) -> SessionOu
         Err(e) => return failed(e),
     };
     shutdown.register(sock.try_clone().ok());
-    let outcome = handshake_then_frames(cfg, sock, shutdown, totals);
+    let outcome = match secure(cfg, sock, PROXY_CONNECT_TIMEOUT) {
+        Ok(control) => handshake_then_frames(cfg, control, shutdown, totals),
+        Err(e) => failed(e),
+    };
     shutdown.register(None);
     outcome
 }
 
 fn handshake_then_frames(
     cfg: &Config,
-    sock: TcpStream,
+    control: Control,
     shutdown: &Shutdown,
     totals: &Arc<Totals>,
 ) -> SessionOutcome {
@@ -173,26 +220,37 @@ fn handshake_then_frames(
         uptime: Duration::ZERO,
         result: Err(e),
     };
+    let Control {
+        reader,
+        mut writer,
+        sock,
+        tls,
+    } = control;
     let proxy = cfg.proxy_addr();
     let peer = sock
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| proxy.clone());
     let _ = sock.set_nodelay(true);
+    if let Some(t) = &tls {
+        info!(
+            "TLS to proxy {proxy}: {}, {}, certificate \"{}\" issued by \"{}\", valid until {}",
+            t.version, t.cipher, t.subject, t.issuer, t.not_after
+        );
+    }
     info!(
         "connected to proxy {proxy} ({peer}); sending handshake for device {}",
         cfg.device_key.value
     );
     let line = handshake_line(cfg.token.value.expose(), &cfg.device_key.value);
-    if let Err(e) = (&sock).write_all(line.as_bytes()) {
+    if let Err(e) = writer
+        .write_all(line.as_bytes())
+        .and_then(|()| writer.flush())
+    {
         return failed(SessionError::SendHandshake(e));
     }
-    let reader_sock = match sock.try_clone() {
-        Ok(s) => s,
-        Err(e) => return failed(SessionError::SendHandshake(e)),
-    };
-    let _ = reader_sock.set_read_timeout(Some(cfg.handshake_timeout));
-    let mut reader = BufReader::with_capacity(READ_BUFFER, reader_sock);
+    let _ = sock.set_read_timeout(Some(cfg.handshake_timeout));
+    let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
     let started = Instant::now();
     match read_reply(&mut reader) {
         Ok(Reply::Accepted { device_key }) => {
@@ -220,28 +278,23 @@ fn handshake_then_frames(
         ),
         Err(e) => return failed(SessionError::Reply(e)),
     }
-    let _ = reader.get_ref().set_read_timeout(None);
-    frames(cfg, sock, reader, shutdown, totals)
+    let _ = sock.set_read_timeout(None);
+    frames(cfg, sock, reader, writer, shutdown, totals)
 }
 
 fn frames(
     cfg: &Config,
     sock: TcpStream,
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Box<dyn Read + Send>>,
+    writer: Box<dyn Write + Send>,
     shutdown: &Shutdown,
     totals: &Arc<Totals>,
 ) -> SessionOutcome {
     let since = Instant::now();
-    let write_sock = match sock.try_clone() {
-        Ok(s) => s,
-        Err(e) => {
-            return SessionOutcome {
-                uptime: Duration::ZERO,
-                result: Err(SessionError::Write(e)),
-            }
-        }
-    };
-    let (tx, writer) = match writer::spawn(write_sock, "frame-writer") {
+    let spawned = sock
+        .try_clone()
+        .and_then(|closer| writer::spawn(writer, closer, "frame-writer"));
+    let (tx, writer) = match spawned {
         Ok(w) => w,
         Err(e) => {
             return SessionOutcome {
@@ -250,8 +303,13 @@ fn frames(
             }
         }
     };
-    let channels = Channels::new(tx.clone(), cfg.connect_timeout, totals.clone());
-    let mut frames = FrameReader::new(reader, DEFAULT_MAX_FRAME);
+    let limits = Limits {
+        allowed_ports: cfg.allowed_ports.value.clone(),
+        max_channels: cfg.max_channels,
+        connect_timeout: cfg.connect_timeout,
+    };
+    let channels = Channels::new(tx.clone(), limits, totals.clone());
+    let mut frames = FrameReader::new(reader, cfg.max_frame);
     let end = loop {
         let frame = match frames.next_frame() {
             Ok(Some(f)) => f,

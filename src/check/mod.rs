@@ -10,10 +10,11 @@ use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::agent::session::{connect_any, resolve};
+use crate::agent::session::{self, connect_any, resolve, SessionError};
 use crate::config::{self, Config, Flags, SearchPaths};
 use crate::handshake::{handshake_line, read_reply, Recorded, Reply, ReplyError};
 use crate::printable::printable;
+use crate::transport::Control;
 use verdict::{Api, Findings, Handshake, Reach, Verdict};
 
 /// Outcome of one step.
@@ -321,25 +322,74 @@ fn reach_proxy(cfg: &Config, opts: &Options, steps: &mut Vec<Step>, facts: &mut 
         t,
     ));
 
-    if cfg.tls.value {
-        steps.push(step(
+    let t = Instant::now();
+    let control = match session::secure(cfg, sock, opts.timeout) {
+        Ok(c) => c,
+        Err(e) => {
+            let (reach, detail) = tls_failure(e);
+            steps.push(step(
+                "tls",
+                Status::Fail,
+                detail,
+                Some("see the verdict below".into()),
+                t,
+            ));
+            skip_rest(steps, 3, "no TLS session");
+            return reach;
+        }
+    };
+    match &control.tls {
+        Some(i) => steps.push(step(
             "tls",
-            Status::Fail,
-            "TLS is configured but this version of tunnel-agent has no TLS support".into(),
-            Some("set tunnel_ssl to false, or use a tunnel-agent built with TLS".into()),
-            Instant::now(),
-        ));
-        skip_rest(steps, 3, "TLS not available");
-        return Reach::ConfigError("TLS is configured but not supported by this version".into());
+            Status::Pass,
+            format!(
+                "{}, {}; certificate \"{}\" issued by \"{}\", valid until {} (trusting {})",
+                i.version,
+                i.cipher,
+                i.subject,
+                i.issuer,
+                i.not_after,
+                session::trusted(cfg)
+            ),
+            None,
+            t,
+        )),
+        None => steps.push(skipped("tls", "TLS off (tunnel_ssl false)")),
     }
-    steps.push(skipped("tls", "TLS off (tunnel_ssl false)"));
-    handshake_step(cfg, opts, sock, addr, steps, facts)
+    handshake_step(cfg, opts, control, addr, steps, facts)
+}
+
+/// What a failed [`session::secure`] means for the verdict, and its one-line detail.
+fn tls_failure(e: SessionError) -> (Reach, String) {
+    match e {
+        #[cfg(feature = "tls")]
+        SessionError::Tls(e) => {
+            use crate::transport::tls::TlsError;
+            let detail = e.to_string();
+            let reach = match &e {
+                TlsError::CaFile { .. } | TlsError::BadServerName(_) => {
+                    Reach::ConfigError(detail.clone())
+                }
+                e if e.is_mismatch() => Reach::TlsMismatch(detail.clone()),
+                _ => Reach::TlsFailed(detail.clone()),
+            };
+            (reach, detail)
+        }
+        SessionError::TlsUnavailable => {
+            let detail = "TLS is configured but this tunnel-agent was built without TLS".to_owned();
+            (Reach::ConfigError(detail.clone()), detail)
+        }
+        other => {
+            let detail = format!("{other:?}");
+            (Reach::TlsFailed(detail.clone()), detail)
+        }
+    }
 }
 
 fn handshake_step(
     cfg: &Config,
     opts: &Options,
-    mut sock: TcpStream,
+    control: Control,
     addr: SocketAddr,
     steps: &mut Vec<Step>,
     facts: &mut Facts,
@@ -354,7 +404,16 @@ fn handshake_step(
         printable(shown.as_bytes(), 200),
         line.len()
     );
-    if let Err(e) = sock.write_all(line.as_bytes()) {
+    let Control {
+        reader,
+        mut writer,
+        sock,
+        ..
+    } = control;
+    if let Err(e) = writer
+        .write_all(line.as_bytes())
+        .and_then(|()| writer.flush())
+    {
         steps.push(step(
             "handshake",
             Status::Fail,
@@ -365,7 +424,7 @@ fn handshake_step(
         return Reach::Replied(Handshake::Silent);
     }
     let _ = sock.set_read_timeout(Some(opts.timeout));
-    let mut reader = BufReader::new(Recorded::new(&sock, 256));
+    let mut reader = BufReader::new(Recorded::new(reader, 256));
     let reply = read_reply(&mut reader);
     // What else is already waiting (e.g. the rest of an HTTP answer) belongs in the quote too.
     let _ = sock.set_read_timeout(Some(Duration::from_millis(50)));

@@ -178,6 +178,8 @@ pub struct Proxy {
     pub proc: Proc,
     pub control: SocketAddr,
     pub tunnels: Vec<SocketAddr>,
+    /// The device ports its tunnels reach.
+    pub ports: Vec<u16>,
 }
 
 impl Proxy {
@@ -195,11 +197,28 @@ impl Proxy {
         let tunnels = (1..=n_tunnels)
             .map(|i| addr_after(&proc.wait_for_nth("tunnel ", i, SOON), "tunnel "))
             .collect();
+        let ports = args
+            .windows(2)
+            .filter(|w| w[0] == "--tunnel")
+            .filter_map(|w| w[1].rsplit(':').next()?.parse().ok())
+            .collect();
         Proxy {
             proc,
             control,
             tunnels,
+            ports,
         }
+    }
+
+    /// Starts an agent against this proxy, allowed to open the ports its tunnels reach.
+    pub fn agent(&self, extra: &[&str]) -> Proc {
+        let allow: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+        let mut args: Vec<&str> = Vec::new();
+        for p in &allow {
+            args.extend(["--allow-port", p.as_str()]);
+        }
+        args.extend(extra);
+        agent(self.control, &args)
     }
 
     /// A proxy that knows device [`KEY`] with [`TOKEN`] and one tunnel per local port.

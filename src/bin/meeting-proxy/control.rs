@@ -1,7 +1,7 @@
 //! One agent's control connection: the handshake decision, then frames from the agent.
 
-use std::io::{BufReader, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use tunnel_agent::frame::{printable_type, Frame, FrameReader, DEFAULT_MAX_FRAME};
 use tunnel_agent::handshake::{read_bounded_line, BoundedLine, MAX_REPLY_LINE};
 use tunnel_agent::printable::{printable, trim_ascii};
+use tunnel_agent::transport::Control;
 use tunnel_agent::writer;
 
 use crate::registry::{DeviceSession, Registry};
@@ -42,22 +43,66 @@ fn refusal(form: ErrorForm, reason: &str) -> Value {
     }
 }
 
-fn send_line(mut sock: &TcpStream, v: &Value) {
-    let _ = sock.write_all(format!("{v}\n").as_bytes());
+fn send_line(w: &mut dyn Write, v: &Value) {
+    let _ = w
+        .write_all(format!("{v}\n").as_bytes())
+        .and_then(|()| w.flush());
+}
+
+/// TLS settings of the agent port, when it serves TLS.
+#[cfg(feature = "tls")]
+pub type Tls = Option<Arc<rustls::ServerConfig>>;
+/// TLS settings of the agent port (this build has no TLS).
+#[cfg(not(feature = "tls"))]
+pub type Tls = Option<std::convert::Infallible>;
+
+fn open(sock: TcpStream, tls: &Tls, peer: SocketAddr) -> Option<Control> {
+    let _ = sock.set_nodelay(true);
+    match tls {
+        #[cfg(feature = "tls")]
+        Some(config) => {
+            match tunnel_agent::transport::tls::accept(sock, config.clone(), HANDSHAKE_TIMEOUT) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    warn!("TLS handshake with agent {peer} failed: {e}");
+                    None
+                }
+            }
+        }
+        #[cfg(not(feature = "tls"))]
+        Some(never) => match *never {},
+        None => Control::plain(sock).ok(),
+    }
 }
 
 /// Serves one agent connection to its end.
-pub fn serve(sock: TcpStream, settings: &Settings, registry: &Registry) {
+pub fn serve(sock: TcpStream, settings: &Settings, tls: &Tls, registry: &Registry) {
     let peer = match sock.peer_addr() {
         Ok(p) => p,
         Err(_) => return,
     };
-    let _ = sock.set_nodelay(true);
-    let _ = sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
-    let Ok(read_half) = sock.try_clone() else {
+    let Some(Control {
+        reader,
+        mut writer,
+        sock,
+        ..
+    }) = open(sock, tls, peer)
+    else {
         return;
     };
-    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+    let _ = sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    let mut reader = BufReader::with_capacity(64 * 1024, reader);
+    if tls.is_none() && reader.fill_buf().is_ok_and(|b| b.first() == Some(&0x16)) {
+        warn!(
+            "agent {peer} started a TLS handshake but this port is plain TCP: start meeting-proxy \
+             with --tls-cert/--tls-key, or turn TLS off on the agent"
+        );
+        send_line(
+            &mut writer,
+            &refusal(settings.error_form, "this port does not speak TLS"),
+        );
+        return;
+    }
     let hello = match read_bounded_line(&mut reader, MAX_REPLY_LINE) {
         Ok(BoundedLine::Line(l)) => parse_hello(&l),
         Ok(BoundedLine::Partial(l)) if l.is_empty() => {
@@ -76,7 +121,10 @@ pub fn serve(sock: TcpStream, settings: &Settings, registry: &Registry) {
         Err(why) => {
             warn!("malformed handshake from {peer}: {why}");
             if settings.reply == ReplyMode::Normal {
-                send_line(&sock, &refusal(settings.error_form, "malformed handshake"));
+                send_line(
+                    &mut writer,
+                    &refusal(settings.error_form, "malformed handshake"),
+                );
             }
             return;
         }
@@ -99,30 +147,32 @@ pub fn serve(sock: TcpStream, settings: &Settings, registry: &Registry) {
         (Err(why), mode) => {
             info!("device {key} from {peer} refused: {why}");
             if mode == ReplyMode::Normal {
-                send_line(&sock, &refusal(settings.error_form, why));
+                send_line(&mut writer, &refusal(settings.error_form, why));
             }
             return;
         }
         (Ok(()), ReplyMode::Normal | ReplyMode::None) => {}
     }
-    let _ = reader.get_ref().set_read_timeout(None);
+    let _ = sock.set_read_timeout(None);
     let reply = (settings.reply == ReplyMode::Normal)
         .then(|| json!({"status": "authenticated", "device_key": key}));
-    frames(sock, reader, key, peer, registry, reply);
+    frames(sock, reader, writer, key, peer, registry, reply);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn frames(
     sock: TcpStream,
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Box<dyn Read + Send>>,
+    writer: Box<dyn Write + Send>,
     key: String,
     peer: std::net::SocketAddr,
     registry: &Registry,
     reply: Option<Value>,
 ) {
-    let (Ok(write_half), Ok(kill_half)) = (sock.try_clone(), sock.try_clone()) else {
+    let (Ok(closer), Ok(kill_half)) = (sock.try_clone(), sock.try_clone()) else {
         return;
     };
-    let Ok((tx, writer)) = writer::spawn(write_half, "agent-writer") else {
+    let Ok((tx, writer)) = writer::spawn(writer, closer, "agent-writer") else {
         return;
     };
     let session = Arc::new(DeviceSession::new(key.clone(), peer, tx.clone(), kill_half));

@@ -16,6 +16,19 @@ use log::{info, warn};
 use registry::Registry;
 use settings::Command;
 
+fn tls_config(settings: &settings::Settings) -> Result<control::Tls, String> {
+    match (&settings.tls_cert, &settings.tls_key) {
+        (None, None) => Ok(None),
+        #[cfg(feature = "tls")]
+        (Some(cert), Some(key)) => tunnel_agent::transport::tls::server_config(cert, key)
+            .map(Some)
+            .map_err(|e| format!("cannot load the TLS certificate/key: {e}")),
+        #[cfg(not(feature = "tls"))]
+        (Some(_), Some(_)) => Err("this meeting-proxy was built without the tls feature".into()),
+        _ => Err("--tls-cert and --tls-key go together".into()),
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (settings, verbosity) = match settings::parse(&args) {
@@ -34,6 +47,13 @@ fn main() -> ExitCode {
         }
     };
     tunnel_agent::logging::init(verbosity);
+    let tls = match tls_config(&settings) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("meeting-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let registry = Arc::new(Registry::default());
     let control = match TcpListener::bind(&settings.listen) {
         Ok(l) => l,
@@ -66,19 +86,21 @@ fn main() -> ExitCode {
     }
     match control.local_addr() {
         Ok(a) => info!(
-            "listening for agents on {a} (reply mode {:?})",
+            "listening for agents on {a} ({}, reply mode {:?})",
+            if tls.is_some() { "TLS" } else { "plain TCP" },
             settings.reply
         ),
         Err(e) => warn!("listening for agents (address unknown: {e})"),
     }
     let settings = Arc::new(settings);
+    let tls = Arc::new(tls);
     for conn in control.incoming() {
         match conn {
             Ok(sock) => {
-                let (s, r) = (settings.clone(), registry.clone());
+                let (s, t, r) = (settings.clone(), tls.clone(), registry.clone());
                 if let Err(e) = thread::Builder::new()
                     .name("agent".into())
-                    .spawn(move || control::serve(sock, &s, &r))
+                    .spawn(move || control::serve(sock, &s, &t, &r))
                 {
                     warn!("cannot start a thread for an agent connection: {e}");
                 }

@@ -72,6 +72,12 @@ pub struct Settings {
     /// Refusal form.
     #[serde(default = "status")]
     pub error_form: ErrorForm,
+    /// PEM certificate chain: serve TLS on the agent port.
+    #[serde(default)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key for `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 fn default_listen() -> String {
@@ -92,6 +98,8 @@ impl Default for Settings {
             tunnels: Vec::new(),
             reply: ReplyMode::Normal,
             error_form: ErrorForm::Status,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -118,6 +126,8 @@ Options:
   --tunnel ADDR=KEY:PORT     public ADDR reaches PORT on device KEY (repeatable)
   --reply MODE               normal | none (no reply line, older proxies) |
                              silent-close (close after the handshake, the field bug)
+  --tls-cert FILE, --tls-key FILE
+                             serve TLS on the agent port (PEM certificate chain and key)
   --error-form FORM          status: {\"status\":\"error\",\"message\":..} (default)
                              error:  {\"error\":\"auth_failed\",\"reason\":..}
   --config FILE              the same settings as JSON: {\"listen\", \"devices\": [{\"key\",
@@ -159,6 +169,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 value("--config")?;
             }
             "--listen" => settings.listen = value("--listen")?,
+            "--tls-cert" => settings.tls_cert = Some(value("--tls-cert")?.into()),
+            "--tls-key" => settings.tls_key = Some(value("--tls-key")?.into()),
             "--device" => settings.devices.push(parse_device(&value("--device")?)?),
             "--tunnel" => settings.tunnels.push(parse_tunnel(&value("--tunnel")?)?),
             "--reply" => {

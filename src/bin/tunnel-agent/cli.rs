@@ -57,7 +57,12 @@ Options:
   --port PORT                proxy control port (else MEETING_TUNNEL_PORT, tunnel_port, 9001)
   --handshake-timeout SECS   wait for the handshake reply before assuming an older proxy (5)
   --connect-timeout SECS     local connect timeout per channel (5)
+  --tls                      TLS to the proxy (else MEETING_TUNNEL_TLS=1, tunnel_ssl)
+  --ca-file FILE             trust this PEM CA bundle instead of the public roots (ca_file)
+  --tls-server-name NAME     name checked in the proxy certificate (default: the host)
   --allow-port PORT          local port the proxy may open (repeatable; default 22)
+  --max-channels N           channels open at once (64)
+  --max-frame BYTES          largest frame accepted from the proxy (1048576)
   -v, --verbose              more log detail (repeat for trace); overrides RUST_LOG
   -q, --quiet                warnings and errors only (repeat: errors only)
   -h, --help                 this text
@@ -111,6 +116,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--handshake-timeout" => flags.handshake_timeout = Some(value(name)?),
             "--connect-timeout" => flags.connect_timeout = Some(value(name)?),
             "--allow-port" => flags.allow_ports.push(value(name)?),
+            "--tls" => flags.tls = true,
+            "--ca-file" => flags.ca_file = Some(value(name)?),
+            "--tls-server-name" => flags.tls_server_name = Some(value(name)?),
+            "--max-channels" => flags.max_channels = Some(value(name)?),
+            "--max-frame" => flags.max_frame = Some(value(name)?),
             "--json" if check => format = Format::Json,
             "--report" if check => format = Format::Report,
             "--timeout" if check => {

@@ -48,11 +48,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if cfg.tls.value {
+    if cfg.tls.value && !cfg!(feature = "tls") {
         eprintln!(
-            "tunnel-agent: configuration error: TLS is requested ({}) but this version of \
-             tunnel-agent does not support TLS yet; set tunnel_ssl to false or use a proxy port \
-             without TLS",
+            "tunnel-agent: configuration error: TLS is requested ({}) but this tunnel-agent was \
+             built without the tls feature; install a build with TLS, or set tunnel_ssl to false \
+             if the proxy port is plain TCP",
             cfg.tls.source
         );
         return ExitCode::from(EXIT_CONFIG);

@@ -1,0 +1,425 @@
+//! TLS over the control connection (rustls, ring provider): handshakes that say exactly what
+//! failed, and a reader/writer split for the tunnel's two threads.
+//!
+//! Both halves share one rustls connection behind a mutex that is never held while blocking on
+//! the socket: the reader reads ciphertext without the lock, the writer encrypts under the lock
+//! and sends without it. Only the writer writes to the socket, so records stay in order.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{CertificateError, ClientConfig, ClientConnection, Connection, RootCertStore};
+use rustls::{ServerConfig, ServerConnection};
+
+use super::{Control, TlsInfo};
+use crate::handshake::Recorded;
+use crate::printable::printable;
+
+/// Why a TLS session could not be set up.
+#[derive(Debug)]
+pub enum TlsError {
+    /// `ca_file` could not be read or holds no certificate.
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// The name to check is not a valid DNS name or IP address.
+    BadServerName(String),
+    /// The server's certificate chain is not signed by a trusted authority.
+    Untrusted {
+        /// What the agent trusts.
+        trusted: String,
+    },
+    /// The certificate does not carry the name the agent checks.
+    NameMismatch {
+        /// The name checked.
+        expected: String,
+        /// Names the certificate has.
+        presented: Vec<String>,
+    },
+    /// The certificate has expired.
+    Expired(String),
+    /// The certificate is not valid yet (often a device clock that is wrong).
+    NotYetValid(String),
+    /// Another certificate problem.
+    Certificate(String),
+    /// The server answered something that is not TLS: the port is plain.
+    NotTls {
+        /// The first bytes it sent.
+        raw: Vec<u8>,
+    },
+    /// The server closed the connection after the ClientHello without a TLS answer.
+    ClosedAfterHello,
+    /// The server refused the handshake with a TLS alert.
+    Alert(String),
+    /// No TLS answer within the timeout.
+    Timeout,
+    /// Anything else (socket error, protocol violation).
+    Other(String),
+}
+
+impl TlsError {
+    /// True when the peer simply does not speak TLS (a configuration mismatch), false for a
+    /// failed TLS session (certificates, alerts).
+    pub fn is_mismatch(&self) -> bool {
+        matches!(self, TlsError::NotTls { .. } | TlsError::ClosedAfterHello)
+    }
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsError::CaFile { path, why } => write!(f, "cannot use ca_file {}: {why}", path.display()),
+            TlsError::BadServerName(n) => write!(
+                f,
+                "\"{n}\" is not a valid TLS server name (set tls_server_name to the name in the proxy's certificate)"
+            ),
+            TlsError::Untrusted { trusted } => write!(
+                f,
+                "certificate not trusted: the proxy's certificate is not signed by {trusted}; \
+                 for a self-hosted proxy set ca_file to its CA certificate"
+            ),
+            TlsError::NameMismatch { expected, presented } => write!(
+                f,
+                "name mismatch: the proxy's certificate is for [{}], not \"{expected}\"; fix \
+                 tunnel_host, or set tls_server_name to a name the certificate carries",
+                presented.join(", ")
+            ),
+            TlsError::Expired(d) => write!(f, "the proxy's certificate has expired ({d}); the proxy must renew it"),
+            TlsError::NotYetValid(d) => write!(
+                f,
+                "the proxy's certificate is not valid yet ({d}): check the device's clock (date -u; NTP)"
+            ),
+            TlsError::Certificate(d) => write!(f, "the proxy's certificate was rejected: {d}"),
+            TlsError::NotTls { raw } => write!(
+                f,
+                "the server does not speak TLS on this port: it answered plain text \"{}\"; \
+                 disable TLS (tunnel_ssl false) or use the proxy's TLS port",
+                printable(raw, 64)
+            ),
+            TlsError::ClosedAfterHello => write!(
+                f,
+                "the server closed the connection after our TLS ClientHello: it does not speak \
+                 TLS on this port; disable TLS (tunnel_ssl false) or use the proxy's TLS port"
+            ),
+            TlsError::Alert(a) => write!(f, "the server refused the TLS handshake with alert {a}"),
+            TlsError::Timeout => write!(f, "no TLS answer from the server in time"),
+            TlsError::Other(e) => write!(f, "TLS handshake failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A client configuration trusting `ca_file` if given, else the public roots (webpki-roots).
+pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let bad = |why: String| TlsError::CaFile {
+                path: path.to_owned(),
+                why,
+            };
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| bad(e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(bad("no PEM certificate in it".into()));
+            }
+            for c in certs {
+                roots.add(c).map_err(|e| bad(e.to_string()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Other(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A server configuration from PEM files (for `meeting-proxy`).
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(config))
+}
+
+/// Runs the client handshake on `sock`; `trusted` names what the config trusts, for messages.
+pub fn connect(
+    sock: TcpStream,
+    config: Arc<ClientConfig>,
+    server_name: &str,
+    trusted: &str,
+    timeout: Duration,
+) -> Result<Control, TlsError> {
+    let name = ServerName::try_from(server_name.to_owned())
+        .map_err(|_| TlsError::BadServerName(server_name.to_owned()))?;
+    let conn = ClientConnection::new(config, name).map_err(|e| TlsError::Other(e.to_string()))?;
+    handshake(sock, conn.into(), trusted, timeout)
+}
+
+/// Runs the server handshake on an accepted `sock` (for `meeting-proxy`).
+pub fn accept(
+    sock: TcpStream,
+    config: Arc<ServerConfig>,
+    timeout: Duration,
+) -> Result<Control, TlsError> {
+    let conn = ServerConnection::new(config).map_err(|e| TlsError::Other(e.to_string()))?;
+    handshake(sock, conn.into(), "", timeout)
+}
+
+fn handshake(
+    sock: TcpStream,
+    mut conn: Connection,
+    trusted: &str,
+    timeout: Duration,
+) -> Result<Control, TlsError> {
+    let io_err = |e: io::Error| TlsError::Other(e.to_string());
+    sock.set_read_timeout(Some(timeout)).map_err(io_err)?;
+    let mut input = Recorded::new(&sock, 64);
+    while conn.is_handshaking() {
+        while conn.wants_write() {
+            conn.write_tls(&mut &sock).map_err(io_err)?;
+        }
+        if !conn.is_handshaking() {
+            break;
+        }
+        match conn.read_tls(&mut input) {
+            Ok(0) if input.seen().is_empty() => return Err(TlsError::ClosedAfterHello),
+            Ok(0) => {
+                return Err(TlsError::Other(
+                    "the server closed the connection during the handshake".into(),
+                ))
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(TlsError::Timeout)
+            }
+            Err(e)
+                if matches!(e.kind(), io::ErrorKind::ConnectionReset)
+                    && input.seen().is_empty() =>
+            {
+                return Err(TlsError::ClosedAfterHello)
+            }
+            Err(e) => return Err(io_err(e)),
+        }
+        if let Err(e) = conn.process_new_packets() {
+            // Tell the peer why (an alert), then report.
+            let _ = conn.write_tls(&mut &sock);
+            return Err(classify(e, input.seen(), trusted));
+        }
+    }
+    while conn.wants_write() {
+        conn.write_tls(&mut &sock).map_err(io_err)?;
+    }
+    sock.set_read_timeout(None).map_err(io_err)?;
+    let info = info(&conn);
+    let conn = Arc::new(Mutex::new(conn));
+    let reader = TlsReader {
+        sock: sock.try_clone().map_err(io_err)?,
+        conn: conn.clone(),
+        buf: vec![0u8; 32 * 1024].into_boxed_slice(),
+        start: 0,
+        end: 0,
+    };
+    let writer = TlsWriter {
+        sock: sock.try_clone().map_err(io_err)?,
+        conn,
+        out: Vec::new(),
+    };
+    Ok(Control {
+        reader: Box::new(reader),
+        writer: Box::new(writer),
+        sock,
+        tls: Some(info),
+    })
+}
+
+fn classify(e: rustls::Error, seen: &[u8], trusted: &str) -> TlsError {
+    use rustls::Error as E;
+    match e {
+        E::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer => TlsError::Untrusted {
+                trusted: trusted.to_owned(),
+            },
+            CertificateError::NotValidForName => TlsError::NameMismatch {
+                expected: "(the configured name)".into(),
+                presented: Vec::new(),
+            },
+            CertificateError::NotValidForNameContext {
+                expected,
+                presented,
+            } => TlsError::NameMismatch {
+                expected: server_name_text(&expected),
+                presented,
+            },
+            CertificateError::Expired => TlsError::Expired("expired".into()),
+            CertificateError::ExpiredContext { time, not_after } => TlsError::Expired(format!(
+                "it expired {} days ago",
+                time.as_secs().saturating_sub(not_after.as_secs()) / 86_400
+            )),
+            CertificateError::NotValidYet => TlsError::NotYetValid("not valid yet".into()),
+            CertificateError::NotValidYetContext { time, not_before } => {
+                TlsError::NotYetValid(format!(
+                    "valid only in {} days",
+                    not_before.as_secs().saturating_sub(time.as_secs()) / 86_400
+                ))
+            }
+            other => TlsError::Certificate(format!("{other:?}")),
+        },
+        // Bytes that are not TLS records: a plain-text service.
+        E::InvalidMessage(_) | E::InappropriateMessage { .. }
+            if seen.first().is_some_and(|b| !(0x14..=0x17).contains(b)) =>
+        {
+            TlsError::NotTls { raw: seen.to_vec() }
+        }
+        E::AlertReceived(a) => TlsError::Alert(format!("{a:?}")),
+        other => TlsError::Other(other.to_string()),
+    }
+}
+
+fn server_name_text(n: &ServerName<'_>) -> String {
+    match n {
+        ServerName::DnsName(d) => d.as_ref().to_owned(),
+        ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn info(conn: &Connection) -> TlsInfo {
+    let (subject, issuer, not_after) = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| super::der::describe(c))
+        .unwrap_or_default();
+    TlsInfo {
+        version: conn
+            .protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default(),
+        cipher: conn
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default(),
+        subject,
+        issuer,
+        not_after,
+    }
+}
+
+fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    conn.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn tls_io(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// The reading half: ciphertext from the socket (no lock held while waiting), plaintext out.
+struct TlsReader {
+    sock: TcpStream,
+    conn: Arc<Mutex<Connection>>,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Read for TlsReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            {
+                let mut c = lock(&self.conn);
+                match c.reader().read(out) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+                if self.start < self.end {
+                    let mut pending = &self.buf[self.start..self.end];
+                    let before = pending.len();
+                    c.read_tls(&mut pending)?;
+                    self.start += before - pending.len();
+                    c.process_new_packets().map_err(tls_io)?;
+                    continue;
+                }
+            }
+            let n = self.sock.read(&mut self.buf)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            self.start = 0;
+            self.end = n;
+        }
+    }
+}
+
+/// The writing half: encrypts under the lock, sends without it.
+struct TlsWriter {
+    sock: TcpStream,
+    conn: Arc<Mutex<Connection>>,
+    out: Vec<u8>,
+}
+
+impl TlsWriter {
+    fn send_pending(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            (&self.sock).write_all(&self.out)?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Write for TlsWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = {
+            let mut c = lock(&self.conn);
+            let n = c.writer().write(data)?;
+            while c.wants_write() {
+                c.write_tls(&mut self.out)?;
+            }
+            n
+        };
+        self.send_pending()?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        {
+            let mut c = lock(&self.conn);
+            while c.wants_write() {
+                c.write_tls(&mut self.out)?;
+            }
+        }
+        self.send_pending()
+    }
+}

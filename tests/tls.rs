@@ -1,0 +1,372 @@
+//! TLS end to end: meeting-proxy serving TLS with certificates made at run time, the agent
+//! and `check` against it, and every failure named for what it is.
+
+mod common;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::Command;
+use std::thread;
+
+use common::*;
+use rcgen::{
+    date_time_ymd, BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+};
+use serde_json::Value;
+
+/// Certificates for one test, as PEM files in a temporary folder.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir =
+            std::env::temp_dir().join(format!("tunnel-agent-tls-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Pki { dir }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+
+    /// A CA; its certificate is written to `<name>.pem`.
+    fn ca(&self, name: &str) -> CertifiedIssuer<'static, KeyPair> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(DnType::CommonName, format!("{name} test CA"));
+        let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(self.dir.join(format!("{name}.pem")), ca.pem()).unwrap();
+        ca
+    }
+
+    /// A server certificate for `names` signed by `ca`, written to `<file>.pem` / `<file>.key`.
+    fn server(
+        &self,
+        ca: &CertifiedIssuer<'static, KeyPair>,
+        file: &str,
+        names: &[&str],
+        expired: bool,
+    ) {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        p.distinguished_name.push(DnType::CommonName, names[0]);
+        if expired {
+            p.not_before = date_time_ymd(2020, 1, 1);
+            p.not_after = date_time_ymd(2021, 1, 1);
+        }
+        let cert = p.signed_by(&key, ca).unwrap();
+        std::fs::write(self.dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+    }
+
+    /// A TLS meeting-proxy using `<file>.pem`/`<file>.key`, one tunnel to `port`.
+    fn proxy(&self, file: &str, port: u16) -> Proxy {
+        let (cert, key) = (
+            self.path(&format!("{file}.pem")),
+            self.path(&format!("{file}.key")),
+        );
+        let device = format!("{KEY}={TOKEN}");
+        let tunnel = format!("127.0.0.1:0={KEY}:{port}");
+        Proxy::start(&[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--device",
+            &device,
+            "--tunnel",
+            &tunnel,
+        ])
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `tunnel-agent check --json` with `args` against `proxy`; returns exit code and JSON.
+fn check(proxy: SocketAddr, args: &[&str]) -> (i32, Value) {
+    let port = proxy.port().to_string();
+    let out = Command::new(bin("tunnel-agent"))
+        .args([
+            "check",
+            "--json",
+            "--timeout",
+            "5",
+            "--device-key",
+            KEY,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+        ])
+        .args(args)
+        .env("MEETING_TOKEN", TOKEN)
+        .env_remove("MEETING_TUNNEL_TLS")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!text.contains(TOKEN), "token leaked: {text}");
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
+    )
+}
+
+fn tls_step(v: &Value) -> String {
+    v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "tls")
+        .unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn trusted_tls_session_carries_data() {
+    let pki = Pki::new("trusted");
+    let ca = pki.ca("ca");
+    pki.server(&ca, "server", &["proxy.test", "localhost"], false);
+    let echo = echo_server();
+    let proxy = pki.proxy("server", echo);
+    let ca_file = pki.path("ca.pem");
+    let agent = proxy.agent(&[
+        "--tls",
+        "--ca-file",
+        &ca_file,
+        "--tls-server-name",
+        "proxy.test",
+    ]);
+    proxy.wait_agent(1);
+    let data = random_bytes(2 << 20, 5);
+    assert!(
+        echo_through(proxy.tunnels[0], &data) == data,
+        "bytes differ through TLS"
+    );
+    let line = agent.wait_for("TLS to proxy", SOON);
+    assert!(
+        line.contains("TLSv1_3") && line.contains("proxy.test") && line.contains("ca test CA"),
+        "{line}"
+    );
+    assert!(!agent.output().contains(TOKEN));
+
+    let allow = echo.to_string();
+    let (code, v) = check(
+        proxy.control,
+        &[
+            "--tls",
+            "--ca-file",
+            &ca_file,
+            "--tls-server-name",
+            "proxy.test",
+            "--allow-port",
+            &allow,
+        ],
+    );
+    assert_eq!((code, v["verdict"].as_str().unwrap()), (0, "ok"), "{v}");
+    let tls = tls_step(&v);
+    assert!(
+        tls.contains("TLSv1_3") && tls.contains("\"proxy.test\"") && tls.contains("valid until"),
+        "{tls}"
+    );
+}
+
+#[test]
+fn untrusted_ca_is_named_as_such() {
+    let pki = Pki::new("untrusted");
+    let ca = pki.ca("ca");
+    pki.ca("other");
+    pki.server(&ca, "server", &["proxy.test"], false);
+    let proxy = pki.proxy("server", 22);
+    let other = pki.path("other.pem");
+    let agent = agent(
+        proxy.control,
+        &[
+            "--tls",
+            "--ca-file",
+            &other,
+            "--tls-server-name",
+            "proxy.test",
+        ],
+    );
+    let line = agent.wait_for("certificate not trusted", SOON);
+    assert!(line.contains("other.pem"), "names what it trusts: {line}");
+    let (code, v) = check(
+        proxy.control,
+        &[
+            "--tls",
+            "--ca-file",
+            &other,
+            "--tls-server-name",
+            "proxy.test",
+        ],
+    );
+    assert_eq!(
+        (code, v["verdict"].as_str().unwrap()),
+        (2, "tls_failed"),
+        "{v}"
+    );
+    assert!(tls_step(&v).contains("certificate not trusted"));
+    // Without ca_file the public roots are trusted, and a private CA is not among them.
+    let (_, v) = check(proxy.control, &["--tls", "--tls-server-name", "proxy.test"]);
+    assert!(tls_step(&v).contains("public certificate authority"), "{v}");
+}
+
+#[test]
+fn name_mismatch_says_which_names_the_certificate_has() {
+    let pki = Pki::new("name");
+    let ca = pki.ca("ca");
+    pki.server(&ca, "server", &["proxy.test"], false);
+    let proxy = pki.proxy("server", 22);
+    let ca_file = pki.path("ca.pem");
+    let agent = agent(
+        proxy.control,
+        &[
+            "--tls",
+            "--ca-file",
+            &ca_file,
+            "--tls-server-name",
+            "wrong.test",
+        ],
+    );
+    let line = agent.wait_for("name mismatch", SOON);
+    assert!(
+        line.contains("proxy.test") && line.contains("wrong.test"),
+        "{line}"
+    );
+    let (code, v) = check(
+        proxy.control,
+        &[
+            "--tls",
+            "--ca-file",
+            &ca_file,
+            "--tls-server-name",
+            "wrong.test",
+        ],
+    );
+    assert_eq!(
+        (code, v["verdict"].as_str().unwrap()),
+        (2, "tls_failed"),
+        "{v}"
+    );
+}
+
+#[test]
+fn expired_certificate_is_named_as_expired() {
+    let pki = Pki::new("expired");
+    let ca = pki.ca("ca");
+    pki.server(&ca, "server", &["proxy.test"], true);
+    let proxy = pki.proxy("server", 22);
+    let ca_file = pki.path("ca.pem");
+    let agent = agent(
+        proxy.control,
+        &[
+            "--tls",
+            "--ca-file",
+            &ca_file,
+            "--tls-server-name",
+            "proxy.test",
+        ],
+    );
+    agent.wait_for("certificate has expired", SOON);
+    let (code, v) = check(
+        proxy.control,
+        &[
+            "--tls",
+            "--ca-file",
+            &ca_file,
+            "--tls-server-name",
+            "proxy.test",
+        ],
+    );
+    assert_eq!(
+        (code, v["verdict"].as_str().unwrap()),
+        (2, "tls_failed"),
+        "{v}"
+    );
+    assert!(tls_step(&v).contains("expired"));
+}
+
+#[test]
+fn tls_agent_against_a_plain_proxy() {
+    let proxy = Proxy::start(&["--device", &format!("{KEY}={TOKEN}")]);
+    let agent = agent(proxy.control, &["--tls", "--tls-server-name", "proxy.test"]);
+    let line = agent.wait_for("does not speak TLS on this port", SOON);
+    assert!(line.contains("disable TLS"), "{line}");
+    proxy
+        .proc
+        .wait_for("started a TLS handshake but this port is plain TCP", SOON);
+    let (code, v) = check(proxy.control, &["--tls"]);
+    assert_eq!(
+        (code, v["verdict"].as_str().unwrap()),
+        (2, "tls_mismatch"),
+        "{v}"
+    );
+}
+
+#[test]
+fn tls_agent_against_a_server_that_closes_after_client_hello() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for c in l.incoming().map_while(Result::ok) {
+            let _ = (&c).read(&mut [0u8; 4096]);
+        }
+    });
+    let agent = agent(addr, &["--tls", "--tls-server-name", "proxy.test"]);
+    agent.wait_for("closed the connection after our TLS ClientHello", SOON);
+    let (code, v) = check(addr, &["--tls"]);
+    assert_eq!(
+        (code, v["verdict"].as_str().unwrap()),
+        (2, "tls_mismatch"),
+        "{v}"
+    );
+}
+
+#[test]
+fn plain_agent_against_a_tls_proxy_says_enable_tls() {
+    let pki = Pki::new("plainagent");
+    let ca = pki.ca("ca");
+    pki.server(&ca, "server", &["proxy.test"], false);
+    let proxy = pki.proxy("server", 22);
+    let agent = agent(proxy.control, &[]);
+    agent.wait_for("enable TLS", SOON);
+    proxy.proc.wait_for("TLS handshake with agent", SOON);
+    let (code, v) = check(proxy.control, &[]);
+    assert_eq!(
+        (code, v["verdict"].as_str().unwrap()),
+        (2, "tls_mismatch"),
+        "{v}"
+    );
+}
+
+#[test]
+fn the_proxy_refuses_a_bad_certificate_file_clearly() {
+    let pki = Pki::new("badcert");
+    std::fs::write(pki.dir.join("bad.pem"), "not a certificate").unwrap();
+    std::fs::write(pki.dir.join("bad.key"), "not a key").unwrap();
+    let out = Command::new(bin("meeting-proxy"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &pki.path("bad.pem"),
+            "--tls-key",
+            &pki.path("bad.key"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot load the TLS certificate/key"), "{err}");
+}

@@ -2,12 +2,12 @@
 
 CARGO ?= cargo
 
-.PHONY: help build release test lint fmt demo clean
+.PHONY: help build release test test-notls lint fmt demo clean
 
 help:
 	@echo "make build    debug build of tunnel-agent and meeting-proxy"
 	@echo "make release  optimised build (target/release)"
-	@echo "make test     the whole suite: unit, end-to-end, real sshd"
+	@echo "make test     the whole suite: unit, end-to-end, real sshd, TLS, a build without TLS"
 	@echo "make lint     cargo fmt --check and clippy -D warnings"
 	@echo "make demo     build, then show a real tunnel working on loopback"
 	@echo "make clean    remove build output"
@@ -20,10 +20,17 @@ release:
 
 test:
 	$(CARGO) test --locked
+	$(MAKE) test-notls
+
+# A build without the tls feature, checked for what it does when TLS is asked for.
+test-notls:
+	$(CARGO) build --locked --no-default-features --bins --target-dir target/notls
+	tests/notls.sh target/notls/debug
 
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --no-default-features --lib --bins --target-dir target/notls -- -D warnings
 
 fmt:
 	$(CARGO) fmt

@@ -126,20 +126,28 @@ pub fn run(
     let mut steps = Vec::new();
     let mut facts = Facts::default();
     let t = Instant::now();
-    let cfg = match config::load(flags, env, paths) {
+    let loaded = config::load(flags, env, paths).map_err(|e| e.to_string());
+    let loaded = loaded.and_then(|c| match c.tls.value && !cfg!(feature = "tls") {
+        true => Err(format!(
+            "TLS is configured ({}) but this tunnel-agent was built without the tls feature",
+            c.tls.source
+        )),
+        false => Ok(c),
+    });
+    let cfg = match loaded {
         Ok(c) => c,
         Err(e) => {
             steps.push(step(
                 "config",
                 Status::Fail,
-                e.to_string(),
+                e.clone(),
                 Some("fix the configuration (tunnel-agent --help lists every setting)".into()),
                 t,
             ));
             for name in ["dns", "tcp", "tls", "handshake", "api", "local"] {
                 steps.push(skipped(name, "no usable configuration"));
             }
-            let reach = Reach::ConfigError(e.to_string());
+            let reach = Reach::ConfigError(e);
             return conclude(steps, facts, &reach, Api::Unknown, &[], &[], "", "", opts);
         }
     };

@@ -56,6 +56,7 @@ pub type Tls = Option<Arc<rustls::ServerConfig>>;
 #[cfg(not(feature = "tls"))]
 pub type Tls = Option<std::convert::Infallible>;
 
+#[cfg_attr(not(feature = "tls"), allow(unused_variables))]
 fn open(sock: TcpStream, tls: &Tls, peer: SocketAddr) -> Option<Control> {
     let _ = sock.set_nodelay(true);
     match tls {

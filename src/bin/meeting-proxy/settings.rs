@@ -164,6 +164,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "-v" => verbosity += 1,
+            "-vv" => verbosity += 2,
             "-q" => verbosity -= 1,
             "--config" => {
                 value("--config")?;

@@ -62,11 +62,22 @@ fn first_word(s: &str) -> String {
     s.split_whitespace().next().unwrap_or_default().to_owned()
 }
 
-/// Starts the agent against the proxy whose log is `proxy_log`, once it listens.
-fn start_agent(proxy_log: &Receiver<String>) -> (Child, Receiver<String>) {
+/// Starts the agent against the proxy whose log is `proxy_log`, once it listens; the agent may
+/// open `service` (the only local port it will open).
+fn start_agent(proxy_log: &Receiver<String>, service: u16) -> (Child, Receiver<String>) {
     let control = first_word(&wait_for(proxy_log, "listening for agents on "));
     let port = control.rsplit(':').next().unwrap_or_default().to_owned();
-    let args = ["--device-key", KEY, "--host", "127.0.0.1", "--port", &port];
+    let allow = service.to_string();
+    let args = [
+        "--device-key",
+        KEY,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--allow-port",
+        &allow,
+    ];
     start("tunnel-agent", &args, &[("MEETING_TOKEN", TOKEN)])
 }
 
@@ -103,7 +114,7 @@ fn main() {
     println!();
 
     println!("== 3. tunnel-agent dials out to the proxy (the token comes from MEETING_TOKEN)");
-    let (mut agent, agent_log) = start_agent(&proxy_log);
+    let (mut agent, agent_log) = start_agent(&proxy_log, service_port);
     wait_for(&proxy_log, "connected from");
     wait_for(&agent_log, "tunnel ready");
     println!();
@@ -142,7 +153,7 @@ fn main() {
         ],
         &[],
     );
-    let (mut agent, agent_log) = start_agent(&bad_log);
+    let (mut agent, agent_log) = start_agent(&bad_log, service_port);
     wait_for(&agent_log, "reconnecting in");
     let _ = agent.kill();
     let _ = bad.kill();

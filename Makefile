@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: help build release test test-notls lint fmt demo clean
+.PHONY: help build release test test-notls lint fmt demo fuzz clean
 
 help:
 	@echo "make build    debug build of tunnel-agent and meeting-proxy"
@@ -10,6 +10,7 @@ help:
 	@echo "make test     the whole suite: unit, end-to-end, real sshd, TLS, a build without TLS"
 	@echo "make lint     cargo fmt --check and clippy -D warnings"
 	@echo "make demo     build, then show a real tunnel working on loopback"
+	@echo "make fuzz     cargo-fuzz on the frame decoder and the reply classifier (FUZZ_TIME=60 s each)"
 	@echo "make clean    remove build output"
 
 build:
@@ -38,6 +39,16 @@ fmt:
 demo:
 	$(CARGO) build --locked --release --bins --example demo
 	./target/release/examples/demo
+
+FUZZ_TIME ?= 60
+FUZZ_TARGETS = frame_decoder handshake_reply
+
+# Needs the nightly toolchain; installs cargo-fuzz when missing.
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	for t in $(FUZZ_TARGETS); do \
+	  $(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_TIME) || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

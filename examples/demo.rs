@@ -22,8 +22,18 @@ fn binary(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A child process that is killed when dropped, also when the demo panics.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts a binary, echoes its log lines with a tag, and returns them on a channel.
-fn start(name: &str, args: &[&str], env: &[(&str, &str)]) -> (Child, Receiver<String>) {
+fn start(name: &str, args: &[&str], env: &[(&str, &str)]) -> (Running, Receiver<String>) {
     let mut child = Command::new(binary(name))
         .args(args)
         .envs(env.iter().copied())
@@ -43,7 +53,7 @@ fn start(name: &str, args: &[&str], env: &[(&str, &str)]) -> (Child, Receiver<St
             }
         }
     });
-    (child, rx)
+    (Running(child), rx)
 }
 
 /// Waits for a log line containing `pat` and returns the text after it.
@@ -64,7 +74,7 @@ fn first_word(s: &str) -> String {
 
 /// Starts the agent against the proxy whose log is `proxy_log`, once it listens; the agent may
 /// open `service` (the only local port it will open).
-fn start_agent(proxy_log: &Receiver<String>, service: u16) -> (Child, Receiver<String>) {
+fn start_agent(proxy_log: &Receiver<String>, service: u16) -> (Running, Receiver<String>) {
     let control = first_word(&wait_for(proxy_log, "listening for agents on "));
     let port = control.rsplit(':').next().unwrap_or_default().to_owned();
     let allow = service.to_string();
@@ -98,7 +108,7 @@ fn main() {
     println!("== 2. meeting-proxy, the server side, with one public port for the device");
     let tunnel = format!("127.0.0.1:0={KEY}:{service_port}");
     let device = format!("{KEY}={TOKEN}");
-    let (mut proxy, proxy_log) = start(
+    let (proxy, proxy_log) = start(
         "meeting-proxy",
         &[
             "--listen",
@@ -114,7 +124,7 @@ fn main() {
     println!();
 
     println!("== 3. tunnel-agent dials out to the proxy (the token comes from MEETING_TOKEN)");
-    let (mut agent, agent_log) = start_agent(&proxy_log, service_port);
+    let (agent, agent_log) = start_agent(&proxy_log, service_port);
     wait_for(&proxy_log, "connected from");
     wait_for(&agent_log, "tunnel ready");
     println!();
@@ -137,11 +147,10 @@ fn main() {
             "MISMATCH"
         }
     );
-    let _ = agent.kill();
-    let _ = proxy.kill();
+    drop((agent, proxy));
 
     println!("== 5. The field report: a proxy that closes right after the handshake");
-    let (mut bad, bad_log) = start(
+    let (bad, bad_log) = start(
         "meeting-proxy",
         &[
             "--listen",
@@ -153,10 +162,9 @@ fn main() {
         ],
         &[],
     );
-    let (mut agent, agent_log) = start_agent(&bad_log, service_port);
+    let (agent, agent_log) = start_agent(&bad_log, service_port);
     wait_for(&agent_log, "reconnecting in");
-    let _ = agent.kill();
-    let _ = bad.kill();
+    drop((agent, bad));
     println!("\n    The ERROR line above is what an operator reads: what happened, which device,");
     println!("    what to check. The token never appears in any log line.");
     std::process::exit(if back == msg { 0 } else { 1 });

@@ -105,6 +105,16 @@ pub struct Flags {
     pub max_channels: Option<String>,
     /// `--max-frame BYTES`.
     pub max_frame: Option<String>,
+    /// `--keepalive-idle SECS`.
+    pub keepalive_idle: Option<String>,
+    /// `--keepalive-interval SECS`.
+    pub keepalive_interval: Option<String>,
+    /// `--keepalive-count N`.
+    pub keepalive_count: Option<String>,
+    /// `--user-timeout SECS`.
+    pub user_timeout: Option<String>,
+    /// `--status-file PATH` (`Some("")` turns it off).
+    pub status_file: Option<String>,
 }
 
 /// Where the files are looked for; tests point these elsewhere.
@@ -154,6 +164,10 @@ pub struct Config {
     pub max_channels: usize,
     /// Largest frame payload accepted from the proxy.
     pub max_frame: u32,
+    /// Dead-link detection on the control socket.
+    pub keepalive: Keepalive,
+    /// Where the status file is written (`None`: not written).
+    pub status_file: Option<PathBuf>,
     /// The configuration file that was read, if any.
     pub file: Option<PathBuf>,
 }
@@ -181,6 +195,22 @@ impl Config {
         k.len() == 32 && k.bytes().all(|b| b.is_ascii_hexdigit())
     }
 }
+
+/// TCP keepalive and user timeout of the control socket: how a dead link is noticed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Idle time before the first probe.
+    pub idle: Duration,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is declared dead.
+    pub count: u32,
+    /// How long sent data may stay unacknowledged (`TCP_USER_TIMEOUT`).
+    pub user_timeout: Duration,
+}
+
+/// Default status file.
+pub const DEFAULT_STATUS_FILE: &str = "/run/tunnel-agent/status.json";
 
 /// Why the configuration cannot be used. The agent exits with status 2 on any of these.
 #[derive(Debug)]
@@ -594,6 +624,48 @@ pub fn load(
         64 * 1024 * 1024,
     )? as u32;
 
+    let keepalive = Keepalive {
+        idle: secs(
+            flags.keepalive_idle.clone(),
+            "--keepalive-idle",
+            "keepalive_idle",
+            30,
+        )?,
+        interval: secs(
+            flags.keepalive_interval.clone(),
+            "--keepalive-interval",
+            "keepalive_interval",
+            10,
+        )?,
+        count: count(
+            flags.keepalive_count.clone(),
+            "--keepalive-count",
+            "keepalive_count",
+            3,
+            100,
+        )? as u32,
+        user_timeout: secs(
+            flags.user_timeout.clone(),
+            "--user-timeout",
+            "user_timeout",
+            60,
+        )?,
+    };
+    let status_file = match pick(vec![
+        (
+            Source::Flag("--status-file"),
+            flags
+                .status_file
+                .clone()
+                .map(|s| if s.is_empty() { "off".into() } else { s }),
+        ),
+        from_file("status_file")?,
+    ]) {
+        Some(s) if s.value == "off" => None,
+        Some(s) => Some(PathBuf::from(s.value)),
+        None => Some(PathBuf::from(DEFAULT_STATUS_FILE)),
+    };
+
     let allowed_ports = if !flags.allow_ports.is_empty() {
         let source = Source::Flag("--allow-port");
         let ports = flags
@@ -643,6 +715,8 @@ pub fn load(
         tls_server_name,
         max_channels,
         max_frame,
+        keepalive,
+        status_file,
         file: file.map(|f| f.path),
     })
 }

@@ -9,7 +9,7 @@ use log::{debug, info, warn};
 
 use crate::agent::channels::{Channels, Limits, Totals};
 use crate::agent::shutdown::Shutdown;
-use crate::config::Config;
+use crate::config::{Config, Keepalive};
 use crate::frame::{close_frame, printable_type, Frame, FrameError, FrameReader};
 use crate::handshake::{handshake_line, read_reply, FailureClass, Reply, ReplyError};
 use crate::transport::Control;
@@ -52,6 +52,12 @@ pub enum SessionError {
     Tls(crate::transport::tls::TlsError),
     /// TLS is configured but this build has no TLS.
     TlsUnavailable,
+    /// The link died silently; `unacked`: data we sent was never acknowledged, else keepalive
+    /// probes went unanswered.
+    DeadLink {
+        /// Sent data unacknowledged (TCP_USER_TIMEOUT) rather than idle probes unanswered.
+        unacked: bool,
+    },
 }
 
 impl SessionError {
@@ -94,6 +100,19 @@ impl SessionError {
             SessionError::Write(e) => format!("writing to the proxy {proxy} failed: {e}"),
             #[cfg(feature = "tls")]
             SessionError::Tls(e) => format!("TLS to the proxy {proxy}: {e}"),
+            SessionError::DeadLink { unacked: true } => format!(
+                "dead link: data sent to the proxy {proxy} was unacknowledged for {} s \
+                 (user_timeout): the network path or the proxy host is gone",
+                cfg.keepalive.user_timeout.as_secs_f64()
+            ),
+            SessionError::DeadLink { unacked: false } => format!(
+                "dead link: no answer to keepalive probes from the proxy {proxy} ({} probes {} s \
+                 apart after {} s idle): the NAT mapping, the network path or the proxy host is \
+                 gone",
+                cfg.keepalive.count,
+                cfg.keepalive.interval.as_secs_f64(),
+                cfg.keepalive.idle.as_secs_f64()
+            ),
             SessionError::TlsUnavailable => format!(
                 "TLS is configured for {proxy} but this tunnel-agent was built without the tls \
                  feature: install a build with TLS or set tunnel_ssl to false"
@@ -147,13 +166,46 @@ pub fn connect_any(
     }))
 }
 
+/// Whether an error on an established connection means the link died: the kernel gave up on
+/// keepalive probes or unacknowledged data. It reports `ETIMEDOUT`, or the soft error it met on
+/// the way (`EHOSTUNREACH`, `ENETUNREACH`; matched by number: their `ErrorKind`s need Rust 1.83).
+fn is_dead_link(e: &io::Error) -> bool {
+    const ENETUNREACH: i32 = 101;
+    const ETIMEDOUT: i32 = 110;
+    const EHOSTUNREACH: i32 = 113;
+    e.kind() == io::ErrorKind::TimedOut
+        || matches!(
+            e.raw_os_error(),
+            Some(ENETUNREACH | ETIMEDOUT | EHOSTUNREACH)
+        )
+}
+
+/// Arms dead-link detection on the control socket: the protocol has no ping frame, so TCP
+/// keepalive notices an idle dead link and `TCP_USER_TIMEOUT` a busy one.
+fn arm_keepalive(sock: &TcpStream, k: &Keepalive) {
+    let s = socket2::SockRef::from(sock);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(k.idle)
+        .with_interval(k.interval)
+        .with_retries(k.count);
+    if let Err(e) = s.set_tcp_keepalive(&ka) {
+        warn!("cannot enable TCP keepalive on the control connection: {e}; a dead link may go unnoticed");
+    }
+    if let Err(e) = s.set_tcp_user_timeout(Some(k.user_timeout)) {
+        warn!("cannot set TCP_USER_TIMEOUT on the control connection: {e}");
+    }
+}
+
 fn connect(cfg: &Config) -> Result<TcpStream, SessionError> {
     let addrs = resolve(&cfg.host.value, cfg.port.value).map_err(|err| SessionError::Resolve {
         proxy: cfg.proxy_addr(),
         err,
     })?;
     connect_any(&addrs, PROXY_CONNECT_TIMEOUT)
-        .map(|(s, _)| s)
+        .map(|(s, _)| {
+            arm_keepalive(&s, &cfg.keepalive);
+            s
+        })
         .map_err(|(addr, err)| SessionError::Connect { addr, err })
 }
 
@@ -310,12 +362,19 @@ fn frames(
     };
     let channels = Channels::new(tx.clone(), limits, totals.clone());
     let mut frames = FrameReader::new(reader, cfg.max_frame);
+    let mut last_rx = Instant::now();
     let end = loop {
         let frame = match frames.next_frame() {
             Ok(Some(f)) => f,
             Ok(None) => break Err(SessionError::ClosedByProxy),
+            Err(FrameError::Io(e)) if is_dead_link(&e) => {
+                // Data flushed after the last frame received: it is what went unacknowledged.
+                let unacked = tx.since_last_flush().is_some_and(|t| t < last_rx.elapsed());
+                break Err(SessionError::DeadLink { unacked });
+            }
             Err(e) => break Err(SessionError::Frame(e)),
         };
+        last_rx = Instant::now();
         match frame {
             Frame::Open { stream, port } => channels.open(stream, port),
             Frame::Data { stream, payload } => channels.deliver(stream, payload),
@@ -349,6 +408,9 @@ fn frames(
     let _ = sock.shutdown(How::Both);
     let result = match (stopping, end, written) {
         (true, _, _) => Ok(()),
+        (false, Err(SessionError::ClosedByProxy), Ok(Err(e))) if is_dead_link(&e) => {
+            Err(SessionError::DeadLink { unacked: true })
+        }
         (false, Err(SessionError::ClosedByProxy), Ok(Err(e))) => Err(SessionError::Write(e)),
         (false, end, _) => end,
     };

@@ -63,6 +63,11 @@ Options:
   --allow-port PORT          local port the proxy may open (repeatable; default 22)
   --max-channels N           channels open at once (64)
   --max-frame BYTES          largest frame accepted from the proxy (1048576)
+  --keepalive-idle SECS      dead-link detection: idle time before TCP keepalive probes (30)
+  --keepalive-interval SECS  time between probes (10)
+  --keepalive-count N        unanswered probes before the link is declared dead (3)
+  --user-timeout SECS        sent data unacknowledged this long: the link is dead (60)
+  --status-file PATH         status file (/run/tunnel-agent/status.json; '' turns it off)
   -v, --verbose              more log detail (repeat for trace); overrides RUST_LOG
   -q, --quiet                warnings and errors only (repeat: errors only)
   -h, --help                 this text
@@ -121,6 +126,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--tls-server-name" => flags.tls_server_name = Some(value(name)?),
             "--max-channels" => flags.max_channels = Some(value(name)?),
             "--max-frame" => flags.max_frame = Some(value(name)?),
+            "--keepalive-idle" => flags.keepalive_idle = Some(value(name)?),
+            "--keepalive-interval" => flags.keepalive_interval = Some(value(name)?),
+            "--keepalive-count" => flags.keepalive_count = Some(value(name)?),
+            "--user-timeout" => flags.user_timeout = Some(value(name)?),
+            "--status-file" => flags.status_file = Some(value(name)?),
             "--json" if check => format = Format::Json,
             "--report" if check => format = Format::Report,
             "--timeout" if check => {

@@ -87,6 +87,8 @@ fn start_agent(proxy_log: &Receiver<String>, service: u16) -> (Running, Receiver
         &port,
         "--allow-port",
         &allow,
+        "--status-file",
+        "",
     ];
     start("tunnel-agent", &args, &[("MEETING_TOKEN", TOKEN)])
 }

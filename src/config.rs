@@ -651,19 +651,21 @@ pub fn load(
             60,
         )?,
     };
-    let status_file = match pick(vec![
-        (
-            Source::Flag("--status-file"),
-            flags
-                .status_file
-                .clone()
-                .map(|s| if s.is_empty() { "off".into() } else { s }),
-        ),
-        from_file("status_file")?,
-    ]) {
-        Some(s) if s.value == "off" => None,
-        Some(s) => Some(PathBuf::from(s.value)),
-        None => Some(PathBuf::from(DEFAULT_STATUS_FILE)),
+    // An empty path, on the command line or in the file, turns the status file off.
+    let status_file = match (
+        &flags.status_file,
+        file.as_ref().and_then(|f| f.map.get("status_file")),
+    ) {
+        (Some(p), _) => (!p.is_empty()).then(|| PathBuf::from(p)),
+        (None, Some(Value::String(p))) => (!p.is_empty()).then(|| PathBuf::from(p)),
+        (None, Some(Value::Null)) | (None, None) => Some(PathBuf::from(DEFAULT_STATUS_FILE)),
+        (None, Some(other)) => {
+            return Err(ConfigError::Invalid {
+                what: "status_file",
+                source: file.as_ref().map_or(Source::Default, |f| f.source()),
+                why: format!("expected a path or \"\", found {}", json_kind(other)),
+            })
+        }
     };
 
     let allowed_ports = if !flags.allow_ports.is_empty() {

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod backoff;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod frame;
 pub mod handshake;

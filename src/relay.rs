@@ -20,13 +20,13 @@ pub enum PumpEnd {
     WriterGone,
 }
 
-/// Reads `src` until it ends, sending its bytes as `D` frames for `stream`; `counter` counts
-/// payload bytes sent.
+/// Reads `src` until it ends, sending its bytes as `D` frames for `stream`; each of `counters`
+/// counts the payload bytes sent.
 pub fn pump_to_frames<R: Read>(
     mut src: R,
     stream: u32,
     tx: &FrameSender,
-    counter: &AtomicU64,
+    counters: &[&AtomicU64],
 ) -> PumpEnd {
     let mut buf = vec![0u8; MAX_DATA_PAYLOAD];
     loop {
@@ -42,6 +42,8 @@ pub fn pump_to_frames<R: Read>(
         if tx.send(frame).is_err() {
             return PumpEnd::WriterGone;
         }
-        counter.fetch_add(n as u64, Ordering::Relaxed);
+        for c in counters {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
 }

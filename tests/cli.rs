@@ -92,6 +92,7 @@ fn a_deployed_meeting_json_works_unchanged() {
   "tunnel_ssl": false,
   "api_url": "https://meeting.ygsoft.fr/api",
   "allowed_ports": [{}],
+  "status_file": "",
   "camera": {{"fps": 25}}
 }}"#,
             proxy.control.port(),
@@ -120,7 +121,7 @@ fn environment_overrides_the_file_and_flags_override_both() {
     let port = proxy.control.port().to_string();
     let agent = Proc::spawn(
         bin("tunnel-agent"),
-        &["--config", &cfg, "--port", &port],
+        &["--config", &cfg, "--port", &port, "--status-file", ""],
         &[("MEETING_TOKEN", TOKEN), ("MEETING_TUNNEL_PORT", "10")],
     );
     proxy.wait_agent(1);

@@ -125,7 +125,7 @@ fn a_token_file_readable_by_others_is_warned_about_at_start() {
     let dir = std::env::temp_dir().join(format!("tunnel-agent-limits-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("meeting.json");
-    std::fs::write(&cfg, format!(r#"{{"device_key":"{KEY}","token_code":"{TOKEN}","tunnel_host":"127.0.0.1","tunnel_port":9}}"#)).unwrap();
+    std::fs::write(&cfg, format!(r#"{{"device_key":"{KEY}","token_code":"{TOKEN}","tunnel_host":"127.0.0.1","tunnel_port":9,"status_file":""}}"#)).unwrap();
     std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o640)).unwrap();
     let path = cfg.display().to_string();
     let agent = Proc::spawn(bin("tunnel-agent"), &["--config", &path], &[]);

@@ -12,10 +12,11 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::{debug, info, warn};
 
+use crate::agent::Live;
 use crate::frame::close_frame;
 use crate::relay::{pump_to_frames, PumpEnd};
 use crate::writer::FrameSender;
@@ -84,22 +85,13 @@ impl Channel {
     }
 }
 
-/// What the proxy may ask of the agent; it cannot talk the agent out of these.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Local ports a channel may connect to (always on 127.0.0.1).
-    pub allowed_ports: Vec<u16>,
-    /// Most channels open at once.
-    pub max_channels: usize,
-    /// How long a local connect may take.
-    pub connect_timeout: Duration,
-}
-
 /// Totals over the life of a [`Channels`] table.
 #[derive(Debug, Default)]
 pub struct Totals {
     /// Channels opened.
     pub opened: AtomicU64,
+    /// Channels open now.
+    pub open: AtomicU64,
     /// Payload bytes sent to the proxy.
     pub up: AtomicU64,
     /// Payload bytes received from the proxy.
@@ -109,7 +101,7 @@ pub struct Totals {
 struct Shared {
     map: Mutex<HashMap<u32, Arc<Channel>>>,
     tx: FrameSender,
-    limits: Limits,
+    live: Arc<Live>,
     totals: Arc<Totals>,
 }
 
@@ -124,6 +116,7 @@ impl Shared {
         match map.get(&ch.stream) {
             Some(cur) if Arc::ptr_eq(cur, ch) => {
                 map.remove(&ch.stream);
+                self.totals.open.store(map.len() as u64, Ordering::Relaxed);
                 true
             }
             _ => false,
@@ -146,13 +139,15 @@ pub struct Channels {
 }
 
 impl Channels {
-    /// An empty table whose channels send frames through `tx`.
-    pub fn new(tx: FrameSender, limits: Limits, totals: Arc<Totals>) -> Self {
+    /// An empty table whose channels send frames through `tx`. The limits (allowed ports,
+    /// max channels, connect timeout) are read from `live` at each request, so a reload
+    /// applies them without reconnecting.
+    pub fn new(tx: FrameSender, live: Arc<Live>, totals: Arc<Totals>) -> Self {
         Channels {
             shared: Arc::new(Shared {
                 map: Mutex::new(HashMap::new()),
                 tx,
-                limits,
+                live,
                 totals,
             }),
         }
@@ -171,12 +166,12 @@ impl Channels {
     /// `N`: opens a channel to `127.0.0.1:port` on its own thread; never blocks on the connect.
     /// A port outside `allowed_ports`, or one channel too many, is answered with `C` at once.
     pub fn open(&self, stream: u32, port: u16) {
-        let limits = &self.shared.limits;
-        if !limits.allowed_ports.contains(&port) {
+        let limits = self.shared.live.get();
+        if !limits.allowed_ports.value.contains(&port) {
             warn!(
                 "refusing channel {stream}: the proxy asked for local port {port}, which is not in \
                  allowed_ports {:?}; answered with close",
-                limits.allowed_ports
+                limits.allowed_ports.value
             );
             let _ = self.shared.tx.send(close_frame(stream));
             return;
@@ -203,7 +198,16 @@ impl Channels {
             down: AtomicU64::new(0),
             reason: Mutex::new(None),
         });
-        if let Some(old) = self.shared.map().insert(stream, ch.clone()) {
+        let replaced = {
+            let mut map = self.shared.map();
+            let old = map.insert(stream, ch.clone());
+            self.shared
+                .totals
+                .open
+                .store(map.len() as u64, Ordering::Relaxed);
+            old
+        };
+        if let Some(old) = replaced {
             warn!(
                 "proxy reopened stream {stream} without closing it first; closing the old channel"
             );
@@ -271,7 +275,15 @@ impl Channels {
 
     /// `C` from the proxy: closes the local socket. Unknown streams are ignored.
     pub fn close_from_proxy(&self, stream: u32) {
-        let ch = self.shared.map().remove(&stream);
+        let ch = {
+            let mut map = self.shared.map();
+            let ch = map.remove(&stream);
+            self.shared
+                .totals
+                .open
+                .store(map.len() as u64, Ordering::Relaxed);
+            ch
+        };
         match ch {
             Some(ch) => {
                 ch.set_reason("closed by the proxy");
@@ -284,6 +296,7 @@ impl Channels {
     /// Closes every channel; with `notify`, sends `C` for each so the proxy knows.
     pub fn close_all(&self, notify: bool, why: &str) {
         let all: Vec<Arc<Channel>> = self.shared.map().drain().map(|(_, c)| c).collect();
+        self.shared.totals.open.store(0, Ordering::Relaxed);
         for ch in all {
             ch.set_reason(why);
             ch.close_local();
@@ -296,7 +309,8 @@ impl Channels {
 
 fn run_channel(shared: &Shared, ch: &Arc<Channel>) {
     let addr = SocketAddr::from(([127, 0, 0, 1], ch.port));
-    let sock = match TcpStream::connect_timeout(&addr, shared.limits.connect_timeout) {
+    let timeout = shared.live.get().connect_timeout;
+    let sock = match TcpStream::connect_timeout(&addr, timeout) {
         Ok(s) => s,
         Err(e) => {
             let hint = match e.kind() {
@@ -342,11 +356,7 @@ fn run_channel(shared: &Shared, ch: &Arc<Channel>) {
         }
     }
     info!("channel {} open: 127.0.0.1:{}", ch.stream, ch.port);
-    let end = pump_to_frames(&*sock, ch.stream, &shared.tx, &ch.up);
-    shared
-        .totals
-        .up
-        .fetch_add(ch.up.load(Ordering::Relaxed), Ordering::Relaxed);
+    let end = pump_to_frames(&*sock, ch.stream, &shared.tx, &[&ch.up, &shared.totals.up]);
     let why = match end {
         PumpEnd::Eof => "closed by the local service".to_owned(),
         PumpEnd::ReadError(e) => format!("reading the local service failed: {e}"),

@@ -3,25 +3,75 @@
 pub mod channels;
 pub mod session;
 pub mod shutdown;
+pub mod status;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use log::{error, info, warn};
 
 use crate::backoff::{Backoff, Jitter};
 use crate::config::Config;
 use crate::handshake::FailureClass;
-use channels::Totals;
-use shutdown::Shutdown;
+use shutdown::{Shutdown, Wake};
+use status::{State, Status};
 
 /// Version reported in logs and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Connects, serves, and reconnects with backoff until `shutdown` is triggered.
-pub fn run(cfg: &Config, shutdown: &Shutdown) {
-    let mut backoff = Backoff::default();
-    let mut jitter = Jitter::from_entropy();
-    let totals = Arc::new(Totals::default());
+/// The configuration in force; SIGHUP replaces it.
+pub struct Live(Mutex<Arc<Config>>);
+
+impl Live {
+    /// Starts with `cfg`.
+    pub fn new(cfg: Config) -> Self {
+        Live(Mutex::new(Arc::new(cfg)))
+    }
+
+    /// The configuration now in force.
+    pub fn get(&self) -> Arc<Config> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces it; returns the connection settings that changed (a reconnect applies them).
+    pub fn replace(&self, new: Config) -> Vec<&'static str> {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = connection_changes(&g, &new);
+        *g = Arc::new(new);
+        changed
+    }
+}
+
+/// The settings of the control connection that differ between `a` and `b`.
+pub fn connection_changes(a: &Config, b: &Config) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    let mut check = |name, differs: bool| {
+        if differs {
+            v.push(name);
+        }
+    };
+    check("device key", a.device_key.value != b.device_key.value);
+    check("token", a.token.value != b.token.value);
+    check("proxy host", a.host.value != b.host.value);
+    check("proxy port", a.port.value != b.port.value);
+    check("TLS", a.tls.value != b.tls.value);
+    check(
+        "ca_file",
+        a.ca_file.as_ref().map(|c| &c.value) != b.ca_file.as_ref().map(|c| &c.value),
+    );
+    check(
+        "tls_server_name",
+        a.tls_server_name.value != b.tls_server_name.value,
+    );
+    check("keepalive", a.keepalive != b.keepalive);
+    check("max_frame", a.max_frame != b.max_frame);
+    check(
+        "handshake_timeout",
+        a.handshake_timeout != b.handshake_timeout,
+    );
+    v
+}
+
+fn warn_about(cfg: &Config) {
     if !cfg.device_key_well_formed() {
         warn!(
             "device key {} (from {}) is not 32 hexadecimal characters; the proxy will likely refuse it",
@@ -36,6 +86,14 @@ pub fn run(cfg: &Config, shutdown: &Shutdown) {
             path.display()
         );
     }
+}
+
+/// Connects, serves, and reconnects with backoff until `shutdown` is triggered.
+pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Status) {
+    let mut backoff = Backoff::default();
+    let mut jitter = Jitter::from_entropy();
+    let cfg = live.get();
+    warn_about(&cfg);
     info!(
         "tunnel-agent {VERSION} starting: device {}, proxy {} ({}), config {}",
         cfg.device_key.value,
@@ -49,29 +107,42 @@ pub fn run(cfg: &Config, shutdown: &Shutdown) {
     let mut attempt: u64 = 0;
     while !shutdown.requested() {
         attempt += 1;
+        let cfg = live.get();
+        status.set_proxy(cfg.proxy_addr());
+        status.set(State::Connecting);
         info!(
             "connecting to proxy {} (attempt {attempt})",
             cfg.proxy_addr()
         );
-        let outcome = session::run(cfg, shutdown, &totals);
+        let outcome = session::run(&cfg, live, shutdown, status);
         if shutdown.requested() {
             break;
         }
+        if shutdown.take_kick() {
+            info!("reconnecting with the reloaded configuration");
+            continue;
+        }
         let Err(e) = outcome.result else { break };
         let refused = e.class() == FailureClass::Refusal;
+        let message = e.describe(&cfg);
         if refused {
-            error!("{}", e.describe(cfg));
+            error!("{message}");
         } else if outcome.uptime.is_zero() {
-            warn!("{}", e.describe(cfg));
+            warn!("{message}");
         } else {
             warn!(
-                "connection lost after {:.0} s: {}",
-                outcome.uptime.as_secs_f64(),
-                e.describe(cfg)
+                "connection lost after {:.0} s: {message}",
+                outcome.uptime.as_secs_f64()
             );
         }
+        status.error(e.class_name(), message);
         backoff.session_ended(outcome.uptime);
         let delay = backoff.next_delay(refused, jitter.unit());
+        status.set(if refused {
+            State::Refused
+        } else {
+            State::BackingOff
+        });
         info!(
             "{} reconnecting in {:.1} s",
             if refused {
@@ -81,9 +152,36 @@ pub fn run(cfg: &Config, shutdown: &Shutdown) {
             },
             delay.as_secs_f64()
         );
-        if shutdown.sleep(delay) {
-            break;
+        match shutdown.sleep(delay) {
+            Wake::Stop => break,
+            Wake::Kick => {
+                shutdown.take_kick();
+                info!("reconnecting now with the reloaded configuration");
+            }
+            Wake::Elapsed => {}
         }
     }
+    status.remove();
     info!("tunnel-agent stopped");
+}
+
+/// Applies a reloaded configuration (SIGHUP): a broken one is refused and the old one kept; a
+/// changed connection setting reconnects; anything else applies in place.
+pub fn reload(live: &Live, shutdown: &Shutdown, loaded: Result<Config, String>) {
+    match loaded {
+        Err(e) => error!("SIGHUP: the new configuration is not usable, keeping the old one: {e}"),
+        Ok(new) => {
+            warn_about(&new);
+            let changed = live.replace(new);
+            if changed.is_empty() {
+                info!("SIGHUP: configuration reloaded; no connection setting changed, staying connected");
+            } else {
+                info!(
+                    "SIGHUP: configuration reloaded; {} changed: reconnecting",
+                    changed.join(", ")
+                );
+                shutdown.kick();
+            }
+        }
+    }
 }

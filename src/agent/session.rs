@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
-use crate::agent::channels::{Channels, Limits, Totals};
+use crate::agent::channels::{Channels, Totals};
 use crate::agent::shutdown::Shutdown;
+use crate::agent::status::{State, Status};
+use crate::agent::Live;
 use crate::config::{Config, Keepalive};
 use crate::frame::{close_frame, printable_type, Frame, FrameError, FrameReader};
 use crate::handshake::{handshake_line, read_reply, FailureClass, Reply, ReplyError};
@@ -52,6 +54,8 @@ pub enum SessionError {
     Tls(crate::transport::tls::TlsError),
     /// TLS is configured but this build has no TLS.
     TlsUnavailable,
+    /// The connection was closed on purpose to apply new settings.
+    Reconfigured,
     /// The link died silently; `unacked`: data we sent was never acknowledged, else keepalive
     /// probes went unanswered.
     DeadLink {
@@ -61,6 +65,19 @@ pub enum SessionError {
 }
 
 impl SessionError {
+    /// The class shown in the status file: `refusal`, `protocol`, `tls`, `dead_link`, `network`.
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            SessionError::Reply(e) if e.class() == FailureClass::Refusal => "refusal",
+            SessionError::Reply(_) | SessionError::Frame(_) => "protocol",
+            #[cfg(feature = "tls")]
+            SessionError::Tls(_) => "tls",
+            SessionError::TlsUnavailable => "tls",
+            SessionError::DeadLink { .. } => "dead_link",
+            _ => "network",
+        }
+    }
+
     /// Whether the proxy refused the device (long backoff) or it was transient.
     pub fn class(&self) -> FailureClass {
         match self {
@@ -113,6 +130,9 @@ impl SessionError {
                 cfg.keepalive.interval.as_secs_f64(),
                 cfg.keepalive.idle.as_secs_f64()
             ),
+            SessionError::Reconfigured => {
+                format!("closed the connection to {proxy} to apply new settings")
+            }
             SessionError::TlsUnavailable => format!(
                 "TLS is configured for {proxy} but this tunnel-agent was built without the tls \
                  feature: install a build with TLS or set tunnel_ssl to false"
@@ -243,8 +263,8 @@ pub fn secure(cfg: &Config, sock: TcpStream, timeout: Duration) -> Result<Contro
     }
 }
 
-/// Runs one control connection to its end.
-pub fn run(cfg: &Config, shutdown: &Shutdown, totals: &Arc<Totals>) -> SessionOutcome {
+/// Runs one control connection to its end, reporting its states to `status`.
+pub fn run(cfg: &Config, live: &Arc<Live>, shutdown: &Shutdown, status: &Status) -> SessionOutcome {
     let failed = |e| SessionOutcome {
         uptime: Duration::ZERO,
         result: Err(e),
@@ -254,8 +274,9 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, totals: &Arc<Totals>) -> SessionOu
         Err(e) => return failed(e),
     };
     shutdown.register(sock.try_clone().ok());
+    status.set(State::Authenticating);
     let outcome = match secure(cfg, sock, PROXY_CONNECT_TIMEOUT) {
-        Ok(control) => handshake_then_frames(cfg, control, shutdown, totals),
+        Ok(control) => handshake_then_frames(cfg, control, live, shutdown, status),
         Err(e) => failed(e),
     };
     shutdown.register(None);
@@ -265,8 +286,9 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, totals: &Arc<Totals>) -> SessionOu
 fn handshake_then_frames(
     cfg: &Config,
     control: Control,
+    live: &Arc<Live>,
     shutdown: &Shutdown,
-    totals: &Arc<Totals>,
+    status: &Status,
 ) -> SessionOutcome {
     let failed = |e| SessionOutcome {
         uptime: Duration::ZERO,
@@ -331,7 +353,8 @@ fn handshake_then_frames(
         Err(e) => return failed(SessionError::Reply(e)),
     }
     let _ = sock.set_read_timeout(None);
-    frames(cfg, sock, reader, writer, shutdown, totals)
+    status.set(State::Connected);
+    frames(cfg, sock, reader, writer, live, shutdown, status.totals())
 }
 
 fn frames(
@@ -339,6 +362,7 @@ fn frames(
     sock: TcpStream,
     reader: BufReader<Box<dyn Read + Send>>,
     writer: Box<dyn Write + Send>,
+    live: &Arc<Live>,
     shutdown: &Shutdown,
     totals: &Arc<Totals>,
 ) -> SessionOutcome {
@@ -355,12 +379,7 @@ fn frames(
             }
         }
     };
-    let limits = Limits {
-        allowed_ports: cfg.allowed_ports.value.clone(),
-        max_channels: cfg.max_channels,
-        connect_timeout: cfg.connect_timeout,
-    };
-    let channels = Channels::new(tx.clone(), limits, totals.clone());
+    let channels = Channels::new(tx.clone(), live.clone(), totals.clone());
     let mut frames = FrameReader::new(reader, cfg.max_frame);
     let mut last_rx = Instant::now();
     let end = loop {
@@ -391,6 +410,12 @@ fn frames(
     };
     let uptime = since.elapsed();
     let stopping = shutdown.requested();
+    let kicked = !stopping && end.is_err() && shutdown.take_kick();
+    if kicked {
+        // Reconnecting on purpose (new settings): say so to the proxy like a stop does.
+        shutdown.kick();
+    }
+    let stopping = stopping || kicked;
     if stopping {
         // Tell the proxy about every open stream, then finish; never wait long on a stuck proxy.
         let _ = sock.set_write_timeout(Some(Duration::from_millis(500)));
@@ -407,6 +432,7 @@ fn frames(
     let written = writer.join();
     let _ = sock.shutdown(How::Both);
     let result = match (stopping, end, written) {
+        (true, _, _) if kicked => Err(SessionError::Reconfigured),
         (true, _, _) => Ok(()),
         (false, Err(SessionError::ClosedByProxy), Ok(Err(e))) if is_dead_link(&e) => {
             Err(SessionError::DeadLink { unacked: true })

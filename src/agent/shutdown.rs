@@ -1,5 +1,5 @@
-//! Orderly stop on SIGINT/SIGTERM: a flag, a wake-up for sleeps, and the control socket to
-//! interrupt.
+//! Orderly stop on SIGINT/SIGTERM, and reconnect requests (SIGHUP with new connection
+//! settings): flags, a wake-up for sleeps, and the control socket to interrupt.
 
 use std::net::{Shutdown as How, TcpStream};
 use std::sync::{Condvar, Mutex};
@@ -8,8 +8,20 @@ use std::time::{Duration, Instant};
 #[derive(Default)]
 struct Inner {
     requested: bool,
+    kicked: bool,
     finished: bool,
     socket: Option<TcpStream>,
+}
+
+/// Why [`Shutdown::sleep`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The time ran out.
+    Elapsed,
+    /// A stop was requested.
+    Stop,
+    /// A reconnect was requested.
+    Kick,
 }
 
 /// Shared between the signal thread and the agent loop.
@@ -44,14 +56,35 @@ impl Shutdown {
         self.lock().requested
     }
 
-    /// Sleeps for `d` unless a stop is requested first; returns true if it was.
-    pub fn sleep(&self, d: Duration) -> bool {
+    /// Asks for a reconnect now: interrupts the current connection or the backoff sleep.
+    pub fn kick(&self) {
+        let mut g = self.lock();
+        g.kicked = true;
+        if let Some(s) = &g.socket {
+            let _ = s.shutdown(How::Read);
+        }
+        self.cv.notify_all();
+    }
+
+    /// Whether a reconnect was asked for since the last call (and clears it).
+    pub fn take_kick(&self) -> bool {
+        std::mem::take(&mut self.lock().kicked)
+    }
+
+    /// Sleeps for `d` unless a stop or a reconnect is asked for first.
+    pub fn sleep(&self, d: Duration) -> Wake {
         let deadline = Instant::now() + d;
         let mut g = self.lock();
-        while !g.requested {
+        loop {
+            if g.requested {
+                return Wake::Stop;
+            }
+            if g.kicked {
+                return Wake::Kick;
+            }
             let now = Instant::now();
             if now >= deadline {
-                return false;
+                return Wake::Elapsed;
             }
             g = self
                 .cv
@@ -59,7 +92,6 @@ impl Shutdown {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        true
     }
 
     /// Registers the current control socket (a clone) so a stop can interrupt its reads.

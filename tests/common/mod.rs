@@ -256,6 +256,7 @@ pub fn agent(proxy: SocketAddr, extra: &[&str]) -> Proc {
 /// Like [`agent`] with additional environment.
 pub fn agent_with_env(proxy: SocketAddr, extra: &[&str], env: &[(&str, &str)]) -> Proc {
     let port = proxy.port().to_string();
+    // No status file unless the test names one (a later --status-file wins).
     let mut args = vec![
         "--device-key",
         KEY,
@@ -263,6 +264,8 @@ pub fn agent_with_env(proxy: SocketAddr, extra: &[&str], env: &[(&str, &str)]) -
         "127.0.0.1",
         "--port",
         port.as_str(),
+        "--status-file",
+        "",
     ];
     args.extend(extra);
     let mut all_env = vec![("MEETING_TOKEN", TOKEN)];

@@ -56,7 +56,7 @@ fn relay(sock: TcpStream, tunnel: &Tunnel, registry: &Registry) {
         session.key, tunnel.port
     );
     let sent = AtomicU64::new(0);
-    pump_to_frames(&*sock, id, &session.tx, &sent);
+    pump_to_frames(&*sock, id, &session.tx, &[&sent]);
     // If the stream is still ours, the public side ended it: tell the agent.
     if session.remove_stream(id) {
         let _ = session.tx.send(close_frame(id));

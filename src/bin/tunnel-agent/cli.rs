@@ -34,6 +34,13 @@ pub enum Command {
         /// Bound for each network wait.
         timeout: Duration,
     },
+    /// Print the running agent's status file.
+    Status {
+        /// `--status-file PATH`, else the default.
+        path: Option<String>,
+        /// `--json`: the file as is.
+        json: bool,
+    },
     /// Print help.
     Help,
     /// Print the version.
@@ -44,10 +51,14 @@ pub enum Command {
 pub const USAGE: &str = "\
 Usage: tunnel-agent [run] [OPTIONS]
        tunnel-agent check [--json | --report] [--timeout SECS] [OPTIONS]
+       tunnel-agent status [--json] [--status-file PATH]
 
 run (the default) dials out to the Meeting proxy and carries its tunnels to local services.
 check diagnoses the device end to end (configuration, DNS, TCP, TLS, handshake, Meeting API,
 local services) and names the most likely cause of a failure.
+status prints the running agent's status file; exit 0 when connected, 1 otherwise.
+SIGHUP makes a running agent re-read its configuration (reconnecting only if a connection
+setting changed); SIGINT/SIGTERM stop it.
 
 Options:
   --config FILE              JSON configuration (default: first of /etc/tunnel-agent/config.json,
@@ -90,6 +101,22 @@ silently); 4 the Meeting API says the device is unknown or not authorized; 5 loc
 pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut flags = Flags::default();
     let mut verbosity = 0;
+    if args.first().map(String::as_str) == Some("status") {
+        let mut path = None;
+        let mut json = false;
+        let mut it = args[1..].iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--json" => json = true,
+                "--status-file" => {
+                    path = Some(it.next().cloned().ok_or("--status-file needs a value")?)
+                }
+                "-h" | "--help" => return Ok(Command::Help),
+                other => return Err(format!("unknown argument '{other}' for status")),
+            }
+        }
+        return Ok(Command::Status { path, json });
+    }
     let mut format = Format::Text;
     let mut timeout = Duration::from_secs(10);
     let mut it = args.iter().peekable();

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use log::{info, warn};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use tunnel_agent::agent::{self, shutdown::Shutdown, VERSION};
+use tunnel_agent::agent::channels::Totals;
+use tunnel_agent::agent::status::Status;
+use tunnel_agent::agent::{self, shutdown::Shutdown, Live, VERSION};
 use tunnel_agent::config::{self, SearchPaths};
 use tunnel_agent::logging;
 
@@ -26,6 +28,7 @@ fn main() -> ExitCode {
             format,
             timeout,
         }) => return check(&flags, format, timeout),
+        Ok(cli::Command::Status { path, json }) => return status(path, json),
         Ok(cli::Command::Help) => {
             println!("{}", cli::USAGE);
             return ExitCode::SUCCESS;
@@ -58,12 +61,88 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
     let shutdown = Arc::new(Shutdown::new());
-    if let Err(e) = watch_signals(shutdown.clone()) {
+    let status = Arc::new(Status::new(
+        cfg.status_file.clone(),
+        cfg.proxy_addr(),
+        Arc::new(Totals::default()),
+    ));
+    let live = Arc::new(Live::new(cfg));
+    let reload = move || {
+        let env = |k: &str| std::env::var(k).ok();
+        config::load(&flags, &env, &SearchPaths::default()).map_err(|e| e.to_string())
+    };
+    if let Err(e) = watch_signals(shutdown.clone(), live.clone(), Box::new(reload)) {
         warn!("cannot install signal handlers ({e}); SIGTERM will kill the agent abruptly");
     }
-    agent::run(&cfg, &shutdown);
+    refresh_status(status.clone(), shutdown.clone());
+    agent::run(&live, &shutdown, &status);
     shutdown.mark_finished();
     ExitCode::SUCCESS
+}
+
+/// Rewrites the status file every 10 s until the agent stops.
+fn refresh_status(status: Arc<Status>, shutdown: Arc<Shutdown>) {
+    let spawned = std::thread::Builder::new()
+        .name("status".into())
+        .spawn(move || {
+            while !shutdown.wait_finished(agent::status::REFRESH) {
+                status.write();
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("cannot start the status thread ({e}); the status file is written on state changes only");
+    }
+}
+
+/// `tunnel-agent status`: exit 0 when the agent is connected, 1 otherwise.
+fn status(path: Option<String>, json: bool) -> ExitCode {
+    let path = std::path::PathBuf::from(path.as_deref().unwrap_or(config::DEFAULT_STATUS_FILE));
+    let snap = match agent::status::read(&path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tunnel-agent status: {e}\nIs tunnel-agent running (and writing its status file there)?");
+            return ExitCode::from(1);
+        }
+    };
+    let age = tunnel_agent::clock::now().saturating_sub(snap.updated);
+    let alive = std::path::Path::new(&format!("/proc/{}", snap.pid)).exists();
+    let fresh = alive && age <= 3 * agent::status::REFRESH.as_secs();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&snap).unwrap_or_default()
+        );
+    } else {
+        let held = tunnel_agent::clock::now().saturating_sub(snap.since);
+        println!(
+            "tunnel-agent {} (pid {}): {} since {} ({held} s)",
+            snap.version, snap.pid, snap.state, snap.since_utc
+        );
+        println!("proxy: {}", snap.proxy);
+        println!(
+            "channels: {} open, {} since start; bytes up {}, down {}",
+            snap.open_channels, snap.channels_total, snap.bytes_up, snap.bytes_down
+        );
+        println!("reconnects: {}", snap.reconnects);
+        if let Some(e) = &snap.last_error {
+            println!("last error ({}): {}", e.class, e.message);
+        }
+        if !fresh {
+            println!(
+                "STALE: the file was last written {age} s ago{}: the agent is not running",
+                if alive {
+                    ""
+                } else {
+                    " and its process is gone"
+                }
+            );
+        }
+    }
+    ExitCode::from(if fresh && snap.state == "connected" {
+        0
+    } else {
+        1
+    })
 }
 
 /// `tunnel-agent check`: prints the report and exits with the verdict's status.
@@ -89,13 +168,22 @@ fn check(flags: &config::Flags, format: cli::Format, timeout: Duration) -> ExitC
     ExitCode::from(report.verdict.exit_code())
 }
 
-/// On SIGINT/SIGTERM: stop in order, and exit within a second whatever happens.
-fn watch_signals(shutdown: Arc<Shutdown>) -> std::io::Result<()> {
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+/// Re-reads the configuration on SIGHUP.
+type Reload = Box<dyn Fn() -> Result<config::Config, String> + Send>;
+
+/// On SIGHUP: reload. On SIGINT/SIGTERM: stop in order, and exit within a second whatever
+/// happens.
+fn watch_signals(shutdown: Arc<Shutdown>, live: Arc<Live>, reload: Reload) -> std::io::Result<()> {
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    info!("received SIGHUP: re-reading the configuration");
+                    agent::reload(&live, &shutdown, reload());
+                    continue;
+                }
                 let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
                 info!("received {name}: closing channels and exiting");
                 shutdown.trigger();
@@ -103,6 +191,7 @@ fn watch_signals(shutdown: Arc<Shutdown>) -> std::io::Result<()> {
                     warn!("orderly stop took too long; exiting now");
                     std::process::exit(0);
                 }
+                break;
             }
         })?;
     Ok(())

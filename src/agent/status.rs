@@ -1,0 +1,268 @@
+//! The status file: the agent's state for people and programs, written atomically (temporary
+//! file, then rename) on every state change and every 10 s.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use log::warn;
+use serde::{Deserialize, Serialize};
+
+use super::channels::Totals;
+use crate::clock;
+
+/// How often the file is rewritten even without a state change.
+pub const REFRESH: Duration = Duration::from_secs(10);
+
+/// The connection state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Resolving and connecting.
+    Connecting,
+    /// Connected, handshake under way.
+    Authenticating,
+    /// In frame mode: tunnels work.
+    Connected,
+    /// Waiting before the next attempt after a failure.
+    BackingOff,
+    /// Waiting after the proxy refused the device.
+    Refused,
+}
+
+impl State {
+    /// The name used in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Connecting => "connecting",
+            State::Authenticating => "authenticating",
+            State::Connected => "connected",
+            State::BackingOff => "backing_off",
+            State::Refused => "refused",
+        }
+    }
+}
+
+/// The last error, by class.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LastError {
+    /// `refusal`, `network`, `protocol` or `dead_link`.
+    pub class: String,
+    /// The message, as logged.
+    pub message: String,
+}
+
+/// The file's content. The schema is stable: programs read it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Snapshot {
+    /// `connecting`, `authenticating`, `connected`, `backing_off` or `refused`.
+    pub state: String,
+    /// When the state began, seconds since the epoch.
+    pub since: u64,
+    /// The same, readable.
+    pub since_utc: String,
+    /// `host:port` of the proxy.
+    pub proxy: String,
+    /// The last error, if any.
+    pub last_error: Option<LastError>,
+    /// Channels open now.
+    pub open_channels: u64,
+    /// Channels opened since the agent started.
+    pub channels_total: u64,
+    /// Payload bytes sent to the proxy since start.
+    pub bytes_up: u64,
+    /// Payload bytes received from the proxy since start.
+    pub bytes_down: u64,
+    /// Connections made after the first.
+    pub reconnects: u64,
+    /// Agent version.
+    pub version: String,
+    /// Agent process id.
+    pub pid: u32,
+    /// When this file was written, seconds since the epoch.
+    pub updated: u64,
+}
+
+struct Inner {
+    state: State,
+    since: u64,
+    proxy: String,
+    last_error: Option<LastError>,
+    connections: u64,
+    broken: bool,
+}
+
+/// The status of a running agent, and the file it is written to.
+pub struct Status {
+    path: Option<PathBuf>,
+    totals: Arc<Totals>,
+    inner: Mutex<Inner>,
+}
+
+impl Status {
+    /// A status written to `path` (`None`: kept in memory only).
+    pub fn new(path: Option<PathBuf>, proxy: String, totals: Arc<Totals>) -> Status {
+        Status {
+            path,
+            totals,
+            inner: Mutex::new(Inner {
+                state: State::Connecting,
+                since: clock::now(),
+                proxy,
+                last_error: None,
+                connections: 0,
+                broken: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The traffic counters the channels update.
+    pub fn totals(&self) -> &Arc<Totals> {
+        &self.totals
+    }
+
+    /// Enters `state` (and writes the file if it changed). `Connected` counts a connection.
+    pub fn set(&self, state: State) {
+        let mut g = self.lock();
+        if g.state == state {
+            return;
+        }
+        g.state = state;
+        g.since = clock::now();
+        if state == State::Connected {
+            g.connections += 1;
+        }
+        self.write_locked(&mut g);
+    }
+
+    /// Records the last error.
+    pub fn error(&self, class: &str, message: String) {
+        self.lock().last_error = Some(LastError {
+            class: class.to_owned(),
+            message,
+        });
+    }
+
+    /// Updates the proxy address (after a reload).
+    pub fn set_proxy(&self, proxy: String) {
+        self.lock().proxy = proxy;
+    }
+
+    /// The current content.
+    pub fn snapshot(&self) -> Snapshot {
+        let g = self.lock();
+        self.snapshot_locked(&g)
+    }
+
+    fn snapshot_locked(&self, g: &Inner) -> Snapshot {
+        let t = &self.totals;
+        Snapshot {
+            state: g.state.as_str().to_owned(),
+            since: g.since,
+            since_utc: clock::utc(g.since),
+            proxy: g.proxy.clone(),
+            last_error: g.last_error.clone(),
+            open_channels: t.open.load(Ordering::Relaxed),
+            channels_total: t.opened.load(Ordering::Relaxed),
+            bytes_up: t.up.load(Ordering::Relaxed),
+            bytes_down: t.down.load(Ordering::Relaxed),
+            reconnects: g.connections.saturating_sub(1),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            updated: clock::now(),
+        }
+    }
+
+    /// Writes the file now.
+    pub fn write(&self) {
+        let mut g = self.lock();
+        self.write_locked(&mut g);
+    }
+
+    fn write_locked(&self, g: &mut Inner) {
+        let Some(path) = &self.path else { return };
+        if g.broken {
+            return;
+        }
+        let snap = self.snapshot_locked(g);
+        if let Err(e) = write_atomically(path, &snap) {
+            warn!(
+                "cannot write the status file {}: {e}; going on without it (--status-file '' \
+                 turns it off, --status-file PATH moves it)",
+                path.display()
+            );
+            g.broken = true;
+        }
+    }
+
+    /// Removes the file (on exit), so nothing reads a stale state.
+    pub fn remove(&self) {
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn write_atomically(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let text = serde_json::to_string_pretty(snap).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, text + "\n")?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Reads a status file.
+pub fn read(path: &Path) -> Result<Snapshot, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the status file {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{} is not a status file: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_atomically_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("tunnel-agent-status-{}", std::process::id()));
+        let path = dir.join("sub").join("status.json");
+        let totals = Arc::new(Totals::default());
+        let s = Status::new(Some(path.clone()), "p:9001".into(), totals.clone());
+        s.set(State::Authenticating);
+        s.set(State::Connected);
+        totals.up.store(42, Ordering::Relaxed);
+        s.error("network", "boom".into());
+        s.set(State::BackingOff);
+        s.set(State::Connected);
+        let snap = read(&path).unwrap();
+        assert_eq!(snap.state, "connected");
+        assert_eq!(snap.bytes_up, 42);
+        assert_eq!(snap.reconnects, 1);
+        assert_eq!(snap.last_error.unwrap().message, "boom");
+        assert!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count() == 1,
+            "no temp file left"
+        );
+        s.remove();
+        assert!(read(&path).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_unwritable_path_is_reported_once_and_ignored() {
+        let s = Status::new(
+            Some(PathBuf::from("/proc/no/such/dir/status.json")),
+            "p".into(),
+            Arc::new(Totals::default()),
+        );
+        s.set(State::Connected);
+        s.set(State::BackingOff);
+        assert!(s.lock().broken);
+    }
+}

@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: help build release test test-notls lint fmt demo fuzz clean
+.PHONY: help build release test test-notls lint fmt demo fuzz soak clean
 
 help:
 	@echo "make build    debug build of tunnel-agent and meeting-proxy"
@@ -11,6 +11,7 @@ help:
 	@echo "make lint     cargo fmt --check and clippy -D warnings"
 	@echo "make demo     build, then show a real tunnel working on loopback"
 	@echo "make fuzz     cargo-fuzz on the frame decoder and the reply classifier (FUZZ_TIME=60 s each)"
+	@echo "make soak     mixed traffic with proxy restarts, every byte checked (DURATION=30m)"
 	@echo "make clean    remove build output"
 
 build:
@@ -49,6 +50,12 @@ fuzz:
 	for t in $(FUZZ_TARGETS); do \
 	  $(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_TIME) || exit 1; \
 	done
+
+DURATION ?= 30m
+
+soak:
+	$(CARGO) build --locked --release --bins --example soak
+	DURATION=$(DURATION) ./target/release/examples/soak
 
 clean:
 	$(CARGO) clean

@@ -1,76 +1,18 @@
 //! `make demo`: a real tunnel on loopback with the real binaries, then the field report's
 //! silent refusal and the one line the agent writes about it.
 
-use std::io::{BufRead, BufReader, Read, Write};
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::thread;
-use std::time::Duration;
+
+use support::{first_word, start, wait_for, Running};
 
 const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
 const TOKEN: &str = "41e291";
-const WAIT: Duration = Duration::from_secs(20);
-
-/// The binaries sit next to the `examples` folder this program was built into.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("own path");
-    exe.parent()
-        .and_then(|p| p.parent())
-        .expect("target dir")
-        .join(name)
-}
-
-/// A child process that is killed when dropped, also when the demo panics.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts a binary, echoes its log lines with a tag, and returns them on a channel.
-fn start(name: &str, args: &[&str], env: &[(&str, &str)]) -> (Running, Receiver<String>) {
-    let mut child = Command::new(binary(name))
-        .args(args)
-        .envs(env.iter().copied())
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {name} (run `make build` first): {e}"));
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().expect("piped");
-    let tag = name.to_owned();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            println!("    [{tag}] {line}");
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (Running(child), rx)
-}
-
-/// Waits for a log line containing `pat` and returns the text after it.
-fn wait_for(rx: &Receiver<String>, pat: &str) -> String {
-    loop {
-        let line = rx
-            .recv_timeout(WAIT)
-            .unwrap_or_else(|_| panic!("no log line containing {pat:?}"));
-        if let Some(i) = line.find(pat) {
-            return line[i + pat.len()..].to_owned();
-        }
-    }
-}
-
-fn first_word(s: &str) -> String {
-    s.split_whitespace().next().unwrap_or_default().to_owned()
-}
 
 /// Starts the agent against the proxy whose log is `proxy_log`, once it listens; the agent may
 /// open `service` (the only local port it will open).
@@ -90,7 +32,7 @@ fn start_agent(proxy_log: &Receiver<String>, service: u16) -> (Running, Receiver
         "--status-file",
         "",
     ];
-    start("tunnel-agent", &args, &[("MEETING_TOKEN", TOKEN)])
+    start("tunnel-agent", &args, &[("MEETING_TOKEN", TOKEN)], true)
 }
 
 fn main() {
@@ -121,6 +63,7 @@ fn main() {
             &tunnel,
         ],
         &[],
+        true,
     );
     let public = first_word(&wait_for(&proxy_log, "tunnel "));
     println!();
@@ -163,6 +106,7 @@ fn main() {
             "silent-close",
         ],
         &[],
+        true,
     );
     let (agent, agent_log) = start_agent(&bad_log, service_port);
     wait_for(&agent_log, "reconnecting in");

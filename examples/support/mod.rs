@@ -1,0 +1,80 @@
+//! Running the real binaries from the examples (demo, soak): start, read logs, stop.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::Duration;
+
+/// How long any readiness wait may take.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The binaries sit next to the `examples` folder this program was built into.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    exe.parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .join(name)
+}
+
+/// A child process that is killed when dropped, also when the example panics.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a binary and returns its log lines on a channel; with `echo`, also prints them
+/// tagged with the binary's name.
+pub fn start(
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    echo: bool,
+) -> (Running, Receiver<String>) {
+    let mut child = Command::new(binary(name))
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name} (build it first): {e}"));
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().expect("piped");
+    let tag = name.to_owned();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if echo {
+                println!("    [{tag}] {line}");
+            }
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (Running(child), rx)
+}
+
+/// Waits for a log line containing `pat` and returns the text after it.
+pub fn wait_for(rx: &Receiver<String>, pat: &str) -> String {
+    loop {
+        let line = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("no log line containing {pat:?}"));
+        if let Some(i) = line.find(pat) {
+            return line[i + pat.len()..].to_owned();
+        }
+    }
+}
+
+/// The first word of `s`.
+pub fn first_word(s: &str) -> String {
+    s.split_whitespace().next().unwrap_or_default().to_owned()
+}

@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: help build release test test-notls lint fmt demo fuzz soak clean
+.PHONY: help build release test test-notls lint fmt demo fuzz soak install clean
 
 help:
 	@echo "make build    debug build of tunnel-agent and meeting-proxy"
@@ -12,6 +12,7 @@ help:
 	@echo "make demo     build, then show a real tunnel working on loopback"
 	@echo "make fuzz     cargo-fuzz on the frame decoder and the reply classifier (FUZZ_TIME=60 s each)"
 	@echo "make soak     mixed traffic with proxy restarts, every byte checked (DURATION=30m)"
+	@echo "make install  binary, init script, systemd unit, example config (DESTDIR=, PREFIX=/usr/local, SYSCONFDIR=/etc)"
 	@echo "make clean    remove build output"
 
 build:
@@ -56,6 +57,26 @@ DURATION ?= 30m
 soak:
 	$(CARGO) build --locked --release --bins --example soak
 	DURATION=$(DURATION) ./target/release/examples/soak
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+SYSCONFDIR ?= /etc
+BINDIR = $(PREFIX)/bin
+SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
+PKG = buildroot/package/tunnel-agent
+# The binary to install (make static or make cross build others).
+INSTALL_BIN ?= target/release/tunnel-agent
+
+install: $(if $(filter target/release/tunnel-agent,$(INSTALL_BIN)),release)
+	install -D -m 0755 $(INSTALL_BIN) $(DESTDIR)$(BINDIR)/tunnel-agent
+	install -d $(DESTDIR)$(SYSCONFDIR)/init.d $(DESTDIR)$(SYSCONFDIR)/tunnel-agent $(DESTDIR)$(SYSTEMD_UNIT_DIR)
+	sed 's|/usr/bin/tunnel-agent|$(BINDIR)/tunnel-agent|' $(PKG)/S95tunnel-agent \
+	  > $(DESTDIR)$(SYSCONFDIR)/init.d/S95tunnel-agent
+	chmod 0755 $(DESTDIR)$(SYSCONFDIR)/init.d/S95tunnel-agent
+	sed 's|/usr/bin/tunnel-agent|$(BINDIR)/tunnel-agent|' $(PKG)/tunnel-agent.service \
+	  > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/tunnel-agent.service
+	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/tunnel-agent.service
+	install -m 0600 $(PKG)/config.json.example $(DESTDIR)$(SYSCONFDIR)/tunnel-agent/config.json.example
 
 clean:
 	$(CARGO) clean

@@ -115,6 +115,10 @@ pub struct Flags {
     pub user_timeout: Option<String>,
     /// `--status-file PATH` (`Some("")` turns it off).
     pub status_file: Option<String>,
+    /// `--syslog`.
+    pub syslog: bool,
+    /// `--syslog-socket PATH`.
+    pub syslog_socket: Option<String>,
 }
 
 /// Where the files are looked for; tests point these elsewhere.
@@ -168,6 +172,8 @@ pub struct Config {
     pub keepalive: Keepalive,
     /// Where the status file is written (`None`: not written).
     pub status_file: Option<PathBuf>,
+    /// Log to this syslog socket instead of stderr (`None`: stderr).
+    pub syslog: Option<PathBuf>,
     /// The configuration file that was read, if any.
     pub file: Option<PathBuf>,
 }
@@ -668,6 +674,23 @@ pub fn load(
         }
     };
 
+    let syslog_on = match pick(vec![
+        (
+            Source::Flag("--syslog"),
+            flags.syslog.then(|| "true".to_owned()),
+        ),
+        from_file("syslog")?,
+    ]) {
+        Some(s) => parse_bool("syslog", &s.value, &s.source)?,
+        None => false,
+    };
+    let syslog_socket = pick(vec![
+        (Source::Flag("--syslog-socket"), flags.syslog_socket.clone()),
+        from_file("syslog_socket")?,
+    ])
+    .map_or(crate::logging::SYSLOG_SOCKET.to_owned(), |s| s.value);
+    let syslog = syslog_on.then(|| PathBuf::from(syslog_socket));
+
     let allowed_ports = if !flags.allow_ports.is_empty() {
         let source = Source::Flag("--allow-port");
         let ports = flags
@@ -719,6 +742,7 @@ pub fn load(
         max_frame,
         keepalive,
         status_file,
+        syslog,
         file: file.map(|f| f.path),
     })
 }

@@ -79,6 +79,8 @@ Options:
   --keepalive-count N        unanswered probes before the link is declared dead (3)
   --user-timeout SECS        sent data unacknowledged this long: the link is dead (60)
   --status-file PATH         status file (/run/tunnel-agent/status.json; '' turns it off)
+  --syslog                   log to the local syslog socket instead of stderr (syslog)
+  --syslog-socket PATH       that socket (/dev/log)
   -v, --verbose              more log detail (repeat for trace); overrides RUST_LOG
   -q, --quiet                warnings and errors only (repeat: errors only)
   -h, --help                 this text
@@ -158,6 +160,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--keepalive-count" => flags.keepalive_count = Some(value(name)?),
             "--user-timeout" => flags.user_timeout = Some(value(name)?),
             "--status-file" => flags.status_file = Some(value(name)?),
+            "--syslog" => flags.syslog = true,
+            "--syslog-socket" => flags.syslog_socket = Some(value(name)?),
             "--json" if check => format = Format::Json,
             "--report" if check => format = Format::Report,
             "--timeout" if check => {

@@ -42,7 +42,6 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    logging::init(verbosity);
     let env = |k: &str| std::env::var(k).ok();
     let cfg = match config::load(&flags, &env, &SearchPaths::default()) {
         Ok(c) => c,
@@ -51,6 +50,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    match &cfg.syslog {
+        Some(socket) => logging::init_syslog("tunnel-agent", socket, verbosity),
+        None => logging::init(verbosity),
+    }
     if cfg.tls.value && !cfg!(feature = "tls") {
         eprintln!(
             "tunnel-agent: configuration error: TLS is requested ({}) but this tunnel-agent was \

@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: help build release test test-notls lint fmt demo fuzz soak install clean
+.PHONY: help build release test test-notls lint fmt demo fuzz soak install yocto-crates clean
 
 help:
 	@echo "make build    debug build of tunnel-agent and meeting-proxy"
@@ -13,6 +13,7 @@ help:
 	@echo "make fuzz     cargo-fuzz on the frame decoder and the reply classifier (FUZZ_TIME=60 s each)"
 	@echo "make soak     mixed traffic with proxy restarts, every byte checked (DURATION=30m)"
 	@echo "make install  binary, init script, systemd unit, example config (DESTDIR=, PREFIX=/usr/local, SYSCONFDIR=/etc)"
+	@echo "make yocto-crates  regenerate the Yocto crates include from Cargo.lock"
 	@echo "make clean    remove build output"
 
 build:
@@ -70,13 +71,17 @@ INSTALL_BIN ?= target/release/tunnel-agent
 install: $(if $(filter target/release/tunnel-agent,$(INSTALL_BIN)),release)
 	install -D -m 0755 $(INSTALL_BIN) $(DESTDIR)$(BINDIR)/tunnel-agent
 	install -d $(DESTDIR)$(SYSCONFDIR)/init.d $(DESTDIR)$(SYSCONFDIR)/tunnel-agent $(DESTDIR)$(SYSTEMD_UNIT_DIR)
-	sed 's|/usr/bin/tunnel-agent|$(BINDIR)/tunnel-agent|' $(PKG)/S95tunnel-agent \
-	  > $(DESTDIR)$(SYSCONFDIR)/init.d/S95tunnel-agent
+	sed -e 's|/usr/bin/|$(BINDIR)/|g' -e 's|/etc/default/|$(SYSCONFDIR)/default/|g' \
+	  $(PKG)/S95tunnel-agent > $(DESTDIR)$(SYSCONFDIR)/init.d/S95tunnel-agent
 	chmod 0755 $(DESTDIR)$(SYSCONFDIR)/init.d/S95tunnel-agent
 	sed 's|/usr/bin/tunnel-agent|$(BINDIR)/tunnel-agent|' $(PKG)/tunnel-agent.service \
 	  > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/tunnel-agent.service
 	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/tunnel-agent.service
 	install -m 0600 $(PKG)/config.json.example $(DESTDIR)$(SYSCONFDIR)/tunnel-agent/config.json.example
+
+# One implementation: the test that checks the include is in sync also writes it.
+yocto-crates:
+	YOCTO_CRATES_WRITE=1 $(CARGO) test --locked --test images yocto_crates -- --nocapture
 
 clean:
 	$(CARGO) clean

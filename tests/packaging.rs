@@ -105,7 +105,14 @@ fn make_install_lays_out_the_files_and_the_unit_verifies() {
         assert!(text.contains(hardening), "{hardening} missing");
     }
     let script = std::fs::read_to_string(r.join("etc/init.d/S95tunnel-agent")).unwrap();
-    assert!(script.contains(&format!("{}/usr/bin/tunnel-agent", r.display())));
+    assert!(
+        script.contains(&format!("\"{}/usr/bin/$DAEMON\"", r.display())),
+        "{script}"
+    );
+    assert!(
+        script.contains(&format!("\"{}/etc/default/$DAEMON\"", r.display())),
+        "{script}"
+    );
     if need("systemd-analyze", "systemd") {
         let out = Command::new("systemd-analyze")
             .arg("verify")
@@ -121,11 +128,12 @@ fn make_install_lays_out_the_files_and_the_unit_verifies() {
     }
 }
 
-fn script(t: &Path, action: &str, env: &[(&str, String)]) -> Output {
+fn script(t: &Path, action: &str, path: &str) -> Output {
     Command::new("sh")
         .arg(t.join("etc/init.d/S95tunnel-agent"))
         .arg(action)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("PATH", path)
+        .env_remove("MEETING_TOKEN")
         .output()
         .unwrap()
 }
@@ -174,28 +182,21 @@ fn init_script_with_busybox_start_stop_daemon() {
     let echo = echo_server();
     let proxy = Proxy::for_ports(&[echo], &[]);
     let pidfile = t.0.join("agent.pid");
-    let args = format!(
-        "--device-key {KEY} --host 127.0.0.1 --port {} --allow-port {echo} --syslog-socket {}",
+    // The settings a device keeps in /etc/default/tunnel-agent (here under the test's root).
+    std::fs::create_dir_all(t.0.join("etc/default")).unwrap();
+    let defaults = format!(
+        "PIDFILE=\"{}\"\nSTATUS_FILE=\"{}\"\nTUNNEL_AGENT_ARGS=\"--device-key {KEY} --host 127.0.0.1 --port {} --allow-port {echo} --syslog-socket {}\"\nexport MEETING_TOKEN=\"{TOKEN}\"\n",
+        pidfile.display(),
+        t.0.join("run/status.json").display(),
         proxy.control.port(),
         t.0.join("syslog.sock").display()
     );
-    let env = vec![
-        (
-            "PATH",
-            format!(
-                "{}:{}",
-                bindir.display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        ),
-        ("PIDFILE", pidfile.display().to_string()),
-        (
-            "STATUS_FILE",
-            t.0.join("run/status.json").display().to_string(),
-        ),
-        ("TUNNEL_AGENT_ARGS", args),
-        ("MEETING_TOKEN", TOKEN.to_owned()),
-    ];
+    std::fs::write(t.0.join("etc/default/tunnel-agent"), defaults).unwrap();
+    let env = format!(
+        "{}:{}",
+        bindir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
 
     let out = script(&t.0, "start", &env);
     assert!(

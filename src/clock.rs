@@ -10,6 +10,25 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Now as RFC 3339 with milliseconds, `YYYY-MM-DDTHH:MM:SS.mmmZ`, for log lines.
+pub fn rfc3339_millis_now() -> String {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339_millis(d.as_secs(), d.subsec_millis())
+}
+
+fn rfc3339_millis(secs: u64, millis: u32) -> String {
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// `secs` since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn utc(secs: u64) -> String {
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
@@ -46,5 +65,6 @@ mod tests {
         assert_eq!(civil_from_days(20_486), (2026, 2, 2));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(utc(1_769_997_420), "2026-02-02 01:57:00 UTC");
+        assert_eq!(rfc3339_millis(1_769_997_420, 7), "2026-02-02T01:57:00.007Z");
     }
 }

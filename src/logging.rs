@@ -48,7 +48,7 @@ pub fn init(verbosity: i32) {
         writeln!(
             buf,
             "{} {:<5} {}",
-            buf.timestamp_millis(),
+            crate::clock::rfc3339_millis_now(),
             record.level(),
             record.args()
         )

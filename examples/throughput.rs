@@ -1,0 +1,134 @@
+//! A quick throughput run through the real agent and proxy on loopback: bytes per second each
+//! way and the agent's CPU seconds per GB (from /proc). Used to choose the release opt-level;
+//! `SECONDS` (default 5) per direction.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::{first_word, start, wait_for};
+
+const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
+const TOKEN: &str = "7410ad";
+
+/// User + system CPU seconds of a process.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// Pushes bytes through `public` for `secs` in one direction; returns (bytes, seconds).
+fn run(public: &str, service: &TcpListener, upload: bool, secs: f64) -> (u64, f64) {
+    let client = TcpStream::connect(public).unwrap();
+    let (local, _) = service.accept().unwrap();
+    // Upload: device → operator, the agent reads the local socket. Download: the reverse.
+    let (mut src, mut dst) = if upload {
+        (local, client)
+    } else {
+        (client, local)
+    };
+    let buf = vec![0x5au8; 256 * 1024];
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let reader = thread::spawn(move || {
+        let mut b = vec![0u8; 256 * 1024];
+        let mut n = 0u64;
+        while let Ok(k) = dst.read(&mut b) {
+            if k == 0 {
+                break;
+            }
+            n += k as u64;
+        }
+        n
+    });
+    let t0 = Instant::now();
+    while Instant::now() < until {
+        if src.write_all(&buf).is_err() {
+            break;
+        }
+    }
+    let _ = src.shutdown(std::net::Shutdown::Both);
+    let n = reader.join().unwrap();
+    (n, t0.elapsed().as_secs_f64())
+}
+
+fn main() {
+    let secs: f64 = std::env::var("SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
+    let service = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = service.local_addr().unwrap().port();
+    let tunnel = format!("127.0.0.1:0={KEY}:{port}");
+    let device = format!("{KEY}={TOKEN}");
+    let (_proxy, plog) = start(
+        "meeting-proxy",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--device",
+            &device,
+            "--tunnel",
+            &tunnel,
+            "-q",
+        ],
+        &[],
+        false,
+    );
+    let public = first_word(&wait_for(&plog, "tunnel "));
+    let control = first_word(&wait_for(&plog, "listening for agents on "));
+    let cport = control.rsplit(':').next().unwrap().to_owned();
+    let allow = port.to_string();
+    let (agent, alog) = start(
+        "tunnel-agent",
+        &[
+            "--device-key",
+            KEY,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &cport,
+            "--allow-port",
+            &allow,
+            "--status-file",
+            "",
+        ],
+        &[("MEETING_TOKEN", TOKEN)],
+        false,
+    );
+    wait_for(&alog, "tunnel ready");
+    thread::spawn(move || for _ in alog.iter() {});
+    let pid = agent.0.id();
+    for (name, upload) in [("upload", true), ("download", false)] {
+        let c0 = cpu_seconds(pid);
+        let (bytes, t) = run(&public, &service, upload, secs);
+        let cpu = cpu_seconds(pid) - c0;
+        let gb = bytes as f64 / 1e9;
+        println!(
+            "{name:>8}: {:7.2} Gbit/s, agent CPU {:5.2} s/GB ({bytes} bytes in {t:.1} s)",
+            gb * 8.0 / t,
+            cpu / gb
+        );
+    }
+    let size = std::fs::metadata(support::binary("tunnel-agent"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!("    size: {size} bytes (tunnel-agent, this profile)");
+}

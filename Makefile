@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: help build release test test-notls lint fmt demo fuzz soak install yocto-crates \
+.PHONY: help build release test test-notls lint fmt demo fuzz soak bench install yocto-crates \
 	static cross cross-all cross-setup size test-cross clean
 
 help:
@@ -19,6 +19,7 @@ help:
 	@echo "make cross TARGET=aarch64-unknown-linux-musl|armv7-unknown-linux-musleabihf"
 	@echo "make cross-all    every target; make size: their stripped sizes, with and without TLS"
 	@echo "make test-cross   the cross binaries under qemu-user: --version and a real tunnel"
+	@echo "make bench    throughput, CPU/GB, latency, memory vs direct and a socat relay hop"
 	@echo "make clean    remove build output"
 
 build:
@@ -59,6 +60,14 @@ fuzz:
 	done
 
 DURATION ?= 30m
+
+# Installs iperf3 and socat when missing; writes bench/RESULTS.md.
+bench:
+	@command -v iperf3 >/dev/null && command -v socat >/dev/null || { \
+	  $(AS_ROOT) apt-get update -qq && \
+	  $(AS_ROOT) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3 socat; }
+	$(CARGO) build --locked --release --bins --example bench
+	./target/release/examples/bench
 
 soak:
 	$(CARGO) build --locked --release --bins --example soak

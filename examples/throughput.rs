@@ -87,7 +87,6 @@ fn main() {
             &device,
             "--tunnel",
             &tunnel,
-            "-q",
         ],
         &[],
         false,

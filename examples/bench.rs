@@ -14,7 +14,10 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{first_word, start, wait_for, Running};
+use support::{
+    cpu_seconds, cpu_seconds_with_children, first_word, start, start_agent, status_field, wait_for,
+    Running,
+};
 
 const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
 const TOKEN: &str = "be7c40";
@@ -41,27 +44,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// User + system CPU seconds of a process (and its threads).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
-}
-
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    status_field(pid, "VmRSS:")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -210,33 +194,17 @@ fn tunnel(ports: &[u16], tls: Option<&(String, String, String)>) -> Tunnel {
         .collect();
     let control = first_word(&wait_for(&plog, "listening for agents on "));
     thread::spawn(move || for _ in plog.iter() {});
-    let cport = control.rsplit(':').next().unwrap().to_owned();
-    let mut aargs: Vec<String> = vec![
-        "--device-key".into(),
-        KEY.into(),
-        "--host".into(),
-        "127.0.0.1".into(),
-        "--port".into(),
-        cport,
-        "--status-file".into(),
-        "".into(),
-        "--max-channels".into(),
-        "300".into(),
-    ];
-    for p in ports {
-        aargs.extend(["--allow-port".into(), p.to_string()]);
-    }
+    let mut extra: Vec<&str> = vec!["--max-channels", "300"];
     if let Some((ca, _, _)) = tls {
-        aargs.extend([
-            "--tls".into(),
-            "--ca-file".into(),
-            ca.clone(),
-            "--tls-server-name".into(),
-            "localhost".into(),
+        extra.extend([
+            "--tls",
+            "--ca-file",
+            ca.as_str(),
+            "--tls-server-name",
+            "localhost",
         ]);
     }
-    let av: Vec<&str> = aargs.iter().map(String::as_str).collect();
-    let (agent, alog) = start("tunnel-agent", &av, &[("MEETING_TOKEN", TOKEN)], false);
+    let (agent, alog) = start_agent(&control, KEY, TOKEN, ports, &extra, false);
     wait_for(&alog, "tunnel ready");
     thread::spawn(move || for _ in alog.iter() {});
     Tunnel {
@@ -440,26 +408,16 @@ fn main() {
 }
 
 /// CPU seconds of a process and all its descendants still alive, plus what finished
-/// children already accounted to it (cutime/cstime).
+/// children already handed back to it (socat forks one child per connection).
 fn family_cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let mut total = (t(11) + t(12) + t(13) + t(14)) / 100.0;
     let children =
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    for c in children
-        .split_whitespace()
-        .filter_map(|c| c.parse::<u32>().ok())
-    {
-        total += family_cpu(c);
-    }
-    total
+    cpu_seconds_with_children(pid)
+        + children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+            .map(family_cpu)
+            .sum::<f64>()
 }
 
 fn machine() -> String {

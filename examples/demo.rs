@@ -9,30 +9,16 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc::Receiver;
 use std::thread;
 
-use support::{first_word, start, wait_for, Running};
+use support::{first_word, start, start_agent, wait_for, Running};
 
 const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
 const TOKEN: &str = "41e291";
 
 /// Starts the agent against the proxy whose log is `proxy_log`, once it listens; the agent may
 /// open `service` (the only local port it will open).
-fn start_agent(proxy_log: &Receiver<String>, service: u16) -> (Running, Receiver<String>) {
+fn agent_for(proxy_log: &Receiver<String>, service: u16) -> (Running, Receiver<String>) {
     let control = first_word(&wait_for(proxy_log, "listening for agents on "));
-    let port = control.rsplit(':').next().unwrap_or_default().to_owned();
-    let allow = service.to_string();
-    let args = [
-        "--device-key",
-        KEY,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--allow-port",
-        &allow,
-        "--status-file",
-        "",
-    ];
-    start("tunnel-agent", &args, &[("MEETING_TOKEN", TOKEN)], true)
+    start_agent(&control, KEY, TOKEN, &[service], &[], true)
 }
 
 fn main() {
@@ -69,7 +55,7 @@ fn main() {
     println!();
 
     println!("== 3. tunnel-agent dials out to the proxy (the token comes from MEETING_TOKEN)");
-    let (agent, agent_log) = start_agent(&proxy_log, service_port);
+    let (agent, agent_log) = agent_for(&proxy_log, service_port);
     wait_for(&proxy_log, "connected from");
     wait_for(&agent_log, "tunnel ready");
     println!();
@@ -108,7 +94,7 @@ fn main() {
         &[],
         true,
     );
-    let (agent, agent_log) = start_agent(&bad_log, service_port);
+    let (agent, agent_log) = agent_for(&bad_log, service_port);
     wait_for(&agent_log, "reconnecting in");
     drop((agent, bad));
     println!("\n    The ERROR line above is what an operator reads: what happened, which device,");

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{start, wait_for, Running};
+use support::{start, start_agent, status_field, wait_for, Running};
 
 const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
 const TOKEN: &str = "50a4c0de";
@@ -136,18 +136,10 @@ fn usage(pid: u32) -> String {
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
-            .unwrap_or_default()
-    };
     format!(
-        "fds {fds}, threads {}, RSS {}",
-        field("Threads:"),
-        field("VmRSS:")
+        "fds {fds}, threads {}, RSS {} kB",
+        status_field(pid, "Threads:"),
+        status_field(pid, "VmRSS:")
     )
 }
 
@@ -181,25 +173,12 @@ fn main() {
         p
     };
     let mut proxy: Running = start_proxy();
-    let port = control.rsplit(':').next().unwrap().to_owned();
-    let allow = service_port.to_string();
-    let (agent, agent_log) = start(
-        "tunnel-agent",
-        &[
-            "--device-key",
-            KEY,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--allow-port",
-            &allow,
-            "--status-file",
-            "",
-            "--max-channels",
-            "200",
-        ],
-        &[("MEETING_TOKEN", TOKEN)],
+    let (agent, agent_log) = start_agent(
+        &control,
+        KEY,
+        TOKEN,
+        &[service_port],
+        &["--max-channels", "200"],
         false,
     );
     wait_for(&agent_log, "tunnel ready");

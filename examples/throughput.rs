@@ -10,30 +10,10 @@ use std::net::{TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{first_word, start, wait_for};
+use support::{cpu_seconds, first_word, start, start_agent, wait_for};
 
 const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
 const TOKEN: &str = "7410ad";
-
-/// User + system CPU seconds of a process.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|u| u.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    ticks / 100.0 // USER_HZ is 100 on Linux
-}
 
 /// Pushes bytes through `public` for `secs` in one direction; returns (bytes, seconds).
 fn run(public: &str, service: &TcpListener, upload: bool, secs: f64) -> (u64, f64) {
@@ -93,25 +73,7 @@ fn main() {
     );
     let public = first_word(&wait_for(&plog, "tunnel "));
     let control = first_word(&wait_for(&plog, "listening for agents on "));
-    let cport = control.rsplit(':').next().unwrap().to_owned();
-    let allow = port.to_string();
-    let (agent, alog) = start(
-        "tunnel-agent",
-        &[
-            "--device-key",
-            KEY,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &cport,
-            "--allow-port",
-            &allow,
-            "--status-file",
-            "",
-        ],
-        &[("MEETING_TOKEN", TOKEN)],
-        false,
-    );
+    let (agent, alog) = start_agent(&control, KEY, TOKEN, &[port], &[], false);
     wait_for(&alog, "tunnel ready");
     thread::spawn(move || for _ in alog.iter() {});
     let pid = agent.0.id();

@@ -78,3 +78,68 @@ pub fn wait_for(rx: &Receiver<String>, pat: &str) -> String {
 pub fn first_word(s: &str) -> String {
     s.split_whitespace().next().unwrap_or_default().to_owned()
 }
+
+/// Starts `tunnel-agent` as device `key` with `token` against the proxy at `control`
+/// (`host:port`), allowed to open `ports`, without a status file; `extra` arguments follow.
+pub fn start_agent(
+    control: &str,
+    key: &str,
+    token: &str,
+    ports: &[u16],
+    extra: &[&str],
+    echo: bool,
+) -> (Running, Receiver<String>) {
+    let port = control.rsplit(':').next().unwrap_or_default().to_owned();
+    let allow: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let mut args = vec![
+        "--device-key",
+        key,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--status-file",
+        "",
+    ];
+    for p in &allow {
+        args.extend(["--allow-port", p.as_str()]);
+    }
+    args.extend(extra);
+    start("tunnel-agent", &args, &[("MEETING_TOKEN", token)], echo)
+}
+
+/// User + system CPU seconds of a process, from /proc (USER_HZ is 100 on Linux).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    stat_fields(pid, &[11, 12])
+}
+
+/// The same, plus what its finished children handed back (cutime, cstime).
+pub fn cpu_seconds_with_children(pid: u32) -> f64 {
+    stat_fields(pid, &[11, 12, 13, 14])
+}
+
+fn stat_fields(pid: u32, which: &[usize]) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    which
+        .iter()
+        .map(|&i| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
+        .sum::<f64>()
+        / 100.0
+}
+
+/// A field of /proc/PID/status such as `VmRSS:` or `Threads:` (its first number).
+pub fn status_field(pid: u32, name: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

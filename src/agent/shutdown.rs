@@ -41,14 +41,39 @@ impl Shutdown {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Requests a stop: wakes any sleep and interrupts reads on the control socket.
-    pub fn trigger(&self) {
+    /// Sets a flag, interrupts reads on the control socket and wakes every waiter.
+    fn interrupt(&self, set: impl FnOnce(&mut Inner)) {
         let mut g = self.lock();
-        g.requested = true;
+        set(&mut g);
         if let Some(s) = &g.socket {
             let _ = s.shutdown(How::Read);
         }
         self.cv.notify_all();
+    }
+
+    /// Waits up to `d` for `done` to give an answer; `None` when the time ran out.
+    fn wait_for<T>(&self, d: Duration, done: impl Fn(&Inner) -> Option<T>) -> Option<T> {
+        let deadline = Instant::now() + d;
+        let mut g = self.lock();
+        loop {
+            if let Some(answer) = done(&g) {
+                return Some(answer);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            g = self
+                .cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Requests a stop: wakes any sleep and interrupts reads on the control socket.
+    pub fn trigger(&self) {
+        self.interrupt(|g| g.requested = true);
     }
 
     /// Whether a stop was requested.
@@ -58,12 +83,7 @@ impl Shutdown {
 
     /// Asks for a reconnect now: interrupts the current connection or the backoff sleep.
     pub fn kick(&self) {
-        let mut g = self.lock();
-        g.kicked = true;
-        if let Some(s) = &g.socket {
-            let _ = s.shutdown(How::Read);
-        }
-        self.cv.notify_all();
+        self.interrupt(|g| g.kicked = true);
     }
 
     /// Whether a reconnect was asked for since the last call (and clears it).
@@ -73,25 +93,12 @@ impl Shutdown {
 
     /// Sleeps for `d` unless a stop or a reconnect is asked for first.
     pub fn sleep(&self, d: Duration) -> Wake {
-        let deadline = Instant::now() + d;
-        let mut g = self.lock();
-        loop {
-            if g.requested {
-                return Wake::Stop;
-            }
-            if g.kicked {
-                return Wake::Kick;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Wake::Elapsed;
-            }
-            g = self
-                .cv
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        let woken = self.wait_for(d, |g| match (g.requested, g.kicked) {
+            (true, _) => Some(Wake::Stop),
+            (false, true) => Some(Wake::Kick),
+            _ => None,
+        });
+        woken.unwrap_or(Wake::Elapsed)
     }
 
     /// Registers the current control socket (a clone) so a stop can interrupt its reads.
@@ -112,19 +119,6 @@ impl Shutdown {
 
     /// Waits up to `d` for [`Shutdown::mark_finished`]; returns whether it happened.
     pub fn wait_finished(&self, d: Duration) -> bool {
-        let deadline = Instant::now() + d;
-        let mut g = self.lock();
-        while !g.finished {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            g = self
-                .cv
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        true
+        self.wait_for(d, |g| g.finished.then_some(())).is_some()
     }
 }

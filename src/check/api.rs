@@ -29,7 +29,16 @@ pub enum DeviceRecord {
     Failed(String),
 }
 
+/// Fetches the device record (a build without TLS has no HTTP client: the API is HTTPS).
+#[cfg(not(feature = "tls"))]
+pub fn fetch(_api_url: &str, _device_key: &str, _token: &str, _timeout: Duration) -> DeviceRecord {
+    DeviceRecord::Failed(
+        "this tunnel-agent was built without TLS, so it cannot ask the Meeting API (HTTPS)".into(),
+    )
+}
+
 /// Fetches the device record.
+#[cfg(feature = "tls")]
 pub fn fetch(api_url: &str, device_key: &str, token: &str, timeout: Duration) -> DeviceRecord {
     let url = device_url(api_url, device_key);
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -57,6 +66,7 @@ pub fn fetch(api_url: &str, device_key: &str, token: &str, timeout: Duration) ->
     }
 }
 
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
 fn parse_record(body: &str) -> DeviceRecord {
     let Ok(v) = serde_json::from_str::<Value>(body) else {
         return DeviceRecord::Failed(format!(

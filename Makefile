@@ -66,8 +66,9 @@ bench:
 	@command -v iperf3 >/dev/null && command -v socat >/dev/null || { \
 	  $(AS_ROOT) apt-get update -qq && \
 	  $(AS_ROOT) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3 socat; }
+	$(MAKE) static
 	$(CARGO) build --locked --release --bins --example bench
-	./target/release/examples/bench
+	AGENT_BIN=$(CURDIR)/target/cross/x86_64-unknown-linux-musl/release/tunnel-agent ./target/release/examples/bench
 
 soak:
 	$(CARGO) build --locked --release --bins --example soak

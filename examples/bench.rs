@@ -288,13 +288,15 @@ fn main() {
 
     let plain = tunnel(&[iperf_port, echo], None);
     let apid = plain.agent.0.id();
+    // Idle: connected, before any traffic.
+    let idle = rss_kib(apid);
     let up = measure(plain.public[0], true, Some(apid));
     let down = measure(plain.public[0], false, Some(apid));
     let (lat50, lat99) = latency(plain.public[1]);
 
-    // Memory: idle, then with 100 idle channels open.
+    // Memory with 100 idle channels open, against the same process after the runs.
     thread::sleep(Duration::from_millis(500)); // let the measurement's channels close
-    let idle = rss_kib(apid);
+    let before_channels = rss_kib(apid);
     let t0 = Instant::now();
     let held: Vec<TcpStream> = (0..100)
         .map(|_| {
@@ -387,22 +389,25 @@ fn main() {
         "latency added by the tunnel, p50",
         format!("{:.0} µs", lat50 - lat_direct_50),
     );
-    row("agent RSS idle", format!("{idle} KiB"));
+    row(
+        "agent RSS idle (connected, before traffic)",
+        format!("{idle} KiB"),
+    );
     row(
         "agent RSS with 100 idle channels",
         format!(
             "{with_100} KiB ({:.0} KiB per channel)",
-            (with_100 as f64 - idle as f64) / 100.0
+            (with_100 as f64 - before_channels as f64) / 100.0
         ),
     );
     row(
         "channel set-up (open + first round trip)",
         format!("{setup_ms:.2} ms"),
     );
-    let size = std::fs::metadata(support::binary("tunnel-agent"))
-        .map(|m| m.len())
-        .unwrap_or(0);
-    row("binary size (this build, x86_64)", format!("{size} bytes"));
+    let agent_bin = support::binary("tunnel-agent");
+    let size = std::fs::metadata(&agent_bin).map(|m| m.len()).unwrap_or(0);
+    row("agent binary measured", agent_bin.display().to_string());
+    row("binary size (that build)", format!("{size} bytes"));
     write_results(&rows);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -3,7 +3,7 @@
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::frame::{encode_header, TYPE_DATA};
+use crate::frame::{encode_header, HEADER_LEN, TYPE_DATA};
 use crate::writer::FrameSender;
 
 /// Largest payload of the `D` frames we send: well under what any Meeting proxy reads at once.
@@ -28,18 +28,27 @@ pub fn pump_to_frames<R: Read>(
     tx: &FrameSender,
     counters: &[&AtomicU64],
 ) -> PumpEnd {
-    let mut buf = vec![0u8; MAX_DATA_PAYLOAD];
+    let size = HEADER_LEN + MAX_DATA_PAYLOAD;
     loop {
-        let n = match src.read(&mut buf) {
-            Ok(0) => return PumpEnd::Eof,
+        // Read straight into a frame buffer behind the header: no copy on the way up.
+        let mut buf = tx.buffer(size);
+        let n = match src.read(&mut buf[HEADER_LEN..]) {
+            Ok(0) => {
+                tx.recycle(buf);
+                return PumpEnd::Eof;
+            }
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return PumpEnd::ReadError(e),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                tx.recycle(buf);
+                continue;
+            }
+            Err(e) => {
+                tx.recycle(buf);
+                return PumpEnd::ReadError(e);
+            }
         };
-        let mut frame = Vec::with_capacity(crate::frame::HEADER_LEN + n);
-        frame.extend_from_slice(&encode_header(TYPE_DATA, stream, n as u32));
-        frame.extend_from_slice(&buf[..n]);
-        if tx.send(frame).is_err() {
+        buf[..HEADER_LEN].copy_from_slice(&encode_header(TYPE_DATA, stream, n as u32));
+        if tx.send_buffer(buf, HEADER_LEN + n).is_err() {
             return PumpEnd::WriterGone;
         }
         for c in counters {

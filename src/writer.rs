@@ -8,23 +8,40 @@ use std::io::{self, BufWriter, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 /// Frames the queue holds at most; with 32 KiB data frames that is 2 MiB.
 pub const QUEUE_FRAMES: usize = 64;
-const BUFFER: usize = 64 * 1024;
+/// Small frames are gathered in this buffer; frames at least this large are written as they
+/// are, without a copy.
+const BUFFER: usize = 16 * 1024;
+/// Frame buffers kept for reuse at most.
+const POOL: usize = 64;
 
 enum Msg {
     Frame(Vec<u8>),
+    /// A pooled buffer and how many of its bytes are the frame.
+    Pooled(Vec<u8>, usize),
     Finish,
 }
 
-/// When the writer last flushed, as milliseconds after `base` (0: never).
+/// What the writer and its senders share: when it last flushed, as milliseconds after `base`
+/// (0: never), and frame buffers for reuse.
 struct Activity {
     base: Instant,
     last_flush_ms: AtomicU64,
+    pool: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Activity {
+    fn recycle(&self, buf: Vec<u8>) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL {
+            pool.push(buf);
+        }
+    }
 }
 
 /// A handle to queue frames for the writer; cheap to clone, one per channel thread.
@@ -39,6 +56,26 @@ impl FrameSender {
     /// Queues one encoded frame, waiting while the queue is full.
     pub fn send(&self, frame: Vec<u8>) -> Result<(), WriterGone> {
         self.0.send(Msg::Frame(frame)).map_err(|_| WriterGone)
+    }
+
+    /// A buffer of `size` bytes to build a frame in (reused, so its contents are old bytes).
+    pub fn buffer(&self, size: usize) -> Vec<u8> {
+        let reused = self.1.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match reused {
+            Some(b) if b.len() == size => b,
+            _ => vec![0u8; size],
+        }
+    }
+
+    /// Queues the first `len` bytes of `buf` as one frame; the buffer comes back to the pool
+    /// once written.
+    pub fn send_buffer(&self, buf: Vec<u8>, len: usize) -> Result<(), WriterGone> {
+        self.0.send(Msg::Pooled(buf, len)).map_err(|_| WriterGone)
+    }
+
+    /// Gives back a buffer that was not sent.
+    pub fn recycle(&self, buf: Vec<u8>) {
+        self.1.recycle(buf);
     }
 
     /// How long ago the writer last handed bytes to the socket (`None`: never).
@@ -72,6 +109,7 @@ pub fn spawn<W: Write + Send + 'static>(
     let activity = Arc::new(Activity {
         base: Instant::now(),
         last_flush_ms: AtomicU64::new(0),
+        pool: Mutex::new(Vec::new()),
     });
     let flushed = activity.clone();
     let handle = thread::Builder::new()
@@ -88,16 +126,26 @@ pub fn spawn<W: Write + Send + 'static>(
 
 fn write_loop<W: Write>(stream: W, rx: &Receiver<Msg>, activity: &Activity) -> io::Result<()> {
     let mut out = BufWriter::with_capacity(BUFFER, stream);
+    // Writes one frame; false when it was the Finish message.
+    let put = |out: &mut BufWriter<W>, msg: Msg| -> io::Result<bool> {
+        match msg {
+            Msg::Frame(frame) => out.write_all(&frame)?,
+            Msg::Pooled(buf, len) => {
+                out.write_all(&buf[..len])?;
+                activity.recycle(buf);
+            }
+            Msg::Finish => return Ok(false),
+        }
+        Ok(true)
+    };
     while let Ok(msg) = rx.recv() {
-        let Msg::Frame(frame) = msg else {
+        if !put(&mut out, msg)? {
             return out.flush();
-        };
-        out.write_all(&frame)?;
+        }
         // Coalesce only what is already waiting, then flush.
         while let Ok(msg) = rx.try_recv() {
-            match msg {
-                Msg::Frame(frame) => out.write_all(&frame)?,
-                Msg::Finish => return out.flush(),
+            if !put(&mut out, msg)? {
+                return out.flush();
             }
         }
         out.flush()?;

@@ -11,8 +11,12 @@ use std::time::Duration;
 /// How long any readiness wait may take.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// The binaries sit next to the `examples` folder this program was built into.
+/// The binaries sit next to the `examples` folder this program was built into; `AGENT_BIN`
+/// names another tunnel-agent (e.g. the static musl build the devices run).
 pub fn binary(name: &str) -> PathBuf {
+    if let (Some(path), "tunnel-agent") = (std::env::var_os("AGENT_BIN"), name) {
+        return PathBuf::from(path);
+    }
     let exe = std::env::current_exe().expect("own path");
     exe.parent()
         .and_then(|p| p.parent())

@@ -285,6 +285,17 @@ fn main() {
     let up_relay = socat_cpu(true);
     let down_relay = socat_cpu(false);
     let (lat_direct_50, lat_direct_99) = latency(echo);
+    let echo_relay_port = free_port();
+    let echo_relay = spawn_quiet(
+        "socat",
+        &[
+            &format!("TCP-LISTEN:{echo_relay_port},reuseaddr,fork,bind=127.0.0.1,nodelay"),
+            &format!("TCP:127.0.0.1:{echo},nodelay"),
+        ],
+    );
+    wait_listening(echo_relay_port);
+    let (lat_relay_50, lat_relay_99) = latency(echo_relay_port);
+    drop(echo_relay);
 
     let plain = tunnel(&[iperf_port, echo], None);
     let apid = plain.agent.0.id();
@@ -380,6 +391,10 @@ fn main() {
     row(
         "1-byte round trip, direct p50 / p99",
         format!("{lat_direct_50:.0} / {lat_direct_99:.0} µs"),
+    );
+    row(
+        "1-byte round trip, relay hop p50 / p99",
+        format!("{lat_relay_50:.0} / {lat_relay_99:.0} µs"),
     );
     row(
         "1-byte round trip, agent p50 / p99",

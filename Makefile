@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: help build release test test-notls lint fmt demo fuzz soak bench install yocto-crates \
+.PHONY: help build release test test-notls lint fmt demo fuzz soak bench bench-peers bench-latency install yocto-crates \
 	static cross cross-all cross-setup size test-cross clean
 
 help:
@@ -19,7 +19,9 @@ help:
 	@echo "make cross TARGET=aarch64-unknown-linux-musl|armv7-unknown-linux-musleabihf"
 	@echo "make cross-all    every target; make size: their stripped sizes, with and without TLS"
 	@echo "make test-cross   the cross binaries under qemu-user: --version and a real tunnel"
-	@echo "make bench    throughput, CPU/GB, latency, memory vs direct and a socat relay hop"
+	@echo "make bench    throughput, CPU/GB, latency, memory vs direct, a socat relay hop and peers"
+	@echo "make bench-peers   install rathole and bore (cargo install) so make bench measures them"
+	@echo "make bench-latency only the 1-byte round trips (direct, relay hop, agent), nothing written"
 	@echo "make clean    remove build output"
 
 build:
@@ -69,6 +71,16 @@ bench:
 	$(MAKE) static
 	$(CARGO) build --locked --release --bins --example bench
 	AGENT_BIN=$(CURDIR)/target/cross/x86_64-unknown-linux-musl/release/tunnel-agent ./target/release/examples/bench
+
+# rathole's own lockfile pins a `time` that no longer builds with current rustc, hence no
+# --locked for it; only its plain-TCP client and server are needed.
+bench-peers:
+	command -v bore >/dev/null || $(CARGO) install --locked bore-cli
+	command -v rathole >/dev/null || $(CARGO) install rathole --no-default-features --features server,client
+
+bench-latency:
+	$(CARGO) build --locked --release --bins --example bench
+	BENCH_ONLY=latency ./target/release/examples/bench
 
 soak:
 	$(CARGO) build --locked --release --bins --example soak

@@ -151,21 +151,45 @@ pub fn open_frame(stream: u32, port: u16) -> Vec<u8> {
     v
 }
 
-/// Reads frames from a byte stream, reusing one payload buffer.
+/// How much a [`FrameReader`] asks of its stream at once, and its buffer's usual size.
+pub const READ_CHUNK: usize = 128 * 1024;
+
+/// Reads frames from a byte stream through one buffer of its own.
+///
+/// Reads are large (up to [`READ_CHUNK`]) and a payload is handed out as a slice of that
+/// buffer, not copied out of it; only a frame cut by the buffer's end is moved to its front.
 pub struct FrameReader<R> {
     inner: R,
     buf: Vec<u8>,
+    /// Unread bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
     max_len: u32,
 }
 
 impl<R: Read> FrameReader<R> {
     /// Wraps `inner`; payloads longer than `max_len` are a protocol error.
     pub fn new(inner: R, max_len: u32) -> Self {
+        Self::with_buffered(inner, &[], max_len)
+    }
+
+    /// Wraps `inner` when `already` (bytes read from it past the handshake, e.g. what a
+    /// `BufReader` still holds) comes first.
+    pub fn with_buffered(inner: R, already: &[u8], max_len: u32) -> Self {
         FrameReader {
             inner,
-            buf: Vec::new(),
+            buf: already.to_vec(),
+            start: 0,
+            end: already.len(),
             max_len,
         }
+    }
+
+    /// Takes over from the `BufReader` the handshake reply was read through, keeping the bytes
+    /// it had already read past the reply.
+    pub fn after(reader: io::BufReader<R>, max_len: u32) -> Self {
+        let already = reader.buffer().to_vec();
+        Self::with_buffered(reader.into_inner(), &already, max_len)
     }
 
     /// The wrapped reader.
@@ -173,10 +197,36 @@ impl<R: Read> FrameReader<R> {
         &self.inner
     }
 
+    /// Reads until `need` unread bytes are buffered or the stream ends; returns how many
+    /// unread bytes there are.
+    fn fill(&mut self, need: usize) -> io::Result<usize> {
+        if self.end - self.start >= need {
+            return Ok(self.end - self.start);
+        }
+        if self.start + need > self.buf.len() {
+            // Move the unread part to the front, and grow for a frame larger than the buffer.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            let size = need.max(READ_CHUNK);
+            if self.buf.len() < size {
+                self.buf.resize(size, 0);
+            }
+        }
+        while self.end - self.start < need {
+            match self.inner.read(&mut self.buf[self.end..]) {
+                Ok(0) => break,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.end - self.start)
+    }
+
     /// Reads the next frame. `Ok(None)` means the peer closed cleanly between frames.
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, FrameError> {
-        let mut header = [0u8; HEADER_LEN];
-        let got = read_full(&mut self.inner, &mut header).map_err(FrameError::Io)?;
+        let got = self.fill(HEADER_LEN).map_err(FrameError::Io)?;
         if got == 0 {
             return Ok(None);
         }
@@ -186,9 +236,10 @@ impl<R: Read> FrameReader<R> {
                 expected: None,
             });
         }
-        let kind = header[0];
-        let stream = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-        let len = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+        let h = &self.buf[self.start..self.start + HEADER_LEN];
+        let kind = h[0];
+        let stream = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
+        let len = u32::from_be_bytes([h[5], h[6], h[7], h[8]]);
         if len > self.max_len {
             return Err(FrameError::TooLong {
                 kind,
@@ -197,18 +248,20 @@ impl<R: Read> FrameReader<R> {
                 max: self.max_len,
             });
         }
-        let n = len as usize;
-        if self.buf.len() < n {
-            self.buf.resize(n, 0);
-        }
-        let got = read_full(&mut self.inner, &mut self.buf[..n]).map_err(FrameError::Io)?;
-        if got < n {
+        let total = HEADER_LEN + len as usize;
+        let got = self.fill(total).map_err(FrameError::Io)?;
+        if got < total {
             return Err(FrameError::Truncated {
-                got: HEADER_LEN + got,
-                expected: Some(HEADER_LEN + n),
+                got,
+                expected: Some(total),
             });
         }
-        let payload = &self.buf[..n];
+        let payload = &self.buf[self.start + HEADER_LEN..self.start + total];
+        self.start += total;
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        }
+        let n = len as usize;
         Ok(Some(match kind {
             TYPE_OPEN if n == 2 => Frame::Open {
                 stream,
@@ -220,20 +273,6 @@ impl<R: Read> FrameReader<R> {
             _ => Frame::Unknown { kind, stream, len },
         }))
     }
-}
-
-/// Fills `buf` unless the stream ends first; returns how many bytes were read.
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 #[cfg(test)]
@@ -314,7 +353,10 @@ mod tests {
             }
             other => panic!("expected TooLong, got {other:?}"),
         }
-        assert!(r.buf.capacity() < 1024, "nothing allocated for the frame");
+        assert!(
+            r.buf.capacity() <= READ_CHUNK,
+            "nothing allocated for the frame's claimed length"
+        );
     }
 
     #[test]
@@ -422,5 +464,63 @@ mod tests {
             }
             assert_eq!(r.next_frame().unwrap(), None);
         }
+    }
+    /// Large frames, some bigger than the read buffer, arriving in large uneven reads: every
+    /// frame that the buffer's end cuts in two still comes out whole and in order.
+    #[test]
+    fn large_frames_cut_by_the_buffer_end_come_out_whole() {
+        struct Uneven<'a>(&'a [u8], usize);
+        impl Read for Uneven<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.1 += 1;
+                let n = (7_919 * self.1 % 70_001).min(buf.len()).min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let sizes = [40_000, 100_000, 0, 1, 200_000, 32_768, 60_000, 131_063, 5];
+        let mut wire = Vec::new();
+        for (i, n) in sizes.iter().enumerate() {
+            let payload: Vec<u8> = (0..*n).map(|j| (i * 31 + j % 251) as u8).collect();
+            write_frame(&mut wire, TYPE_DATA, i as u32, &payload).unwrap();
+        }
+        let mut r = FrameReader::new(Uneven(&wire, 0), DEFAULT_MAX_FRAME);
+        for (i, n) in sizes.iter().enumerate() {
+            match r.next_frame().unwrap() {
+                Some(Frame::Data { stream, payload }) => {
+                    assert_eq!(stream, i as u32);
+                    assert_eq!(payload.len(), *n);
+                    assert!(payload
+                        .iter()
+                        .enumerate()
+                        .all(|(j, b)| *b == (i * 31 + j % 251) as u8));
+                }
+                other => panic!("frame {i}: {other:?}"),
+            }
+        }
+        assert_eq!(r.next_frame().unwrap(), None);
+    }
+
+    /// Bytes a `BufReader` read past the handshake line are the start of the frames.
+    #[test]
+    fn frames_continue_after_the_handshake_reader() {
+        let mut wire = b"{\"status\":\"ok\"}\n".to_vec();
+        write_frame(&mut wire, TYPE_DATA, 3, b"first").unwrap();
+        wire.extend(close_frame(3));
+        let mut br = io::BufReader::new(&wire[..]);
+        let mut line = String::new();
+        io::BufRead::read_line(&mut br, &mut line).unwrap();
+        assert!(!br.buffer().is_empty(), "the BufReader holds frame bytes");
+        let mut r = FrameReader::after(br, DEFAULT_MAX_FRAME);
+        assert_eq!(
+            r.next_frame().unwrap(),
+            Some(Frame::Data {
+                stream: 3,
+                payload: b"first"
+            })
+        );
+        assert_eq!(r.next_frame().unwrap(), Some(Frame::Close { stream: 3 }));
+        assert_eq!(r.next_frame().unwrap(), None);
     }
 }

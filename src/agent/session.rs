@@ -380,7 +380,7 @@ fn frames(
         }
     };
     let channels = Channels::new(tx.clone(), live.clone(), totals.clone());
-    let mut frames = FrameReader::new(reader, cfg.max_frame);
+    let mut frames = FrameReader::after(reader, cfg.max_frame);
     let mut last_rx = Instant::now();
     let end = loop {
         let frame = match frames.next_frame() {

@@ -197,7 +197,7 @@ fn frames(
             " (no reply sent, --reply none)"
         }
     );
-    let mut frames = FrameReader::new(reader, DEFAULT_MAX_FRAME);
+    let mut frames = FrameReader::after(reader, DEFAULT_MAX_FRAME);
     let why = loop {
         match frames.next_frame() {
             Ok(Some(Frame::Data { stream, payload })) => {

@@ -371,6 +371,13 @@ fn main() {
     drop(held);
     drop(plain);
 
+    // The upload again on the copying path, for comparison with splicing (the default).
+    std::env::set_var("TUNNEL_AGENT_NO_SPLICE", "1");
+    let copying = tunnel(&[iperf_port], None);
+    std::env::remove_var("TUNNEL_AGENT_NO_SPLICE");
+    let up_copying = measure(copying.public[0], true, Some(copying.agent.0.id()));
+    drop(copying);
+
     let tls_files = certificates(&dir);
     let tls = tunnel(&[iperf_port], Some(&tls_files));
     let tpid = tls.agent.0.id();
@@ -492,6 +499,14 @@ fn main() {
     row(
         "CPU per GB down, agent (ratio to relay)",
         format!("{} ({})", cpu(&down), ratio(&down, &down_relay)),
+    );
+    row(
+        "CPU per GB up, agent copying, no splice (ratio to relay)",
+        format!("{} ({})", cpu(&up_copying), ratio(&up_copying, &up_relay)),
+    );
+    row(
+        "throughput up, agent copying, no splice",
+        of_direct(&up_copying, &up_direct),
     );
     row("CPU per GB up, agent TLS", cpu(&up_tls));
     row("CPU per GB down, agent TLS", cpu(&down_tls));

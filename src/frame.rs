@@ -204,14 +204,19 @@ impl<R: Read> FrameReader<R> {
             return Ok(self.end - self.start);
         }
         if self.start + need > self.buf.len() {
-            // Move the unread part to the front, and grow for a frame larger than the buffer.
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
+            // Move the unread part to the front, into a new buffer when this one is too small.
+            // A new buffer is zeroed memory the allocator takes fresh from the kernel: its pages
+            // count in RSS only once bytes are read into them.
             let size = need.max(READ_CHUNK);
             if self.buf.len() < size {
-                self.buf.resize(size, 0);
+                let mut bigger = vec![0u8; size];
+                bigger[..self.end - self.start].copy_from_slice(&self.buf[self.start..self.end]);
+                self.buf = bigger;
+            } else {
+                self.buf.copy_within(self.start..self.end, 0);
             }
+            self.end -= self.start;
+            self.start = 0;
         }
         while self.end - self.start < need {
             match self.inner.read(&mut self.buf[self.end..]) {

@@ -11,5 +11,6 @@ pub mod handshake;
 pub mod logging;
 pub mod printable;
 pub mod relay;
+pub mod splice;
 pub mod transport;
 pub mod writer;

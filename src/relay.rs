@@ -28,14 +28,28 @@ pub fn pump_to_frames<R: Read>(
     tx: &FrameSender,
     counters: &[&AtomicU64],
 ) -> PumpEnd {
+    loop {
+        match copy_one(&mut src, stream, tx) {
+            Ok(n) => {
+                for c in counters {
+                    c.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+            Err(end) => return end,
+        }
+    }
+}
+
+/// Reads once from `src` straight into a frame buffer behind the header (no copy on the way
+/// up) and queues the frame; returns the payload size.
+pub fn copy_one<R: Read>(src: &mut R, stream: u32, tx: &FrameSender) -> Result<usize, PumpEnd> {
     let size = HEADER_LEN + MAX_DATA_PAYLOAD;
     loop {
-        // Read straight into a frame buffer behind the header: no copy on the way up.
         let mut buf = tx.buffer(size);
         let n = match src.read(&mut buf[HEADER_LEN..]) {
             Ok(0) => {
                 tx.recycle(buf);
-                return PumpEnd::Eof;
+                return Err(PumpEnd::Eof);
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
@@ -44,15 +58,13 @@ pub fn pump_to_frames<R: Read>(
             }
             Err(e) => {
                 tx.recycle(buf);
-                return PumpEnd::ReadError(e);
+                return Err(PumpEnd::ReadError(e));
             }
         };
         buf[..HEADER_LEN].copy_from_slice(&encode_header(TYPE_DATA, stream, n as u32));
-        if tx.send_buffer(buf, HEADER_LEN + n).is_err() {
-            return PumpEnd::WriterGone;
-        }
-        for c in counters {
-            c.fetch_add(n as u64, Ordering::Relaxed);
-        }
+        return match tx.send_buffer(buf, HEADER_LEN + n) {
+            Ok(()) => Ok(n),
+            Err(_) => Err(PumpEnd::WriterGone),
+        };
     }
 }

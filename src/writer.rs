@@ -6,11 +6,14 @@
 
 use std::io::{self, BufWriter, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+use crate::splice::Spliced;
 
 /// Frames the queue holds at most; with 32 KiB data frames that is 2 MiB.
 pub const QUEUE_FRAMES: usize = 64;
@@ -24,12 +27,16 @@ enum Msg {
     Frame(Vec<u8>),
     /// A pooled buffer and how many of its bytes are the frame.
     Pooled(Vec<u8>, usize),
+    /// A header, and payload bytes waiting in a channel's pipe.
+    Spliced(Spliced),
     Finish,
 }
 
 /// What the writer and its senders share: when it last flushed, as milliseconds after `base`
 /// (0: never), and frame buffers for reuse.
 struct Activity {
+    /// The socket to splice payloads into (plain TCP only); `None`: everything is copied.
+    splice_to: Option<RawFd>,
     base: Instant,
     last_flush_ms: AtomicU64,
     pool: Mutex<Vec<Vec<u8>>>,
@@ -73,6 +80,16 @@ impl FrameSender {
         self.0.send(Msg::Pooled(buf, len)).map_err(|_| WriterGone)
     }
 
+    /// Whether payloads may be spliced to the socket (plain TCP, splicing not turned off).
+    pub fn splices(&self) -> bool {
+        self.1.splice_to.is_some()
+    }
+
+    /// Queues a frame whose payload waits in a pipe (only when [`Self::splices`]).
+    pub fn send_spliced(&self, frame: Spliced) -> Result<(), WriterGone> {
+        self.0.send(Msg::Spliced(frame)).map_err(|_| WriterGone)
+    }
+
     /// Gives back a buffer that was not sent.
     pub fn recycle(&self, buf: Vec<u8>) {
         self.1.recycle(buf);
@@ -99,14 +116,17 @@ impl FrameSender {
 
 /// Starts the writer thread writing to `out`. On a write error it shuts `sock` (the socket
 /// under `out`) down, so the reading side notices at once; the thread's result says what
-/// failed.
+/// failed. With `splice` (only when `out` writes to `sock` as it is, no TLS), channel
+/// payloads may be spliced straight into `sock`.
 pub fn spawn<W: Write + Send + 'static>(
     out: W,
     sock: TcpStream,
+    splice: bool,
     name: &str,
 ) -> io::Result<(FrameSender, JoinHandle<io::Result<()>>)> {
     let (tx, rx) = mpsc::sync_channel(QUEUE_FRAMES);
     let activity = Arc::new(Activity {
+        splice_to: splice.then(|| sock.as_raw_fd()),
         base: Instant::now(),
         last_flush_ms: AtomicU64::new(0),
         pool: Mutex::new(Vec::new()),
@@ -133,6 +153,14 @@ fn write_loop<W: Write>(stream: W, rx: &Receiver<Msg>, activity: &Activity) -> i
             Msg::Pooled(buf, len) => {
                 out.write_all(&buf[..len])?;
                 activity.recycle(buf);
+            }
+            Msg::Spliced(frame) => {
+                // What is gathered goes first; then header and payload straight to the socket.
+                out.flush()?;
+                let sock = activity.splice_to.ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::Unsupported, "spliced frame without a socket")
+                })?;
+                frame.write_to(sock)?;
             }
             Msg::Finish => return Ok(false),
         }

@@ -356,7 +356,12 @@ fn run_channel(shared: &Shared, ch: &Arc<Channel>) {
         }
     }
     info!("channel {} open: 127.0.0.1:{}", ch.stream, ch.port);
-    let end = pump_to_frames(&*sock, ch.stream, &shared.tx, &[&ch.up, &shared.totals.up]);
+    let counters = [&ch.up, &shared.totals.up];
+    let end = if shared.tx.splices() {
+        crate::splice::pump(&sock, ch.stream, &shared.tx, &counters)
+    } else {
+        pump_to_frames(&*sock, ch.stream, &shared.tx, &counters)
+    };
     let why = match end {
         PumpEnd::Eof => "closed by the local service".to_owned(),
         PumpEnd::ReadError(e) => format!("reading the local service failed: {e}"),

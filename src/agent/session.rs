@@ -367,9 +367,11 @@ fn frames(
     totals: &Arc<Totals>,
 ) -> SessionOutcome {
     let since = Instant::now();
+    // Splicing writes to the socket itself, so never under TLS.
+    let splice = !cfg.tls.value && crate::splice::enabled();
     let spawned = sock
         .try_clone()
-        .and_then(|closer| writer::spawn(writer, closer, "frame-writer"));
+        .and_then(|closer| writer::spawn(writer, closer, splice, "frame-writer"));
     let (tx, writer) = match spawned {
         Ok(w) => w,
         Err(e) => {

@@ -1,0 +1,153 @@
+//! Zero-copy upload (src/splice.rs) through the real agent and proxy: bulk bytes are spliced,
+//! small ones copied, every byte arrives in order whichever path carried it, and a channel
+//! waiting for room in its pipe ends with a control connection that died.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A local service that writes `phases` in order, each once the test says go (after it has
+/// read the previous phase completely, so the agent's first read of a phase sees only it).
+fn phased_service(phases: Vec<Vec<u8>>) -> (u16, mpsc::Sender<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (go, ready) = mpsc::channel::<()>();
+    thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        for p in phases {
+            if ready.recv().is_err() {
+                return;
+            }
+            c.write_all(&p).unwrap();
+        }
+        // Stay open until the test is done: the tunnel has no half-close.
+        let _ = ready.recv();
+    });
+    (port, go)
+}
+
+/// Small and bulk phases alternating, read back through the tunnel and compared.
+fn phases_survive(env: &[(&str, &str)]) -> Proc {
+    let phases: Vec<Vec<u8>> = vec![
+        b"SSH-2.0-banner\r\n".to_vec(),
+        random_bytes(3 << 20, 11),
+        b"k".to_vec(),
+        random_bytes(200, 12),
+        random_bytes(2 << 20, 13),
+        b"bye".to_vec(),
+    ];
+    let (port, go) = phased_service(phases.clone());
+    let proxy = Proxy::for_ports(&[port], &[]);
+    let agent = agent_with_env(
+        proxy.control,
+        &["--allow-port", &port.to_string(), "-v"],
+        env,
+    );
+    proxy.wait_agent(1);
+    let mut c = TcpStream::connect(proxy.tunnels[0]).unwrap();
+    c.set_read_timeout(Some(SOON)).unwrap();
+    for (i, p) in phases.iter().enumerate() {
+        go.send(()).unwrap();
+        let mut got = vec![0u8; p.len()];
+        c.read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("phase {i}: {e}"));
+        assert!(&got == p, "phase {i} ({} bytes) differs", p.len());
+    }
+    drop(c);
+    let _ = go.send(());
+    agent.wait_for("closed: 127.0.0.1:", SOON);
+    agent
+}
+
+#[test]
+fn bulk_bytes_are_spliced_small_ones_copied_and_all_arrive_in_order() {
+    let agent = phases_survive(&[]);
+    assert!(
+        agent.count("bulk transfer, splicing (zero copy)") == 1,
+        "{}",
+        agent.output()
+    );
+    assert!(agent.count("small reads again, copying") >= 1);
+    assert!(agent.count("bulk transfer again, splicing") >= 1);
+}
+
+#[test]
+fn with_splicing_turned_off_everything_is_copied_and_arrives() {
+    let agent = phases_survive(&[("TUNNEL_AGENT_NO_SPLICE", "1")]);
+    assert_eq!(agent.count("splicing"), 0, "{}", agent.output());
+}
+
+/// Kernel wait channel of each thread of `pid` whose name starts with `prefix`.
+fn wchans(pid: u32, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+            comm.starts_with(prefix)
+                .then(|| std::fs::read_to_string(t.join("wchan")).unwrap_or_default())
+        })
+        .collect()
+}
+
+#[test]
+fn a_channel_waiting_on_a_stuck_proxy_ends_when_the_connection_dies() {
+    // A service that pushes forever; a public client that never reads. The proxy stops
+    // reading the agent, the agent's writer blocks, the channel's pipe fills.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        let chunk = random_bytes(1 << 20, 5);
+        while c.write_all(&chunk).is_ok() {}
+    });
+    let mut proxy = Proxy::for_ports(&[port], &[]);
+    let control = proxy.control.to_string();
+    let agent = proxy.agent(&["-v"]);
+    proxy.wait_agent(1);
+    let threads_before = wchans(agent.pid(), "").len();
+    let client = TcpStream::connect(proxy.tunnels[0]).unwrap();
+    agent.wait_for("splicing (zero copy)", SOON);
+    // Stuck: the writer is blocked on the control socket, the channel thread waits for room
+    // (in its pipe, for the pipe's lock, or in the queue), not for local data. Polling /proc:
+    // no event marks this state.
+    let deadline = Instant::now() + SOON;
+    loop {
+        let channel = wchans(agent.pid(), "channel-");
+        let writer = wchans(agent.pid(), "frame-writer");
+        let waits_for_room = |w: &String| w.contains("futex") || w.contains("splice");
+        if channel.iter().all(waits_for_room) && writer.iter().all(|w| !w.contains("futex")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never stuck: channel {channel:?}, writer {writer:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    proxy.proc.kill();
+    drop(client);
+    agent.wait_for("(control connection", SOON);
+    agent.wait_for("reconnecting in ", SOON);
+    let device = format!("{KEY}={TOKEN}");
+    let tunnel = format!("127.0.0.1:0={KEY}:{port}");
+    let proxy = Proxy::start(&[
+        "--listen", &control, "--device", &device, "--tunnel", &tunnel,
+    ]);
+    proxy.wait_agent(1);
+    // The stuck channel's thread is gone: back to the threads of an idle session.
+    let deadline = Instant::now() + SOON;
+    while wchans(agent.pid(), "").len() > threads_before {
+        assert!(
+            Instant::now() < deadline,
+            "a channel thread outlived its connection"
+        );
+        thread::sleep(Duration::from_millis(20)); // polling /proc
+    }
+}

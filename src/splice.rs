@@ -296,7 +296,7 @@ pub fn pump(sock: &TcpStream, stream: u32, tx: &FrameSender, counters: &[&Atomic
             Step::Sent(n) => n,
             Step::Unsupported => {
                 log::debug!("channel {stream}: splice not supported on this socket; copying");
-                (bulk, can_splice) = (false, false);
+                (bulk, can_splice, pipe) = (false, false, None);
                 continue;
             }
             Step::End(end) => return end,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod frame;
 pub mod handshake;
 pub mod logging;
+pub mod memory;
 pub mod printable;
 pub mod relay;
 pub mod splice;

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::Instant;
@@ -103,6 +103,8 @@ struct Shared {
     tx: FrameSender,
     live: Arc<Live>,
     totals: Arc<Totals>,
+    /// Channel threads still running.
+    threads: AtomicUsize,
 }
 
 impl Shared {
@@ -149,6 +151,7 @@ impl Channels {
                 tx,
                 live,
                 totals,
+                threads: AtomicUsize::new(0),
             }),
         }
     }
@@ -218,11 +221,20 @@ impl Channels {
         debug!("channel {stream}: opening 127.0.0.1:{port}");
         let shared = self.shared.clone();
         let thread_ch = ch.clone();
+        self.shared.threads.fetch_add(1, Ordering::Relaxed);
         let spawned = thread::Builder::new()
             .name(format!("channel-{stream}"))
             .stack_size(CHANNEL_STACK)
-            .spawn(move || run_channel(&shared, &thread_ch));
+            .spawn(move || {
+                run_channel(&shared, &thread_ch);
+                drop(thread_ch);
+                if shared.threads.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    // The last channel of a burst: its buffers are free now.
+                    crate::memory::release_free_heap();
+                }
+            });
         if let Err(e) = spawned {
+            self.shared.threads.fetch_sub(1, Ordering::Relaxed);
             warn!("channel {stream}: cannot start a thread for it ({e}); refusing the channel");
             self.shared.end_locally(&ch, format!("no thread: {e}"));
             ch.log_closed();

@@ -20,6 +20,7 @@ use tunnel_agent::logging;
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
+    tunnel_agent::memory::configure();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (flags, verbosity) = match cli::parse(&args) {
         Ok(cli::Command::Run { flags, verbosity }) => (flags, verbosity),

@@ -154,7 +154,7 @@ cross-setup:
 	esac
 	@command -v $(CC_$(TARGET)) >/dev/null || { \
 	  case "$(TARGET)" in armv7-*) $(AS_ROOT) dpkg --add-architecture armhf;; esac; \
-	  $(AS_ROOT) apt-get update -qq && \
+	  $(AS_ROOT) apt-get update -qq || echo "apt-get update failed in part (mirror sync?); installing from the lists there are"; \
 	  $(AS_ROOT) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_$(TARGET)); }
 	@case "$(TARGET)" in armv7-*) mkdir -p $(UNWIND_DIR) && \
 	  ln -sf "$$(arm-linux-gnueabihf-gcc -print-file-name=libgcc_eh.a)" $(UNWIND_DIR)/libunwind.a;; esac
@@ -186,7 +186,7 @@ CROSS_TEST_TARGETS = aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf
 
 test-cross:
 	@command -v qemu-aarch64 >/dev/null && command -v qemu-arm >/dev/null || { \
-	  $(AS_ROOT) apt-get update -qq && \
+	  { $(AS_ROOT) apt-get update -qq || echo "apt-get update failed in part; installing from the lists there are"; } && \
 	  $(AS_ROOT) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user; } \
 	  || echo "SKIPPED: test-cross for every target because qemu-user cannot be installed"
 	@for t in $(CROSS_TEST_TARGETS); do \

@@ -164,12 +164,23 @@ pub fn serve(sock: TcpStream, settings: &Settings, tls: &Tls, registry: &Registr
 fn frames(
     sock: TcpStream,
     reader: BufReader<Box<dyn Read + Send>>,
-    writer: Box<dyn Write + Send>,
+    mut writer: Box<dyn Write + Send>,
     key: String,
     peer: std::net::SocketAddr,
     registry: &Registry,
     reply: Option<Value>,
 ) {
+    // The reply is written before the session is registered: no open request can go ahead of
+    // it, and a newer connection for the device cannot cut this one off with its reply unsent.
+    if let Some(reply) = &reply {
+        if let Err(e) = writer
+            .write_all(format!("{reply}\n").as_bytes())
+            .and_then(|()| writer.flush())
+        {
+            info!("device {key} from {peer}: the reply could not be sent ({e}); closing");
+            return;
+        }
+    }
     let (Ok(closer), Ok(kill_half)) = (sock.try_clone(), sock.try_clone()) else {
         return;
     };
@@ -177,11 +188,6 @@ fn frames(
         return;
     };
     let session = Arc::new(DeviceSession::new(key.clone(), peer, tx.clone(), kill_half));
-    // The reply goes first in the writer's queue, before any open request a public connection
-    // may queue once the session is registered.
-    if let Some(reply) = &reply {
-        let _ = tx.send(format!("{reply}\n").into_bytes());
-    }
     if let Some(old) = registry.insert(session.clone()) {
         info!(
             "device {key}: new connection from {peer} replaces the one from {}; closing the old one",

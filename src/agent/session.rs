@@ -2,6 +2,7 @@
 
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown as How, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -198,6 +199,32 @@ fn is_dead_link(e: &io::Error) -> bool {
             e.raw_os_error(),
             Some(ENETUNREACH | ETIMEDOUT | EHOSTUNREACH)
         )
+}
+
+/// Whether the kernel gave up on `sock` with no acknowledgement from the proxy for at least
+/// `quiet`: a dead link whose error was reported where the session does not see it. splice(2)
+/// drops the `ETIMEDOUT` when it had moved some bytes before it, and then the read sees end of
+/// file and the next write `EPIPE`, as if the proxy had closed. A proxy that really closes
+/// sends FIN or RST, so the connection is either not closed yet or its last ACK is recent.
+fn acks_stopped(sock: &TcpStream, quiet: Duration) -> bool {
+    const TCP_CLOSE: u8 = 7;
+    // SAFETY: tcp_info is plain integers, valid when zeroed; getsockopt writes at most `len`
+    // bytes into it and the descriptor is open for the call.
+    let (rc, info) = unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        (rc, info)
+    };
+    rc == 0
+        && info.tcpi_state == TCP_CLOSE
+        && Duration::from_millis(info.tcpi_last_ack_recv.into()) >= quiet
 }
 
 /// Arms dead-link detection on the control socket: the protocol has no ping frame, so TCP
@@ -411,6 +438,12 @@ fn frames(
         }
     };
     let uptime = since.elapsed();
+    // Checked before this side shuts the socket down; half the shorter of the two limits, so
+    // a slow timer does not hide a dead link and a recent ACK never looks like one.
+    let k = &cfg.keepalive;
+    let quiet = k.user_timeout.min(k.idle + k.interval * k.count) / 2;
+    let died = matches!(end, Err(SessionError::ClosedByProxy)) && acks_stopped(&sock, quiet);
+    let sent_since_rx = tx.since_last_flush().is_some_and(|t| t < last_rx.elapsed());
     let stopping = shutdown.requested();
     let kicked = !stopping && end.is_err() && shutdown.take_kick();
     if kicked {
@@ -436,6 +469,9 @@ fn frames(
     let result = match (stopping, end, written) {
         (true, _, _) if kicked => Err(SessionError::Reconfigured),
         (true, _, _) => Ok(()),
+        (false, _, written) if died => Err(SessionError::DeadLink {
+            unacked: sent_since_rx || matches!(written, Ok(Err(_))),
+        }),
         (false, Err(SessionError::ClosedByProxy), Ok(Err(e))) if is_dead_link(&e) => {
             Err(SessionError::DeadLink { unacked: true })
         }

@@ -225,22 +225,13 @@ fn usage(pid: u32) -> (usize, u64, u64) {
     (fds, field("Threads:"), field("VmRSS:"))
 }
 
-/// Channel threads of the agent still running (they are named `channel-<stream>`).
-fn channel_threads(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.starts_with("channel-"))
-        .count()
-}
-
 /// Waits until no channel thread runs and the agent's fds and threads are back to `base`
 /// (channel threads end a moment after their channel closes).
 fn settle(pid: u32, base: (usize, u64, u64)) -> (usize, u64, u64) {
     let deadline = Instant::now() + SOON;
     loop {
         let now = usage(pid);
-        let done = channel_threads(pid) == 0 && now.0 <= base.0 && now.1 <= base.1;
+        let done = wchans(pid, "channel-").is_empty() && now.0 <= base.0 && now.1 <= base.1;
         if done || Instant::now() > deadline {
             return now;
         }
@@ -282,9 +273,8 @@ fn ten_thousand_channels_leak_no_fd_thread_or_memory() {
     // channel ends, so its resident size follows what it really holds: src/memory.rs.)
     churn(public, 100, 2);
     let base = settle(agent.pid(), (usize::MAX, u64::MAX, 0));
-    assert_eq!(
-        channel_threads(agent.pid()),
-        0,
+    assert!(
+        wchans(agent.pid(), "channel-").is_empty(),
         "channels still open after the warm-up"
     );
     // Two equal rounds of 5 000 channels: a leak grows in both, a cache only in the first.

@@ -83,19 +83,6 @@ fn with_splicing_turned_off_everything_is_copied_and_arrives() {
     assert_eq!(agent.count("splicing"), 0, "{}", agent.output());
 }
 
-/// Kernel wait channel of each thread of `pid` whose name starts with `prefix`.
-fn wchans(pid: u32, prefix: &str) -> Vec<String> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|t| {
-            let t = t.ok()?.path();
-            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
-            comm.starts_with(prefix)
-                .then(|| std::fs::read_to_string(t.join("wchan")).unwrap_or_default())
-        })
-        .collect()
-}
-
 #[test]
 fn a_channel_waiting_on_a_stuck_proxy_ends_when_the_connection_dies() {
     // A service that pushes forever; a public client that never reads. The proxy stops

@@ -16,7 +16,7 @@ use crate::config::{Config, Keepalive};
 use crate::frame::{close_frame, printable_type, Frame, FrameError, FrameReader};
 use crate::handshake::{handshake_line, read_reply, FailureClass, Reply, ReplyError};
 use crate::transport::Control;
-use crate::writer;
+use crate::writer::{self, FrameSender};
 
 /// How long a TCP connect to the proxy may take.
 pub const PROXY_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -227,6 +227,12 @@ fn acks_stopped(sock: &TcpStream, quiet: Duration) -> bool {
         && Duration::from_millis(info.tcpi_last_ack_recv.into()) >= quiet
 }
 
+/// Whether the writer handed bytes to the socket after the last frame was received at
+/// `last_rx`: on a dead link, that is the data that went unacknowledged.
+fn sent_since(tx: &FrameSender, last_rx: Instant) -> bool {
+    tx.since_last_flush().is_some_and(|t| t < last_rx.elapsed())
+}
+
 /// Arms dead-link detection on the control socket: the protocol has no ping frame, so TCP
 /// keepalive notices an idle dead link and `TCP_USER_TIMEOUT` a busy one.
 fn arm_keepalive(sock: &TcpStream, k: &Keepalive) {
@@ -416,9 +422,9 @@ fn frames(
             Ok(Some(f)) => f,
             Ok(None) => break Err(SessionError::ClosedByProxy),
             Err(FrameError::Io(e)) if is_dead_link(&e) => {
-                // Data flushed after the last frame received: it is what went unacknowledged.
-                let unacked = tx.since_last_flush().is_some_and(|t| t < last_rx.elapsed());
-                break Err(SessionError::DeadLink { unacked });
+                break Err(SessionError::DeadLink {
+                    unacked: sent_since(&tx, last_rx),
+                });
             }
             Err(e) => break Err(SessionError::Frame(e)),
         };
@@ -443,7 +449,7 @@ fn frames(
     let k = &cfg.keepalive;
     let quiet = k.user_timeout.min(k.idle + k.interval * k.count) / 2;
     let died = matches!(end, Err(SessionError::ClosedByProxy)) && acks_stopped(&sock, quiet);
-    let sent_since_rx = tx.since_last_flush().is_some_and(|t| t < last_rx.elapsed());
+    let sent_since_rx = sent_since(&tx, last_rx);
     let stopping = shutdown.requested();
     let kicked = !stopping && end.is_err() && shutdown.take_kick();
     if kicked {

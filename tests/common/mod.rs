@@ -372,3 +372,17 @@ pub fn reconnect_delay(agent: &Proc) -> f64 {
     let rest = &line[line.find("reconnecting in ").unwrap() + 16..];
     rest.split_whitespace().next().unwrap().parse().unwrap()
 }
+
+/// Kernel wait channel of each thread of `pid` whose name starts with `prefix` (the agent
+/// names its channel threads `channel-<stream>`).
+pub fn wchans(pid: u32, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+            comm.starts_with(prefix)
+                .then(|| std::fs::read_to_string(t.join("wchan")).unwrap_or_default())
+        })
+        .collect()
+}

@@ -43,10 +43,9 @@ fn refusal(form: ErrorForm, reason: &str) -> Value {
     }
 }
 
-fn send_line(w: &mut dyn Write, v: &Value) {
-    let _ = w
-        .write_all(format!("{v}\n").as_bytes())
-        .and_then(|()| w.flush());
+fn send_line(w: &mut dyn Write, v: &Value) -> std::io::Result<()> {
+    w.write_all(format!("{v}\n").as_bytes())?;
+    w.flush()
 }
 
 /// TLS settings of the agent port, when it serves TLS.
@@ -98,7 +97,7 @@ pub fn serve(sock: TcpStream, settings: &Settings, tls: &Tls, registry: &Registr
             "agent {peer} started a TLS handshake but this port is plain TCP: start meeting-proxy \
              with --tls-cert/--tls-key, or turn TLS off on the agent"
         );
-        send_line(
+        let _ = send_line(
             &mut writer,
             &refusal(settings.error_form, "this port does not speak TLS"),
         );
@@ -122,7 +121,7 @@ pub fn serve(sock: TcpStream, settings: &Settings, tls: &Tls, registry: &Registr
         Err(why) => {
             warn!("malformed handshake from {peer}: {why}");
             if settings.reply == ReplyMode::Normal {
-                send_line(
+                let _ = send_line(
                     &mut writer,
                     &refusal(settings.error_form, "malformed handshake"),
                 );
@@ -148,7 +147,7 @@ pub fn serve(sock: TcpStream, settings: &Settings, tls: &Tls, registry: &Registr
         (Err(why), mode) => {
             info!("device {key} from {peer} refused: {why}");
             if mode == ReplyMode::Normal {
-                send_line(&mut writer, &refusal(settings.error_form, why));
+                let _ = send_line(&mut writer, &refusal(settings.error_form, why));
             }
             return;
         }
@@ -173,10 +172,7 @@ fn frames(
     // The reply is written before the session is registered: no open request can go ahead of
     // it, and a newer connection for the device cannot cut this one off with its reply unsent.
     if let Some(reply) = &reply {
-        if let Err(e) = writer
-            .write_all(format!("{reply}\n").as_bytes())
-            .and_then(|()| writer.flush())
-        {
+        if let Err(e) = send_line(&mut writer, reply) {
             info!("device {key} from {peer}: the reply could not be sent ({e}); closing");
             return;
         }

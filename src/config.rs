@@ -78,47 +78,284 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Settings given on the command line (`None`: not given).
+/// One setting, written once: its JSON key (also its name in messages), command-line flag and
+/// environment variable, in the order they are looked at: flag, environment, file, default.
+#[derive(Debug)]
+pub struct Setting {
+    /// Key in the JSON configuration file.
+    pub key: &'static str,
+    /// Command-line flag, if it has one (the token never does: a command line is public).
+    pub flag: Option<&'static str>,
+    /// Environment variable, if it has one.
+    pub env: Option<&'static str>,
+    /// What the flag's value is called in the usage (`""`: a switch without a value).
+    pub arg: &'static str,
+    /// The default, as shown in the usage (`""`: none).
+    pub default: &'static str,
+    /// What it does, for the usage.
+    pub help: &'static str,
+}
+
+const fn setting(
+    key: &'static str,
+    flag: Option<&'static str>,
+    env: Option<&'static str>,
+    arg: &'static str,
+    default: &'static str,
+    help: &'static str,
+) -> Setting {
+    Setting {
+        key,
+        flag,
+        env,
+        arg,
+        default,
+        help,
+    }
+}
+
+/// Every setting of the agent. `--config` and the verbosity flags are not settings: they say
+/// where to look and how much to log.
+pub const SETTINGS: &[Setting] = &[
+    setting(
+        "device_key",
+        Some("--device-key"),
+        Some("MEETING_DEVICE_KEY"),
+        "KEY",
+        "",
+        "device key (last resort: /etc/meeting/device_info.json)",
+    ),
+    setting(
+        "token_code",
+        None,
+        Some("MEETING_TOKEN"),
+        "",
+        "",
+        "token (never a flag)",
+    ),
+    setting(
+        "tunnel_host",
+        Some("--host"),
+        Some("MEETING_TUNNEL_HOST"),
+        "HOST",
+        DEFAULT_HOST,
+        "proxy host",
+    ),
+    setting(
+        "tunnel_port",
+        Some("--port"),
+        Some("MEETING_TUNNEL_PORT"),
+        "PORT",
+        "9001",
+        "proxy control port",
+    ),
+    setting(
+        "tunnel_ssl",
+        Some("--tls"),
+        Some("MEETING_TUNNEL_TLS"),
+        "",
+        "false",
+        "TLS to the proxy",
+    ),
+    setting(
+        "ca_file",
+        Some("--ca-file"),
+        None,
+        "FILE",
+        "",
+        "trust this PEM CA bundle instead of the public roots",
+    ),
+    setting(
+        "tls_server_name",
+        Some("--tls-server-name"),
+        None,
+        "NAME",
+        "the host",
+        "name checked in the proxy certificate",
+    ),
+    setting(
+        "api_url",
+        None,
+        None,
+        "",
+        "",
+        "Meeting API base URL, with or without /api",
+    ),
+    setting(
+        "handshake_timeout",
+        Some("--handshake-timeout"),
+        None,
+        "SECS",
+        "5",
+        "wait for the handshake reply before assuming an older proxy",
+    ),
+    setting(
+        "connect_timeout",
+        Some("--connect-timeout"),
+        None,
+        "SECS",
+        "5",
+        "local connect timeout per channel",
+    ),
+    setting(
+        "allowed_ports",
+        Some("--allow-port"),
+        None,
+        "PORT",
+        "22",
+        "local port the proxy may open (flag repeatable; file: [22, 5900])",
+    ),
+    setting(
+        "max_channels",
+        Some("--max-channels"),
+        None,
+        "N",
+        "64",
+        "channels open at once",
+    ),
+    setting(
+        "max_frame",
+        Some("--max-frame"),
+        None,
+        "BYTES",
+        "1048576",
+        "largest frame accepted from the proxy",
+    ),
+    setting(
+        "keepalive_idle",
+        Some("--keepalive-idle"),
+        None,
+        "SECS",
+        "30",
+        "dead-link detection: idle time before TCP keepalive probes",
+    ),
+    setting(
+        "keepalive_interval",
+        Some("--keepalive-interval"),
+        None,
+        "SECS",
+        "10",
+        "time between probes",
+    ),
+    setting(
+        "keepalive_count",
+        Some("--keepalive-count"),
+        None,
+        "N",
+        "3",
+        "unanswered probes before the link is declared dead",
+    ),
+    setting(
+        "user_timeout",
+        Some("--user-timeout"),
+        None,
+        "SECS",
+        "60",
+        "sent data unacknowledged this long: the link is dead",
+    ),
+    setting(
+        "status_file",
+        Some("--status-file"),
+        None,
+        "PATH",
+        DEFAULT_STATUS_FILE,
+        "status file ('' turns it off)",
+    ),
+    setting(
+        "syslog",
+        Some("--syslog"),
+        None,
+        "",
+        "false",
+        "log to the local syslog socket instead of stderr",
+    ),
+    setting(
+        "syslog_socket",
+        Some("--syslog-socket"),
+        None,
+        "PATH",
+        crate::logging::SYSLOG_SOCKET,
+        "that socket",
+    ),
+];
+
+/// The setting with JSON key `key`.
+fn lookup(key: &str) -> &'static Setting {
+    SETTINGS
+        .iter()
+        .find(|s| s.key == key)
+        .unwrap_or_else(|| unreachable!("no setting {key}"))
+}
+
+/// The setting a command-line flag sets.
+pub fn setting_of_flag(flag: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.flag == Some(flag))
+}
+
+/// The options part of the usage, from [`SETTINGS`].
+pub fn usage() -> String {
+    let mut out = String::new();
+    for s in SETTINGS {
+        let Some(flag) = s.flag else { continue };
+        let left = if s.arg.is_empty() {
+            flag.to_owned()
+        } else {
+            format!("{flag} {}", s.arg)
+        };
+        let mut right = s.help.to_owned();
+        let mut also = Vec::new();
+        if let Some(env) = s.env {
+            also.push(env.to_owned());
+        }
+        also.push(s.key.to_owned());
+        right.push_str(&format!(" [{}", also.join(", ")));
+        if !s.default.is_empty() {
+            right.push_str(&format!("; default {}", s.default));
+        }
+        right.push(']');
+        out.push_str(&format!("  {left:<27}{right}\n"));
+    }
+    out
+}
+
+/// Settings given on the command line.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Flags {
     /// `--config FILE`.
     pub config: Option<PathBuf>,
-    /// `--device-key KEY`.
-    pub device_key: Option<String>,
-    /// `--host HOST`.
-    pub host: Option<String>,
-    /// `--port PORT`.
-    pub port: Option<String>,
-    /// `--handshake-timeout SECS`.
-    pub handshake_timeout: Option<String>,
-    /// `--connect-timeout SECS`.
-    pub connect_timeout: Option<String>,
-    /// `--allow-port PORT`, repeatable.
-    pub allow_ports: Vec<String>,
-    /// `--tls`.
-    pub tls: bool,
-    /// `--ca-file FILE`.
-    pub ca_file: Option<String>,
-    /// `--tls-server-name NAME`.
-    pub tls_server_name: Option<String>,
-    /// `--max-channels N`.
-    pub max_channels: Option<String>,
-    /// `--max-frame BYTES`.
-    pub max_frame: Option<String>,
-    /// `--keepalive-idle SECS`.
-    pub keepalive_idle: Option<String>,
-    /// `--keepalive-interval SECS`.
-    pub keepalive_interval: Option<String>,
-    /// `--keepalive-count N`.
-    pub keepalive_count: Option<String>,
-    /// `--user-timeout SECS`.
-    pub user_timeout: Option<String>,
-    /// `--status-file PATH` (`Some("")` turns it off).
-    pub status_file: Option<String>,
-    /// `--syslog`.
-    pub syslog: bool,
-    /// `--syslog-socket PATH`.
-    pub syslog_socket: Option<String>,
+    /// (setting key, value) in command-line order; a switch has the value `true`.
+    values: Vec<(&'static str, String)>,
+}
+
+impl Flags {
+    /// Records `value` for the setting of `key` (panics on a key that is not in [`SETTINGS`]).
+    pub fn set(&mut self, key: &str, value: impl Into<String>) {
+        self.values.push((lookup(key).key, value.into()));
+    }
+
+    /// The same, by value (for tests and callers that build flags in one expression).
+    pub fn with(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.set(key, value);
+        self
+    }
+
+    /// The last value given for `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value given for `key`, in order (repeatable flags).
+    pub fn all(&self, key: &str) -> Vec<&str> {
+        self.values
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
 }
 
 /// Where the files are looked for; tests point these elsewhere.
@@ -195,6 +432,14 @@ impl Config {
         (mode & 0o077 != 0).then(|| (path.clone(), mode))
     }
 
+    /// The TLS to speak to the proxy (`None`: plain TCP).
+    pub fn tls_target(&self) -> Option<crate::transport::TlsTarget<'_>> {
+        self.tls.value.then(|| crate::transport::TlsTarget {
+            server_name: &self.tls_server_name.value,
+            ca_file: self.ca_file.as_ref().map(|c| c.value.as_path()),
+        })
+    }
+
     /// Whether the device key has the expected form (32 hexadecimal characters).
     pub fn device_key_well_formed(&self) -> bool {
         let k = &self.device_key.value;
@@ -202,18 +447,7 @@ impl Config {
     }
 }
 
-/// TCP keepalive and user timeout of the control socket: how a dead link is noticed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Keepalive {
-    /// Idle time before the first probe.
-    pub idle: Duration,
-    /// Time between probes.
-    pub interval: Duration,
-    /// Unanswered probes before the connection is declared dead.
-    pub count: u32,
-    /// How long sent data may stay unacknowledged (`TCP_USER_TIMEOUT`).
-    pub user_timeout: Duration,
-}
+pub use crate::transport::tcp::Keepalive;
 
 /// Default status file.
 pub const DEFAULT_STATUS_FILE: &str = "/run/tunnel-agent/status.json";
@@ -245,6 +479,11 @@ pub enum ConfigError {
         column: usize,
         /// What the parser said.
         msg: String,
+    },
+    /// TLS is asked for but this build has none.
+    TlsUnavailable {
+        /// Where TLS was asked for.
+        source: Source,
     },
     /// A value has the wrong form.
     Invalid {
@@ -287,6 +526,12 @@ impl fmt::Display for ConfigError {
                 "configuration file {}:{line}:{column} is not valid JSON: {msg}",
                 path.display()
             ),
+            ConfigError::TlsUnavailable { source } => write!(
+                f,
+                "TLS is requested ({source}) but this tunnel-agent was built without the tls \
+                 feature; install a build with TLS, or set tunnel_ssl to false if the proxy \
+                 port is plain TCP"
+            ),
             ConfigError::Invalid { what, source, why } => {
                 write!(f, "invalid {what} (from {source}): {why}")
             }
@@ -294,7 +539,14 @@ impl fmt::Display for ConfigError {
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Unreadable { err, .. } => Some(err),
+            _ => None,
+        }
+    }
+}
 
 /// The keys of a configuration file, as deployed devices have them (PROTOCOL.md section 5).
 /// Unknown keys are ignored.
@@ -433,12 +685,109 @@ pub fn parse_secs(
     }
 }
 
-/// One setting's candidates in priority order: (source, raw text).
-fn pick(candidates: Vec<(Source, Option<String>)>) -> Option<Sourced<String>> {
-    candidates.into_iter().find_map(|(source, v)| {
-        v.filter(|s| !s.trim().is_empty())
-            .map(|value| Sourced { value, source })
-    })
+/// Where [`load`] looks for each setting: the flags, the environment, and the file found.
+struct Places<'a> {
+    flags: &'a Flags,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    file: Option<FileValues>,
+    /// Configuration files looked for and not found (when `--config` was not given).
+    not_found: Vec<PathBuf>,
+}
+
+impl Places<'_> {
+    /// The first value of `key` found, flag before environment before file, with its source;
+    /// `None` when none gives one. An empty text counts as given (callers decide what it
+    /// means); `null` in the file counts as absent.
+    fn raw(&self, key: &str) -> Result<Option<Sourced<String>>, ConfigError> {
+        let s = lookup(key);
+        if let (Some(flag), Some(v)) = (s.flag, self.flags.get(key)) {
+            return Ok(Some(Sourced {
+                value: v.to_owned(),
+                source: Source::Flag(flag),
+            }));
+        }
+        if let Some(v) = s.env.and_then(|e| (self.env)(e).map(|v| (e, v))) {
+            return Ok(Some(Sourced {
+                value: v.1,
+                source: Source::Env(v.0),
+            }));
+        }
+        match &self.file {
+            Some(f) => Ok(f.text(s.key)?.map(|value| Sourced {
+                value,
+                source: f.source(),
+            })),
+            None => Ok(None),
+        }
+    }
+
+    /// Like [`Self::raw`], but blank text counts as not given, and the value is trimmed.
+    fn text(&self, key: &str) -> Result<Option<Sourced<String>>, ConfigError> {
+        Ok(self.raw(key)?.and_then(|s| {
+            let value = s.value.trim().to_owned();
+            (!value.is_empty()).then_some(Sourced {
+                value,
+                source: s.source,
+            })
+        }))
+    }
+
+    /// A typed setting: parsed from where it was found, else the default.
+    fn parsed<T>(
+        &self,
+        key: &'static str,
+        default: T,
+        parse: impl Fn(&'static str, &str, &Source) -> Result<T, ConfigError>,
+    ) -> Result<Sourced<T>, ConfigError> {
+        match self.text(key)? {
+            Some(s) => Ok(Sourced {
+                value: parse(key, &s.value, &s.source)?,
+                source: s.source,
+            }),
+            None => Ok(Sourced {
+                value: default,
+                source: Source::Default,
+            }),
+        }
+    }
+
+    /// Every place `key` was looked for, for a "missing" error.
+    fn looked(&self, key: &str) -> Vec<String> {
+        let s = lookup(key);
+        let mut v = Vec::new();
+        if let Some(flag) = s.flag {
+            v.push(format!("flag {flag} (not given)"));
+        }
+        if let Some(env) = s.env {
+            v.push(format!("environment {env} (not set)"));
+        }
+        v.extend(
+            self.not_found
+                .iter()
+                .map(|p| format!("{} (not found)", p.display())),
+        );
+        if let Some(f) = &self.file {
+            v.push(format!("{} (key \"{key}\")", f.path.display()));
+        }
+        v
+    }
+}
+
+/// A whole number from 1 to `max`.
+fn parse_count(max: u64) -> impl Fn(&'static str, &str, &Source) -> Result<u64, ConfigError> {
+    move |what, text, source| match text.trim().parse::<u64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(ConfigError::Invalid {
+            what,
+            source: source.clone(),
+            why: format!("\"{text}\" is not a whole number from 1 to {max}"),
+        }),
+    }
+}
+
+/// A path as given.
+fn parse_path(_: &'static str, text: &str, _: &Source) -> Result<PathBuf, ConfigError> {
+    Ok(PathBuf::from(text))
 }
 
 /// Resolves the configuration. `env` looks up an environment variable.
@@ -447,304 +796,149 @@ pub fn load(
     env: &dyn Fn(&str) -> Option<String>,
     paths: &SearchPaths,
 ) -> Result<Config, ConfigError> {
-    let mut looked_file = Vec::new();
-    let file = match &flags.config {
-        Some(path) => Some(FileValues::read(path)?),
+    let mut places = Places {
+        flags,
+        env,
+        file: None,
+        not_found: Vec::new(),
+    };
+    match &flags.config {
+        Some(path) => places.file = Some(FileValues::read(path)?),
         None => {
-            let mut found = None;
             for path in &paths.config_files {
                 if path.exists() {
-                    found = Some(FileValues::read(path)?);
+                    places.file = Some(FileValues::read(path)?);
                     break;
                 }
-                looked_file.push(format!("{} (not found)", path.display()));
+                places.not_found.push(path.clone());
             }
-            found
         }
-    };
-    let from_file = |key: &'static str| -> Result<(Source, Option<String>), ConfigError> {
-        match &file {
-            Some(f) => Ok((f.source(), f.text(key)?)),
-            None => Ok((Source::Default, None)),
-        }
-    };
-    let file_place = |key: &str| -> Vec<String> {
-        let mut v = looked_file.clone();
-        if let Some(f) = &file {
-            v.push(format!("{} (key \"{key}\")", f.path.display()));
-        }
-        v
-    };
+    }
+    let p = &places;
 
-    // Device key: flag, env, file, then device_info.json.
-    let mut device_key = pick(vec![
-        (Source::Flag("--device-key"), flags.device_key.clone()),
-        (Source::Env("MEETING_DEVICE_KEY"), env("MEETING_DEVICE_KEY")),
-        from_file("device_key")?,
-    ]);
+    // The device key's last resort is a file of its own.
+    let mut device_key = p.text("device_key")?;
     if device_key.is_none() && paths.device_info.exists() {
         let info = FileValues::read(&paths.device_info)?;
-        device_key = pick(vec![(info.source(), info.text("device_key")?)]);
+        device_key = info
+            .text("device_key")?
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .map(|value| Sourced {
+                value,
+                source: info.source(),
+            });
     }
     let device_key = device_key.ok_or_else(|| {
-        let mut looked = vec![
-            "flag --device-key (not given)".to_owned(),
-            "environment MEETING_DEVICE_KEY (not set)".to_owned(),
-        ];
-        looked.extend(file_place("device_key"));
+        let mut looked = p.looked("device_key");
         let info = &paths.device_info;
-        looked.push(if info.exists() {
-            format!("{} (key \"device_key\")", info.display())
-        } else {
-            format!("{} (not found)", info.display())
+        looked.push(match info.exists() {
+            true => format!("{} (key \"device_key\")", info.display()),
+            false => format!("{} (not found)", info.display()),
         });
         ConfigError::Missing {
             what: "device key",
             looked,
         }
     })?;
-
-    // Token: env, file. Never a flag: every local user can read a command line.
-    let token = pick(vec![
-        (Source::Env("MEETING_TOKEN"), env("MEETING_TOKEN")),
-        from_file("token_code")?,
-    ])
-    .ok_or_else(|| {
-        let mut looked = vec!["environment MEETING_TOKEN (not set)".to_owned()];
-        looked.extend(file_place("token_code"));
-        ConfigError::Missing {
-            what: "token",
-            looked,
-        }
+    let token = p.text("token_code")?.ok_or_else(|| ConfigError::Missing {
+        what: "token",
+        looked: p.looked("token_code"),
     })?;
-
-    let host = pick(vec![
-        (Source::Flag("--host"), flags.host.clone()),
-        (
-            Source::Env("MEETING_TUNNEL_HOST"),
-            env("MEETING_TUNNEL_HOST"),
-        ),
-        from_file("tunnel_host")?,
-    ])
-    .unwrap_or(Sourced {
+    let host = p.text("tunnel_host")?.unwrap_or(Sourced {
         value: DEFAULT_HOST.to_owned(),
         source: Source::Default,
     });
-
-    let port = match pick(vec![
-        (Source::Flag("--port"), flags.port.clone()),
-        (
-            Source::Env("MEETING_TUNNEL_PORT"),
-            env("MEETING_TUNNEL_PORT"),
-        ),
-        from_file("tunnel_port")?,
-    ]) {
-        Some(s) => Sourced {
-            value: parse_port("tunnel port", &s.value, &s.source)?,
-            source: s.source,
-        },
-        None => Sourced {
-            value: DEFAULT_PORT,
-            source: Source::Default,
-        },
-    };
-
-    let tls = match pick(vec![
-        (Source::Flag("--tls"), flags.tls.then(|| "true".to_owned())),
-        (Source::Env("MEETING_TUNNEL_TLS"), env("MEETING_TUNNEL_TLS")),
-        from_file("tunnel_ssl")?,
-    ]) {
-        Some(s) => Sourced {
-            value: parse_bool("tunnel_ssl", &s.value, &s.source)?,
-            source: s.source,
-        },
-        None => Sourced {
-            value: false,
-            source: Source::Default,
-        },
-    };
-
-    let api_url = pick(vec![from_file("api_url")?]);
-
-    let secs = |flag: Option<String>, flag_name: &'static str, key: &'static str, default: u64| {
-        match pick(vec![(Source::Flag(flag_name), flag), from_file(key)?]) {
-            Some(s) => parse_secs(key, &s.value, &s.source),
-            None => Ok(Duration::from_secs(default)),
-        }
-    };
-    let handshake_timeout = secs(
-        flags.handshake_timeout.clone(),
-        "--handshake-timeout",
-        "handshake_timeout",
-        5,
-    )?;
-    let connect_timeout = secs(
-        flags.connect_timeout.clone(),
-        "--connect-timeout",
-        "connect_timeout",
-        5,
-    )?;
-
-    let ca_file = pick(vec![
-        (Source::Flag("--ca-file"), flags.ca_file.clone()),
-        from_file("ca_file")?,
-    ])
-    .map(|s| Sourced {
-        value: PathBuf::from(s.value),
-        source: s.source,
-    });
-    let tls_server_name = pick(vec![
-        (
-            Source::Flag("--tls-server-name"),
-            flags.tls_server_name.clone(),
-        ),
-        from_file("tls_server_name")?,
-    ])
-    .unwrap_or_else(|| host.clone());
-    let count =
-        |flag: Option<String>, name: &'static str, key: &'static str, default: u64, max: u64| {
-            match pick(vec![(Source::Flag(name), flag), from_file(key)?]) {
-                Some(s) => match s.value.trim().parse::<u64>() {
-                    Ok(n) if (1..=max).contains(&n) => Ok(n),
-                    _ => Err(ConfigError::Invalid {
-                        what: key,
-                        source: s.source,
-                        why: format!("\"{}\" is not a whole number from 1 to {max}", s.value),
-                    }),
-                },
-                None => Ok(default),
-            }
-        };
-    let max_channels = count(
-        flags.max_channels.clone(),
-        "--max-channels",
-        "max_channels",
-        64,
-        100_000,
-    )? as usize;
-    let max_frame = count(
-        flags.max_frame.clone(),
-        "--max-frame",
-        "max_frame",
-        u64::from(crate::frame::DEFAULT_MAX_FRAME),
-        64 * 1024 * 1024,
-    )? as u32;
-
+    let port = p.parsed("tunnel_port", DEFAULT_PORT, parse_port)?;
+    let tls = p.parsed("tunnel_ssl", false, parse_bool)?;
+    if tls.value && !cfg!(feature = "tls") {
+        return Err(ConfigError::TlsUnavailable { source: tls.source });
+    }
+    let secs = |key, default| p.parsed(key, Duration::from_secs(default), parse_secs);
+    let count = |key, default, max| p.parsed(key, default, parse_count(max));
+    let tls_server_name = p.text("tls_server_name")?.unwrap_or_else(|| host.clone());
+    let allowed_ports = allowed_ports(p)?;
     let keepalive = Keepalive {
-        idle: secs(
-            flags.keepalive_idle.clone(),
-            "--keepalive-idle",
-            "keepalive_idle",
-            30,
-        )?,
-        interval: secs(
-            flags.keepalive_interval.clone(),
-            "--keepalive-interval",
-            "keepalive_interval",
-            10,
-        )?,
-        count: count(
-            flags.keepalive_count.clone(),
-            "--keepalive-count",
-            "keepalive_count",
-            3,
-            100,
-        )? as u32,
-        user_timeout: secs(
-            flags.user_timeout.clone(),
-            "--user-timeout",
-            "user_timeout",
-            60,
-        )?,
+        idle: secs("keepalive_idle", 30)?.value,
+        interval: secs("keepalive_interval", 10)?.value,
+        count: count("keepalive_count", 3, 100)?.value as u32,
+        user_timeout: secs("user_timeout", 60)?.value,
     };
     // An empty path, on the command line or in the file, turns the status file off.
-    let status_file = match (
-        &flags.status_file,
-        file.as_ref().and_then(|f| f.map.get("status_file")),
-    ) {
-        (Some(p), _) => (!p.is_empty()).then(|| PathBuf::from(p)),
-        (None, Some(Value::String(p))) => (!p.is_empty()).then(|| PathBuf::from(p)),
-        (None, Some(Value::Null)) | (None, None) => Some(PathBuf::from(DEFAULT_STATUS_FILE)),
-        (None, Some(other)) => {
-            return Err(ConfigError::Invalid {
-                what: "status_file",
-                source: file.as_ref().map_or(Source::Default, |f| f.source()),
-                why: format!("expected a path or \"\", found {}", json_kind(other)),
-            })
-        }
+    let status_file = match p.raw("status_file")? {
+        Some(s) => (!s.value.is_empty()).then(|| PathBuf::from(s.value)),
+        None => Some(PathBuf::from(DEFAULT_STATUS_FILE)),
     };
-
-    let syslog_on = match pick(vec![
-        (
-            Source::Flag("--syslog"),
-            flags.syslog.then(|| "true".to_owned()),
-        ),
-        from_file("syslog")?,
-    ]) {
-        Some(s) => parse_bool("syslog", &s.value, &s.source)?,
-        None => false,
-    };
-    let syslog_socket = pick(vec![
-        (Source::Flag("--syslog-socket"), flags.syslog_socket.clone()),
-        from_file("syslog_socket")?,
-    ])
-    .map_or(crate::logging::SYSLOG_SOCKET.to_owned(), |s| s.value);
-    let syslog = syslog_on.then(|| PathBuf::from(syslog_socket));
-
-    let allowed_ports = if !flags.allow_ports.is_empty() {
-        let source = Source::Flag("--allow-port");
-        let ports = flags
-            .allow_ports
-            .iter()
-            .map(|p| parse_port("allowed port", p, &source))
-            .collect::<Result<_, _>>()?;
-        Sourced {
-            value: ports,
-            source,
-        }
-    } else if let Some(f) = file
-        .as_ref()
-        .filter(|f| f.map.contains_key("allowed_ports"))
-    {
-        Sourced {
-            value: f.ports("allowed_ports")?,
-            source: f.source(),
-        }
-    } else {
-        Sourced {
-            value: vec![22],
-            source: Source::Default,
-        }
-    };
+    let syslog_socket = p.parsed(
+        "syslog_socket",
+        PathBuf::from(crate::logging::SYSLOG_SOCKET),
+        parse_path,
+    )?;
+    let syslog = p
+        .parsed("syslog", false, parse_bool)?
+        .value
+        .then_some(syslog_socket.value);
 
     Ok(Config {
-        device_key: Sourced {
-            value: device_key.value.trim().to_owned(),
-            source: device_key.source,
-        },
+        device_key,
         token: Sourced {
-            value: Secret::new(token.value.trim()),
+            value: Secret::new(token.value),
             source: token.source,
         },
-        host: Sourced {
-            value: host.value.trim().to_owned(),
-            source: host.source,
-        },
+        host,
         port,
         tls,
-        api_url,
-        handshake_timeout,
-        connect_timeout,
+        api_url: p.text("api_url")?,
+        handshake_timeout: secs("handshake_timeout", 5)?.value,
+        connect_timeout: secs("connect_timeout", 5)?.value,
         allowed_ports,
-        ca_file,
+        ca_file: p.text("ca_file")?.map(|s| Sourced {
+            value: PathBuf::from(s.value),
+            source: s.source,
+        }),
         tls_server_name,
-        max_channels,
-        max_frame,
+        max_channels: count("max_channels", 64, 100_000)?.value as usize,
+        max_frame: count(
+            "max_frame",
+            u64::from(crate::protocol::frame::DEFAULT_MAX_FRAME),
+            64 * 1024 * 1024,
+        )?
+        .value as u32,
         keepalive,
         status_file,
         syslog,
-        file: file.map(|f| f.path),
+        file: places.file.map(|f| f.path),
     })
+}
+
+/// `allowed_ports`: every `--allow-port`, else the file's list, else 22.
+fn allowed_ports(p: &Places) -> Result<Sourced<Vec<u16>>, ConfigError> {
+    let given = p.flags.all("allowed_ports");
+    if !given.is_empty() {
+        let source = Source::Flag("--allow-port");
+        let ports = given
+            .iter()
+            .map(|v| parse_port("allowed port", v, &source))
+            .collect::<Result<_, _>>()?;
+        return Ok(Sourced {
+            value: ports,
+            source,
+        });
+    }
+    match p
+        .file
+        .as_ref()
+        .filter(|f| f.map.contains_key("allowed_ports"))
+    {
+        Some(f) => Ok(Sourced {
+            value: f.ports("allowed_ports")?,
+            source: f.source(),
+        }),
+        None => Ok(Sourced {
+            value: vec![22],
+            source: Source::Default,
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -816,10 +1010,7 @@ mod tests {
     fn flags_beat_environment_beat_file_beat_defaults() {
         let t = Tmp::new("priority");
         t.file("config.json", MEETING_JSON);
-        let flags = Flags {
-            host: Some("flag.example".into()),
-            ..Flags::default()
-        };
+        let flags = Flags::default().with("tunnel_host", "flag.example");
         let env = env_of(&[
             ("MEETING_TUNNEL_HOST", "env.example"),
             ("MEETING_TUNNEL_PORT", "9443"),
@@ -887,10 +1078,7 @@ mod tests {
         assert_eq!(c.tls_server_name.value, "proxy.example");
         assert_eq!((c.max_channels, c.max_frame), (8, 65536));
         let c = load(
-            &Flags {
-                tls: true,
-                ..Flags::default()
-            },
+            &Flags::default().with("tunnel_ssl", "true"),
             &env_of(&[
                 ("MEETING_DEVICE_KEY", "K"),
                 ("MEETING_TOKEN", "t"),
@@ -901,10 +1089,7 @@ mod tests {
         .unwrap();
         assert!(c.tls.value, "--tls beats the environment");
         let e = load(
-            &Flags {
-                max_channels: Some("0".into()),
-                ..flags.clone()
-            },
+            &flags.clone().with("max_channels", "0"),
             &env_of(&[]),
             &t.paths(),
         )
@@ -925,7 +1110,7 @@ mod tests {
         };
         let c = load(&flags, &env_of(&[]), &t.paths()).unwrap();
         assert_eq!(c.allowed_ports.value, vec![22, 5900]);
-        flags.allow_ports = vec!["8080".into()];
+        flags.set("allowed_ports", "8080");
         let c = load(&flags, &env_of(&[]), &t.paths()).unwrap();
         assert_eq!(c.allowed_ports.value, vec![8080]);
         assert_eq!(c.allowed_ports.source, Source::Flag("--allow-port"));

@@ -1,17 +1,29 @@
 //! tunnel-agent: the device side of the Meeting reverse tunnel, and the protocol code its
 //! reference proxy shares.
+//!
+//! Layers, each importing only those before it:
+//! - [`protocol`]: the wire format, pure (no sockets, no threads);
+//! - [`transport`]: the TCP/TLS connection to the proxy;
+//! - [`uplink`]: the frame-writer thread and the pumps from local sockets into frames;
+//! - `meeting`: the Meeting REST API client;
+//! - [`config`]: where every setting comes from;
+//! - [`agent`]: the agent's roles (session, channels, status, shutdown);
+//! - [`check`]: the end-to-end diagnosis.
+//!
+//! The wire protocol and the Meeting API are described in `docs/protocol.md`.
+#![warn(missing_docs)]
+// Only the modules that call libc may use `unsafe`; they say so with `#![allow(unsafe_code)]`,
+// and each block carries a SAFETY comment.
+#![deny(unsafe_code)]
 
 pub mod agent;
-pub mod backoff;
+mod backoff;
 pub mod check;
 pub mod clock;
 pub mod config;
-pub mod frame;
-pub mod handshake;
 pub mod logging;
+mod meeting;
 pub mod memory;
-pub mod printable;
-pub mod relay;
-pub mod splice;
+pub mod protocol;
 pub mod transport;
-pub mod writer;
+pub mod uplink;

@@ -1,4 +1,5 @@
 //! How the agent asks the C allocator to keep its resident size small and give memory back.
+#![allow(unsafe_code)]
 
 /// Called once at start-up, before any thread: one malloc arena for the whole process.
 ///

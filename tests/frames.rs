@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::TcpStream;
 
 use common::*;
-use tunnel_agent::frame::{
+use tunnel_agent::protocol::frame::{
     close_frame, encode_header, open_frame, write_frame, Frame, FrameReader, TYPE_DATA,
 };
 

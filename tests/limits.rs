@@ -7,7 +7,9 @@ use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 
 use common::*;
-use tunnel_agent::frame::{encode_header, open_frame, write_frame, Frame, FrameReader, TYPE_DATA};
+use tunnel_agent::protocol::frame::{
+    encode_header, open_frame, write_frame, Frame, FrameReader, TYPE_DATA,
+};
 
 const AUTH: &[u8] = b"{\"status\":\"authenticated\"}\n";
 

@@ -4,7 +4,7 @@
 use std::io::{self, Read};
 
 use libfuzzer_sys::fuzz_target;
-use tunnel_agent::frame::{Frame, FrameError, FrameReader};
+use tunnel_agent::protocol::frame::{Frame, FrameError, FrameReader};
 
 /// Hands out the input in pieces whose sizes come from the input's first byte.
 struct Pieces<'a> {

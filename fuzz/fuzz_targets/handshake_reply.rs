@@ -4,7 +4,7 @@
 use std::io::BufReader;
 
 use libfuzzer_sys::fuzz_target;
-use tunnel_agent::handshake::{classify_line, read_reply};
+use tunnel_agent::protocol::handshake::{classify_line, read_reply};
 
 fuzz_target!(|data: &[u8]| {
     let mut r = BufReader::with_capacity(1 + data.len() % 97, data);

@@ -17,9 +17,9 @@ use std::time::Instant;
 use log::{debug, info, warn};
 
 use crate::agent::Live;
-use crate::frame::close_frame;
-use crate::relay::{pump_to_frames, PumpEnd};
-use crate::writer::FrameSender;
+use crate::protocol::frame::close_frame;
+use crate::uplink::copy::{pump_to_frames, PumpEnd};
+use crate::uplink::writer::FrameSender;
 
 /// Bytes held for a stream whose local connection is not up yet; beyond this the control loop
 /// waits (at most the connect timeout) rather than buffer more.
@@ -370,7 +370,7 @@ fn run_channel(shared: &Shared, ch: &Arc<Channel>) {
     info!("channel {} open: 127.0.0.1:{}", ch.stream, ch.port);
     let counters = [&ch.up, &shared.totals.up];
     let end = if shared.tx.splices() {
-        crate::splice::pump(&sock, ch.stream, &shared.tx, &counters)
+        crate::uplink::splice::pump(&sock, ch.stream, &shared.tx, &counters)
     } else {
         pump_to_frames(&*sock, ch.stream, &shared.tx, &counters)
     };

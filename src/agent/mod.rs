@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use log::{error, info, warn};
 
 use crate::backoff::{Backoff, Jitter};
-use crate::config::Config;
-use crate::handshake::FailureClass;
+use crate::config::{Config, ConfigError};
+use crate::protocol::handshake::FailureClass;
 use shutdown::{Shutdown, Wake};
 use status::{State, Status};
 
@@ -124,7 +124,7 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Status) {
         }
         let Err(e) = outcome.result else { break };
         let refused = e.class() == FailureClass::Refusal;
-        let message = e.describe(&cfg);
+        let message = e.to_string();
         if refused {
             error!("{message}");
         } else if outcome.uptime.is_zero() {
@@ -167,7 +167,7 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Status) {
 
 /// Applies a reloaded configuration (SIGHUP): a broken one is refused and the old one kept; a
 /// changed connection setting reconnects; anything else applies in place.
-pub fn reload(live: &Live, shutdown: &Shutdown, loaded: Result<Config, String>) {
+pub fn reload(live: &Live, shutdown: &Shutdown, loaded: Result<Config, ConfigError>) {
     match loaded {
         Err(e) => error!("SIGHUP: the new configuration is not usable, keeping the old one: {e}"),
         Ok(new) => {

@@ -1,8 +1,9 @@
-//! One control connection: connect, handshake, then frame mode until it ends.
+//! One control connection: connect, handshake, then frame mode until it ends; and the
+//! decision of how it ended ([`conclude`]), which the agent's backoff and log follow.
 
+use std::fmt;
 use std::io::{self, BufReader, Read, Write};
-use std::net::{Shutdown as How, SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::net::{Shutdown as How, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,34 +13,23 @@ use crate::agent::channels::{Channels, Totals};
 use crate::agent::shutdown::Shutdown;
 use crate::agent::status::{State, Status};
 use crate::agent::Live;
-use crate::config::{Config, Keepalive};
-use crate::frame::{close_frame, printable_type, Frame, FrameError, FrameReader};
-use crate::handshake::{handshake_line, read_reply, FailureClass, Reply, ReplyError};
-use crate::transport::Control;
-use crate::writer::{self, FrameSender};
+use crate::config::Config;
+use crate::protocol::frame::{close_frame, printable_type, Frame, FrameError, FrameReader};
+use crate::protocol::handshake::{handshake_line, read_reply, FailureClass, Reply, ReplyError};
+use crate::transport::tcp::{self, acks_stopped, is_dead_link, Keepalive};
+use crate::transport::{self, Control, TransportError};
+use crate::uplink::writer::{self, FrameSender};
 
 /// How long a TCP connect to the proxy may take.
 pub const PROXY_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read buffer of the control connection.
 const READ_BUFFER: usize = 64 * 1024;
 
-/// Why a control connection could not be made or did not last.
+/// What ended a control connection, or kept it from being made.
 #[derive(Debug)]
-pub enum SessionError {
-    /// The proxy host name did not resolve.
-    Resolve {
-        /// `host:port` as configured.
-        proxy: String,
-        /// Resolver error.
-        err: io::Error,
-    },
-    /// No address of the proxy accepted the connection.
-    Connect {
-        /// The address tried last.
-        addr: SocketAddr,
-        /// The error.
-        err: io::Error,
-    },
+pub enum Ending {
+    /// No connection: TCP or TLS failed.
+    Transport(TransportError),
     /// Sending the handshake failed.
     SendHandshake(io::Error),
     /// The reply to the handshake was a refusal or not understood.
@@ -50,11 +40,8 @@ pub enum SessionError {
     ClosedByProxy,
     /// Writing to the proxy failed.
     Write(io::Error),
-    /// TLS could not be set up.
-    #[cfg(feature = "tls")]
-    Tls(crate::transport::tls::TlsError),
-    /// TLS is configured but this build has no TLS.
-    TlsUnavailable,
+    /// The frame-writer thread could not be started.
+    WriterSpawn(io::Error),
     /// The connection was closed on purpose to apply new settings.
     Reconfigured,
     /// The link died silently; `unacked`: data we sent was never acknowledged, else keepalive
@@ -65,16 +52,51 @@ pub enum SessionError {
     },
 }
 
+/// Why a control connection could not be made or did not last, with what the operator needs
+/// to read it: the proxy, the device key (never the token) and the dead-link limits.
+#[derive(Debug)]
+pub struct SessionError {
+    /// What happened.
+    pub ending: Ending,
+    /// `host:port` of the proxy.
+    pub proxy: String,
+    /// The device key sent.
+    pub device_key: String,
+    /// The dead-link limits in force.
+    pub keepalive: Keepalive,
+}
+
 impl SessionError {
+    fn new(cfg: &Config, ending: Ending) -> SessionError {
+        SessionError {
+            ending,
+            proxy: cfg.proxy_addr(),
+            device_key: cfg.device_key.value.clone(),
+            keepalive: cfg.keepalive.clone(),
+        }
+    }
+
+    /// The class shown in the status file: `refusal`, `protocol`, `tls`, `dead_link`, `network`.
+    pub fn class_name(&self) -> &'static str {
+        self.ending.class_name()
+    }
+
+    /// Whether the proxy refused the device (long backoff) or it was transient.
+    pub fn class(&self) -> FailureClass {
+        self.ending.class()
+    }
+}
+
+impl Ending {
     /// The class shown in the status file: `refusal`, `protocol`, `tls`, `dead_link`, `network`.
     pub fn class_name(&self) -> &'static str {
         match self {
-            SessionError::Reply(e) if e.class() == FailureClass::Refusal => "refusal",
-            SessionError::Reply(_) | SessionError::Frame(_) => "protocol",
+            Ending::Reply(e) if e.class() == FailureClass::Refusal => "refusal",
+            Ending::Reply(_) | Ending::Frame(_) => "protocol",
             #[cfg(feature = "tls")]
-            SessionError::Tls(_) => "tls",
-            SessionError::TlsUnavailable => "tls",
-            SessionError::DeadLink { .. } => "dead_link",
+            Ending::Transport(TransportError::Tls(_)) => "tls",
+            Ending::Transport(TransportError::TlsUnavailable) => "tls",
+            Ending::DeadLink { .. } => "dead_link",
             _ => "network",
         }
     }
@@ -82,62 +104,62 @@ impl SessionError {
     /// Whether the proxy refused the device (long backoff) or it was transient.
     pub fn class(&self) -> FailureClass {
         match self {
-            SessionError::Reply(e) => e.class(),
+            Ending::Reply(e) => e.class(),
             _ => FailureClass::Transient,
         }
     }
+}
 
-    /// The message for the log: what happened, likely cause, what to check.
-    pub fn describe(&self, cfg: &Config) -> String {
-        let proxy = cfg.proxy_addr();
-        match self {
-            SessionError::Resolve { proxy, err } => format!(
-                "cannot resolve the proxy host of {proxy}: {err}; check the tunnel_host setting \
-                 and the device's DNS (/etc/resolv.conf)"
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proxy = &self.proxy;
+        let k = &self.keepalive;
+        match &self.ending {
+            Ending::Transport(e) => e.fmt(f),
+            Ending::SendHandshake(e) => write!(
+                f,
+                "sending the handshake to {proxy} failed: {e}; the proxy or the network dropped \
+                 the connection at once"
             ),
-            SessionError::Connect { addr, err } => match err.kind() {
-                io::ErrorKind::ConnectionRefused => format!(
-                    "the proxy {proxy} ({addr}) refused the TCP connection: the proxy is down or \
-                     tunnel_port is wrong"
-                ),
-                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => format!(
-                    "no answer from the proxy {proxy} ({addr}) within {} s: a firewall drops the \
-                     traffic or the network is down",
-                    PROXY_CONNECT_TIMEOUT.as_secs()
-                ),
-                _ => format!("cannot connect to the proxy {proxy} ({addr}): {err}"),
-            },
-            SessionError::SendHandshake(e) => {
-                format!("sending the handshake to {proxy} failed: {e}")
-            }
-            SessionError::Reply(e) => e.diagnosis(&cfg.device_key.value, &proxy),
-            SessionError::Frame(e) => format!("{e}; reconnecting to {proxy}"),
-            SessionError::ClosedByProxy => {
-                format!("the proxy {proxy} closed the control connection")
-            }
-            SessionError::Write(e) => format!("writing to the proxy {proxy} failed: {e}"),
-            #[cfg(feature = "tls")]
-            SessionError::Tls(e) => format!("TLS to the proxy {proxy}: {e}"),
-            SessionError::DeadLink { unacked: true } => format!(
+            Ending::Reply(e) => f.write_str(&e.diagnosis(&self.device_key, proxy)),
+            Ending::Frame(e) => write!(f, "{e}; reconnecting to {proxy}"),
+            Ending::ClosedByProxy => write!(f, "the proxy {proxy} closed the control connection"),
+            Ending::Write(e) => write!(f, "writing to the proxy {proxy} failed: {e}"),
+            Ending::WriterSpawn(e) => write!(
+                f,
+                "cannot start the frame-writer thread for {proxy}: {e}; the system is out of \
+                 threads or memory (check ulimit -u and free memory)"
+            ),
+            Ending::DeadLink { unacked: true } => write!(
+                f,
                 "dead link: data sent to the proxy {proxy} was unacknowledged for {} s \
                  (user_timeout): the network path or the proxy host is gone",
-                cfg.keepalive.user_timeout.as_secs_f64()
+                k.user_timeout.as_secs_f64()
             ),
-            SessionError::DeadLink { unacked: false } => format!(
+            Ending::DeadLink { unacked: false } => write!(
+                f,
                 "dead link: no answer to keepalive probes from the proxy {proxy} ({} probes {} s \
                  apart after {} s idle): the NAT mapping, the network path or the proxy host is \
                  gone",
-                cfg.keepalive.count,
-                cfg.keepalive.interval.as_secs_f64(),
-                cfg.keepalive.idle.as_secs_f64()
+                k.count,
+                k.interval.as_secs_f64(),
+                k.idle.as_secs_f64()
             ),
-            SessionError::Reconfigured => {
-                format!("closed the connection to {proxy} to apply new settings")
+            Ending::Reconfigured => {
+                write!(f, "closed the connection to {proxy} to apply new settings")
             }
-            SessionError::TlsUnavailable => format!(
-                "TLS is configured for {proxy} but this tunnel-agent was built without the tls \
-                 feature: install a build with TLS or set tunnel_ssl to false"
-            ),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.ending {
+            Ending::Transport(e) => Some(e),
+            Ending::SendHandshake(e) | Ending::Write(e) | Ending::WriterSpawn(e) => Some(e),
+            Ending::Reply(e) => Some(e),
+            Ending::Frame(e) => Some(e),
+            _ => None,
         }
     }
 }
@@ -150,170 +172,96 @@ pub struct SessionOutcome {
     pub result: Result<(), SessionError>,
 }
 
-/// Resolves the proxy's addresses.
-pub fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
-    if addrs.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "the name has no address",
-        ));
-    }
-    Ok(addrs)
-}
-
-/// Connects to the first of `addrs` that accepts within `timeout` each; on failure, the error
-/// of the last address tried.
-pub fn connect_any(
-    addrs: &[SocketAddr],
-    timeout: Duration,
-) -> Result<(TcpStream, SocketAddr), (SocketAddr, io::Error)> {
-    let mut last = None;
-    for &addr in addrs {
-        match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(s) => return Ok((s, addr)),
-            Err(err) => {
-                debug!("connect to {addr} failed: {err}");
-                last = Some((addr, err));
-            }
-        }
-    }
-    Err(last.unwrap_or_else(|| {
-        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-        (
-            unspecified,
-            io::Error::new(io::ErrorKind::NotFound, "no address to connect to"),
-        )
-    }))
-}
-
-/// Whether an error on an established connection means the link died: the kernel gave up on
-/// keepalive probes or unacknowledged data. It reports `ETIMEDOUT`, or the soft error it met on
-/// the way (`EHOSTUNREACH`, `ENETUNREACH`; matched by number: their `ErrorKind`s need Rust 1.83).
-fn is_dead_link(e: &io::Error) -> bool {
-    const ENETUNREACH: i32 = 101;
-    const ETIMEDOUT: i32 = 110;
-    const EHOSTUNREACH: i32 = 113;
-    e.kind() == io::ErrorKind::TimedOut
-        || matches!(
-            e.raw_os_error(),
-            Some(ENETUNREACH | ETIMEDOUT | EHOSTUNREACH)
-        )
-}
-
-/// Whether the kernel gave up on `sock` with no acknowledgement from the proxy for at least
-/// `quiet`: a dead link whose error was reported where the session does not see it. splice(2)
-/// drops the `ETIMEDOUT` when it had moved some bytes before it, and then the read sees end of
-/// file and the next write `EPIPE`, as if the proxy had closed. A proxy that really closes
-/// sends FIN or RST, so the connection is either not closed yet or its last ACK is recent.
-fn acks_stopped(sock: &TcpStream, quiet: Duration) -> bool {
-    const TCP_CLOSE: u8 = 7;
-    // SAFETY: tcp_info is plain integers, valid when zeroed; getsockopt writes at most `len`
-    // bytes into it and the descriptor is open for the call.
-    let (rc, info) = unsafe {
-        let mut info: libc::tcp_info = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        let rc = libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        );
-        (rc, info)
-    };
-    rc == 0
-        && info.tcpi_state == TCP_CLOSE
-        && Duration::from_millis(info.tcpi_last_ack_recv.into()) >= quiet
-}
-
 /// Whether the writer handed bytes to the socket after the last frame was received at
 /// `last_rx`: on a dead link, that is the data that went unacknowledged.
 fn sent_since(tx: &FrameSender, last_rx: Instant) -> bool {
     tx.since_last_flush().is_some_and(|t| t < last_rx.elapsed())
 }
 
-/// Arms dead-link detection on the control socket: the protocol has no ping frame, so TCP
-/// keepalive notices an idle dead link and `TCP_USER_TIMEOUT` a busy one.
-fn arm_keepalive(sock: &TcpStream, k: &Keepalive) {
-    let s = socket2::SockRef::from(sock);
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(k.idle)
-        .with_interval(k.interval)
-        .with_retries(k.count);
-    if let Err(e) = s.set_tcp_keepalive(&ka) {
-        warn!("cannot enable TCP keepalive on the control connection: {e}; a dead link may go unnoticed");
-    }
-    if let Err(e) = s.set_tcp_user_timeout(Some(k.user_timeout)) {
-        warn!("cannot set TCP_USER_TIMEOUT on the control connection: {e}");
-    }
+/// How the frame-writer thread ended.
+#[derive(Debug)]
+pub enum WriterEnd {
+    /// It wrote everything it was given.
+    Clean,
+    /// A write to the proxy failed.
+    Failed(io::Error),
+    /// It panicked (a bug): nothing to learn about the connection from it.
+    Panicked,
 }
 
-fn connect(cfg: &Config) -> Result<TcpStream, SessionError> {
-    let addrs = resolve(&cfg.host.value, cfg.port.value).map_err(|err| SessionError::Resolve {
-        proxy: cfg.proxy_addr(),
-        err,
-    })?;
-    connect_any(&addrs, PROXY_CONNECT_TIMEOUT)
-        .map(|(s, _)| {
-            arm_keepalive(&s, &cfg.keepalive);
-            s
-        })
-        .map_err(|(addr, err)| SessionError::Connect { addr, err })
+/// What the kernel and the writer report about the last moments of a connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Kernel {
+    /// The socket is closed and no ACK came from the proxy for the quiet limit
+    /// ([`acks_stopped`]).
+    pub acks_stopped: bool,
+    /// We sent bytes after the last frame we received.
+    pub sent_since_rx: bool,
 }
 
-/// Describes what the TLS configuration trusts, for messages.
-pub fn trusted(cfg: &Config) -> String {
-    match &cfg.ca_file {
-        Some(ca) => format!("the CA in ca_file {}", ca.value.display()),
-        None => "any public certificate authority (webpki-roots)".to_owned(),
-    }
+/// Why the session is ending on this side, if it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Nothing asked for an end: the connection ended by itself.
+    No,
+    /// SIGINT/SIGTERM.
+    Requested,
+    /// SIGHUP changed a connection setting.
+    Reconfigure,
 }
 
-/// Makes the control connection on `sock`: plain, or TLS when configured.
-pub fn secure(cfg: &Config, sock: TcpStream, timeout: Duration) -> Result<Control, SessionError> {
-    if !cfg.tls.value {
-        return Control::plain(sock).map_err(SessionError::SendHandshake);
-    }
-    #[cfg(feature = "tls")]
-    {
-        use crate::transport::tls;
-        let ca = cfg.ca_file.as_ref().map(|c| c.value.as_path());
-        let config = tls::client_config(ca).map_err(SessionError::Tls)?;
-        tls::connect(
-            sock,
-            config,
-            &cfg.tls_server_name.value,
-            &trusted(cfg),
-            timeout,
-        )
-        .map_err(SessionError::Tls)
-    }
-    #[cfg(not(feature = "tls"))]
-    {
-        let _ = (sock, timeout);
-        Err(SessionError::TlsUnavailable)
+/// How a session in frame mode ended, from what the reading side saw (`reader`), how the
+/// writer thread ended, what the kernel says, and whether this side stopped it. `Ok`: a
+/// requested stop. The [`Ending`]'s class decides the log level and the backoff.
+pub fn conclude(
+    stop: Stop,
+    reader: Ending,
+    writer: WriterEnd,
+    kernel: Kernel,
+) -> Result<(), Ending> {
+    let closed = matches!(reader, Ending::ClosedByProxy);
+    match (stop, writer) {
+        (Stop::Reconfigure, _) => Err(Ending::Reconfigured),
+        (Stop::Requested, _) => Ok(()),
+        (Stop::No, writer) if closed && kernel.acks_stopped => Err(Ending::DeadLink {
+            unacked: kernel.sent_since_rx || matches!(writer, WriterEnd::Failed(_)),
+        }),
+        (Stop::No, WriterEnd::Failed(e)) if closed && is_dead_link(&e) => {
+            Err(Ending::DeadLink { unacked: true })
+        }
+        (Stop::No, WriterEnd::Failed(e)) if closed => Err(Ending::Write(e)),
+        (Stop::No, _) => Err(reader),
     }
 }
 
 /// Runs one control connection to its end, reporting its states to `status`.
 pub fn run(cfg: &Config, live: &Arc<Live>, shutdown: &Shutdown, status: &Status) -> SessionOutcome {
-    let failed = |e| SessionOutcome {
-        uptime: Duration::ZERO,
-        result: Err(e),
-    };
-    let sock = match connect(cfg) {
+    let sock = match tcp::dial(
+        &cfg.host.value,
+        cfg.port.value,
+        PROXY_CONNECT_TIMEOUT,
+        &cfg.keepalive,
+    ) {
         Ok(s) => s,
-        Err(e) => return failed(e),
+        Err(e) => return failed(cfg, Ending::Transport(e.into())),
     };
+    // Registered before TLS, so that a stop interrupts a TLS handshake that hangs.
     shutdown.register(sock.try_clone().ok());
     status.set(State::Authenticating);
-    let outcome = match secure(cfg, sock, PROXY_CONNECT_TIMEOUT) {
+    let outcome = match transport::secure(sock, cfg.tls_target(), PROXY_CONNECT_TIMEOUT) {
         Ok(control) => handshake_then_frames(cfg, control, live, shutdown, status),
-        Err(e) => failed(e),
+        Err(e) => failed(cfg, Ending::Transport(e)),
     };
     shutdown.register(None);
     outcome
+}
+
+/// A session that never reached frame mode.
+fn failed(cfg: &Config, ending: Ending) -> SessionOutcome {
+    SessionOutcome {
+        uptime: Duration::ZERO,
+        result: Err(SessionError::new(cfg, ending)),
+    }
 }
 
 fn handshake_then_frames(
@@ -323,10 +271,6 @@ fn handshake_then_frames(
     shutdown: &Shutdown,
     status: &Status,
 ) -> SessionOutcome {
-    let failed = |e| SessionOutcome {
-        uptime: Duration::ZERO,
-        result: Err(e),
-    };
     let Control {
         reader,
         mut writer,
@@ -354,7 +298,7 @@ fn handshake_then_frames(
         .write_all(line.as_bytes())
         .and_then(|()| writer.flush())
     {
-        return failed(SessionError::SendHandshake(e));
+        return failed(cfg, Ending::SendHandshake(e));
     }
     let _ = sock.set_read_timeout(Some(cfg.handshake_timeout));
     let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
@@ -383,7 +327,7 @@ fn handshake_then_frames(
              entering frame mode",
             printable_type(first)
         ),
-        Err(e) => return failed(SessionError::Reply(e)),
+        Err(e) => return failed(cfg, Ending::Reply(e)),
     }
     let _ = sock.set_read_timeout(None);
     status.set(State::Connected);
@@ -401,18 +345,14 @@ fn frames(
 ) -> SessionOutcome {
     let since = Instant::now();
     // Splicing writes to the socket itself, so never under TLS.
-    let splice = !cfg.tls.value && crate::splice::enabled();
-    let spawned = sock
-        .try_clone()
-        .and_then(|closer| writer::spawn(writer, closer, splice, "frame-writer"));
-    let (tx, writer) = match spawned {
+    let splice = !cfg.tls.value && crate::uplink::splice::enabled();
+    let closer = match sock.try_clone() {
+        Ok(c) => c,
+        Err(e) => return failed(cfg, Ending::Transport(TransportError::Split(e))),
+    };
+    let (tx, writer) = match writer::spawn(writer, closer, splice, "frame-writer") {
         Ok(w) => w,
-        Err(e) => {
-            return SessionOutcome {
-                uptime: Duration::ZERO,
-                result: Err(SessionError::Write(e)),
-            }
-        }
+        Err(e) => return failed(cfg, Ending::WriterSpawn(e)),
     };
     let channels = Channels::new(tx.clone(), live.clone(), totals.clone());
     let mut frames = FrameReader::after(reader, cfg.max_frame);
@@ -420,13 +360,13 @@ fn frames(
     let end = loop {
         let frame = match frames.next_frame() {
             Ok(Some(f)) => f,
-            Ok(None) => break Err(SessionError::ClosedByProxy),
+            Ok(None) => break Ending::ClosedByProxy,
             Err(FrameError::Io(e)) if is_dead_link(&e) => {
-                break Err(SessionError::DeadLink {
+                break Ending::DeadLink {
                     unacked: sent_since(&tx, last_rx),
-                });
+                };
             }
-            Err(e) => break Err(SessionError::Frame(e)),
+            Err(e) => break Ending::Frame(e),
         };
         last_rx = Instant::now();
         match frame {
@@ -444,45 +384,256 @@ fn frames(
         }
     };
     let uptime = since.elapsed();
-    // Checked before this side shuts the socket down; half the shorter of the two limits, so
-    // a slow timer does not hide a dead link and a recent ACK never looks like one.
-    let k = &cfg.keepalive;
-    let quiet = k.user_timeout.min(k.idle + k.interval * k.count) / 2;
-    let died = matches!(end, Err(SessionError::ClosedByProxy)) && acks_stopped(&sock, quiet);
-    let sent_since_rx = sent_since(&tx, last_rx);
-    let stopping = shutdown.requested();
-    let kicked = !stopping && end.is_err() && shutdown.take_kick();
-    if kicked {
-        // Reconnecting on purpose (new settings): say so to the proxy like a stop does.
+    // Read before this side shuts the socket down.
+    let kernel = Kernel {
+        acks_stopped: matches!(end, Ending::ClosedByProxy)
+            && acks_stopped(&sock, cfg.keepalive.quiet_limit()),
+        sent_since_rx: sent_since(&tx, last_rx),
+    };
+    let stop = if shutdown.requested() {
+        Stop::Requested
+    } else if shutdown.take_kick() {
+        // Reconnecting on purpose (new settings): say so to the proxy like a stop does, and
+        // leave the kick for the agent's loop.
         shutdown.kick();
-    }
-    let stopping = stopping || kicked;
-    if stopping {
+        Stop::Reconfigure
+    } else {
+        Stop::No
+    };
+    if stop == Stop::No {
+        let _ = sock.shutdown(How::Both);
+        channels.close_all(false, "control connection lost");
+    } else {
         // Tell the proxy about every open stream, then finish; never wait long on a stuck proxy.
         let _ = sock.set_write_timeout(Some(Duration::from_millis(500)));
         let n = channels.len();
         channels.close_all(true, "agent stopping");
         debug!("sent close for {n} open channels");
-    } else {
-        let _ = sock.shutdown(How::Both);
-        channels.close_all(false, "control connection lost");
     }
     tx.finish();
     drop(tx);
     drop(channels);
-    let written = writer.join();
-    let _ = sock.shutdown(How::Both);
-    let result = match (stopping, end, written) {
-        (true, _, _) if kicked => Err(SessionError::Reconfigured),
-        (true, _, _) => Ok(()),
-        (false, _, written) if died => Err(SessionError::DeadLink {
-            unacked: sent_since_rx || matches!(written, Ok(Err(_))),
-        }),
-        (false, Err(SessionError::ClosedByProxy), Ok(Err(e))) if is_dead_link(&e) => {
-            Err(SessionError::DeadLink { unacked: true })
-        }
-        (false, Err(SessionError::ClosedByProxy), Ok(Err(e))) => Err(SessionError::Write(e)),
-        (false, end, _) => end,
+    let written = match writer.join() {
+        Ok(Ok(())) => WriterEnd::Clean,
+        Ok(Err(e)) => WriterEnd::Failed(e),
+        Err(_) => WriterEnd::Panicked,
     };
-    SessionOutcome { uptime, result }
+    let _ = sock.shutdown(How::Both);
+    SessionOutcome {
+        uptime,
+        result: conclude(stop, end, written, kernel).map_err(|e| SessionError::new(cfg, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(errno: i32) -> io::Error {
+        io::Error::from_raw_os_error(errno)
+    }
+
+    /// Every way a session in frame mode ends: reader end × writer end × what the kernel
+    /// says × this side's stop → the ending's class (log line and status file) and whether
+    /// the backoff is a refusal's.
+    #[test]
+    fn end_of_session_table() {
+        let quiet = Kernel::default();
+        let died = Kernel {
+            acks_stopped: true,
+            sent_since_rx: false,
+        };
+        let died_busy = Kernel {
+            acks_stopped: true,
+            sent_since_rx: true,
+        };
+        type Row = (
+            &'static str,
+            Stop,
+            fn() -> Ending,
+            fn() -> WriterEnd,
+            Kernel,
+            Option<&'static str>,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                "stop wins over anything",
+                Stop::Requested,
+                || Ending::ClosedByProxy,
+                || WriterEnd::Failed(err(libc::EPIPE)),
+                died,
+                None,
+            ),
+            (
+                "reload reconnects",
+                Stop::Reconfigure,
+                || Ending::ClosedByProxy,
+                || WriterEnd::Clean,
+                quiet,
+                Some("reconfigured"),
+            ),
+            (
+                "proxy closed, writer fine",
+                Stop::No,
+                || Ending::ClosedByProxy,
+                || WriterEnd::Clean,
+                quiet,
+                Some("closed"),
+            ),
+            (
+                "proxy closed, write failed",
+                Stop::No,
+                || Ending::ClosedByProxy,
+                || WriterEnd::Failed(err(libc::EPIPE)),
+                quiet,
+                Some("write"),
+            ),
+            (
+                "closed but ACKs stopped, idle",
+                Stop::No,
+                || Ending::ClosedByProxy,
+                || WriterEnd::Clean,
+                died,
+                Some("dead idle"),
+            ),
+            (
+                "closed but ACKs stopped, we had sent",
+                Stop::No,
+                || Ending::ClosedByProxy,
+                || WriterEnd::Clean,
+                died_busy,
+                Some("dead unacked"),
+            ),
+            (
+                "closed but ACKs stopped, writer failed",
+                Stop::No,
+                || Ending::ClosedByProxy,
+                || WriterEnd::Failed(err(libc::EPIPE)),
+                died,
+                Some("dead unacked"),
+            ),
+            (
+                "closed, writer timed out (splice lost it)",
+                Stop::No,
+                || Ending::ClosedByProxy,
+                || WriterEnd::Failed(err(libc::ETIMEDOUT)),
+                quiet,
+                Some("dead unacked"),
+            ),
+            (
+                "closed, writer unreachable",
+                Stop::No,
+                || Ending::ClosedByProxy,
+                || WriterEnd::Failed(err(libc::EHOSTUNREACH)),
+                quiet,
+                Some("dead unacked"),
+            ),
+            (
+                "reader saw the dead link",
+                Stop::No,
+                || Ending::DeadLink { unacked: false },
+                || WriterEnd::Failed(err(libc::EPIPE)),
+                quiet,
+                Some("dead idle"),
+            ),
+            (
+                "protocol error beats a writer error",
+                Stop::No,
+                || {
+                    Ending::Frame(FrameError::TooLong {
+                        kind: b'D',
+                        stream: 1,
+                        len: 9,
+                        max: 1,
+                    })
+                },
+                || WriterEnd::Failed(err(libc::EPIPE)),
+                died,
+                Some("protocol"),
+            ),
+            (
+                "writer panicked: the reader's end stands",
+                Stop::No,
+                || Ending::ClosedByProxy,
+                || WriterEnd::Panicked,
+                quiet,
+                Some("closed"),
+            ),
+        ];
+        for (what, stop, reader, writer, kernel, want) in rows {
+            let got = conclude(stop, reader(), writer(), kernel);
+            let got = match &got {
+                Ok(()) => None,
+                Err(Ending::Reconfigured) => Some("reconfigured"),
+                Err(Ending::ClosedByProxy) => Some("closed"),
+                Err(Ending::Write(_)) => Some("write"),
+                Err(Ending::DeadLink { unacked: false }) => Some("dead idle"),
+                Err(Ending::DeadLink { unacked: true }) => Some("dead unacked"),
+                Err(Ending::Frame(_)) => Some("protocol"),
+                Err(other) => panic!("{what}: unexpected {other:?}"),
+            };
+            assert_eq!(got, want, "{what}");
+        }
+    }
+
+    #[test]
+    fn classes_choose_the_log_line_and_backoff() {
+        let cases: Vec<(Ending, &str, FailureClass)> = vec![
+            (
+                Ending::Reply(ReplyError::ClosedWithoutReply),
+                "refusal",
+                FailureClass::Refusal,
+            ),
+            (
+                Ending::Reply(ReplyError::Refused {
+                    reason: "no".into(),
+                    code: None,
+                }),
+                "refusal",
+                FailureClass::Refusal,
+            ),
+            (
+                Ending::Reply(ReplyError::Io(err(libc::ECONNRESET))),
+                "protocol",
+                FailureClass::Transient,
+            ),
+            (
+                Ending::DeadLink { unacked: true },
+                "dead_link",
+                FailureClass::Transient,
+            ),
+            (Ending::ClosedByProxy, "network", FailureClass::Transient),
+            (
+                Ending::Transport(TransportError::TlsUnavailable),
+                "tls",
+                FailureClass::Transient,
+            ),
+        ];
+        for (ending, name, class) in cases {
+            assert_eq!(ending.class_name(), name, "{ending:?}");
+            assert_eq!(ending.class(), class, "{ending:?}");
+        }
+    }
+
+    #[test]
+    fn messages_name_the_proxy_and_never_a_debug_dump() {
+        let e = SessionError {
+            ending: Ending::DeadLink { unacked: false },
+            proxy: "proxy.example:9001".into(),
+            device_key: "K".into(),
+            keepalive: Keepalive {
+                idle: Duration::from_secs(30),
+                interval: Duration::from_secs(10),
+                count: 3,
+                user_timeout: Duration::from_secs(60),
+            },
+        };
+        let text = e.to_string();
+        assert!(text.contains("proxy.example:9001"), "{text}");
+        assert!(
+            text.contains("3 probes 10 s apart after 30 s idle"),
+            "{text}"
+        );
+        assert!(!text.contains("DeadLink"), "{text}");
+    }
 }

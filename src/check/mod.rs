@@ -1,8 +1,9 @@
 //! `tunnel-agent check`: diagnose the device end to end, step by step, and conclude.
 //!
-//! Uses the agent's own configuration loading, connect, handshake and reply classification.
+//! Uses the agent's own configuration loading, the transport's dialing, the protocol's
+//! handshake and reply classification, and the Meeting API client. Owns the steps, the
+//! verdict and how they are shown; must not change anything on the device.
 
-pub mod api;
 pub mod render;
 pub mod verdict;
 
@@ -10,11 +11,12 @@ use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::agent::session::{self, connect_any, resolve, SessionError};
 use crate::config::{self, Config, Flags, SearchPaths};
-use crate::handshake::{handshake_line, read_reply, Recorded, Reply, ReplyError};
-use crate::printable::printable;
-use crate::transport::Control;
+use crate::meeting::{self, DeviceRecord};
+use crate::protocol::handshake::{handshake_line, read_reply, Recorded, Reply, ReplyError};
+use crate::protocol::printable::printable;
+use crate::transport::tcp::{connect_any, resolve};
+use crate::transport::{self, Control, TransportError};
 use verdict::{Api, Findings, Handshake, Reach, Verdict};
 
 /// Outcome of one step.
@@ -127,13 +129,6 @@ pub fn run(
     let mut facts = Facts::default();
     let t = Instant::now();
     let loaded = config::load(flags, env, paths).map_err(|e| e.to_string());
-    let loaded = loaded.and_then(|c| match c.tls.value && !cfg!(feature = "tls") {
-        true => Err(format!(
-            "TLS is configured ({}) but this tunnel-agent was built without the tls feature",
-            c.tls.source
-        )),
-        false => Ok(c),
-    });
     let cfg = match loaded {
         Ok(c) => c,
         Err(e) => {
@@ -275,10 +270,11 @@ fn reach_proxy(cfg: &Config, opts: &Options, steps: &mut Vec<Step>, facts: &mut 
     let addrs = match resolve(&cfg.host.value, cfg.port.value) {
         Ok(a) => a,
         Err(e) => {
+            let why = std::error::Error::source(&e).map_or_else(String::new, |s| s.to_string());
             steps.push(step(
                 "dns",
                 Status::Fail,
-                format!("{} does not resolve: {e}", cfg.host.value),
+                format!("{} does not resolve: {why}", cfg.host.value),
                 Some("check /etc/resolv.conf and tunnel_host".into()),
                 t,
             ));
@@ -296,9 +292,12 @@ fn reach_proxy(cfg: &Config, opts: &Options, steps: &mut Vec<Step>, facts: &mut 
     ));
 
     let t = Instant::now();
-    let (sock, addr) = match connect_any(&addrs, opts.timeout) {
+    let (sock, addr) = match connect_any(&cfg.proxy_addr(), &addrs, opts.timeout) {
         Ok(c) => c,
-        Err((addr, e)) => {
+        Err(e) => {
+            let transport::tcp::TcpError::Connect { addr, err: e, .. } = e else {
+                unreachable!("connect_any fails only to connect")
+            };
             let (reach, what, hint) = match e.kind() {
                 io::ErrorKind::ConnectionRefused => (
                     Reach::ConnectRefused,
@@ -331,7 +330,7 @@ fn reach_proxy(cfg: &Config, opts: &Options, steps: &mut Vec<Step>, facts: &mut 
     ));
 
     let t = Instant::now();
-    let control = match session::secure(cfg, sock, opts.timeout) {
+    let control = match transport::secure(sock, cfg.tls_target(), opts.timeout) {
         Ok(c) => c,
         Err(e) => {
             let (reach, detail) = tls_failure(e);
@@ -357,7 +356,7 @@ fn reach_proxy(cfg: &Config, opts: &Options, steps: &mut Vec<Step>, facts: &mut 
                 i.subject,
                 i.issuer,
                 i.not_after,
-                session::trusted(cfg)
+                cfg.tls_target().map(|t| t.trusted()).unwrap_or_default()
             ),
             None,
             t,
@@ -367,31 +366,25 @@ fn reach_proxy(cfg: &Config, opts: &Options, steps: &mut Vec<Step>, facts: &mut 
     handshake_step(cfg, opts, control, addr, steps, facts)
 }
 
-/// What a failed [`session::secure`] means for the verdict, and its one-line detail.
-fn tls_failure(e: SessionError) -> (Reach, String) {
-    match e {
+/// What a failed [`transport::secure`] means for the verdict, and its one-line detail.
+fn tls_failure(e: TransportError) -> (Reach, String) {
+    let detail = e.to_string();
+    let reach = match &e {
         #[cfg(feature = "tls")]
-        SessionError::Tls(e) => {
+        TransportError::Tls(e) => {
             use crate::transport::tls::TlsError;
-            let detail = e.to_string();
-            let reach = match &e {
+            match e {
                 TlsError::CaFile { .. } | TlsError::BadServerName(_) => {
                     Reach::ConfigError(detail.clone())
                 }
                 e if e.is_mismatch() => Reach::TlsMismatch(detail.clone()),
                 _ => Reach::TlsFailed(detail.clone()),
-            };
-            (reach, detail)
+            }
         }
-        SessionError::TlsUnavailable => {
-            let detail = "TLS is configured but this tunnel-agent was built without TLS".to_owned();
-            (Reach::ConfigError(detail.clone()), detail)
-        }
-        other => {
-            let detail = format!("{other:?}");
-            (Reach::TlsFailed(detail.clone()), detail)
-        }
-    }
+        TransportError::TlsUnavailable => Reach::ConfigError(detail.clone()),
+        _ => Reach::TlsFailed(detail.clone()),
+    };
+    (reach, detail)
 }
 
 fn handshake_step(
@@ -493,13 +486,18 @@ fn api_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Api {
     };
     let t = Instant::now();
     let key = &cfg.device_key.value;
-    let full = api::device_url(&url.value, key);
-    let record = api::fetch(&url.value, key, cfg.token.value.expose(), opts.timeout);
+    let client = meeting::Client {
+        url: meeting::ApiUrl::new(&url.value),
+        ca_file: cfg.ca_file.as_ref().map(|c| c.value.clone()),
+        timeout: opts.timeout,
+    };
+    let full = client.url.device(key);
+    let record = client.device_record(key, cfg.token.value.expose());
     let (status, detail, hint, api) = match record {
-        api::DeviceRecord::Found {
+        Ok(DeviceRecord::Found {
             authorized,
             services,
-        } => {
+        }) => {
             let ssh = services.iter().any(|s| s == "ssh");
             let facts = format!(
                 "GET {full}: HTTP 200, authorized: {authorized}, services: [{}]",
@@ -521,19 +519,19 @@ fn api_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Api {
                 (true, true) => (Status::Pass, facts, None, Api::Authorized { ssh }),
             }
         }
-        api::DeviceRecord::NotFound => (
+        Ok(DeviceRecord::NotFound) => (
             Status::Fail,
             format!("GET {full}: HTTP 404: the Meeting API does not know device {key}"),
             Some("register the device in Meeting or correct device_key".into()),
             Api::DeviceUnknown,
         ),
-        api::DeviceRecord::Status(code, body) => (
+        Err(meeting::ApiError::Status { code, body, .. }) => (
             Status::Warn,
             format!("GET {full}: HTTP {code}: \"{body}\""),
             Some("the API could not be asked; check api_url and the token".into()),
             Api::Unknown,
         ),
-        api::DeviceRecord::Failed(e) => (
+        Err(e) => (
             Status::Warn,
             format!("GET {full} failed: {e}"),
             Some("the API could not be reached; check api_url and the network".into()),

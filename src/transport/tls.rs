@@ -18,8 +18,8 @@ use rustls::{CertificateError, ClientConfig, ClientConnection, Connection, RootC
 use rustls::{ServerConfig, ServerConnection};
 
 use super::{Control, TlsInfo};
-use crate::handshake::Recorded;
-use crate::printable::printable;
+use crate::protocol::handshake::Recorded;
+use crate::protocol::printable::printable;
 
 /// Why a TLS session could not be set up.
 #[derive(Debug)]
@@ -64,6 +64,15 @@ pub enum TlsError {
     Timeout,
     /// Anything else (socket error, protocol violation).
     Other(String),
+    /// The proxy's own certificate or key could not be used (`meeting-proxy`).
+    ServerKeys {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
 }
 
 impl TlsError {
@@ -113,6 +122,13 @@ impl fmt::Display for TlsError {
             TlsError::Alert(a) => write!(f, "the server refused the TLS handshake with alert {a}"),
             TlsError::Timeout => write!(f, "no TLS answer from the server in time"),
             TlsError::Other(e) => write!(f, "TLS handshake failed: {e}"),
+            TlsError::ServerKeys { cert, key, why } => write!(
+                f,
+                "cannot use the TLS certificate {} with key {}: {why}; both must be PEM, the \
+                 key matching the certificate",
+                cert.display(),
+                key.display()
+            ),
         }
     }
 }
@@ -154,17 +170,23 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsErr
 }
 
 /// A server configuration from PEM files (for `meeting-proxy`).
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let keys = |why: String| TlsError::ServerKeys {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        why,
+    };
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+        .map_err(|e| keys(format!("{}: {e}", cert.display())))?;
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| keys(format!("{}: {e}", key.display())))?;
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| keys(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| e.to_string())?;
+        .with_single_cert(certs, key_der)
+        .map_err(|e| keys(e.to_string()))?;
     Ok(Arc::new(config))
 }
 

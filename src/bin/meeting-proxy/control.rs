@@ -8,11 +8,11 @@ use std::time::Duration;
 use log::{info, warn};
 use serde_json::{json, Value};
 
-use tunnel_agent::frame::{printable_type, Frame, FrameReader, DEFAULT_MAX_FRAME};
-use tunnel_agent::handshake::{read_bounded_line, BoundedLine, MAX_REPLY_LINE};
-use tunnel_agent::printable::{printable, trim_ascii};
+use tunnel_agent::protocol::frame::{printable_type, Frame, FrameReader, DEFAULT_MAX_FRAME};
+use tunnel_agent::protocol::handshake::{read_bounded_line, BoundedLine, MAX_REPLY_LINE};
+use tunnel_agent::protocol::printable::{printable, trim_ascii};
 use tunnel_agent::transport::Control;
-use tunnel_agent::writer;
+use tunnel_agent::uplink::writer;
 
 use crate::registry::{DeviceSession, Registry};
 use crate::settings::{ErrorForm, ReplyMode, Settings};
@@ -205,7 +205,7 @@ fn frames(
             Ok(Some(Frame::Data { stream, payload })) => {
                 if let Some(public) = session.stream(stream) {
                     if (&*public).write_all(payload).is_err() && session.remove_stream(stream) {
-                        let _ = tx.send(tunnel_agent::frame::close_frame(stream));
+                        let _ = tx.send(tunnel_agent::protocol::frame::close_frame(stream));
                     }
                 }
             }

@@ -7,8 +7,8 @@ use std::thread;
 
 use log::{info, warn};
 
-use tunnel_agent::frame::{close_frame, open_frame};
-use tunnel_agent::relay::pump_to_frames;
+use tunnel_agent::protocol::frame::{close_frame, open_frame};
+use tunnel_agent::uplink::copy::pump_to_frames;
 
 use crate::registry::Registry;
 use crate::settings::Tunnel;

@@ -5,7 +5,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tunnel_agent::writer::FrameSender;
+use tunnel_agent::uplink::writer::FrameSender;
 
 /// One authenticated agent connection.
 pub struct DeviceSession {

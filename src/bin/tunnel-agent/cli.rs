@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tunnel_agent::config::{parse_secs, Flags, Source};
+use tunnel_agent::config::{self, parse_secs, Flags, Source};
 
 /// How `check` prints its result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,8 +47,10 @@ pub enum Command {
     Version,
 }
 
-/// Usage text.
-pub const USAGE: &str = "\
+/// Usage text: the commands, the settings from the configuration table, the exit statuses.
+pub fn usage() -> String {
+    format!(
+        "\
 Usage: tunnel-agent [run] [OPTIONS]
        tunnel-agent check [--json | --report] [--timeout SECS] [OPTIONS]
        tunnel-agent status [--json] [--status-file PATH]
@@ -60,28 +62,10 @@ status prints the running agent's status file; exit 0 when connected, 1 otherwis
 SIGHUP makes a running agent re-read its configuration (reconnecting only if a connection
 setting changed); SIGINT/SIGTERM stop it.
 
-Options:
+Options [environment, configuration key; default]:
   --config FILE              JSON configuration (default: first of /etc/tunnel-agent/config.json,
                              /etc/rpi-cam/meeting.json)
-  --device-key KEY           device key (else MEETING_DEVICE_KEY, the file, /etc/meeting/device_info.json)
-  --host HOST                proxy host (else MEETING_TUNNEL_HOST, tunnel_host, meeting.ygsoft.fr)
-  --port PORT                proxy control port (else MEETING_TUNNEL_PORT, tunnel_port, 9001)
-  --handshake-timeout SECS   wait for the handshake reply before assuming an older proxy (5)
-  --connect-timeout SECS     local connect timeout per channel (5)
-  --tls                      TLS to the proxy (else MEETING_TUNNEL_TLS=1, tunnel_ssl)
-  --ca-file FILE             trust this PEM CA bundle instead of the public roots (ca_file)
-  --tls-server-name NAME     name checked in the proxy certificate (default: the host)
-  --allow-port PORT          local port the proxy may open (repeatable; default 22)
-  --max-channels N           channels open at once (64)
-  --max-frame BYTES          largest frame accepted from the proxy (1048576)
-  --keepalive-idle SECS      dead-link detection: idle time before TCP keepalive probes (30)
-  --keepalive-interval SECS  time between probes (10)
-  --keepalive-count N        unanswered probes before the link is declared dead (3)
-  --user-timeout SECS        sent data unacknowledged this long: the link is dead (60)
-  --status-file PATH         status file (/run/tunnel-agent/status.json; '' turns it off)
-  --syslog                   log to the local syslog socket instead of stderr (syslog)
-  --syslog-socket PATH       that socket (/dev/log)
-  -v, --verbose              more log detail (repeat for trace); overrides RUST_LOG
+{}  -v, --verbose              more log detail (repeat for trace); overrides RUST_LOG
   -q, --quiet                warnings and errors only (repeat: errors only)
   -h, --help                 this text
   -V, --version              version
@@ -90,14 +74,17 @@ The token is never taken from the command line (every local user can read it): s
 MEETING_TOKEN or token_code in the configuration file (mode 0600).
 
 check options:
-  --json                     one JSON object: {\"verdict\", \"summary\", \"exit_code\", \"steps\": [...]}
+  --json                     one JSON object: {{\"verdict\", \"summary\", \"exit_code\", \"steps\": [...]}}
   --report                   a Markdown bug report to paste into a ticket
   --timeout SECS             bound for each network wait (10)
 
 Exit status of run: 0 stopped by SIGINT/SIGTERM; 2 bad command line or configuration.
 Exit status of check: 0 ok (or no_reply: an older proxy that never answers); 1 configuration;
 2 network (DNS, TCP, TLS, not a Meeting proxy); 3 refused by the proxy (with a reason or
-silently); 4 the Meeting API says the device is unknown or not authorized; 5 local service down.";
+silently); 4 the Meeting API says the device is unknown or not authorized; 5 local service down.",
+        config::usage()
+    )
+}
 
 /// Parses the arguments after the program name.
 pub fn parse(args: &[String]) -> Result<Command, String> {
@@ -144,24 +131,6 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "-vv" => verbosity += 2,
             "-q" | "--quiet" => verbosity -= 1,
             "--config" => flags.config = Some(value(name)?.into()),
-            "--device-key" => flags.device_key = Some(value(name)?),
-            "--host" => flags.host = Some(value(name)?),
-            "--port" => flags.port = Some(value(name)?),
-            "--handshake-timeout" => flags.handshake_timeout = Some(value(name)?),
-            "--connect-timeout" => flags.connect_timeout = Some(value(name)?),
-            "--allow-port" => flags.allow_ports.push(value(name)?),
-            "--tls" => flags.tls = true,
-            "--ca-file" => flags.ca_file = Some(value(name)?),
-            "--tls-server-name" => flags.tls_server_name = Some(value(name)?),
-            "--max-channels" => flags.max_channels = Some(value(name)?),
-            "--max-frame" => flags.max_frame = Some(value(name)?),
-            "--keepalive-idle" => flags.keepalive_idle = Some(value(name)?),
-            "--keepalive-interval" => flags.keepalive_interval = Some(value(name)?),
-            "--keepalive-count" => flags.keepalive_count = Some(value(name)?),
-            "--user-timeout" => flags.user_timeout = Some(value(name)?),
-            "--status-file" => flags.status_file = Some(value(name)?),
-            "--syslog" => flags.syslog = true,
-            "--syslog-socket" => flags.syslog_socket = Some(value(name)?),
             "--json" if check => format = Format::Json,
             "--report" if check => format = Format::Report,
             "--timeout" if check => {
@@ -176,7 +145,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                         .to_owned(),
                 )
             }
-            other => return Err(format!("unknown argument '{other}'")),
+            other => match config::setting_of_flag(other) {
+                Some(s) if s.arg.is_empty() => flags.set(s.key, "true"),
+                Some(s) => flags.set(s.key, value(name)?),
+                None => return Err(format!("unknown argument '{other}'")),
+            },
         }
     }
     if check {
@@ -204,9 +177,9 @@ mod tests {
         )) else {
             panic!()
         };
-        assert_eq!(flags.host.as_deref(), Some("h"));
-        assert_eq!(flags.port.as_deref(), Some("9100"));
-        assert_eq!(flags.device_key.as_deref(), Some("K"));
+        assert_eq!(flags.get("tunnel_host"), Some("h"));
+        assert_eq!(flags.get("tunnel_port"), Some("9100"));
+        assert_eq!(flags.get("device_key"), Some("K"));
         assert_eq!(
             flags.config.as_deref(),
             Some(std::path::Path::new("/c.json"))
@@ -241,10 +214,33 @@ mod tests {
         };
         assert_eq!(format, Format::Json);
         assert_eq!(timeout, Duration::from_millis(2500));
-        assert_eq!(flags.allow_ports, vec!["2222".to_owned()]);
+        assert_eq!(flags.all("allowed_ports"), vec!["2222"]);
         assert!(parse(&args("--json")).is_err(), "--json belongs to check");
         assert!(parse(&args("check --timeout x"))
             .unwrap_err()
             .contains("seconds"));
+    }
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_of_the_table_parses_and_is_in_the_usage() {
+        let text = usage();
+        for s in config::SETTINGS {
+            let Some(flag) = s.flag else { continue };
+            assert!(text.contains(flag), "{flag} missing from the usage");
+            let args: Vec<String> = if s.arg.is_empty() {
+                vec![flag.to_owned()]
+            } else {
+                vec![flag.to_owned(), "1".to_owned()]
+            };
+            let Ok(Command::Run { flags, .. }) = parse(&args) else {
+                panic!("{flag} does not parse")
+            };
+            assert!(flags.get(s.key).is_some(), "{flag} sets nothing");
+        }
     }
 }

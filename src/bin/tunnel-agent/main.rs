@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         }) => return check(&flags, format, timeout),
         Ok(cli::Command::Status { path, json }) => return status(path, json),
         Ok(cli::Command::Help) => {
-            println!("{}", cli::USAGE);
+            println!("{}", cli::usage());
             return ExitCode::SUCCESS;
         }
         Ok(cli::Command::Version) => {
@@ -55,15 +55,6 @@ fn main() -> ExitCode {
         Some(socket) => logging::init_syslog("tunnel-agent", socket, verbosity),
         None => logging::init(verbosity),
     }
-    if cfg.tls.value && !cfg!(feature = "tls") {
-        eprintln!(
-            "tunnel-agent: configuration error: TLS is requested ({}) but this tunnel-agent was \
-             built without the tls feature; install a build with TLS, or set tunnel_ssl to false \
-             if the proxy port is plain TCP",
-            cfg.tls.source
-        );
-        return ExitCode::from(EXIT_CONFIG);
-    }
     let shutdown = Arc::new(Shutdown::new());
     let status = Arc::new(Status::new(
         cfg.status_file.clone(),
@@ -73,7 +64,7 @@ fn main() -> ExitCode {
     let live = Arc::new(Live::new(cfg));
     let reload = move || {
         let env = |k: &str| std::env::var(k).ok();
-        config::load(&flags, &env, &SearchPaths::default()).map_err(|e| e.to_string())
+        config::load(&flags, &env, &SearchPaths::default())
     };
     if let Err(e) = watch_signals(shutdown.clone(), live.clone(), Box::new(reload)) {
         warn!("cannot install signal handlers ({e}); SIGTERM will kill the agent abruptly");
@@ -173,7 +164,7 @@ fn check(flags: &config::Flags, format: cli::Format, timeout: Duration) -> ExitC
 }
 
 /// Re-reads the configuration on SIGHUP.
-type Reload = Box<dyn Fn() -> Result<config::Config, String> + Send>;
+type Reload = Box<dyn Fn() -> Result<config::Config, config::ConfigError> + Send>;
 
 /// On SIGHUP: reload. On SIGINT/SIGTERM: stop in order, and exit within a second whatever
 /// happens.

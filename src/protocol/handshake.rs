@@ -1,4 +1,4 @@
-//! Handshake of the control connection (PROTOCOL.md section 2): the line the agent sends and
+//! Handshake of the control connection (docs/protocol.md, "Handshake"): the line the agent sends and
 //! the classification of whatever the proxy does in reply.
 //!
 //! Pure code over `BufRead`; the caller sets the socket's read timeout so that "no byte for a
@@ -8,7 +8,7 @@ use std::io::{self, BufRead};
 
 use serde_json::Value;
 
-use crate::printable::{printable, trim_ascii};
+use super::printable::{printable, trim_ascii};
 
 /// Longest reply line accepted, without its newline.
 pub const MAX_REPLY_LINE: usize = 4096;
@@ -199,6 +199,21 @@ impl ReplyError {
                 "reading the handshake reply from {proxy} failed: {e}; the network dropped the \
                  connection"
             ),
+        }
+    }
+}
+
+impl std::fmt::Display for ReplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.short())
+    }
+}
+
+impl std::error::Error for ReplyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReplyError::Io(e) => Some(e),
+            _ => None,
         }
     }
 }

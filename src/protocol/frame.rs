@@ -1,4 +1,4 @@
-//! Meeting frame codec (PROTOCOL.md section 3): a 9-byte header, then the payload.
+//! Meeting frame codec (docs/protocol.md, "Frames"): a 9-byte header, then the payload.
 //!
 //! Pure code over `Read`/`Write`; no sockets, no threads.
 
@@ -111,7 +111,14 @@ impl fmt::Display for FrameError {
     }
 }
 
-impl std::error::Error for FrameError {}
+impl std::error::Error for FrameError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FrameError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Shows a frame type byte as `'N'` when printable, `0x07` otherwise.
 pub fn printable_type(kind: u8) -> String {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::splice::Spliced;
+use super::pipe::Spliced;
 
 /// Frames the queue holds at most; with 32 KiB data frames that is 2 MiB.
 pub const QUEUE_FRAMES: usize = 64;

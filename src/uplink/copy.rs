@@ -3,8 +3,8 @@
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::frame::{encode_header, HEADER_LEN, TYPE_DATA};
-use crate::writer::FrameSender;
+use super::writer::FrameSender;
+use crate::protocol::frame::{encode_header, HEADER_LEN, TYPE_DATA};
 
 /// Largest payload of the `D` frames we send: well under what any Meeting proxy reads at once.
 pub const MAX_DATA_PAYLOAD: usize = 32 * 1024;

@@ -1,0 +1,305 @@
+//! The Meeting REST API client (blocking, HTTPS): base URL normalisation, the device record
+//! that `check` reads, and the TLS settings it shares with the proxy connection. Described in
+//! `docs/protocol.md`, "Meeting REST API".
+//!
+//! Owns HTTP requests to Meeting and the parsing of their answers. Must not know the tunnel
+//! (sockets to the proxy, frames) or the agent's loop; it never logs the token, which goes
+//! only into the one header that needs it.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::protocol::printable::printable;
+
+/// The Meeting API's base, always ending in `/api`, whatever form `api_url` had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiUrl(String);
+
+impl ApiUrl {
+    /// `api_url` as found on devices, with or without the trailing `/api` (and slash).
+    pub fn new(api_url: &str) -> ApiUrl {
+        let base = api_url.trim().trim_end_matches('/');
+        let base = base.strip_suffix("/api").unwrap_or(base);
+        ApiUrl(format!("{base}/api"))
+    }
+
+    /// The URL of `path` below the base (`path` starts with `/`).
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.0)
+    }
+
+    /// `GET {api}/devices/{key}`.
+    pub fn device(&self, device_key: &str) -> String {
+        self.at(&format!("/devices/{device_key}"))
+    }
+}
+
+impl fmt::Display for ApiUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How to reach the API: its URL, the CA to trust (the proxy's `ca_file` unless the API has
+/// its own), and the bound of each request.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub struct Client {
+    /// The base URL.
+    pub url: ApiUrl,
+    /// PEM CA bundle trusted instead of the public roots.
+    pub ca_file: Option<PathBuf>,
+    /// Bound of a whole request (connect, send, answer).
+    pub timeout: Duration,
+}
+
+/// Why the API could not answer the question.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub enum ApiError {
+    /// This build has no HTTP client (it was built without TLS).
+    #[cfg(not(feature = "tls"))]
+    NoClient,
+    /// `ca_file` could not be used.
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// No HTTP answer: DNS, TCP, TLS or a timeout.
+    Unreachable {
+        /// The URL asked.
+        url: String,
+        /// What the HTTP client said (never contains header values, so never the token).
+        why: String,
+    },
+    /// An HTTP status this call does not expect, with the first bytes of the body.
+    Status {
+        /// The URL asked.
+        url: String,
+        /// The status code.
+        code: u16,
+        /// The body, printable and cut.
+        body: String,
+    },
+    /// HTTP 200 but not the JSON expected.
+    BadAnswer {
+        /// The URL asked.
+        url: String,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            #[cfg(not(feature = "tls"))]
+            ApiError::NoClient => f.write_str(
+                "this tunnel-agent was built without TLS, so it cannot ask the Meeting API \
+                 (HTTPS); install a build with TLS",
+            ),
+            ApiError::CaFile { path, why } => write!(
+                f,
+                "cannot use the CA file {} for the Meeting API: {why}",
+                path.display()
+            ),
+            ApiError::Unreachable { url, why } => write!(
+                f,
+                "the Meeting API at {url} did not answer: {why}; check api_url, the network \
+                 and the device's clock (TLS)"
+            ),
+            ApiError::Status { url, code, body } => {
+                write!(
+                    f,
+                    "the Meeting API answered HTTP {code} to {url}: \"{body}\""
+                )
+            }
+            ApiError::BadAnswer { url, why } => write!(
+                f,
+                "the Meeting API's answer to {url} is not what Meeting sends: {why}; is api_url \
+                 really the Meeting API?"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// What the API says of a device (`GET {api}/devices/{key}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceRecord {
+    /// HTTP 200 with a device record.
+    Found {
+        /// `authorized`.
+        authorized: bool,
+        /// `services`.
+        services: Vec<String>,
+    },
+    /// HTTP 404: no such device.
+    NotFound,
+}
+
+impl Client {
+    /// Fetches the device record, sending the token in `X-Token-Code` (its only use here).
+    pub fn device_record(&self, device_key: &str, token: &str) -> Result<DeviceRecord, ApiError> {
+        let url = self.url.device(device_key);
+        let (status, body) = self.get(&url, &[("X-Token-Code", token)])?;
+        match status {
+            200 => parse_record(&body).ok_or_else(|| ApiError::BadAnswer {
+                url,
+                why: format!(
+                    "HTTP 200 but the body is not a JSON object: \"{}\"",
+                    printable(body.as_bytes(), 80)
+                ),
+            }),
+            404 => Ok(DeviceRecord::NotFound),
+            code => Err(ApiError::Status {
+                url,
+                code,
+                body: printable(body.as_bytes(), 120),
+            }),
+        }
+    }
+
+    /// A GET; the status and the body (at most 256 KiB), whatever the status.
+    #[cfg(feature = "tls")]
+    fn get(&self, url: &str, headers: &[(&str, &str)]) -> Result<(u16, String), ApiError> {
+        let agent = self.agent()?;
+        let mut req = agent.get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut resp = req.call().map_err(|e| ApiError::Unreachable {
+            url: url.to_owned(),
+            why: e.to_string(),
+        })?;
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(256 * 1024)
+            .read_to_string()
+            .unwrap_or_default();
+        Ok((resp.status().as_u16(), body))
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn get(&self, _url: &str, _headers: &[(&str, &str)]) -> Result<(u16, String), ApiError> {
+        Err(ApiError::NoClient)
+    }
+
+    #[cfg(feature = "tls")]
+    fn agent(&self) -> Result<ureq::Agent, ApiError> {
+        use ureq::tls::{RootCerts, TlsConfig};
+        let mut tls = TlsConfig::builder();
+        if let Some(path) = &self.ca_file {
+            tls = tls.root_certs(RootCerts::new_with_certs(&read_ca(path)?));
+        }
+        Ok(ureq::Agent::config_builder()
+            .timeout_global(Some(self.timeout))
+            .http_status_as_error(false)
+            .tls_config(tls.build())
+            .user_agent(concat!("tunnel-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into())
+    }
+}
+
+/// The certificates of a PEM CA file.
+#[cfg(feature = "tls")]
+fn read_ca(path: &std::path::Path) -> Result<Vec<ureq::tls::Certificate<'static>>, ApiError> {
+    let ca_error = |why: String| ApiError::CaFile {
+        path: path.to_owned(),
+        why,
+    };
+    let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| ca_error(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(ca_error("no PEM certificate in it".into()));
+    }
+    Ok(certs)
+}
+
+fn parse_record(body: &str) -> Option<DeviceRecord> {
+    let v = serde_json::from_str::<Value>(body).ok()?;
+    let v = v.as_object()?;
+    Some(DeviceRecord::Found {
+        authorized: v
+            .get("authorized")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        services: v
+            .get("services")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_url_with_or_without_api_suffix() {
+        for u in [
+            "https://meeting.ygsoft.fr/api",
+            "https://meeting.ygsoft.fr/api/",
+            "https://meeting.ygsoft.fr",
+            "https://meeting.ygsoft.fr/",
+            " https://meeting.ygsoft.fr/api ",
+        ] {
+            let api = ApiUrl::new(u);
+            assert_eq!(
+                api.device("K"),
+                "https://meeting.ygsoft.fr/api/devices/K",
+                "{u}"
+            );
+            assert_eq!(api.to_string(), "https://meeting.ygsoft.fr/api");
+        }
+    }
+
+    #[test]
+    fn record_fields() {
+        assert_eq!(
+            parse_record(
+                r#"{"device_key":"K","authorized":true,"services":["ssh","scp","debug"]}"#
+            ),
+            Some(DeviceRecord::Found {
+                authorized: true,
+                services: vec!["ssh".into(), "scp".into(), "debug".into()]
+            })
+        );
+        assert_eq!(parse_record("<html>"), None);
+        assert_eq!(parse_record("[1]"), None);
+    }
+
+    #[test]
+    fn errors_read_as_sentences() {
+        let e = ApiError::Status {
+            url: "https://x/api/devices/K".into(),
+            code: 500,
+            body: "oops".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the Meeting API answered HTTP 500 to https://x/api/devices/K: \"oops\""
+        );
+    }
+}

@@ -1,0 +1,285 @@
+//! The TCP socket to the proxy: resolving, dialing, dead-link detection (keepalive and
+//! `TCP_USER_TIMEOUT`), and reading what the kernel knows when a connection ends (`TCP_INFO`,
+//! errno). Linux-specific; errno values come from `libc`, so they are right on every
+//! architecture (MIPS numbers them differently from x86 and ARM).
+#![allow(unsafe_code)]
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use log::{debug, warn};
+
+/// TCP keepalive and user timeout of the control socket: how a dead link is noticed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Idle time before the first probe.
+    pub idle: Duration,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is declared dead.
+    pub count: u32,
+    /// How long sent data may stay unacknowledged (`TCP_USER_TIMEOUT`).
+    pub user_timeout: Duration,
+}
+
+impl Keepalive {
+    /// How long without any acknowledgement from the peer means the kernel has given up for
+    /// sure: half the shorter of the two limits, so a slow timer does not hide a dead link
+    /// and a recent ACK never looks like one.
+    pub fn quiet_limit(&self) -> Duration {
+        self.user_timeout
+            .min(self.idle + self.interval * self.count)
+            / 2
+    }
+}
+
+/// Why no TCP connection to the proxy could be made.
+#[derive(Debug)]
+pub enum TcpError {
+    /// The host name did not resolve.
+    Resolve {
+        /// `host:port` as configured.
+        target: String,
+        /// Resolver error.
+        err: io::Error,
+    },
+    /// No address of the host accepted the connection.
+    Connect {
+        /// `host:port` as configured.
+        target: String,
+        /// The address tried last.
+        addr: SocketAddr,
+        /// Its error.
+        err: io::Error,
+        /// The bound of each attempt.
+        timeout: Duration,
+    },
+}
+
+impl TcpError {
+    /// True when the proxy host answered with a refusal (nothing listens on the port).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, TcpError::Connect { err, .. } if err.kind() == io::ErrorKind::ConnectionRefused)
+    }
+}
+
+impl fmt::Display for TcpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TcpError::Resolve { target, err } => write!(
+                f,
+                "cannot resolve the proxy host of {target}: {err}; check the tunnel_host setting \
+                 and the device's DNS (/etc/resolv.conf)"
+            ),
+            TcpError::Connect {
+                target, addr, err, ..
+            } if err.kind() == io::ErrorKind::ConnectionRefused => write!(
+                f,
+                "the proxy {target} ({addr}) refused the TCP connection: the proxy is down or \
+                 tunnel_port is wrong"
+            ),
+            TcpError::Connect {
+                target,
+                addr,
+                err,
+                timeout,
+            } if matches!(
+                err.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ) =>
+            {
+                write!(
+                    f,
+                    "no answer from the proxy {target} ({addr}) within {} s: a firewall drops \
+                     the traffic or the network is down",
+                    timeout.as_secs()
+                )
+            }
+            TcpError::Connect {
+                target, addr, err, ..
+            } => write!(
+                f,
+                "cannot connect to the proxy {target} ({addr}): {err}; check the network \
+                 (ip route) and tunnel_host"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TcpError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TcpError::Resolve { err, .. } | TcpError::Connect { err, .. } => Some(err),
+        }
+    }
+}
+
+/// Resolves `host:port`.
+pub fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, TcpError> {
+    let target = format!("{host}:{port}");
+    let addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(|err| TcpError::Resolve {
+            target: target.clone(),
+            err,
+        })?
+        .collect::<Vec<_>>();
+    if addrs.is_empty() {
+        return Err(TcpError::Resolve {
+            target,
+            err: io::Error::new(io::ErrorKind::NotFound, "the name has no address"),
+        });
+    }
+    Ok(addrs)
+}
+
+/// Connects to the first of `addrs` that accepts within `timeout` each; on failure, the error
+/// of the last address tried. `target` names the destination in the error.
+pub fn connect_any(
+    target: &str,
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), TcpError> {
+    let mut last = None;
+    for &addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => return Ok((s, addr)),
+            Err(err) => {
+                debug!("connect to {addr} failed: {err}");
+                last = Some((addr, err));
+            }
+        }
+    }
+    let (addr, err) = last.unwrap_or_else(|| {
+        (
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+            io::Error::new(io::ErrorKind::NotFound, "no address to connect to"),
+        )
+    });
+    Err(TcpError::Connect {
+        target: target.to_owned(),
+        addr,
+        err,
+        timeout,
+    })
+}
+
+/// Resolves and connects to `host:port`, then arms dead-link detection on the socket.
+pub fn dial(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+    keepalive: &Keepalive,
+) -> Result<TcpStream, TcpError> {
+    let addrs = resolve(host, port)?;
+    let (sock, _) = connect_any(&format!("{host}:{port}"), &addrs, timeout)?;
+    arm_keepalive(&sock, keepalive);
+    Ok(sock)
+}
+
+/// Arms dead-link detection on `sock`: the protocol has no ping frame, so TCP keepalive
+/// notices an idle dead link and `TCP_USER_TIMEOUT` a busy one.
+pub fn arm_keepalive(sock: &TcpStream, k: &Keepalive) {
+    let s = socket2::SockRef::from(sock);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(k.idle)
+        .with_interval(k.interval)
+        .with_retries(k.count);
+    if let Err(e) = s.set_tcp_keepalive(&ka) {
+        warn!("cannot enable TCP keepalive on the control connection: {e}; a dead link may go unnoticed");
+    }
+    if let Err(e) = s.set_tcp_user_timeout(Some(k.user_timeout)) {
+        warn!("cannot set TCP_USER_TIMEOUT on the control connection: {e}");
+    }
+}
+
+/// Whether an error on an established connection means the link died: the kernel gave up on
+/// keepalive probes or unacknowledged data. It reports `ETIMEDOUT`, or the soft error it met
+/// on the way (`EHOSTUNREACH`, `ENETUNREACH`).
+pub fn is_dead_link(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::TimedOut
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::ENETUNREACH | libc::ETIMEDOUT | libc::EHOSTUNREACH)
+        )
+}
+
+/// Whether the kernel gave up on `sock` with no acknowledgement from the peer for at least
+/// `quiet`: a dead link whose error was reported where the session does not see it. splice(2)
+/// drops the `ETIMEDOUT` when it had moved some bytes before it, and then the read sees end of
+/// file and the next write `EPIPE`, as if the proxy had closed. A proxy that really closes
+/// sends FIN or RST, so the connection is either not closed yet or its last ACK is recent.
+pub fn acks_stopped(sock: &TcpStream, quiet: Duration) -> bool {
+    // TCP_CLOSE from the kernel's tcp_states.h (libc has no constant for it).
+    const TCP_CLOSE: u8 = 7;
+    // SAFETY: tcp_info is plain integers, valid when zeroed; getsockopt writes at most `len`
+    // bytes into it and the descriptor is open for the call.
+    let (rc, info) = unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        (rc, info)
+    };
+    rc == 0
+        && info.tcpi_state == TCP_CLOSE
+        && Duration::from_millis(info.tcpi_last_ack_recv.into()) >= quiet
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_link_errors_by_libc_number() {
+        for errno in [libc::ETIMEDOUT, libc::EHOSTUNREACH, libc::ENETUNREACH] {
+            assert!(
+                is_dead_link(&io::Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+        for errno in [libc::ECONNRESET, libc::EPIPE, libc::ECONNREFUSED] {
+            assert!(
+                !is_dead_link(&io::Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+    }
+
+    #[test]
+    fn refused_connect_is_named() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let e = connect_any("p:1", &[addr], Duration::from_secs(2)).unwrap_err();
+        assert!(e.is_refused());
+        let text = e.to_string();
+        assert!(text.contains("refused the TCP connection"), "{text}");
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn unresolvable_name_says_what_to_check() {
+        let e = resolve("no-such-host.invalid", 9001).unwrap_err();
+        assert!(e.to_string().contains("tunnel_host"), "{e}");
+    }
+
+    #[test]
+    fn quiet_limit_is_half_the_shorter_limit() {
+        let k = Keepalive {
+            idle: Duration::from_secs(30),
+            interval: Duration::from_secs(10),
+            count: 3,
+            user_timeout: Duration::from_secs(60),
+        };
+        assert_eq!(k.quiet_limit(), Duration::from_secs(30));
+    }
+}

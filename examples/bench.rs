@@ -11,14 +11,14 @@ mod peers;
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use support::{
-    cpu_seconds, cpu_seconds_with_children, first_word, start, start_agent, status_field, wait_for,
-    Running,
+    cpu_seconds, cpu_seconds_with_children, echo_server, first_word, free_port, start, start_agent,
+    status_field, wait_for, Running,
 };
 
 const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
@@ -36,14 +36,6 @@ fn repeats() -> usize {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -119,22 +111,6 @@ fn latency(port: u16) -> (f64, f64) {
     }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     (v[v.len() / 2], v[v.len() * 99 / 100])
-}
-
-fn echo_service() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    thread::spawn(move || {
-        for c in l.incoming().map_while(Result::ok) {
-            let _ = c.set_nodelay(true);
-            thread::spawn(move || {
-                let mut r = c.try_clone().unwrap();
-                let mut w = c;
-                let _ = std::io::copy(&mut r, &mut w);
-            });
-        }
-    });
-    port
 }
 
 fn spawn_quiet(program: &str, args: &[&str]) -> Running {
@@ -289,7 +265,7 @@ fn main() {
     let iperf_port = free_port();
     let _iperf = spawn_quiet("iperf3", &["-s", "-p", &iperf_port.to_string()]);
     wait_listening(iperf_port);
-    let echo = echo_service();
+    let echo = echo_server();
     if std::env::var("BENCH_ONLY").as_deref() == Ok("latency") {
         return latency_only(echo);
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{start, start_agent, status_field, wait_for, Running};
+use support::{free_port, random_bytes, start, start_agent, wait_for, Running};
 
 const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
 const TOKEN: &str = "50a4c0de";
@@ -37,27 +37,6 @@ fn parse_duration(s: &str) -> Duration {
         "h" => n * 3600,
         _ => panic!("DURATION: unit of {s:?} must be s, m or h"),
     })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Deterministic pseudo-random bytes.
-fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 24) as u8
-        })
-        .collect()
 }
 
 /// Sends `data` and reads it back through the tunnel; `Err` if the connection broke (proxy
@@ -114,33 +93,27 @@ fn worker(kind: u32, id: u64, public: SocketAddr, stats: Arc<Stats>, stop: Arc<A
         match kind {
             0 => {
                 for i in 0..500u64 {
-                    let msg = bytes(1 + (seed + i) as usize % 64, seed + i);
+                    let msg = random_bytes(1 + (seed + i) as usize % 64, seed + i);
                     if !record(&stats, echo(&c, &msg), msg.len()) || stop.load(Ordering::Relaxed) {
                         break;
                     }
                 }
             }
             1 => {
-                let msg = bytes((1 << 20) + (seed as usize % (7 << 20)), seed);
+                let msg = random_bytes((1 << 20) + (seed as usize % (7 << 20)), seed);
                 record(&stats, echo(&c, &msg), msg.len());
             }
             _ => {
-                let msg = bytes(16, seed);
+                let msg = random_bytes(16, seed);
                 record(&stats, echo(&c, &msg), msg.len());
             }
         }
     }
 }
 
-fn usage(pid: u32) -> String {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    format!(
-        "fds {fds}, threads {}, RSS {} kB",
-        status_field(pid, "Threads:"),
-        status_field(pid, "VmRSS:")
-    )
+fn usage_line(pid: u32) -> String {
+    let (fds, threads, rss) = support::usage(pid);
+    format!("fds {fds}, threads {threads}, RSS {rss} kB")
 }
 
 fn main() {
@@ -202,7 +175,7 @@ fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     // Warm up, then take the starting figures.
     thread::sleep(Duration::from_secs(1)); // let the first channels come and go
-    let at_start = usage(pid);
+    let at_start = usage_line(pid);
     let workers: Vec<_> = [(0, 4), (1, 2), (2, 2)]
         .iter()
         .flat_map(|&(kind, n)| (0..n).map(move |i| (kind, i)))
@@ -232,7 +205,7 @@ fn main() {
                 stats.corruptions.load(Ordering::Relaxed),
                 stats.interrupted.load(Ordering::Relaxed),
                 stats.channels.load(Ordering::Relaxed),
-                usage(pid)
+                usage_line(pid)
             );
             next_report += Duration::from_secs(60);
         }
@@ -242,7 +215,7 @@ fn main() {
         let _ = w.join();
     }
     thread::sleep(Duration::from_secs(2)); // let the last channel threads end before measuring
-    let at_end = usage(pid);
+    let at_end = usage_line(pid);
     let corruptions = stats.corruptions.load(Ordering::Relaxed);
     println!("soak finished after {:.0} s", t0.elapsed().as_secs_f64());
     println!(

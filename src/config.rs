@@ -548,7 +548,7 @@ impl std::error::Error for ConfigError {
     }
 }
 
-/// The keys of a configuration file, as deployed devices have them (PROTOCOL.md section 5).
+/// The keys of a configuration file, as deployed devices have them (docs/protocol.md, section 6).
 /// Unknown keys are ignored.
 struct FileValues {
     path: PathBuf,

@@ -1,4 +1,4 @@
-//! Every row of the handshake table of PROTOCOL.md section 2, checked on what the real agent
+//! Every row of the handshake table of docs/protocol.md section 2, checked on what the real agent
 //! logs and does (frame mode, or which backoff).
 
 mod common;

@@ -208,23 +208,6 @@ fn two_hundred_fifty_six_channels_at_once_all_carry_data() {
     }
 }
 
-/// Open file descriptors, threads and resident memory (KiB) of a process, from /proc.
-fn usage(pid: u32) -> (usize, u64, u64) {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|n| n.parse().ok())
-            .unwrap()
-    };
-    (fds, field("Threads:"), field("VmRSS:"))
-}
-
 /// Waits until no channel thread runs and the agent's fds and threads are back to `base`
 /// (channel threads end a moment after their channel closes).
 fn settle(pid: u32, base: (usize, u64, u64)) -> (usize, u64, u64) {

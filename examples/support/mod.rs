@@ -1,6 +1,11 @@
 //! Running the real binaries from the examples (demo, soak): start, read logs, stop.
 #![allow(dead_code)]
 
+#[path = "../../tests/support/mod.rs"]
+mod shared;
+#[allow(unused_imports)]
+pub use shared::*;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -110,40 +115,4 @@ pub fn start_agent(
     }
     args.extend(extra);
     start("tunnel-agent", &args, &[("MEETING_TOKEN", token)], echo)
-}
-
-/// User + system CPU seconds of a process, from /proc (USER_HZ is 100 on Linux).
-pub fn cpu_seconds(pid: u32) -> f64 {
-    stat_fields(pid, &[11, 12])
-}
-
-/// The same, plus what its finished children handed back (cutime, cstime).
-pub fn cpu_seconds_with_children(pid: u32) -> f64 {
-    stat_fields(pid, &[11, 12, 13, 14])
-}
-
-fn stat_fields(pid: u32, which: &[usize]) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    which
-        .iter()
-        .map(|&i| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
-        .sum::<f64>()
-        / 100.0
-}
-
-/// A field of /proc/PID/status such as `VmRSS:` or `Threads:` (its first number).
-pub fn status_field(pid: u32, name: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }

@@ -1,4 +1,9 @@
 //! The agent role: keep a control connection to the proxy up forever and serve its channels.
+//!
+//! Owns the reconnect loop and its backoff, the session (handshake and frame loop), the
+//! channels to local services, the status file and the orderly stop. Reaches the proxy only
+//! through `transport`, speaks only through `protocol` and `uplink`; must not print to stdout
+//! (that is the binary's) or be used by `check` (which must not disturb a running agent).
 
 pub mod channels;
 pub mod session;

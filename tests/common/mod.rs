@@ -2,8 +2,13 @@
 //! loopback services (echo, a scriptable fake proxy).
 #![allow(dead_code)]
 
+#[path = "../support/mod.rs"]
+mod support;
+#[allow(unused_imports)]
+pub use support::*;
+
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
@@ -273,40 +278,9 @@ pub fn agent_with_env(proxy: SocketAddr, extra: &[&str], env: &[(&str, &str)]) -
     Proc::spawn(bin("tunnel-agent"), &args, &all_env)
 }
 
-/// A loopback echo service; returns its port. Runs until the test process ends.
-pub fn echo_server() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    thread::spawn(move || {
-        for c in l.incoming() {
-            let Ok(mut c) = c else { continue };
-            thread::spawn(move || {
-                let mut r = c.try_clone().unwrap();
-                let _ = std::io::copy(&mut r, &mut c);
-                let _ = c.shutdown(Shutdown::Both);
-            });
-        }
-    });
-    port
-}
-
 /// A loopback port on which nothing listens.
 pub fn closed_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// Deterministic pseudo-random bytes.
-pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 24) as u8
-        })
-        .collect()
+    free_port()
 }
 
 /// Sends `data` through `addr` (an echo behind the tunnel) and returns what came back,
@@ -371,18 +345,4 @@ pub fn reconnect_delay(agent: &Proc) -> f64 {
     let line = agent.wait_for("reconnecting in ", SOON);
     let rest = &line[line.find("reconnecting in ").unwrap() + 16..];
     rest.split_whitespace().next().unwrap().parse().unwrap()
-}
-
-/// Kernel wait channel of each thread of `pid` whose name starts with `prefix` (the agent
-/// names its channel threads `channel-<stream>`).
-pub fn wchans(pid: u32, prefix: &str) -> Vec<String> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|t| {
-            let t = t.ok()?.path();
-            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
-            comm.starts_with(prefix)
-                .then(|| std::fs::read_to_string(t.join("wchan")).unwrap_or_default())
-        })
-        .collect()
 }

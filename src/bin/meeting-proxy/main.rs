@@ -1,5 +1,9 @@
 //! `meeting-proxy`: the reference server side of the Meeting tunnel, for tests, demos and
 //! self-hosting.
+//!
+//! Owns the proxy's listeners, its device registry and public ports. Shares the wire code
+//! (`protocol`), TLS (`transport`) and the frame writer (`uplink`) with the agent; must not
+//! use the agent's roles or configuration.
 
 mod control;
 mod public;

@@ -43,7 +43,7 @@ pub enum ReplyMode {
     SilentClose,
 }
 
-/// Which refusal form the proxy sends in `normal` mode (PROTOCOL.md section 2).
+/// Which refusal form the proxy sends in `normal` mode (docs/protocol.md, section 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorForm {

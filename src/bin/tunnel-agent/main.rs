@@ -1,4 +1,7 @@
 //! `tunnel-agent`: the program devices run.
+//!
+//! Owns the command line, the exit statuses, signals and what is printed; the work is the
+//! library's (`agent`, `check`). Must not hold protocol or network logic of its own.
 
 mod cli;
 

@@ -1,0 +1,116 @@
+//! Helpers shared by the tests (`tests/common`), the examples and the benchmark
+//! (`examples/support`): test data, loopback ports and services, and readers of `/proc`.
+//! Both include this file (`#[path]`), so each helper exists once.
+#![allow(dead_code)]
+
+use std::net::{Shutdown, TcpListener};
+use std::thread;
+
+/// Deterministic pseudo-random bytes (xorshift), so a corrupted byte is found by comparing.
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        })
+        .collect()
+}
+
+/// A loopback port that was free a moment ago (nothing listens on it now).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A loopback echo service (`TCP_NODELAY`, so it answers a byte at once); returns its port.
+/// Runs until the process ends.
+pub fn echo_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an echo service");
+    let port = l.local_addr().expect("its address").port();
+    thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let _ = c.set_nodelay(true);
+            thread::spawn(move || {
+                let Ok(mut r) = c.try_clone() else { return };
+                let _ = std::io::copy(&mut r, &mut c);
+                let _ = c.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    port
+}
+
+/// A field of /proc/PID/status such as `VmRSS:` or `Threads:` (its first number; 0 when the
+/// process is gone).
+pub fn status_field(pid: u32, name: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Open file descriptors of a process.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Open file descriptors, threads and resident memory (KiB) of a process.
+pub fn usage(pid: u32) -> (usize, u64, u64) {
+    (
+        open_fds(pid),
+        status_field(pid, "Threads:"),
+        status_field(pid, "VmRSS:"),
+    )
+}
+
+/// User + system CPU seconds of a process, from /proc (USER_HZ is 100 on Linux).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    stat_fields(pid, &[11, 12])
+}
+
+/// The same, plus what its finished children handed back (cutime, cstime).
+pub fn cpu_seconds_with_children(pid: u32) -> f64 {
+    stat_fields(pid, &[11, 12, 13, 14])
+}
+
+fn stat_fields(pid: u32, which: &[usize]) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    which
+        .iter()
+        .map(|&i| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
+        .sum::<f64>()
+        / 100.0
+}
+
+/// Kernel wait channel of each thread of `pid` whose name starts with `prefix` (the agent
+/// names its channel threads `channel-<stream>`).
+pub fn wchans(pid: u32, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|t| {
+                let t = t.ok()?.path();
+                let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+                comm.starts_with(prefix)
+                    .then(|| std::fs::read_to_string(t.join("wchan")).unwrap_or_default())
+            })
+            .collect()
+        })
+        .unwrap_or_default()
+}

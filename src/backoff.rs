@@ -32,6 +32,23 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// A policy starting at `base`, doubling to `cap`, never below `refusal_floor` after a
+    /// refusal, reset by a session that lasted `stable_after`.
+    pub fn new(
+        base: Duration,
+        cap: Duration,
+        refusal_floor: Duration,
+        stable_after: Duration,
+    ) -> Self {
+        Backoff {
+            attempt: 0,
+            base,
+            cap,
+            refusal_floor,
+            stable_after,
+        }
+    }
+
     /// Notes that a session was up for `uptime`; a long enough one resets the sequence.
     pub fn session_ended(&mut self, uptime: Duration) {
         if uptime >= self.stable_after {

@@ -9,6 +9,10 @@ use serde_json::{Map, Value};
 
 /// Proxy host used when nothing else is configured.
 pub const DEFAULT_HOST: &str = "meeting.ygsoft.fr";
+/// Meeting API of the production proxy host, used when `tunnel_host` is [`DEFAULT_HOST`].
+pub const DEFAULT_API_URL: &str = "https://meeting.ygsoft.fr/api";
+/// Shortest heartbeat interval accepted.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// Proxy control port used when nothing else is configured.
 pub const DEFAULT_PORT: u16 = 9001;
 /// Configuration files tried in order when `--config` is not given.
@@ -116,167 +120,35 @@ const fn setting(
 
 /// Every setting of the agent. `--config` and the verbosity flags are not settings: they say
 /// where to look and how much to log.
+#[rustfmt::skip]
 pub const SETTINGS: &[Setting] = &[
-    setting(
-        "device_key",
-        Some("--device-key"),
-        Some("MEETING_DEVICE_KEY"),
-        "KEY",
-        "",
-        "device key (last resort: /etc/meeting/device_info.json)",
-    ),
-    setting(
-        "token_code",
-        None,
-        Some("MEETING_TOKEN"),
-        "",
-        "",
-        "token (never a flag)",
-    ),
-    setting(
-        "tunnel_host",
-        Some("--host"),
-        Some("MEETING_TUNNEL_HOST"),
-        "HOST",
-        DEFAULT_HOST,
-        "proxy host",
-    ),
-    setting(
-        "tunnel_port",
-        Some("--port"),
-        Some("MEETING_TUNNEL_PORT"),
-        "PORT",
-        "9001",
-        "proxy control port",
-    ),
-    setting(
-        "tunnel_ssl",
-        Some("--tls"),
-        Some("MEETING_TUNNEL_TLS"),
-        "",
-        "false",
-        "TLS to the proxy",
-    ),
-    setting(
-        "ca_file",
-        Some("--ca-file"),
-        None,
-        "FILE",
-        "",
-        "trust this PEM CA bundle instead of the public roots",
-    ),
-    setting(
-        "tls_server_name",
-        Some("--tls-server-name"),
-        None,
-        "NAME",
-        "the host",
-        "name checked in the proxy certificate",
-    ),
-    setting(
-        "api_url",
-        None,
-        None,
-        "",
-        "",
-        "Meeting API base URL, with or without /api",
-    ),
-    setting(
-        "handshake_timeout",
-        Some("--handshake-timeout"),
-        None,
-        "SECS",
-        "5",
-        "wait for the handshake reply before assuming an older proxy",
-    ),
-    setting(
-        "connect_timeout",
-        Some("--connect-timeout"),
-        None,
-        "SECS",
-        "5",
-        "local connect timeout per channel",
-    ),
-    setting(
-        "allowed_ports",
-        Some("--allow-port"),
-        None,
-        "PORT",
-        "22",
-        "local port the proxy may open (flag repeatable; file: [22, 5900])",
-    ),
-    setting(
-        "max_channels",
-        Some("--max-channels"),
-        None,
-        "N",
-        "64",
-        "channels open at once",
-    ),
-    setting(
-        "max_frame",
-        Some("--max-frame"),
-        None,
-        "BYTES",
-        "1048576",
-        "largest frame accepted from the proxy",
-    ),
-    setting(
-        "keepalive_idle",
-        Some("--keepalive-idle"),
-        None,
-        "SECS",
-        "30",
-        "dead-link detection: idle time before TCP keepalive probes",
-    ),
-    setting(
-        "keepalive_interval",
-        Some("--keepalive-interval"),
-        None,
-        "SECS",
-        "10",
-        "time between probes",
-    ),
-    setting(
-        "keepalive_count",
-        Some("--keepalive-count"),
-        None,
-        "N",
-        "3",
-        "unanswered probes before the link is declared dead",
-    ),
-    setting(
-        "user_timeout",
-        Some("--user-timeout"),
-        None,
-        "SECS",
-        "60",
-        "sent data unacknowledged this long: the link is dead",
-    ),
-    setting(
-        "status_file",
-        Some("--status-file"),
-        None,
-        "PATH",
-        DEFAULT_STATUS_FILE,
-        "status file ('' turns it off)",
-    ),
-    setting(
-        "syslog",
-        Some("--syslog"),
-        None,
-        "",
-        "false",
-        "log to the local syslog socket instead of stderr",
-    ),
-    setting(
-        "syslog_socket",
-        Some("--syslog-socket"),
-        None,
-        "PATH",
-        crate::logging::SYSLOG_SOCKET,
-        "that socket",
-    ),
+    // key, flag, environment, the flag's value, default (as shown), what it does
+    setting("device_key", Some("--device-key"), Some("MEETING_DEVICE_KEY"), "KEY", "", "device key (last resort: /etc/meeting/device_info.json)"),
+    setting("token_code", None, Some("MEETING_TOKEN"), "", "", "token (never a flag)"),
+    setting("tunnel_host", Some("--host"), Some("MEETING_TUNNEL_HOST"), "HOST", DEFAULT_HOST, "proxy host"),
+    setting("tunnel_port", Some("--port"), Some("MEETING_TUNNEL_PORT"), "PORT", "9001", "proxy control port"),
+    setting("tunnel_ssl", Some("--tls"), Some("MEETING_TUNNEL_TLS"), "", "false", "TLS to the proxy"),
+    setting("ca_file", Some("--ca-file"), None, "FILE", "", "trust this PEM CA bundle instead of the public roots"),
+    setting("tls_server_name", Some("--tls-server-name"), None, "NAME", "the host", "name checked in the proxy certificate"),
+    setting("api_url", Some("--api-url"), Some("MEETING_API_URL"), "URL", "https://meeting.ygsoft.fr/api with the default host, else none", "Meeting API base URL, with or without /api"),
+    setting("api_ca_file", Some("--api-ca-file"), None, "FILE", "ca_file", "PEM CA bundle for the Meeting API, when it differs from the proxy's"),
+    setting("heartbeat", Some("--heartbeat"), Some("MEETING_HEARTBEAT"), "true|false", "true when an API URL is known", "keep the device online in Meeting"),
+    setting("heartbeat_interval", Some("--heartbeat-interval"), None, "SECS", "30", "time between heartbeats (at least 5)"),
+    setting("heartbeat_note", None, None, "", "tunnel-agent VERSION on MODEL", "the note the heartbeat sends"),
+    setting("heartbeat_retry_unregistered", None, None, "", "600", "seconds between heartbeats while Meeting answers 404/401/403"),
+    setting("public_ip_url", None, None, "", "", "URL answering the device's public address as text (none: not sent)"),
+    setting("handshake_timeout", Some("--handshake-timeout"), None, "SECS", "5", "wait for the handshake reply before assuming an older proxy"),
+    setting("connect_timeout", Some("--connect-timeout"), None, "SECS", "5", "local connect timeout per channel"),
+    setting("allowed_ports", Some("--allow-port"), None, "PORT", "22", "local port the proxy may open (flag repeatable; file: [22, 5900])"),
+    setting("max_channels", Some("--max-channels"), None, "N", "64", "channels open at once"),
+    setting("max_frame", Some("--max-frame"), None, "BYTES", "1048576", "largest frame accepted from the proxy"),
+    setting("keepalive_idle", Some("--keepalive-idle"), None, "SECS", "30", "dead-link detection: idle time before TCP keepalive probes"),
+    setting("keepalive_interval", Some("--keepalive-interval"), None, "SECS", "10", "time between probes"),
+    setting("keepalive_count", Some("--keepalive-count"), None, "N", "3", "unanswered probes before the link is declared dead"),
+    setting("user_timeout", Some("--user-timeout"), None, "SECS", "60", "sent data unacknowledged this long: the link is dead"),
+    setting("status_file", Some("--status-file"), None, "PATH", DEFAULT_STATUS_FILE, "status file ('' turns it off)"),
+    setting("syslog", Some("--syslog"), None, "", "false", "log to the local syslog socket instead of stderr"),
+    setting("syslog_socket", Some("--syslog-socket"), None, "PATH", crate::logging::SYSLOG_SOCKET, "that socket"),
 ];
 
 /// The setting with JSON key `key`.
@@ -389,8 +261,11 @@ pub struct Config {
     pub port: Sourced<u16>,
     /// TLS to the proxy.
     pub tls: Sourced<bool>,
-    /// Meeting REST API base URL, when configured.
+    /// Meeting REST API base URL, when configured (or the production one for the default
+    /// proxy host).
     pub api_url: Option<Sourced<String>>,
+    /// Meeting presence.
+    pub heartbeat: Heartbeat,
     /// How long to wait for the proxy's handshake reply before assuming an older proxy.
     pub handshake_timeout: Duration,
     /// How long a local connection (e.g. to sshd) may take before the channel is closed.
@@ -448,6 +323,25 @@ impl Config {
 }
 
 pub use crate::transport::tcp::Keepalive;
+
+/// Meeting presence: the heartbeat's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The Meeting API (`api_url`, or the production default), when known.
+    pub api: Option<Sourced<String>>,
+    /// `Some(why)` when no heartbeat is sent.
+    pub off: Option<String>,
+    /// Time between beats.
+    pub interval: Duration,
+    /// Time between beats while the server answers 404, 401 or 403.
+    pub retry_unregistered: Duration,
+    /// The `note` member.
+    pub note: String,
+    /// URL answering the public address, when configured.
+    pub public_ip_url: Option<String>,
+    /// CA bundle for the API (`api_ca_file`, else `ca_file`).
+    pub ca_file: Option<PathBuf>,
+}
 
 /// Default status file.
 pub const DEFAULT_STATUS_FILE: &str = "/run/tunnel-agent/status.json";
@@ -857,6 +751,16 @@ pub fn load(
     let secs = |key, default| p.parsed(key, Duration::from_secs(default), parse_secs);
     let count = |key, default, max| p.parsed(key, default, parse_count(max));
     let tls_server_name = p.text("tls_server_name")?.unwrap_or_else(|| host.clone());
+    let ca_file = p.text("ca_file")?.map(|s| Sourced {
+        value: PathBuf::from(s.value),
+        source: s.source,
+    });
+    let api_url = p.text("api_url")?.or_else(|| {
+        (host.value == DEFAULT_HOST).then(|| Sourced {
+            value: DEFAULT_API_URL.to_owned(),
+            source: Source::Default,
+        })
+    });
     let allowed_ports = allowed_ports(p)?;
     let keepalive = Keepalive {
         idle: secs("keepalive_idle", 30)?.value,
@@ -888,14 +792,12 @@ pub fn load(
         host,
         port,
         tls,
-        api_url: p.text("api_url")?,
+        heartbeat: heartbeat(p, api_url.clone(), ca_file.as_ref())?,
+        api_url,
         handshake_timeout: secs("handshake_timeout", 5)?.value,
         connect_timeout: secs("connect_timeout", 5)?.value,
         allowed_ports,
-        ca_file: p.text("ca_file")?.map(|s| Sourced {
-            value: PathBuf::from(s.value),
-            source: s.source,
-        }),
+        ca_file,
         tls_server_name,
         max_channels: count("max_channels", 64, 100_000)?.value as usize,
         max_frame: count(
@@ -909,6 +811,69 @@ pub fn load(
         syslog,
         file: places.file.map(|f| f.path),
     })
+}
+
+/// The heartbeat's settings.
+fn heartbeat(
+    p: &Places,
+    api: Option<Sourced<String>>,
+    ca_file: Option<&Sourced<PathBuf>>,
+) -> Result<Heartbeat, ConfigError> {
+    let wanted = p.parsed("heartbeat", true, parse_bool)?;
+    let off = match (&api, wanted.value) {
+        (_, false) => Some(format!("heartbeat false ({})", wanted.source)),
+        (None, true) => Some(
+            "no api_url configured, and the proxy is not the production one (set api_url or \
+             MEETING_API_URL)"
+                .to_owned(),
+        ),
+        (Some(_), true) => None,
+    };
+    let interval = p
+        .parsed("heartbeat_interval", Duration::from_secs(30), parse_secs)?
+        .value
+        .max(MIN_HEARTBEAT_INTERVAL);
+    let retry = p.parsed(
+        "heartbeat_retry_unregistered",
+        Duration::from_secs(600),
+        parse_secs,
+    )?;
+    let note = match p.text("heartbeat_note")? {
+        Some(n) => n.value.chars().take(200).collect(),
+        None => format!(
+            "tunnel-agent {} on {}",
+            env!("CARGO_PKG_VERSION"),
+            device_model()
+        ),
+    };
+    Ok(Heartbeat {
+        api,
+        off,
+        interval,
+        retry_unregistered: retry.value,
+        note,
+        public_ip_url: p.text("public_ip_url")?.map(|s| s.value),
+        ca_file: p
+            .text("api_ca_file")?
+            .map(|s| PathBuf::from(s.value))
+            .or_else(|| ca_file.map(|c| c.value.clone())),
+    })
+}
+
+/// The board's model (`/proc/device-tree/model`, e.g. "Raspberry Pi 4 Model B Rev 1.4"), else
+/// the host name.
+fn device_model() -> String {
+    let read = |p: &str| {
+        std::fs::read(p).ok().map(|b| {
+            String::from_utf8_lossy(&b)
+                .trim_matches(|c: char| c == '\0' || c.is_whitespace())
+                .to_owned()
+        })
+    };
+    read("/proc/device-tree/model")
+        .filter(|m| !m.is_empty())
+        .or_else(|| read("/proc/sys/kernel/hostname").filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| "unknown device".to_owned())
 }
 
 /// `allowed_ports`: every `--allow-port`, else the file's list, else 22.

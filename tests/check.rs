@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 
 use common::*;
@@ -57,41 +57,21 @@ fn black_hole() -> (SocketAddr, socket2::Socket, TcpStream) {
     (addr, s, filler)
 }
 
-/// The fake Meeting API: answers `GET /api/devices/{key}` and records the requests.
-struct FakeApi {
-    url: String,
-    seen: Arc<Mutex<Vec<String>>>,
+/// The suite's fake Meeting API (HTTPS) answering the device record with `status`/`body`, and
+/// showing the device Available.
+fn fake_api(status: u16, body: &str) -> FakeApi {
+    let api = FakeApi::start(&[KEY]);
+    api.answer("GET", &format!("/api/devices/{KEY}"), status, body);
+    api.answer(
+        "GET",
+        &format!("/api/devices/{KEY}/availability"),
+        200,
+        AVAILABLE,
+    );
+    api
 }
 
-fn fake_api(status: u16, body: &'static str) -> FakeApi {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    let addr = serve(move |c| {
-        let mut r = BufReader::new(c.try_clone().unwrap());
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                break;
-            }
-            head.push_str(&line);
-        }
-        log.lock().unwrap().push(head);
-        let reason = if status == 200 { "OK" } else { "Not Found" };
-        let _ = (&c).write_all(
-            format!(
-                "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        );
-    });
-    FakeApi {
-        url: format!("http://{addr}/api"),
-        seen,
-    }
-}
-
+const AVAILABLE: &str = r#"{"status":"Available","last_heartbeat":"2026-11-25 07:00:00","since":"2026-11-25 06:00:00","uptime":3600}"#;
 const AUTHORIZED: &str = r#"{"device_key":"3316A52EB08837267BF6BD3E2B2E8DC7","authorized":true,"services":["ssh","scp","debug"]}"#;
 const UNAUTHORIZED: &str =
     r#"{"device_key":"3316A52EB08837267BF6BD3E2B2E8DC7","authorized":false,"services":["ssh"]}"#;
@@ -101,6 +81,7 @@ struct Setup {
     host: String,
     port: u16,
     api: Option<String>,
+    api_ca: Option<PathBuf>,
     local: u16,
     timeout: &'static str,
 }
@@ -111,6 +92,7 @@ impl Setup {
             host: "127.0.0.1".into(),
             port: proxy.port(),
             api: None,
+            api_ca: None,
             local,
             timeout: "1",
         }
@@ -170,6 +152,9 @@ fn check(s: &Setup) -> Outcome {
     if let Some(api) = &s.api {
         v["api_url"] = api.clone().into();
     }
+    if let Some(ca) = &s.api_ca {
+        v["api_ca_file"] = ca.display().to_string().into();
+    }
     std::fs::write(&cfg, v.to_string()).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -209,23 +194,39 @@ fn ok_when_everything_works() {
     let api = fake_api(200, AUTHORIZED);
     let mut s = Setup::new(proxy.control, fake_sshd());
     s.api = Some(api.url.clone());
+    s.api_ca = Some(api.ca_file.clone());
     let o = check(&s);
     o.assert("ok", 0, &["SSH-2.0-OpenSSH_9.2p1", "authorized: true", KEY]);
     assert_eq!(o.step("handshake")["status"], "pass");
     assert_eq!(o.step("api")["status"], "pass");
-    let seen = api.seen.lock().unwrap();
-    assert!(
-        seen[0].starts_with(&format!("GET /api/devices/{KEY} HTTP/1.1")),
-        "{}",
-        seen[0]
+    assert_eq!(o.step("presence")["status"], "pass");
+    let seen = api.requests_to("GET", &format!("/api/devices/{KEY}"));
+    assert_eq!(seen[0].header("x-token-code"), Some(TOKEN));
+    // The token goes only into that header: not into the presence request.
+    for r in api.requests_to("GET", &format!("/api/devices/{KEY}/availability")) {
+        assert!(r.header("x-token-code").is_none(), "{r:?}");
+        assert!(!format!("{r:?}").contains(TOKEN), "{r:?}");
+    }
+}
+
+#[test]
+fn accepted_but_disconnected_in_meeting_says_why() {
+    let proxy = Proxy::start(&["--device", &format!("{KEY}={TOKEN}")]);
+    let api = FakeApi::start(&[KEY]);
+    let mut s = Setup::new(proxy.control, fake_sshd());
+    s.api = Some(api.url.clone());
+    s.api_ca = Some(api.ca_file.clone());
+    // No agent runs, so nothing sends heartbeats: the fake shows the device Disconnected.
+    let o = check(&s);
+    o.assert(
+        "offline_in_meeting",
+        6,
+        &[
+            "Meeting shows it Disconnected",
+            "no running tunnel-agent was found",
+        ],
     );
-    assert!(
-        seen[0]
-            .to_ascii_lowercase()
-            .contains(&format!("x-token-code: {TOKEN}")),
-        "{}",
-        seen[0]
-    );
+    assert_eq!(o.step("presence")["status"], "fail");
 }
 
 #[test]
@@ -240,6 +241,7 @@ fn the_field_report_is_silently_rejected() {
     let mut s = Setup::new(proxy.control, fake_sshd());
     // Configured without the trailing /api, as some devices have it.
     s.api = Some(api.url.trim_end_matches("/api").to_owned());
+    s.api_ca = Some(api.ca_file.clone());
     let o = check(&s);
     o.assert(
         "silently_rejected",
@@ -256,7 +258,10 @@ fn the_field_report_is_silently_rejected() {
         "{}",
         o.json
     );
-    assert!(api.seen.lock().unwrap()[0].starts_with(&format!("GET /api/devices/{KEY} ")));
+    assert_eq!(
+        api.requests_to("GET", &format!("/api/devices/{KEY}")).len(),
+        3
+    );
     // The report has the field report's shape, with the masked token.
     let token_masked = format!("{}****", &TOKEN[..2]);
     for section in [
@@ -300,6 +305,7 @@ fn the_api_names_an_unknown_or_unauthorized_device() {
     let api = fake_api(404, r#"{"error":"Device not found"}"#);
     let mut s = Setup::new(proxy.control, fake_sshd());
     s.api = Some(api.url.clone());
+    s.api_ca = Some(api.ca_file.clone());
     check(&s).assert("device_unknown", 4, &["HTTP 404", KEY]);
 
     let proxy = Proxy::start(&[
@@ -311,6 +317,7 @@ fn the_api_names_an_unknown_or_unauthorized_device() {
     let api = fake_api(200, UNAUTHORIZED);
     let mut s = Setup::new(proxy.control, fake_sshd());
     s.api = Some(api.url.clone());
+    s.api_ca = Some(api.ca_file.clone());
     check(&s).assert("device_not_authorized", 4, &["authorized: false"]);
 }
 
@@ -320,6 +327,7 @@ fn ssh_missing_from_services_is_its_own_finding() {
     let api = fake_api(200, r#"{"authorized":true,"services":["vnc"]}"#);
     let mut s = Setup::new(proxy.control, fake_sshd());
     s.api = Some(api.url.clone());
+    s.api_ca = Some(api.ca_file.clone());
     let o = check(&s);
     o.assert("ok", 0, &["ssh is not among the device's services"]);
     assert_eq!(o.step("api")["status"], "warn");

@@ -3,9 +3,12 @@
 //! Owns the reconnect loop and its backoff, the session (handshake and frame loop), the
 //! channels to local services, the status file and the orderly stop. Reaches the proxy only
 //! through `transport`, speaks only through `protocol` and `uplink`; must not print to stdout
-//! (that is the binary's) or be used by `check` (which must not disturb a running agent).
+//! (that is the binary's). `check` reads only its status file: it must not disturb a running
+//! agent.
 
 pub mod channels;
+mod netinfo;
+pub mod presence;
 pub mod session;
 pub mod shutdown;
 pub mod status;
@@ -23,26 +26,40 @@ use status::{State, Status};
 /// Version reported in logs and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The configuration in force; SIGHUP replaces it.
-pub struct Live(Mutex<Arc<Config>>);
+/// The configuration in force (SIGHUP replaces it), and the heartbeat's wake-ups.
+pub struct Live {
+    cfg: Mutex<Arc<Config>>,
+    beacon: presence::Beacon,
+}
 
 impl Live {
     /// Starts with `cfg`.
     pub fn new(cfg: Config) -> Self {
-        Live(Mutex::new(Arc::new(cfg)))
+        Live {
+            cfg: Mutex::new(Arc::new(cfg)),
+            beacon: presence::Beacon::default(),
+        }
     }
 
     /// The configuration now in force.
     pub fn get(&self) -> Arc<Config> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.cfg.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Replaces it; returns the connection settings that changed (a reconnect applies them).
+    /// The heartbeat picks its own settings up at once.
     pub fn replace(&self, new: Config) -> Vec<&'static str> {
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.cfg.lock().unwrap_or_else(|p| p.into_inner());
         let changed = connection_changes(&g, &new);
         *g = Arc::new(new);
+        drop(g);
+        self.beacon.reloaded();
         changed
+    }
+
+    /// What wakes the heartbeat thread.
+    pub fn beacon(&self) -> &presence::Beacon {
+        &self.beacon
     }
 }
 
@@ -94,7 +111,7 @@ fn warn_about(cfg: &Config) {
 }
 
 /// Connects, serves, and reconnects with backoff until `shutdown` is triggered.
-pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Status) {
+pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Arc<Status>) {
     let mut backoff = Backoff::default();
     let mut jitter = Jitter::from_entropy();
     let cfg = live.get();
@@ -109,6 +126,9 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Status) {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "none".to_owned())
     );
+    if let Err(e) = presence::spawn(live.clone(), status.clone()) {
+        error!("cannot start the heartbeat thread ({e}); Meeting will show this device as Disconnected");
+    }
     let mut attempt: u64 = 0;
     while !shutdown.requested() {
         attempt += 1;
@@ -166,6 +186,7 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Status) {
             Wake::Elapsed => {}
         }
     }
+    live.beacon().stop();
     status.remove();
     info!("tunnel-agent stopped");
 }

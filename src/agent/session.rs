@@ -331,6 +331,7 @@ fn handshake_then_frames(
     }
     let _ = sock.set_read_timeout(None);
     status.set(State::Connected);
+    live.beacon().authenticated();
     frames(cfg, sock, reader, writer, live, shutdown, status.totals())
 }
 

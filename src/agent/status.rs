@@ -52,6 +52,71 @@ pub struct LastError {
     pub message: String,
 }
 
+/// Meeting presence: whether the heartbeat keeps the device online in Meeting.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Presence {
+    /// `starting`, `online`, `not_registered` (404), `refused` (401/403), `failing` or `off`.
+    pub state: String,
+    /// Why it is off, or the last error.
+    pub detail: Option<String>,
+    /// When Meeting last accepted a beat, seconds since the epoch.
+    pub last_ok: Option<u64>,
+    /// The same, readable.
+    pub last_ok_utc: Option<String>,
+    /// The server's `last_seen` in its last answer (UTC).
+    pub server_last_seen: Option<String>,
+    /// Failed beats in a row.
+    pub failures: u64,
+    /// When this state began, seconds since the epoch.
+    pub since: u64,
+}
+
+impl Presence {
+    fn new(state: &str, detail: Option<String>, failures: u64) -> Presence {
+        Presence {
+            state: state.to_owned(),
+            detail,
+            failures,
+            ..Presence::default()
+        }
+    }
+
+    /// Heartbeats configured, none answered yet.
+    pub fn starting() -> Presence {
+        Presence::new("starting", None, 0)
+    }
+
+    /// No heartbeats, and why.
+    pub fn off(why: String) -> Presence {
+        Presence::new("off", Some(why), 0)
+    }
+
+    /// A beat was accepted at `at`.
+    pub fn online(at: u64, server_last_seen: Option<String>) -> Presence {
+        Presence {
+            last_ok: Some(at),
+            last_ok_utc: Some(clock::utc(at)),
+            server_last_seen,
+            ..Presence::new("online", None, 0)
+        }
+    }
+
+    /// The server refused the beat: 404 (not registered), 401 or 403.
+    pub fn refused(code: u16, message: String, failures: u64) -> Presence {
+        let state = if code == 404 {
+            "not_registered"
+        } else {
+            "refused"
+        };
+        Presence::new(state, Some(message), failures)
+    }
+
+    /// The beat failed (network, timeout, 5xx).
+    pub fn failing(message: String, failures: u64) -> Presence {
+        Presence::new("failing", Some(message), failures)
+    }
+}
+
 /// The file's content. The schema is stable: programs read it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Snapshot {
@@ -81,6 +146,9 @@ pub struct Snapshot {
     pub pid: u32,
     /// When this file was written, seconds since the epoch.
     pub updated: u64,
+    /// Meeting presence (absent in files of older agents).
+    #[serde(default)]
+    pub presence: Presence,
 }
 
 struct Inner {
@@ -90,6 +158,7 @@ struct Inner {
     last_error: Option<LastError>,
     connections: u64,
     broken: bool,
+    presence: Presence,
 }
 
 /// The status of a running agent, and the file it is written to.
@@ -112,6 +181,7 @@ impl Status {
                 last_error: None,
                 connections: 0,
                 broken: false,
+                presence: Presence::default(),
             }),
         }
     }
@@ -147,6 +217,33 @@ impl Status {
         });
     }
 
+    /// Records Meeting presence (and writes the file when its state changed). The time of the
+    /// last accepted beat is kept through failures.
+    pub fn set_presence(&self, mut p: Presence) {
+        let mut g = self.lock();
+        let old = &g.presence;
+        if p.last_ok.is_none() {
+            p.last_ok = old.last_ok;
+            p.last_ok_utc = old.last_ok_utc.clone();
+            p.server_last_seen = old.server_last_seen.clone();
+        }
+        p.since = if old.state == p.state {
+            old.since
+        } else {
+            clock::now()
+        };
+        let changed = old.state != p.state || old.last_ok != p.last_ok;
+        g.presence = p;
+        if changed {
+            self.write_locked(&mut g);
+        }
+    }
+
+    /// Meeting presence now.
+    pub fn presence(&self) -> Presence {
+        self.lock().presence.clone()
+    }
+
     /// Updates the proxy address (after a reload).
     pub fn set_proxy(&self, proxy: String) {
         self.lock().proxy = proxy;
@@ -174,6 +271,7 @@ impl Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
             updated: clock::now(),
+            presence: g.presence.clone(),
         }
     }
 

@@ -17,7 +17,7 @@ use crate::protocol::handshake::{handshake_line, read_reply, Recorded, Reply, Re
 use crate::protocol::printable::printable;
 use crate::transport::tcp::{connect_any, resolve};
 use crate::transport::{self, Control, TransportError};
-use verdict::{Api, Findings, Handshake, Reach, Verdict};
+use verdict::{Api, Findings, Handshake, Presence, Reach, Verdict};
 
 /// Outcome of one step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,11 +139,12 @@ pub fn run(
                 Some("fix the configuration (tunnel-agent --help lists every setting)".into()),
                 t,
             ));
-            for name in ["dns", "tcp", "tls", "handshake", "api", "local"] {
+            for name in ["dns", "tcp", "tls", "handshake", "api", "presence", "local"] {
                 steps.push(skipped(name, "no usable configuration"));
             }
             let reach = Reach::ConfigError(e);
-            return conclude(steps, facts, &reach, Api::Unknown, &[], &[], "", "", opts);
+            let found = (Api::Unknown, Presence::Unknown);
+            return conclude(steps, facts, &reach, found, &[], &[], "", "", opts);
         }
     };
     facts.device_key = Some(cfg.device_key.value.clone());
@@ -154,6 +155,7 @@ pub fn run(
 
     let reach = reach_proxy(&cfg, opts, &mut steps, &mut facts);
     let api = api_step(&cfg, opts, &mut steps);
+    let presence = presence_step(&cfg, opts, &mut steps);
     let (mut up, mut down) = (Vec::new(), Vec::new());
     for &port in &cfg.allowed_ports.value {
         let s = local_step(port, opts.timeout);
@@ -169,7 +171,7 @@ pub fn run(
         steps,
         facts,
         &reach,
-        api,
+        (api, presence),
         &up,
         &down,
         &key,
@@ -183,7 +185,7 @@ fn conclude(
     steps: Vec<Step>,
     facts: Facts,
     reach: &Reach,
-    api: Api,
+    (api, presence): (Api, Presence),
     up: &[u16],
     down: &[u16],
     key: &str,
@@ -195,6 +197,7 @@ fn conclude(
         proxy: proxy.to_owned(),
         reach: reach.clone(),
         api,
+        presence,
         local_down: down.to_vec(),
         local_up: up.to_vec(),
         reply_timeout_s: opts.timeout.as_secs_f64(),
@@ -488,7 +491,7 @@ fn api_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Api {
     let key = &cfg.device_key.value;
     let client = meeting::Client {
         url: meeting::ApiUrl::new(&url.value),
-        ca_file: cfg.ca_file.as_ref().map(|c| c.value.clone()),
+        ca_file: cfg.heartbeat.ca_file.clone(),
         timeout: opts.timeout,
     };
     let full = client.url.device(key);
@@ -540,6 +543,101 @@ fn api_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Api {
     };
     steps.push(step("api", status, detail, hint, t));
     api
+}
+
+/// Meeting presence: what Meeting shows (`GET {api}/devices/{key}/availability`), and what the
+/// running agent's status file says of its heartbeats.
+fn presence_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Presence {
+    let hb = &cfg.heartbeat;
+    let Some(api) = &hb.api else {
+        steps.push(skipped(
+            "presence",
+            "no Meeting API configured (api_url): presence not checked",
+        ));
+        return Presence::Unknown;
+    };
+    let t = Instant::now();
+    let key = &cfg.device_key.value;
+    let client = meeting::Client {
+        url: meeting::ApiUrl::new(&api.value),
+        ca_file: hb.ca_file.clone(),
+        timeout: opts.timeout,
+    };
+    let agent = running_agent(cfg);
+    let ours = match (&hb.off, &agent) {
+        (Some(why), _) => {
+            format!("the heartbeat is off ({why}); set heartbeat to true and api_url")
+        }
+        (None, Some(p)) => match p.state.as_str() {
+            "online" => format!(
+                "the running agent's last heartbeat was accepted at {}",
+                p.last_ok_utc.as_deref().unwrap_or("-")
+            ),
+            "starting" => "the running agent has not sent a heartbeat yet".to_owned(),
+            _ => format!(
+                "the running agent's heartbeats are {} ({} in a row): {}",
+                p.state,
+                p.failures,
+                p.detail.as_deref().unwrap_or("-")
+            ),
+        },
+        (None, None) => {
+            "no running tunnel-agent was found (no fresh status file), so nothing sends \
+             heartbeats: start the agent"
+                .to_owned()
+        }
+    };
+    let url = client.url.at(&format!("/devices/{key}/availability"));
+    let (status, detail, hint, found) = match client.availability(key) {
+        Ok(v) => {
+            let shown = v.get("status").and_then(|s| s.as_str()).unwrap_or("-");
+            let last = v
+                .get("last_heartbeat")
+                .and_then(|s| s.as_str())
+                .unwrap_or("never");
+            let facts = format!("GET {url}: status {shown}, last heartbeat {last}");
+            if shown == "Available" {
+                let who = match agent {
+                    Some(_) => ours,
+                    None => "no running tunnel-agent sends them here: another sender (such as \
+                             the Python web manager) keeps the device online"
+                        .to_owned(),
+                };
+                (
+                    Status::Pass,
+                    format!("{facts}; {who}"),
+                    None,
+                    Presence::Available,
+                )
+            } else {
+                (
+                    Status::Fail,
+                    format!("{facts}; {ours}"),
+                    Some(
+                        "Meeting hands out tunnels only to an online device: see the verdict"
+                            .into(),
+                    ),
+                    Presence::Disconnected(ours),
+                )
+            }
+        }
+        Err(e) => (
+            Status::Warn,
+            format!("{e}; {ours}"),
+            Some("Meeting's view of the device could not be read; check api_url".into()),
+            Presence::Unknown,
+        ),
+    };
+    steps.push(step("presence", status, detail, hint, t));
+    found
+}
+
+/// The presence recorded by a running agent's fresh status file, if there is one.
+fn running_agent(cfg: &Config) -> Option<crate::agent::status::Presence> {
+    let snap = crate::agent::status::read(cfg.status_file.as_deref()?).ok()?;
+    let age = crate::clock::now().saturating_sub(snap.updated);
+    let alive = std::path::Path::new(&format!("/proc/{}", snap.pid)).exists();
+    (alive && age <= 3 * crate::agent::status::REFRESH.as_secs()).then_some(snap.presence)
 }
 
 /// How long a local service may take to show its banner.

@@ -53,6 +53,17 @@ pub enum Api {
     },
 }
 
+/// What Meeting says of the device's presence (its heartbeats).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    /// Not asked, or no answer: no finding.
+    Unknown,
+    /// Meeting shows it Available.
+    Available,
+    /// Meeting shows it Disconnected (or Unknown); why, as far as the device can tell.
+    Disconnected(String),
+}
+
 /// Everything the verdict depends on.
 #[derive(Debug, Clone)]
 pub struct Findings {
@@ -64,6 +75,8 @@ pub struct Findings {
     pub reach: Reach,
     /// The API's answer.
     pub api: Api,
+    /// Meeting presence.
+    pub presence: Presence,
     /// Local ports that refused a connection.
     pub local_down: Vec<u16>,
     /// Local ports checked and answering.
@@ -103,6 +116,8 @@ pub enum Verdict {
     DeviceNotAuthorized,
     /// Local service down.
     LocalServiceDown,
+    /// The proxy accepts the device but Meeting shows it Disconnected.
+    OfflineInMeeting,
 }
 
 impl Verdict {
@@ -123,12 +138,14 @@ impl Verdict {
             Verdict::DeviceUnknown => "device_unknown",
             Verdict::DeviceNotAuthorized => "device_not_authorized",
             Verdict::LocalServiceDown => "local_service_down",
+            Verdict::OfflineInMeeting => "offline_in_meeting",
         }
     }
 
     /// Exit status: 0 ok (and no_reply: such proxies work); 1 configuration; 2 network (DNS,
     /// TCP, TLS, not a Meeting proxy); 3 refused by the proxy; 4 the API says the device is
-    /// unknown or not authorized; 5 local service down.
+    /// unknown or not authorized; 5 local service down; 6 Meeting shows the device
+    /// Disconnected.
     pub fn exit_code(self) -> u8 {
         match self {
             Verdict::Ok | Verdict::NoReply => 0,
@@ -142,6 +159,7 @@ impl Verdict {
             Verdict::Rejected | Verdict::SilentlyRejected => 3,
             Verdict::DeviceUnknown | Verdict::DeviceNotAuthorized => 4,
             Verdict::LocalServiceDown => 5,
+            Verdict::OfflineInMeeting => 6,
         }
     }
 }
@@ -187,6 +205,16 @@ pub fn decide(f: &Findings) -> (Verdict, String) {
                 ),
             )
         })
+    };
+    let offline = || match &f.presence {
+        Presence::Disconnected(why) => Some((
+            Verdict::OfflineInMeeting,
+            format!(
+                "The proxy accepts device {key}, but Meeting shows it Disconnected, so no tunnel \
+                 can be requested: {why}"
+            ),
+        )),
+        _ => None,
     };
     match &f.reach {
         Reach::ConfigError(e) => (
@@ -267,7 +295,7 @@ pub fn decide(f: &Findings) -> (Verdict, String) {
                 ),
             )
         }),
-        Reach::Replied(Handshake::NoReply) => local_down().unwrap_or_else(|| {
+        Reach::Replied(Handshake::NoReply) => local_down().or_else(offline).unwrap_or_else(|| {
             (
                 Verdict::NoReply,
                 format!(
@@ -277,7 +305,7 @@ pub fn decide(f: &Findings) -> (Verdict, String) {
                 ),
             )
         }),
-        Reach::Replied(Handshake::Accepted) => local_down().unwrap_or_else(|| {
+        Reach::Replied(Handshake::Accepted) => local_down().or_else(offline).unwrap_or_else(|| {
             (
                 Verdict::Ok,
                 format!(
@@ -301,6 +329,7 @@ mod tests {
             proxy: "meeting.ygsoft.fr:9001".into(),
             reach,
             api,
+            presence: Presence::Unknown,
             local_down: down.to_vec(),
             local_up: if down.is_empty() { vec![22] } else { vec![] },
             reply_timeout_s: 10.0,
@@ -324,6 +353,22 @@ mod tests {
         assert!(s.contains("127.0.0.1:22 is listening"), "{s}");
         assert!(s.contains("ask the Meeting team"), "{s}");
         assert!(s.matches(KEY).count() >= 2, "{s}");
+    }
+
+    #[test]
+    fn accepted_but_disconnected_in_meeting_says_why() {
+        let mut f = findings(
+            Reach::Replied(Handshake::Accepted),
+            Api::Authorized { ssh: true },
+            &[],
+        );
+        f.presence = Presence::Disconnected("the heartbeat is off (heartbeat false)".into());
+        let (v, s) = decide(&f);
+        assert_eq!((v, v.exit_code()), (Verdict::OfflineInMeeting, 6));
+        assert!(s.contains("Meeting shows it Disconnected"), "{s}");
+        assert!(s.contains("heartbeat false"), "{s}");
+        f.presence = Presence::Available;
+        assert_eq!(decide(&f).0, Verdict::Ok);
     }
 
     #[test]

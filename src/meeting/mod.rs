@@ -130,6 +130,36 @@ impl fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// The body of a heartbeat (`POST {api}/devices/{key}/online`): every member optional, never
+/// `services` (the server owns them) and never the token (this call needs none).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Beat {
+    /// The device's IPv4 on the interface of the default route.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    /// The same value (the server keeps both).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_lan: Option<String>,
+    /// The address the world sees, only when `public_ip_url` is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_public: Option<String>,
+    /// That interface's MAC, `AA:BB:CC:DD:EE:FF`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Short text shown in Meeting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// What the server answered to an accepted heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BeatAnswer {
+    /// `ip_address` as the server recorded it.
+    pub ip_address: Option<String>,
+    /// `last_seen`, `YYYY-MM-DD HH:MM:SS` UTC.
+    pub last_seen: Option<String>,
+}
+
 /// What the API says of a device (`GET {api}/devices/{key}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceRecord {
@@ -166,18 +196,101 @@ impl Client {
         }
     }
 
-    /// A GET; the status and the body (at most 256 KiB), whatever the status.
-    #[cfg(feature = "tls")]
-    fn get(&self, url: &str, headers: &[(&str, &str)]) -> Result<(u16, String), ApiError> {
-        let agent = self.agent()?;
-        let mut req = agent.get(url);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
+    /// Sends a heartbeat: `Ok` with the server's answer on 200; `ApiError::Status` for any
+    /// other status (404: the key is not registered).
+    pub fn beat(&self, device_key: &str, beat: &Beat) -> Result<BeatAnswer, ApiError> {
+        let url = self.url.at(&format!("/devices/{device_key}/online"));
+        let body = serde_json::to_string(beat).unwrap_or_else(|_| "{}".to_owned());
+        let (status, text) = self.request("POST", &url, &[], Some(&body))?;
+        if status != 200 {
+            return Err(ApiError::Status {
+                url,
+                code: status,
+                body: server_text(&text),
+            });
         }
-        let mut resp = req.call().map_err(|e| ApiError::Unreachable {
-            url: url.to_owned(),
-            why: e.to_string(),
+        let v: Value = serde_json::from_str(&text).map_err(|_| ApiError::BadAnswer {
+            url: url.clone(),
+            why: format!(
+                "HTTP 200 but the body is not JSON: \"{}\"",
+                printable(text.as_bytes(), 80)
+            ),
         })?;
+        let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        Ok(BeatAnswer {
+            ip_address: field("ip_address"),
+            last_seen: field("last_seen"),
+        })
+    }
+
+    /// The device's availability as Meeting sees it (`GET {api}/devices/{key}/availability`):
+    /// the JSON object as sent.
+    pub fn availability(&self, device_key: &str) -> Result<Value, ApiError> {
+        let url = self.url.at(&format!("/devices/{device_key}/availability"));
+        let (status, text) = self.request("GET", &url, &[], None)?;
+        if status != 200 {
+            return Err(ApiError::Status {
+                url,
+                code: status,
+                body: server_text(&text),
+            });
+        }
+        serde_json::from_str::<Value>(&text)
+            .ok()
+            .filter(Value::is_object)
+            .ok_or_else(|| ApiError::BadAnswer {
+                url,
+                why: format!(
+                    "HTTP 200 but not a JSON object: \"{}\"",
+                    printable(text.as_bytes(), 80)
+                ),
+            })
+    }
+
+    /// The body of `url` (any URL, e.g. `public_ip_url`) as text, on HTTP 200.
+    pub fn text(&self, url: &str) -> Result<String, ApiError> {
+        match self.get(url, &[])? {
+            (200, body) => Ok(body),
+            (code, body) => Err(ApiError::Status {
+                url: url.to_owned(),
+                code,
+                body: server_text(&body),
+            }),
+        }
+    }
+
+    fn get(&self, url: &str, headers: &[(&str, &str)]) -> Result<(u16, String), ApiError> {
+        self.request("GET", url, headers, None)
+    }
+
+    /// One request; the status and the body (at most 256 KiB), whatever the status.
+    #[cfg(feature = "tls")]
+    fn request(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        json: Option<&str>,
+    ) -> Result<(u16, String), ApiError> {
+        let agent = self.agent()?;
+        let unreachable = |e: ureq::Error| ApiError::Unreachable {
+            url: url.to_owned(),
+            why: describe(e, self.ca_file.as_deref()),
+        };
+        let result = if method == "POST" {
+            let mut req = agent.post(url).header("Content-Type", "application/json");
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            req.send(json.unwrap_or("{}"))
+        } else {
+            let mut req = agent.get(url);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            req.call()
+        };
+        let mut resp = result.map_err(unreachable)?;
         let body = resp
             .body_mut()
             .with_config()
@@ -188,7 +301,13 @@ impl Client {
     }
 
     #[cfg(not(feature = "tls"))]
-    fn get(&self, _url: &str, _headers: &[(&str, &str)]) -> Result<(u16, String), ApiError> {
+    fn request(
+        &self,
+        _method: &str,
+        _url: &str,
+        _headers: &[(&str, &str)],
+        _json: Option<&str>,
+    ) -> Result<(u16, String), ApiError> {
         Err(ApiError::NoClient)
     }
 
@@ -207,6 +326,46 @@ impl Client {
             .build()
             .into())
     }
+}
+
+/// What went wrong on the way to the API, as precisely as the proxy connection says it: TLS
+/// failures go through the same diagnosis. ureq's errors never contain header values.
+#[cfg(feature = "tls")]
+fn describe(e: ureq::Error, ca_file: Option<&std::path::Path>) -> String {
+    match e {
+        ureq::Error::Rustls(e) => {
+            let trusted = crate::transport::TlsTarget {
+                server_name: "",
+                ca_file,
+            }
+            .trusted();
+            crate::transport::tls::diagnose(e, &trusted)
+                .to_string()
+                .replace("proxy", "API")
+        }
+        ureq::Error::Io(e) => match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            Some(tls) => describe(ureq::Error::Rustls(tls.clone()), ca_file),
+            None => e.to_string(),
+        },
+        ureq::Error::Timeout(t) => format!("no answer in time ({t})"),
+        ureq::Error::HostNotFound => "the host name does not resolve".to_owned(),
+        ureq::Error::ConnectionFailed => "the TCP connection failed".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// The server's own words from an error body: its `error` member when JSON, else the text.
+fn server_text(body: &str) -> String {
+    let from_json = serde_json::from_str::<Value>(body).ok().and_then(|v| {
+        v.get("error")
+            .or_else(|| v.get("message"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    printable(from_json.as_deref().unwrap_or(body).as_bytes(), 120)
 }
 
 /// The certificates of a PEM CA file.

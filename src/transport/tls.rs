@@ -316,7 +316,7 @@ fn classify(e: rustls::Error, seen: &[u8], trusted: &str) -> TlsError {
                     not_before.as_secs().saturating_sub(time.as_secs()) / 86_400
                 ))
             }
-            other => TlsError::Certificate(format!("{other:?}")),
+            other => TlsError::Certificate(E::InvalidCertificate(other).to_string()),
         },
         // Bytes that are not TLS records: a plain-text service.
         E::InvalidMessage(_) | E::InappropriateMessage { .. }
@@ -327,6 +327,12 @@ fn classify(e: rustls::Error, seen: &[u8], trusted: &str) -> TlsError {
         E::AlertReceived(a) => TlsError::Alert(format!("{a:?}")),
         other => TlsError::Other(other.to_string()),
     }
+}
+
+/// The diagnosis of a rustls error met elsewhere (the Meeting API client): `trusted` names
+/// what the configuration trusts.
+pub fn diagnose(e: rustls::Error, trusted: &str) -> TlsError {
+    classify(e, &[], trusted)
 }
 
 fn server_name_text(n: &ServerName<'_>) -> String {

@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 #[allow(unused_imports)]
+pub use support::fake_api::FakeApi;
 pub use support::*;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -114,3 +114,5 @@ pub fn wchans(pid: u32, prefix: &str) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+pub mod fake_api;

@@ -122,6 +122,7 @@ fn status(path: Option<String>, json: bool) -> ExitCode {
             snap.open_channels, snap.channels_total, snap.bytes_up, snap.bytes_down
         );
         println!("reconnects: {}", snap.reconnects);
+        println!("Meeting presence: {}", presence_line(&snap.presence));
         if let Some(e) = &snap.last_error {
             println!("last error ({}): {}", e.class, e.message);
         }
@@ -164,6 +165,32 @@ fn check(flags: &config::Flags, format: cli::Format, timeout: Duration) -> ExitC
     };
     print!("{out}");
     ExitCode::from(report.verdict.exit_code())
+}
+
+/// One line of what the status file says of the heartbeat: a watchdog can tell "tunnel up
+/// but Meeting shows the device offline" from it.
+fn presence_line(p: &agent::status::Presence) -> String {
+    let since = tunnel_agent::clock::utc(p.since);
+    let last = p
+        .last_ok_utc
+        .as_deref()
+        .map(|t| format!("; last accepted beat {t}"))
+        .unwrap_or_default();
+    let detail = p.detail.as_deref().unwrap_or("");
+    match p.state.as_str() {
+        "" => "unknown (an older agent wrote this file)".to_owned(),
+        "online" => format!(
+            "online (last accepted beat {}, server last_seen {} UTC)",
+            p.last_ok_utc.as_deref().unwrap_or("-"),
+            p.server_last_seen.as_deref().unwrap_or("-")
+        ),
+        "off" => format!("off: {detail}"),
+        "starting" => format!("starting: no heartbeat answered yet (since {since})"),
+        state => format!(
+            "{state} since {since}, {} failed beats in a row{last}: {detail}",
+            p.failures
+        ),
+    }
 }
 
 /// Re-reads the configuration on SIGHUP.

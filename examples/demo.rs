@@ -1,5 +1,6 @@
-//! `make demo`: a real tunnel on loopback with the real binaries, then the field report's
-//! silent refusal and the one line the agent writes about it.
+//! `make demo`: a real tunnel on loopback with the real binaries, the device shown online in
+//! a (fake) Meeting API by the agent's heartbeat, then the field report's silent refusal and
+//! the one line the agent writes about it.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -9,16 +10,21 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc::Receiver;
 use std::thread;
 
+use support::fake_api::FakeApi;
 use support::{first_word, start, start_agent, wait_for, Running};
 
 const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
 const TOKEN: &str = "41e291";
 
 /// Starts the agent against the proxy whose log is `proxy_log`, once it listens; the agent may
-/// open `service` (the only local port it will open).
-fn agent_for(proxy_log: &Receiver<String>, service: u16) -> (Running, Receiver<String>) {
+/// open `service` (the only local port it will open); `extra` arguments follow.
+fn agent_for(
+    proxy_log: &Receiver<String>,
+    service: u16,
+    extra: &[&str],
+) -> (Running, Receiver<String>) {
     let control = first_word(&wait_for(proxy_log, "listening for agents on "));
-    start_agent(&control, KEY, TOKEN, &[service], &[], true)
+    start_agent(&control, KEY, TOKEN, &[service], extra, true)
 }
 
 fn main() {
@@ -54,13 +60,40 @@ fn main() {
     let public = first_word(&wait_for(&proxy_log, "tunnel "));
     println!();
 
-    println!("== 3. tunnel-agent dials out to the proxy (the token comes from MEETING_TOKEN)");
-    let (agent, agent_log) = agent_for(&proxy_log, service_port);
+    println!("== 3. A Meeting REST API (the suite's fake, HTTPS on loopback)");
+    let api = FakeApi::start(&[KEY]);
+    let availability = format!("/api/devices/{KEY}/availability");
+    println!(
+        "    {}; before the agent runs, Meeting shows the device: {}\n",
+        api.url,
+        meeting_shows(&api, &availability)
+    );
+
+    println!("== 4. tunnel-agent dials out to the proxy (the token comes from MEETING_TOKEN)");
+    println!("   and keeps the device online in Meeting with its heartbeat");
+    let ca = api.ca_file.display().to_string();
+    let (agent, agent_log) = agent_for(
+        &proxy_log,
+        service_port,
+        &["--api-url", &api.url, "--api-ca-file", &ca],
+    );
     wait_for(&proxy_log, "connected from");
     wait_for(&agent_log, "tunnel ready");
-    println!();
+    wait_for(&agent_log, "Meeting presence: online");
+    let beat = api.wait_for(
+        "POST",
+        &format!("/api/devices/{KEY}/online"),
+        1,
+        support::WAIT,
+    );
+    println!(
+        "    heartbeat received by Meeting: POST {} {}",
+        beat[0].path, beat[0].body
+    );
+    let online = meeting_shows(&api, &availability);
+    println!("    Meeting now shows the device: {online}\n");
 
-    println!("== 4. An operator connects to the public port {public}");
+    println!("== 5. An operator connects to the public port {public}");
     let mut c = TcpStream::connect(&public).expect("connect to the public port");
     let msg = b"hello through the Meeting tunnel";
     c.write_all(msg).expect("write");
@@ -80,7 +113,7 @@ fn main() {
     );
     drop((agent, proxy));
 
-    println!("== 5. The field report: a proxy that closes right after the handshake");
+    println!("== 6. The field report: a proxy that closes right after the handshake");
     let (bad, bad_log) = start(
         "meeting-proxy",
         &[
@@ -94,10 +127,45 @@ fn main() {
         &[],
         true,
     );
-    let (agent, agent_log) = agent_for(&bad_log, service_port);
+    let (agent, agent_log) = agent_for(&bad_log, service_port, &[]);
     wait_for(&agent_log, "reconnecting in");
     drop((agent, bad));
     println!("\n    The ERROR line above is what an operator reads: what happened, which device,");
     println!("    what to check. The token never appears in any log line.");
-    std::process::exit(if back == msg { 0 } else { 1 });
+    std::process::exit(if back == msg && online == "Available" {
+        0
+    } else {
+        1
+    });
+}
+
+/// What the fake Meeting API answers for the device's availability (as a client would ask).
+fn meeting_shows(api: &FakeApi, path: &str) -> String {
+    let before = api.requests_to("GET", path).len();
+    let ca = std::fs::read(&api.ca_file).expect("the fake API's CA");
+    let certs: Vec<_> = ureq::tls::parse_pem(&ca)
+        .filter_map(|i| match i {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                .build(),
+        )
+        .build()
+        .into();
+    let url = api.url.trim_end_matches("/api").to_owned() + path;
+    let answer = agent
+        .get(&url)
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok());
+    assert!(api.requests_to("GET", path).len() > before);
+    answer
+        .and_then(|v| v["status"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "no answer".to_owned())
 }

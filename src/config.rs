@@ -1217,4 +1217,70 @@ mod tests {
         assert_eq!(s.masked(), "41****");
         assert!(!format!("{s:?}").contains("e291"));
     }
+
+    #[test]
+    fn heartbeat_api_defaults_to_production_only_for_the_production_proxy() {
+        let t = Tmp::new("heartbeat-default");
+        let env = env_of(&[("MEETING_DEVICE_KEY", "K"), ("MEETING_TOKEN", "t")]);
+        let c = load(&Flags::default(), &env, &t.paths()).unwrap();
+        assert_eq!(c.host.value, DEFAULT_HOST);
+        let api = c.heartbeat.api.as_ref().unwrap();
+        assert_eq!(
+            (api.value.as_str(), &api.source),
+            (DEFAULT_API_URL, &Source::Default)
+        );
+        assert_eq!(c.heartbeat.off, None);
+        assert_eq!(c.heartbeat.interval, Duration::from_secs(30));
+        assert!(
+            c.heartbeat.note.starts_with("tunnel-agent "),
+            "{}",
+            c.heartbeat.note
+        );
+
+        let own = Flags::default().with("tunnel_host", "proxy.example");
+        let c = load(&own, &env, &t.paths()).unwrap();
+        assert_eq!(c.heartbeat.api, None);
+        assert!(c.heartbeat.off.as_deref().unwrap().contains("no api_url"));
+    }
+
+    #[test]
+    fn heartbeat_settings_from_environment_file_and_flags() {
+        let t = Tmp::new("heartbeat-settings");
+        t.file(
+            "config.json",
+            r#"{"device_key": "K", "token_code": "t", "tunnel_host": "p.example",
+                "heartbeat_interval": 2, "heartbeat_note": "cam 3", "ca_file": "/ca.pem"}"#,
+        );
+        let env = env_of(&[("MEETING_API_URL", "https://m.example")]);
+        let c = load(&Flags::default(), &env, &t.paths()).unwrap();
+        let hb = &c.heartbeat;
+        assert_eq!(
+            hb.api.as_ref().unwrap().source,
+            Source::Env("MEETING_API_URL")
+        );
+        assert_eq!(
+            hb.interval, MIN_HEARTBEAT_INTERVAL,
+            "2 s is raised to the minimum"
+        );
+        assert_eq!(hb.note, "cam 3");
+        assert_eq!(
+            hb.ca_file.as_deref(),
+            Some(Path::new("/ca.pem")),
+            "ca_file serves the API too"
+        );
+        let flags = Flags::default()
+            .with("api_ca_file", "/api-ca.pem")
+            .with("heartbeat", "false");
+        let c = load(&flags, &env, &t.paths()).unwrap();
+        assert_eq!(
+            c.heartbeat.ca_file.as_deref(),
+            Some(Path::new("/api-ca.pem"))
+        );
+        assert!(c
+            .heartbeat
+            .off
+            .as_deref()
+            .unwrap()
+            .contains("heartbeat false (flag --heartbeat)"));
+    }
 }

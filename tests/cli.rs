@@ -81,6 +81,8 @@ fn a_deployed_meeting_json_works_unchanged() {
     let echo = echo_server();
     let proxy = Proxy::for_ports(&[echo], &[]);
     let t = Tmp::new("deployed");
+    // As deployed, but the API is the suite's fake (on loopback, with its own CA).
+    let api = FakeApi::start(&[KEY]);
     let cfg = t.file(
         "meeting.json",
         &format!(
@@ -90,12 +92,16 @@ fn a_deployed_meeting_json_works_unchanged() {
   "tunnel_host": "127.0.0.1",
   "tunnel_port": {},
   "tunnel_ssl": false,
-  "api_url": "https://meeting.ygsoft.fr/api",
+  "api_url": "{}",
+  "api_ca_file": "{}",
+  "heartbeat_interval": 60,
   "allowed_ports": [{}],
   "status_file": "",
   "camera": {{"fps": 25}}
 }}"#,
             proxy.control.port(),
+            api.url,
+            api.ca_file.display(),
             echo
         ),
     );
@@ -106,6 +112,8 @@ fn a_deployed_meeting_json_works_unchanged() {
         b"from meeting.json"
     );
     agent.wait_for(&format!("config {cfg}"), SOON);
+    agent.wait_for("heartbeat to https://127.0.0.1", SOON);
+    api.wait_for("POST", &format!("/api/devices/{KEY}/online"), 1, SOON);
     assert!(!agent.output().contains(TOKEN));
 }
 

@@ -67,6 +67,8 @@ type Shared = Arc<(Mutex<State>, Condvar)>;
 pub struct FakeApi {
     /// Base URL, `https://127.0.0.1:PORT/api`.
     pub url: String,
+    /// The same API in plain http (the HTTP server behind the TLS front).
+    pub http_url: String,
     /// The CA that signed its certificate (PEM file), for `ca_file` / `api_ca_file`.
     pub ca_file: PathBuf,
     shared: Shared,
@@ -127,6 +129,7 @@ impl FakeApi {
         });
         FakeApi {
             url: format!("https://127.0.0.1:{port}/api"),
+            http_url: format!("http://{backend}/api"),
             ca_file,
             shared,
             dir,

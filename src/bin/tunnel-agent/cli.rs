@@ -81,7 +81,8 @@ check options:
 Exit status of run: 0 stopped by SIGINT/SIGTERM; 2 bad command line or configuration.
 Exit status of check: 0 ok (or no_reply: an older proxy that never answers); 1 configuration;
 2 network (DNS, TCP, TLS, not a Meeting proxy); 3 refused by the proxy (with a reason or
-silently); 4 the Meeting API says the device is unknown or not authorized; 5 local service down.",
+silently); 4 the Meeting API says the device is unknown or not authorized; 5 local service down;
+6 the proxy accepts the device but Meeting shows it Disconnected (no heartbeat).",
         config::usage()
     )
 }

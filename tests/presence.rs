@@ -303,3 +303,24 @@ fn sighup_applies_changed_heartbeat_settings() {
     assert_eq!(beats[0].json()["ip_address"], "192.0.2.60");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_api_certificate_nobody_trusts_is_named_and_nothing_is_sent_in_clear() {
+    let proxy = Proxy::for_ports(&[], &[]);
+    let api = FakeApi::start(&[KEY]);
+    let lan = LanFile::new("untrusted", "192.0.2.70");
+    // No api_ca_file: the fake's private CA is not among the public roots.
+    let agent = agent_with_env(
+        proxy.control,
+        &["--api-url", &api.url],
+        &[(LAN_ENV, lan.path())],
+    );
+    let line = agent.wait_for("heartbeat failed", SOON);
+    assert!(line.contains("certificate not trusted"), "{line}");
+    assert!(line.contains("set api_ca_file"), "{line}");
+    assert!(
+        api.requests().is_empty(),
+        "a request got through: {:?}",
+        api.requests()
+    );
+}

@@ -339,9 +339,11 @@ fn describe(e: ureq::Error, ca_file: Option<&std::path::Path>) -> String {
                 ca_file,
             }
             .trusted();
+            // The same diagnosis as for the proxy, worded for the API and its setting.
             crate::transport::tls::diagnose(e, &trusted)
                 .to_string()
                 .replace("proxy", "API")
+                .replace("set ca_file", "set api_ca_file")
         }
         ureq::Error::Io(e) => match e
             .get_ref()

@@ -125,7 +125,7 @@ CC_x86_64-unknown-linux-musl = musl-gcc
 ENV_x86_64-unknown-linux-musl = CC_x86_64_unknown_linux_musl=musl-gcc
 
 # aarch64 (Pi 3/4/5 on 64-bit OS): Debian's gnu cross gcc compiles and links; std is prebuilt.
-APT_aarch64-unknown-linux-musl = gcc-aarch64-linux-gnu
+APT_aarch64-unknown-linux-musl = gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 CC_aarch64-unknown-linux-musl = aarch64-linux-gnu-gcc
 ENV_aarch64-unknown-linux-musl = CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc \
 	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc
@@ -133,7 +133,7 @@ ENV_aarch64-unknown-linux-musl = CC_aarch64_unknown_linux_musl=aarch64-linux-gnu
 # armv7 (Pi 2/3/4 on 32-bit Raspberry Pi OS): no prebuilt std can be downloaded here, so
 # nightly builds std (-Zbuild-std) against Debian's musl for armhf, linked by its
 # arm-linux-musleabihf-gcc wrapper, with the cross gcc's libgcc_eh.a standing in for libunwind.
-APT_armv7-unknown-linux-musleabihf = gcc-arm-linux-gnueabihf musl-dev:armhf
+APT_armv7-unknown-linux-musleabihf = gcc-arm-linux-gnueabihf libc6-dev-armhf-cross musl-dev:armhf
 CC_armv7-unknown-linux-musleabihf = arm-linux-musleabihf-gcc
 ENV_armv7-unknown-linux-musleabihf = CC_armv7_unknown_linux_musleabihf=arm-linux-musleabihf-gcc \
 	CARGO_TARGET_ARMV7_UNKNOWN_LINUX_MUSLEABIHF_LINKER=arm-linux-musleabihf-gcc \
@@ -152,7 +152,9 @@ cross-setup:
 	      || rustup component add rust-src --toolchain nightly;; \
 	  *) rustup target list --installed | grep -qx '$(TARGET)' || rustup target add $(TARGET);; \
 	esac
-	@command -v $(CC_$(TARGET)) >/dev/null || { \
+	@# Every package, not only the compiler: a gcc installed without its recommended C library
+	@# headers (seen here: --no-install-recommends) fails in ring's C code.
+	@command -v $(CC_$(TARGET)) >/dev/null && dpkg -s $(APT_$(TARGET)) >/dev/null 2>&1 || { \
 	  case "$(TARGET)" in armv7-*) $(AS_ROOT) dpkg --add-architecture armhf;; esac; \
 	  $(AS_ROOT) apt-get update -qq || echo "apt-get update failed in part (mirror sync?); installing from the lists there are"; \
 	  $(AS_ROOT) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_$(TARGET)); }

@@ -126,10 +126,12 @@ struct Heart {
 impl Heart {
     fn new(cfg: &Config) -> Heart {
         let hb = cfg.heartbeat.clone();
-        let client = hb.api.as_ref().map(|api| Client {
-            url: ApiUrl::new(&api.value),
-            ca_file: hb.ca_file.clone(),
-            timeout: REQUEST_TIMEOUT.min(hb.interval),
+        let client = hb.api.as_ref().map(|api| {
+            Client::new(
+                ApiUrl::new(&api.value),
+                hb.ca_file.clone(),
+                REQUEST_TIMEOUT.min(hb.interval),
+            )
         });
         Heart {
             key: cfg.device_key.value.clone(),
@@ -231,9 +233,10 @@ impl Heart {
         debug!("heartbeat thread stopped");
     }
 
-    /// Sends one beat and records the outcome; returns the wait before the next.
+    /// Sends one beat and records the outcome; returns the wait before the next. The client
+    /// is borrowed, not cloned: it keeps its HTTP agent (and connection) from beat to beat.
     fn beat(&mut self, lan: Option<&Lan>, status: &Status) -> Duration {
-        let Some(client) = self.client.clone() else {
+        let Some(client) = self.client.take() else {
             return self.hb.interval;
         };
         let ip = lan.and_then(|l| l.ip).map(|ip| ip.to_string());
@@ -244,7 +247,9 @@ impl Heart {
             mac: lan.and_then(|l| l.mac.clone()),
             note: Some(self.hb.note.clone()),
         };
-        match client.beat(&self.key, &beat) {
+        let sent = client.beat(&self.key, &beat);
+        self.client = Some(client);
+        match sent {
             Ok(answer) => {
                 if self.refused.is_some() || self.failures > 0 {
                     info!(

@@ -315,6 +315,24 @@ fn write_atomically(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+impl Snapshot {
+    /// Seconds since the file was written.
+    pub fn age(&self) -> u64 {
+        clock::now().saturating_sub(self.updated)
+    }
+
+    /// Whether the process that wrote it still runs.
+    pub fn writer_alive(&self) -> bool {
+        Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+
+    /// Whether it describes a running agent: its writer is alive and it was rewritten within
+    /// three refresh periods.
+    pub fn is_fresh(&self) -> bool {
+        self.writer_alive() && self.age() <= 3 * REFRESH.as_secs()
+    }
+}
+
 /// Reads a status file.
 pub fn read(path: &Path) -> Result<Snapshot, String> {
     let text = std::fs::read_to_string(path)

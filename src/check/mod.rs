@@ -489,11 +489,11 @@ fn api_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Api {
     };
     let t = Instant::now();
     let key = &cfg.device_key.value;
-    let client = meeting::Client {
-        url: meeting::ApiUrl::new(&url.value),
-        ca_file: cfg.heartbeat.ca_file.clone(),
-        timeout: opts.timeout,
-    };
+    let client = meeting::Client::new(
+        meeting::ApiUrl::new(&url.value),
+        cfg.heartbeat.ca_file.clone(),
+        opts.timeout,
+    );
     let full = client.url.device(key);
     let record = client.device_record(key, cfg.token.value.expose());
     let (status, detail, hint, api) = match record {
@@ -558,11 +558,11 @@ fn presence_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Presenc
     };
     let t = Instant::now();
     let key = &cfg.device_key.value;
-    let client = meeting::Client {
-        url: meeting::ApiUrl::new(&api.value),
-        ca_file: hb.ca_file.clone(),
-        timeout: opts.timeout,
-    };
+    let client = meeting::Client::new(
+        meeting::ApiUrl::new(&api.value),
+        hb.ca_file.clone(),
+        opts.timeout,
+    );
     let agent = running_agent(cfg);
     let ours = match (&hb.off, &agent) {
         (Some(why), _) => {
@@ -635,9 +635,7 @@ fn presence_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Presenc
 /// The presence recorded by a running agent's fresh status file, if there is one.
 fn running_agent(cfg: &Config) -> Option<crate::agent::status::Presence> {
     let snap = crate::agent::status::read(cfg.status_file.as_deref()?).ok()?;
-    let age = crate::clock::now().saturating_sub(snap.updated);
-    let alive = std::path::Path::new(&format!("/proc/{}", snap.pid)).exists();
-    (alive && age <= 3 * crate::agent::status::REFRESH.as_secs()).then_some(snap.presence)
+    snap.is_fresh().then_some(snap.presence)
 }
 
 /// How long a local service may take to show its banner.

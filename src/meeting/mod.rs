@@ -44,7 +44,8 @@ impl fmt::Display for ApiUrl {
 }
 
 /// How to reach the API: its URL, the CA to trust (the proxy's `ca_file` unless the API has
-/// its own), and the bound of each request.
+/// its own), and the bound of each request. The HTTP agent is built on first use and kept,
+/// so the CA file is read once and connections are reused from one request to the next.
 #[derive(Debug, Clone)]
 #[cfg_attr(not(feature = "tls"), allow(dead_code))]
 pub struct Client {
@@ -54,6 +55,8 @@ pub struct Client {
     pub ca_file: Option<PathBuf>,
     /// Bound of a whole request (connect, send, answer).
     pub timeout: Duration,
+    #[cfg(feature = "tls")]
+    agent: std::sync::OnceLock<ureq::Agent>,
 }
 
 /// Why the API could not answer the question.
@@ -191,6 +194,17 @@ pub enum DeviceRecord {
 }
 
 impl Client {
+    /// A client for `url`, trusting `ca_file` (else the public roots).
+    pub fn new(url: ApiUrl, ca_file: Option<PathBuf>, timeout: Duration) -> Client {
+        Client {
+            url,
+            ca_file,
+            timeout,
+            #[cfg(feature = "tls")]
+            agent: std::sync::OnceLock::new(),
+        }
+    }
+
     /// Fetches the device record, sending the token in `X-Token-Code` (its only use here).
     pub fn device_record(&self, device_key: &str, token: &str) -> Result<DeviceRecord, ApiError> {
         let url = self.url.device(device_key);
@@ -217,7 +231,7 @@ impl Client {
     pub fn beat(&self, device_key: &str, beat: &Beat) -> Result<BeatAnswer, ApiError> {
         let url = self.url.at(&format!("/devices/{device_key}/online"));
         let body = beat.to_json();
-        let (status, text) = self.request("POST", &url, &[], Some(&body))?;
+        let (status, text) = self.request(&url, &[], Some(&body))?;
         if status != 200 {
             return Err(ApiError::Status {
                 url,
@@ -243,7 +257,7 @@ impl Client {
     /// the JSON object as sent.
     pub fn availability(&self, device_key: &str) -> Result<Value, ApiError> {
         let url = self.url.at(&format!("/devices/{device_key}/availability"));
-        let (status, text) = self.request("GET", &url, &[], None)?;
+        let (status, text) = self.request(&url, &[], None)?;
         if status != 200 {
             return Err(ApiError::Status {
                 url,
@@ -276,14 +290,14 @@ impl Client {
     }
 
     fn get(&self, url: &str, headers: &[(&str, &str)]) -> Result<(u16, String), ApiError> {
-        self.request("GET", url, headers, None)
+        self.request(url, headers, None)
     }
 
-    /// One request; the status and the body (at most 256 KiB), whatever the status.
+    /// One request, a POST of `json` when given, else a GET; the status and the body (at most
+    /// 256 KiB), whatever the status.
     #[cfg(feature = "tls")]
     fn request(
         &self,
-        method: &str,
         url: &str,
         headers: &[(&str, &str)],
         json: Option<&str>,
@@ -293,18 +307,20 @@ impl Client {
             url: url.to_owned(),
             why: describe(e, self.ca_file.as_deref()),
         };
-        let result = if method == "POST" {
-            let mut req = agent.post(url).header("Content-Type", "application/json");
+        fn with<B>(
+            mut req: ureq::RequestBuilder<B>,
+            headers: &[(&str, &str)],
+        ) -> ureq::RequestBuilder<B> {
             for (k, v) in headers {
                 req = req.header(*k, *v);
             }
-            req.send(json.unwrap_or("{}"))
-        } else {
-            let mut req = agent.get(url);
-            for (k, v) in headers {
-                req = req.header(*k, *v);
-            }
-            req.call()
+            req
+        }
+        let result = match json {
+            Some(body) => with(agent.post(url), headers)
+                .header("Content-Type", "application/json")
+                .send(body),
+            None => with(agent.get(url), headers).call(),
         };
         let mut resp = result.map_err(unreachable)?;
         let body = resp
@@ -319,7 +335,6 @@ impl Client {
     #[cfg(not(feature = "tls"))]
     fn request(
         &self,
-        _method: &str,
         _url: &str,
         _headers: &[(&str, &str)],
         _json: Option<&str>,
@@ -329,6 +344,15 @@ impl Client {
 
     #[cfg(feature = "tls")]
     fn agent(&self) -> Result<ureq::Agent, ApiError> {
+        if let Some(a) = self.agent.get() {
+            return Ok(a.clone());
+        }
+        let a = self.build_agent()?;
+        Ok(self.agent.get_or_init(|| a).clone())
+    }
+
+    #[cfg(feature = "tls")]
+    fn build_agent(&self) -> Result<ureq::Agent, ApiError> {
         use ureq::tls::{RootCerts, TlsConfig};
         let mut tls = TlsConfig::builder();
         if let Some(path) = &self.ca_file {

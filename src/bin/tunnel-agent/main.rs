@@ -102,9 +102,7 @@ fn status(path: Option<String>, json: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let age = tunnel_agent::clock::now().saturating_sub(snap.updated);
-    let alive = std::path::Path::new(&format!("/proc/{}", snap.pid)).exists();
-    let fresh = alive && age <= 3 * agent::status::REFRESH.as_secs();
+    let (age, alive, fresh) = (snap.age(), snap.writer_alive(), snap.is_fresh());
     if json {
         println!(
             "{}",

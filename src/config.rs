@@ -18,6 +18,10 @@ pub const DEFAULT_PORT: u16 = 9001;
 /// Configuration files tried in order when `--config` is not given.
 pub const DEFAULT_CONFIG_FILES: &[&str] =
     &["/etc/tunnel-agent/config.json", "/etc/rpi-cam/meeting.json"];
+/// The device's own SSH key, unless `device_ssh_key` says otherwise.
+pub const DEFAULT_DEVICE_SSH_KEY: &str = "/root/.ssh/id_ed25519";
+/// The agent's own state, unless `state_dir` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/tunnel-agent";
 /// Last place a device key is looked for.
 pub const DEFAULT_DEVICE_INFO: &str = "/etc/meeting/device_info.json";
 
@@ -137,6 +141,17 @@ pub const SETTINGS: &[Setting] = &[
     setting("heartbeat_note", None, None, "", "tunnel-agent VERSION on MODEL", "the note the heartbeat sends"),
     setting("heartbeat_retry_unregistered", None, None, "", "600", "seconds between heartbeats while Meeting answers 404/401/403"),
     setting("public_ip_url", None, None, "", "", "URL answering the device's public address as text (none: not sent)"),
+    setting("ssh_keys", Some("--ssh-keys"), Some("MEETING_SSH_KEYS"), "true|false", "true", "install Meeting's SSH key, publish the device key, keep known_hosts (verified HTTPS only)"),
+    setting("meeting_ssh_user", Some("--meeting-ssh-user"), None, "USER", "device, when that user exists", "login user of Meeting's terminal, who gets Meeting's key ('' turns this off)"),
+    setting("authorized_keys_file", Some("--authorized-keys-file"), None, "PATH", "HOME/.ssh/authorized_keys", "where Meeting's key is installed"),
+    setting("meeting_key_fingerprint", None, None, "", "", "pin: Meeting's key must have this SHA256 fingerprint"),
+    setting("meeting_key_from", None, None, "", "127.0.0.1,::1", "from= option put on Meeting's key ('' puts none)"),
+    setting("ssh_keys_interval", None, None, "", "3600", "seconds between two rounds of key work"),
+    setting("device_ssh_key", Some("--device-ssh-key"), None, "PATH", DEFAULT_DEVICE_SSH_KEY, "the device's own SSH key, whose .pub is published to Meeting ('' turns this off)"),
+    setting("generate_device_key", None, None, "", "true", "create device_ssh_key (Ed25519) when it is missing"),
+    setting("known_hosts_file", Some("--known-hosts-file"), None, "PATH", "HOME/.ssh/known_hosts of the device key's owner", "where Meeting's SSH host keys go ('' turns this off)"),
+    setting("state_dir", Some("--state-dir"), None, "DIR", DEFAULT_STATE_DIR, "the agent's own state (which device key was published)"),
+    setting("ssh_port", None, None, "", "22", "port of the local sshd (check)"),
     setting("handshake_timeout", Some("--handshake-timeout"), None, "SECS", "5", "wait for the handshake reply before assuming an older proxy"),
     setting("connect_timeout", Some("--connect-timeout"), None, "SECS", "5", "local connect timeout per channel"),
     setting("allowed_ports", Some("--allow-port"), None, "PORT", "22", "local port the proxy may open (flag repeatable; file: [22, 5900])"),
@@ -266,6 +281,8 @@ pub struct Config {
     pub api_url: Option<Sourced<String>>,
     /// Meeting presence.
     pub heartbeat: Heartbeat,
+    /// SSH keys: Meeting's key, the device key, known_hosts.
+    pub ssh: SshKeys,
     /// How long to wait for the proxy's handshake reply before assuming an older proxy.
     pub handshake_timeout: Duration,
     /// How long a local connection (e.g. to sshd) may take before the channel is closed.
@@ -341,6 +358,44 @@ pub struct Heartbeat {
     pub public_ip_url: Option<String>,
     /// CA bundle for the API (`api_ca_file`, else `ca_file`).
     pub ca_file: Option<PathBuf>,
+}
+
+/// A setting with a built-in default that can also be turned off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Choice<T> {
+    /// Not configured: the default applies.
+    Default,
+    /// Configured empty: off.
+    Off,
+    /// Configured.
+    Given(T),
+}
+
+/// The SSH key work's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshKeys {
+    /// `Some(why)` when none of it is done (`ssh_keys` false).
+    pub off: Option<String>,
+    /// `meeting_ssh_user`.
+    pub user: Choice<String>,
+    /// `authorized_keys_file`.
+    pub authorized_keys_file: Option<PathBuf>,
+    /// `meeting_key_fingerprint`, as given.
+    pub pin: Option<String>,
+    /// `meeting_key_from` (`None`: no `from=` option).
+    pub from: Option<String>,
+    /// Time between two rounds.
+    pub interval: Duration,
+    /// `device_ssh_key` (`None`: off).
+    pub device_key: Option<PathBuf>,
+    /// `generate_device_key`.
+    pub generate: bool,
+    /// `known_hosts_file`.
+    pub known_hosts: Choice<PathBuf>,
+    /// `state_dir`.
+    pub state_dir: PathBuf,
+    /// `ssh_port`.
+    pub ssh_port: u16,
 }
 
 /// Default status file.
@@ -793,6 +848,7 @@ pub fn load(
         port,
         tls,
         heartbeat: heartbeat(p, api_url.clone(), ca_file.as_ref())?,
+        ssh: ssh_keys(p)?,
         api_url,
         handshake_timeout: secs("handshake_timeout", 5)?.value,
         connect_timeout: secs("connect_timeout", 5)?.value,
@@ -857,6 +913,71 @@ fn heartbeat(
             .text("api_ca_file")?
             .map(|s| PathBuf::from(s.value))
             .or_else(|| ca_file.map(|c| c.value.clone())),
+    })
+}
+
+/// The SSH key work's settings.
+fn ssh_keys(p: &Places) -> Result<SshKeys, ConfigError> {
+    let wanted = p.parsed("ssh_keys", true, parse_bool)?;
+    // Given empty (or as none/off): off; not given: the default.
+    let choice = |key| -> Result<Choice<String>, ConfigError> {
+        Ok(match p.raw(key)? {
+            None => Choice::Default,
+            Some(s) => match s.value.trim() {
+                "" | "none" | "off" => Choice::Off,
+                v => Choice::Given(v.to_owned()),
+            },
+        })
+    };
+    let path = |key| -> Result<Choice<PathBuf>, ConfigError> {
+        Ok(match choice(key)? {
+            Choice::Default => Choice::Default,
+            Choice::Off => Choice::Off,
+            Choice::Given(v) => Choice::Given(PathBuf::from(v)),
+        })
+    };
+    let from = match p.raw("meeting_key_from")? {
+        None => Some("127.0.0.1,::1".to_owned()),
+        Some(s) if s.value.trim().is_empty() => None,
+        Some(s) => {
+            let v = s.value.trim().to_owned();
+            if !v
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".:,/*?!-_[]".contains(&b))
+            {
+                return Err(ConfigError::Invalid {
+                    what: "meeting_key_from",
+                    source: s.source,
+                    why: format!(
+                        "\"{v}\" is not a from= pattern list (addresses, host names, CIDR, \
+                         comma-separated)"
+                    ),
+                });
+            }
+            Some(v)
+        }
+    };
+    Ok(SshKeys {
+        off: (!wanted.value).then(|| format!("ssh_keys false ({})", wanted.source)),
+        user: choice("meeting_ssh_user")?,
+        authorized_keys_file: p.text("authorized_keys_file")?.map(|s| s.value.into()),
+        pin: p.text("meeting_key_fingerprint")?.map(|s| s.value),
+        from,
+        interval: p
+            .parsed("ssh_keys_interval", Duration::from_secs(3600), parse_secs)?
+            .value
+            .max(MIN_HEARTBEAT_INTERVAL),
+        device_key: match path("device_ssh_key")? {
+            Choice::Default => Some(PathBuf::from(DEFAULT_DEVICE_SSH_KEY)),
+            Choice::Off => None,
+            Choice::Given(p) => Some(p),
+        },
+        generate: p.parsed("generate_device_key", true, parse_bool)?.value,
+        known_hosts: path("known_hosts_file")?,
+        state_dir: p
+            .parsed("state_dir", PathBuf::from(DEFAULT_STATE_DIR), parse_path)?
+            .value,
+        ssh_port: p.parsed("ssh_port", 22, parse_port)?.value,
     })
 }
 

@@ -7,6 +7,7 @@
 //! - [`uplink`]: the frame-writer thread and the pumps from local sockets into frames;
 //! - `meeting`: the Meeting REST API client;
 //! - [`config`]: where every setting comes from;
+//! - `sshkeys`: Meeting's SSH key, the device key and known_hosts (with the `tls` feature);
 //! - [`agent`]: the agent's roles (session, channels, status, shutdown);
 //! - [`check`]: the end-to-end diagnosis.
 //!
@@ -25,5 +26,7 @@ pub mod logging;
 mod meeting;
 pub mod memory;
 pub mod protocol;
+#[cfg(feature = "tls")]
+pub mod sshkeys;
 pub mod transport;
 pub mod uplink;

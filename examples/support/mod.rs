@@ -49,6 +49,8 @@ pub fn start(
 ) -> (Running, Receiver<String>) {
     let mut child = Command::new(binary(name))
         .args(args)
+        // The agent never touches this machine's SSH keys (/root/.ssh) in a demo or bench.
+        .env("MEETING_SSH_KEYS", "false")
         .envs(env.iter().copied())
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())

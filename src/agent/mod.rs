@@ -7,6 +7,8 @@
 //! agent.
 
 pub mod channels;
+#[cfg(feature = "tls")]
+mod keys;
 mod netinfo;
 pub mod presence;
 pub mod session;
@@ -26,10 +28,12 @@ use status::{State, Status};
 /// Version reported in logs and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The configuration in force (SIGHUP replaces it), and the heartbeat's wake-ups.
+/// The configuration in force (SIGHUP replaces it), and the wake-ups of the heartbeat and SSH
+/// key threads.
 pub struct Live {
     cfg: Mutex<Arc<Config>>,
     beacon: presence::Beacon,
+    keys: presence::Beacon,
 }
 
 impl Live {
@@ -38,6 +42,7 @@ impl Live {
         Live {
             cfg: Mutex::new(Arc::new(cfg)),
             beacon: presence::Beacon::default(),
+            keys: presence::Beacon::default(),
         }
     }
 
@@ -54,6 +59,7 @@ impl Live {
         *g = Arc::new(new);
         drop(g);
         self.beacon.reloaded();
+        self.keys.reloaded();
         changed
     }
 
@@ -129,6 +135,10 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Arc<Status>) {
     if let Err(e) = presence::spawn(live.clone(), status.clone()) {
         error!("cannot start the heartbeat thread ({e}); Meeting will show this device as Disconnected");
     }
+    #[cfg(feature = "tls")]
+    if let Err(e) = keys::spawn(live.clone()) {
+        error!("cannot start the SSH key thread ({e}); run `tunnel-agent keys` to install Meeting's key");
+    }
     let mut attempt: u64 = 0;
     while !shutdown.requested() {
         attempt += 1;
@@ -187,6 +197,7 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Arc<Status>) {
         }
     }
     live.beacon().stop();
+    live.keys.stop();
     status.remove();
     info!("tunnel-agent stopped");
 }

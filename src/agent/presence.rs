@@ -36,14 +36,15 @@ struct Events {
     stop: bool,
 }
 
-/// What wakes the heartbeat thread: a handshake accepted, a reload, a stop.
+/// What wakes the heartbeat thread (or the SSH key thread): a handshake accepted, a reload, a
+/// stop.
 #[derive(Default)]
 pub struct Beacon {
     events: Mutex<Events>,
     cv: Condvar,
 }
 
-enum Wake {
+pub(crate) enum Wake {
     Stop,
     BeatNow,
     Reloaded,
@@ -76,7 +77,7 @@ impl Beacon {
     }
 
     /// Waits up to `d` for an event; the most urgent one pending wins and is consumed.
-    fn wait(&self, d: Duration) -> Wake {
+    pub(crate) fn wait(&self, d: Duration) -> Wake {
         let deadline = Instant::now() + d;
         let mut g = self.lock();
         loop {

@@ -179,6 +179,16 @@ pub struct BeatAnswer {
     pub last_seen: Option<String>,
 }
 
+/// Meeting's SSH key as the API gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub struct MeetingKey {
+    /// The key line.
+    pub pubkey: String,
+    /// The fingerprint the server states, if any.
+    pub fingerprint: Option<String>,
+}
+
 /// What the API says of a device (`GET {api}/devices/{key}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceRecord {
@@ -231,7 +241,7 @@ impl Client {
     pub fn beat(&self, device_key: &str, beat: &Beat) -> Result<BeatAnswer, ApiError> {
         let url = self.url.at(&format!("/devices/{device_key}/online"));
         let body = beat.to_json();
-        let (status, text) = self.request(&url, &[], Some(&body))?;
+        let (status, text) = self.request("POST", &url, &[], Some(&body))?;
         if status != 200 {
             return Err(ApiError::Status {
                 url,
@@ -257,7 +267,7 @@ impl Client {
     /// the JSON object as sent.
     pub fn availability(&self, device_key: &str) -> Result<Value, ApiError> {
         let url = self.url.at(&format!("/devices/{device_key}/availability"));
-        let (status, text) = self.request(&url, &[], None)?;
+        let (status, text) = self.get(&url, &[])?;
         if status != 200 {
             return Err(ApiError::Status {
                 url,
@@ -289,15 +299,66 @@ impl Client {
         }
     }
 
-    fn get(&self, url: &str, headers: &[(&str, &str)]) -> Result<(u16, String), ApiError> {
-        self.request(url, headers, None)
+    /// Meeting's own SSH public key (`GET {api}/ssh/pubkey`): the key line and the fingerprint
+    /// the server gives for it, as sent (validated by the caller).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub fn meeting_key(&self) -> Result<MeetingKey, ApiError> {
+        let url = self.url.at("/ssh/pubkey");
+        let text = self.text(&url)?;
+        let v: Value = serde_json::from_str(&text).map_err(|_| ApiError::BadAnswer {
+            url: url.clone(),
+            why: format!(
+                "HTTP 200 but not JSON: \"{}\"",
+                printable(text.as_bytes(), 80)
+            ),
+        })?;
+        let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        Ok(MeetingKey {
+            pubkey: field("pubkey").ok_or_else(|| ApiError::BadAnswer {
+                url,
+                why: "no \"pubkey\" text member in the answer".into(),
+            })?,
+            fingerprint: field("fingerprint"),
+        })
     }
 
-    /// One request, a POST of `json` when given, else a GET; the status and the body (at most
-    /// 256 KiB), whatever the status.
+    /// The Meeting SSH server's host keys (`GET {api}/ssh-hostkey`), `ssh-keyscan` text as sent.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub fn host_keys(&self) -> Result<String, ApiError> {
+        self.text(&self.url.at("/ssh-hostkey"))
+    }
+
+    /// Publishes the device's public key (`PUT {api}/devices/{key}/ssh-key`); 400 (invalid
+    /// key) and 404 (unknown device) come back as `ApiError::Status`.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub fn publish_key(&self, device_key: &str, line: &str) -> Result<(), ApiError> {
+        let url = self.url.at(&format!("/devices/{device_key}/ssh-key"));
+        let body = Value::Object(
+            [("pubkey".to_owned(), Value::from(line))]
+                .into_iter()
+                .collect(),
+        )
+        .to_string();
+        match self.request("PUT", &url, &[], Some(&body))? {
+            (200..=204, _) => Ok(()),
+            (code, text) => Err(ApiError::Status {
+                url,
+                code,
+                body: server_text(&text),
+            }),
+        }
+    }
+
+    fn get(&self, url: &str, headers: &[(&str, &str)]) -> Result<(u16, String), ApiError> {
+        self.request("GET", url, headers, None)
+    }
+
+    /// One request (`GET`, or `POST`/`PUT` of `json`); the status and the body (at most 256
+    /// KiB), whatever the status.
     #[cfg(feature = "tls")]
     fn request(
         &self,
+        method: &str,
         url: &str,
         headers: &[(&str, &str)],
         json: Option<&str>,
@@ -316,11 +377,14 @@ impl Client {
             }
             req
         }
-        let result = match json {
-            Some(body) => with(agent.post(url), headers)
+        let result = match (method, json) {
+            ("PUT", Some(body)) => with(agent.put(url), headers)
                 .header("Content-Type", "application/json")
                 .send(body),
-            None => with(agent.get(url), headers).call(),
+            (_, Some(body)) => with(agent.post(url), headers)
+                .header("Content-Type", "application/json")
+                .send(body),
+            (_, None) => with(agent.get(url), headers).call(),
         };
         let mut resp = result.map_err(unreachable)?;
         let body = resp
@@ -335,6 +399,7 @@ impl Client {
     #[cfg(not(feature = "tls"))]
     fn request(
         &self,
+        _method: &str,
         _url: &str,
         _headers: &[(&str, &str)],
         _json: Option<&str>,

@@ -54,7 +54,10 @@ impl Proc {
             .env_remove("MEETING_TOKEN")
             .env_remove("MEETING_TUNNEL_HOST")
             .env_remove("MEETING_TUNNEL_PORT")
-            .env_remove("MEETING_TUNNEL_TLS");
+            .env_remove("MEETING_TUNNEL_TLS")
+            // The agent never touches this machine's SSH keys (/root/.ssh) unless a test asks
+            // for it, with paths of its own (--ssh-keys true or MEETING_SSH_KEYS in `env`).
+            .env("MEETING_SSH_KEYS", "false");
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -105,6 +105,10 @@ impl FakeApi {
                     ("GET".into(), format!("/api/devices/{k}/availability")),
                     Answer::Json(200, String::new()),
                 );
+                st.answers.insert(
+                    ("PUT".into(), format!("/api/devices/{k}/ssh-key")),
+                    Answer::Json(200, r#"{"ok":true}"#.into()),
+                );
             }
         }
         let http = tiny_http::Server::http("127.0.0.1:0").expect("tiny_http on loopback");
@@ -146,6 +150,16 @@ impl FakeApi {
             (method.into(), path.into()),
             Answer::Json(status, body.into()),
         );
+    }
+
+    /// Serves `pubkey` (a key line) as Meeting's SSH key, with `fingerprint` beside it, as
+    /// `GET /api/ssh/pubkey` answers.
+    pub fn serve_meeting_key(&self, pubkey: &str, fingerprint: Option<&str>) {
+        let body = serde_json::json!({
+            "pubkey": pubkey, "fingerprint": fingerprint, "host": "meeting.example",
+            "generated_at": "2026-11-25 10:00:00",
+        });
+        self.answer("GET", "/api/ssh/pubkey", 200, &body.to_string());
     }
 
     /// Makes `method path` hang until [`Self::release`].

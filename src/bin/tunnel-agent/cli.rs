@@ -34,6 +34,13 @@ pub enum Command {
         /// Bound for each network wait.
         timeout: Duration,
     },
+    /// The SSH key work once, then exit.
+    Keys {
+        /// Configuration flags.
+        flags: Flags,
+        /// `-v` count minus `-q` count.
+        verbosity: i32,
+    },
     /// Print the running agent's status file.
     Status {
         /// `--status-file PATH`, else the default.
@@ -54,11 +61,15 @@ pub fn usage() -> String {
 Usage: tunnel-agent [run] [OPTIONS]
        tunnel-agent check [--json | --report] [--timeout SECS] [OPTIONS]
        tunnel-agent status [--json] [--status-file PATH]
+       tunnel-agent keys [OPTIONS]
 
 run (the default) dials out to the Meeting proxy and carries its tunnels to local services.
 check diagnoses the device end to end (configuration, DNS, TCP, TLS, handshake, Meeting API,
 local services) and names the most likely cause of a failure.
 status prints the running agent's status file; exit 0 when connected, 1 otherwise.
+keys installs Meeting's SSH key for the login user, publishes the device key and updates
+known_hosts, once, then exits (run it as root: the service does before starting the agent; an
+agent running as root also does it every ssh_keys_interval).
 SIGHUP makes a running agent re-read its configuration (reconnecting only if a connection
 setting changed); SIGINT/SIGTERM stop it.
 
@@ -82,7 +93,11 @@ Exit status of run: 0 stopped by SIGINT/SIGTERM; 2 bad command line or configura
 Exit status of check: 0 ok (or no_reply: an older proxy that never answers); 1 configuration;
 2 network (DNS, TCP, TLS, not a Meeting proxy); 3 refused by the proxy (with a reason or
 silently); 4 the Meeting API says the device is unknown or not authorized; 5 local service down;
-6 the proxy accepts the device but Meeting shows it Disconnected (no heartbeat).",
+6 the proxy accepts the device but Meeting shows it Disconnected (no heartbeat); 7 the tunnel
+works but Meeting's terminal cannot log in (sshd, login user, Meeting's key, file modes).
+Exit status of keys: 0 everything in place (or turned off); 1 failed (API, files, rights);
+2 bad command line or configuration; 3 refused for safety (http API, invalid key, fingerprint
+mismatch, symbolic link or foreign owner): nothing was written.",
         config::usage()
     )
 }
@@ -110,8 +125,10 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut format = Format::Text;
     let mut timeout = Duration::from_secs(10);
     let mut it = args.iter().peekable();
-    let check = it.peek().map(|a| a.as_str()) == Some("check");
-    if check || it.peek().map(|a| a.as_str()) == Some("run") {
+    let sub = it.peek().map(|a| a.as_str());
+    let check = sub == Some("check");
+    let keys = sub == Some("keys");
+    if check || keys || sub == Some("run") {
         it.next();
     }
     while let Some(arg) = it.next() {
@@ -160,6 +177,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             timeout,
         });
     }
+    if keys {
+        return Ok(Command::Keys { flags, verbosity });
+    }
     Ok(Command::Run { flags, verbosity })
 }
 
@@ -199,6 +219,13 @@ mod tests {
             .unwrap_err()
             .contains("needs a value"));
         assert_eq!(parse(&args("--help")).unwrap(), Command::Help);
+        assert_eq!(
+            parse(&args("keys --meeting-ssh-user device -v")).unwrap(),
+            Command::Keys {
+                flags: Flags::default().with("meeting_ssh_user", "device"),
+                verbosity: 1
+            }
+        );
     }
 
     #[test]

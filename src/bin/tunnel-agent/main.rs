@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             timeout,
         }) => return check(&flags, format, timeout),
         Ok(cli::Command::Status { path, json }) => return status(path, json),
+        Ok(cli::Command::Keys { flags, verbosity }) => return keys(&flags, verbosity),
         Ok(cli::Command::Help) => {
             println!("{}", cli::usage());
             return ExitCode::SUCCESS;
@@ -140,6 +141,49 @@ fn status(path: Option<String>, json: bool) -> ExitCode {
     } else {
         1
     })
+}
+
+/// `tunnel-agent keys`: one round of the SSH key work; a line per job on stdout (failures on
+/// stderr), exit 0 when everything is in place, 1 on a failure, 3 on a refusal.
+fn keys(flags: &config::Flags, verbosity: i32) -> ExitCode {
+    logging::init(verbosity);
+    let env = |k: &str| std::env::var(k).ok();
+    let cfg = match config::load(flags, &env, &SearchPaths::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tunnel-agent keys: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    keys_round(&cfg)
+}
+
+#[cfg(feature = "tls")]
+fn keys_round(cfg: &config::Config) -> ExitCode {
+    use tunnel_agent::sshkeys::{self, Done, Memory};
+    let client = sshkeys::client(cfg);
+    let mut worst = 0;
+    for o in sshkeys::round(cfg, client.as_ref(), &mut Memory::default()) {
+        match &o.result {
+            Ok(Done::Changed(m)) => println!("{}: {m}", o.job),
+            Ok(Done::Unchanged(m)) => println!("{}: ok: {m}", o.job),
+            Ok(Done::Off(why)) => println!("{}: off: {why}", o.job),
+            Err(e) => {
+                eprintln!("{}: FAILED: {e}", o.job);
+                worst = worst.max(if e.is_refusal() { 3 } else { 1 });
+            }
+        }
+    }
+    ExitCode::from(worst)
+}
+
+#[cfg(not(feature = "tls"))]
+fn keys_round(_cfg: &config::Config) -> ExitCode {
+    eprintln!(
+        "tunnel-agent keys: this tunnel-agent was built without TLS, and SSH keys are only \
+         taken over verified HTTPS; install a build with TLS"
+    );
+    ExitCode::from(1)
 }
 
 /// `tunnel-agent check`: prints the report and exits with the verdict's status.

@@ -84,6 +84,8 @@ struct Setup {
     api_ca: Option<PathBuf>,
     local: u16,
     timeout: &'static str,
+    /// Members for Meeting's terminal login (default: no login user, the step is skipped).
+    login: Value,
 }
 
 impl Setup {
@@ -95,6 +97,7 @@ impl Setup {
             api_ca: None,
             local,
             timeout: "1",
+            login: serde_json::json!({"meeting_ssh_user": ""}),
         }
     }
 }
@@ -154,6 +157,9 @@ fn check(s: &Setup) -> Outcome {
     }
     if let Some(ca) = &s.api_ca {
         v["api_ca_file"] = ca.display().to_string().into();
+    }
+    for (k, val) in s.login.as_object().unwrap() {
+        v[k] = val.clone();
     }
     std::fs::write(&cfg, v.to_string()).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -434,5 +440,85 @@ fn a_token_file_readable_by_others_is_a_warning_with_the_fix() {
         text.contains(&format!("chmod 600 {}", cfg.display())),
         "{text}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The user running the tests: (name, home) from the password database.
+fn login_user() -> (String, PathBuf) {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").unwrap().uid();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let f: Vec<&str> = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 5 && f[2] == uid.to_string())
+        .expect("the test user in /etc/passwd");
+    (f[0].to_owned(), PathBuf::from(f[5]))
+}
+
+const MEETING_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl meeting";
+
+#[test]
+fn meetings_terminal_login_user_key_modes_and_sshd() {
+    use std::os::unix::fs::PermissionsExt;
+    let (user, home) = login_user();
+    // Inside the user's home, as ~/.ssh is: sshd's StrictModes walk stops there.
+    let dir = home.join(format!(".tunnel-agent-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let file = dir.join("authorized_keys");
+    let proxy = Proxy::start(&["--device", &format!("{KEY}={TOKEN}")]);
+    let api = fake_api(200, AUTHORIZED);
+    api.serve_meeting_key(
+        MEETING_KEY,
+        Some("SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU"),
+    );
+    let sshd = fake_sshd();
+    let mut s = Setup::new(proxy.control, sshd);
+    s.api = Some(api.url.clone());
+    s.api_ca = Some(api.ca_file.clone());
+    let login = |user: &str, port: u16| {
+        serde_json::json!({
+            "meeting_ssh_user": user, "authorized_keys_file": file.display().to_string(),
+            "ssh_port": port,
+        })
+    };
+    s.login = login(&user, sshd);
+
+    std::fs::write(
+        &file,
+        format!("ssh-rsa AAAA other\nfrom=\"127.0.0.1,::1\" {MEETING_KEY}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = check(&s);
+    o.assert(
+        "ok",
+        0,
+        &["holds Meeting's key SHA256:+DiY3wvvV6TuJJhbpZisF"],
+    );
+    assert_eq!(o.step("ssh-login")["status"], "pass");
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    check(&s).assert("login_file_modes", 7, &["mode 0666", "StrictModes"]);
+
+    std::fs::write(&file, "ssh-rsa AAAA other\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    check(&s).assert(
+        "meeting_key_missing",
+        7,
+        &["lacks Meeting's current key", "tunnel-agent keys"],
+    );
+
+    s.login = login("no-such-user-x", sshd);
+    check(&s).assert(
+        "login_user_missing",
+        7,
+        &["\"no-such-user-x\"", "meeting_ssh_user"],
+    );
+
+    s.login = login(&user, echo_server());
+    check(&s).assert("ssh_not_answering", 7, &["no SSH banner", "start sshd"]);
     let _ = std::fs::remove_dir_all(&dir);
 }

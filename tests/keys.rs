@@ -511,3 +511,89 @@ fn as_root_the_owner_of_another_users_file_and_a_new_ssh_dir_are_right() {
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (65534, 65534, 0o644));
     assert!(std::fs::read_to_string(&ak).unwrap().starts_with(OTHERS));
 }
+
+#[test]
+fn an_agent_without_the_rights_says_so_once_and_carries_the_tunnel() {
+    let setpriv = Path::new("/usr/bin/setpriv");
+    if !tools_present() || uid() != 0 || !setpriv.exists() {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI runs the suite as root with setpriv (util-linux): this test needs both");
+        }
+        eprintln!("SKIPPED: needs root and setpriv to run the agent as nobody");
+        return;
+    }
+    let s = Setup::new("rights");
+    // The agent runs as nobody; the managed file is in a directory only root may write.
+    for d in [&s.dir, &s.path("ssh")] {
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(
+        &s.api.ca_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let echo = echo_server();
+    let proxy = Proxy::for_ports(&[echo], &[]);
+    let port = proxy.control.port().to_string();
+    let allow = echo.to_string();
+    let ak = s.authorized_keys().display().to_string();
+    let ca = s.api.ca_file.display().to_string();
+    let agent = Proc::spawn(
+        setpriv.to_str().unwrap(),
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            bin("tunnel-agent"),
+            "-v",
+            "--device-key",
+            KEY,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--status-file",
+            "",
+            "--allow-port",
+            &allow,
+            "--ssh-keys",
+            "true",
+            "--api-url",
+            &s.api.url,
+            "--api-ca-file",
+            &ca,
+            "--meeting-ssh-user",
+            "nobody",
+            "--authorized-keys-file",
+            &ak,
+            "--device-ssh-key",
+            "",
+            "--known-hosts-file",
+            "",
+            "--heartbeat",
+            "false",
+        ],
+        &[("MEETING_TOKEN", TOKEN)],
+    );
+    proxy.wait_agent(1);
+    let said = "SSH keys (meeting key): cannot create a temporary file next to";
+    agent.wait_for(said, SOON);
+    // The tunnel works meanwhile.
+    let data = random_bytes(64 << 10, 3);
+    assert_eq!(echo_through(proxy.tunnels[0], &data), data);
+    // A reload runs another round: the same failure is not said again at WARN.
+    agent.signal("HUP");
+    agent.wait_for_nth(said, 2, SOON);
+    let out = agent.output();
+    let warned: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains(said) && l.contains(" WARN "))
+        .collect();
+    assert_eq!(warned.len(), 1, "{out}");
+    assert!(
+        warned[0].contains("the agent lacks the rights: run `tunnel-agent keys` as root"),
+        "{}",
+        warned[0]
+    );
+    assert!(!Path::new(&ak).exists());
+}

@@ -143,3 +143,106 @@ fn ssh_and_scp_through_the_tunnel() {
     );
     assert!(!agent.output().contains(TOKEN));
 }
+
+/// What Meeting's web terminal does: log in through the tunnel as the login user with
+/// Meeting's own key, which the agent fetched from the (fake) Meeting API and installed in the
+/// `authorized_keys` sshd reads.
+#[test]
+fn meetings_terminal_logs_in_with_the_key_the_agent_installed() {
+    if !tools_present() {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI is set but sshd/ssh/ssh-keygen are missing: .ci/run must install them");
+        }
+        eprintln!("SKIPPED: openssh-server/openssh-client not installed");
+        return;
+    }
+    let dir =
+        Dir(std::env::temp_dir().join(format!("tunnel-agent-ssh-meeting-{}", std::process::id())));
+    let d = &dir.0;
+    for sub in ["managed", "device", "state"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    keygen(&d.join("hostkey"));
+    // Meeting's key: made here, served by the fake API, never copied by the test.
+    keygen(&d.join("client"));
+    let meeting_line = std::fs::read_to_string(d.join("client.pub")).unwrap();
+    let api = FakeApi::start(&[KEY]);
+    api.serve_meeting_key(meeting_line.trim(), None);
+    let host_line = std::fs::read_to_string(d.join("hostkey.pub")).unwrap();
+    api.answer(
+        "GET",
+        "/api/ssh-hostkey",
+        200,
+        &format!("[127.0.0.1]:2222 {}", host_line.trim()),
+    );
+    let authorized = d.join("managed/authorized_keys");
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let port = closed_port();
+    std::fs::write(
+        d.join("sshd_config"),
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/hostkey\nPidFile {dir}/sshd.pid\n\
+             AuthorizedKeysFile {keys}\nStrictModes no\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n\
+             LogLevel VERBOSE\n",
+            dir = d.display(),
+            keys = authorized.display()
+        ),
+    )
+    .unwrap();
+    let cfg = d.join("sshd_config").display().to_string();
+    let sshd = Proc::spawn(SSHD, &["-D", "-e", "-f", &cfg], &[]);
+    sshd.wait_for(&format!("Server listening on 127.0.0.1 port {port}"), SOON);
+
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+    let path = |p: &str| d.join(p).display().to_string();
+    let ca = api.ca_file.display().to_string();
+    let proxy = Proxy::for_ports(&[port], &[]);
+    let agent = proxy.agent(&[
+        "--ssh-keys",
+        "true",
+        "--api-url",
+        &api.url,
+        "--api-ca-file",
+        &ca,
+        "--meeting-ssh-user",
+        user.trim(),
+        "--authorized-keys-file",
+        &authorized.display().to_string(),
+        "--device-ssh-key",
+        &path("device/id_ed25519"),
+        "--known-hosts-file",
+        &path("device/known_hosts"),
+        "--state-dir",
+        &path("state"),
+    ]);
+    proxy.wait_agent(1);
+    agent.wait_for("SSH keys (meeting key): installed Meeting's key", SOON);
+    assert!(
+        std::fs::read_to_string(&authorized)
+            .unwrap()
+            .contains(&format!("from=\"127.0.0.1,::1\" {}", meeting_line.trim())),
+        "the managed authorized_keys lacks Meeting's key"
+    );
+
+    let public = proxy.tunnels[0].port().to_string();
+    let out = run(Command::new("ssh").args(client_opts(d)).args([
+        "-p",
+        &public,
+        "127.0.0.1",
+        "echo logged in as $(id -un)",
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("logged in as {}", user.trim())
+    );
+    assert!(
+        sshd.output().contains("Accepted publickey"),
+        "{}",
+        sshd.output()
+    );
+    // The rest of the round: the device key published, the host key in known_hosts.
+    api.wait_for("PUT", &format!("/api/devices/{KEY}/ssh-key"), 1, SOON);
+    agent.wait_for("SSH keys (known_hosts): wrote 1 host keys", SOON);
+    assert!(!agent.output().contains(TOKEN));
+}

@@ -4,6 +4,7 @@
 //! handshake and reply classification, and the Meeting API client. Owns the steps, the
 //! verdict and how they are shown; must not change anything on the device.
 
+mod login;
 pub mod render;
 pub mod verdict;
 
@@ -17,7 +18,7 @@ use crate::protocol::handshake::{handshake_line, read_reply, Recorded, Reply, Re
 use crate::protocol::printable::printable;
 use crate::transport::tcp::{connect_any, resolve};
 use crate::transport::{self, Control, TransportError};
-use verdict::{Api, Findings, Handshake, Presence, Reach, Verdict};
+use verdict::{Api, Findings, Handshake, Login, Presence, Reach, Verdict};
 
 /// Outcome of one step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,11 +140,20 @@ pub fn run(
                 Some("fix the configuration (tunnel-agent --help lists every setting)".into()),
                 t,
             ));
-            for name in ["dns", "tcp", "tls", "handshake", "api", "presence", "local"] {
+            for name in [
+                "dns",
+                "tcp",
+                "tls",
+                "handshake",
+                "api",
+                "presence",
+                "local",
+                "ssh-login",
+            ] {
                 steps.push(skipped(name, "no usable configuration"));
             }
             let reach = Reach::ConfigError(e);
-            let found = (Api::Unknown, Presence::Unknown);
+            let found = (Api::Unknown, Presence::Unknown, Login::Unknown);
             return conclude(steps, facts, &reach, found, &[], &[], "", "", opts);
         }
     };
@@ -166,12 +176,14 @@ pub fn run(
         }
         steps.push(s);
     }
+    let (login_step, login) = login::login_step(&cfg, opts);
+    steps.push(login_step);
     let key = cfg.device_key.value.clone();
     conclude(
         steps,
         facts,
         &reach,
-        (api, presence),
+        (api, presence, login),
         &up,
         &down,
         &key,
@@ -185,7 +197,7 @@ fn conclude(
     steps: Vec<Step>,
     facts: Facts,
     reach: &Reach,
-    (api, presence): (Api, Presence),
+    (api, presence, login): (Api, Presence, Login),
     up: &[u16],
     down: &[u16],
     key: &str,
@@ -198,6 +210,7 @@ fn conclude(
         reach: reach.clone(),
         api,
         presence,
+        login,
         local_down: down.to_vec(),
         local_up: up.to_vec(),
         reply_timeout_s: opts.timeout.as_secs_f64(),

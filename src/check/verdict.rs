@@ -64,6 +64,23 @@ pub enum Presence {
     Disconnected(String),
 }
 
+/// Whether Meeting's terminal can log in through the tunnel (the `ssh-login` step).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    /// Not checked (no login user determined): no finding.
+    Unknown,
+    /// sshd answers, the user exists, Meeting's key is in place with modes sshd accepts.
+    Ready,
+    /// No SSH server answers on `ssh_port`; what was seen.
+    NoSsh(String),
+    /// `meeting_ssh_user` does not exist.
+    NoUser(String),
+    /// Meeting's current key is not in the user's `authorized_keys`; where and which.
+    KeyMissing(String),
+    /// sshd's StrictModes would refuse the file; which path and why.
+    Modes(String),
+}
+
 /// Everything the verdict depends on.
 #[derive(Debug, Clone)]
 pub struct Findings {
@@ -77,6 +94,8 @@ pub struct Findings {
     pub api: Api,
     /// Meeting presence.
     pub presence: Presence,
+    /// Meeting's terminal login.
+    pub login: Login,
     /// Local ports that refused a connection.
     pub local_down: Vec<u16>,
     /// Local ports checked and answering.
@@ -118,6 +137,14 @@ pub enum Verdict {
     LocalServiceDown,
     /// The proxy accepts the device but Meeting shows it Disconnected.
     OfflineInMeeting,
+    /// No SSH server answers on the SSH port.
+    SshNotAnswering,
+    /// The login user of Meeting's terminal does not exist.
+    LoginUserMissing,
+    /// Meeting's key is not in the login user's authorized_keys.
+    MeetingKeyMissing,
+    /// sshd's StrictModes would refuse the login user's authorized_keys.
+    LoginFileModes,
 }
 
 impl Verdict {
@@ -139,13 +166,17 @@ impl Verdict {
             Verdict::DeviceNotAuthorized => "device_not_authorized",
             Verdict::LocalServiceDown => "local_service_down",
             Verdict::OfflineInMeeting => "offline_in_meeting",
+            Verdict::SshNotAnswering => "ssh_not_answering",
+            Verdict::LoginUserMissing => "login_user_missing",
+            Verdict::MeetingKeyMissing => "meeting_key_missing",
+            Verdict::LoginFileModes => "login_file_modes",
         }
     }
 
     /// Exit status: 0 ok (and no_reply: such proxies work); 1 configuration; 2 network (DNS,
     /// TCP, TLS, not a Meeting proxy); 3 refused by the proxy; 4 the API says the device is
     /// unknown or not authorized; 5 local service down; 6 Meeting shows the device
-    /// Disconnected.
+    /// Disconnected; 7 Meeting's terminal cannot log in.
     pub fn exit_code(self) -> u8 {
         match self {
             Verdict::Ok | Verdict::NoReply => 0,
@@ -160,6 +191,10 @@ impl Verdict {
             Verdict::DeviceUnknown | Verdict::DeviceNotAuthorized => 4,
             Verdict::LocalServiceDown => 5,
             Verdict::OfflineInMeeting => 6,
+            Verdict::SshNotAnswering
+            | Verdict::LoginUserMissing
+            | Verdict::MeetingKeyMissing
+            | Verdict::LoginFileModes => 7,
         }
     }
 }
@@ -215,6 +250,37 @@ pub fn decide(f: &Findings) -> (Verdict, String) {
             ),
         )),
         _ => None,
+    };
+    let login = || match &f.login {
+        Login::Unknown | Login::Ready => None,
+        Login::NoSsh(seen) => Some((
+            Verdict::SshNotAnswering,
+            format!(
+                "The tunnel works but no SSH server answers on the device ({seen}), so Meeting's \
+                 terminal cannot log in: start sshd, or set ssh_port to its port."
+            ),
+        )),
+        Login::NoUser(user) => Some((
+            Verdict::LoginUserMissing,
+            format!(
+                "Meeting's terminal logs in as \"{user}\", which does not exist on the device: \
+                 create the user (adduser {user}) or set meeting_ssh_user."
+            ),
+        )),
+        Login::KeyMissing(what) => Some((
+            Verdict::MeetingKeyMissing,
+            format!(
+                "Meeting's terminal cannot log in: {what}; run `tunnel-agent keys` as root (the \
+                 service does at each start) and read what it says."
+            ),
+        )),
+        Login::Modes(what) => Some((
+            Verdict::LoginFileModes,
+            format!(
+                "sshd will refuse Meeting's key because of file ownership or modes \
+                 (StrictModes): {what}."
+            ),
+        )),
     };
     match &f.reach {
         Reach::ConfigError(e) => (
@@ -295,25 +361,31 @@ pub fn decide(f: &Findings) -> (Verdict, String) {
                 ),
             )
         }),
-        Reach::Replied(Handshake::NoReply) => local_down().or_else(offline).unwrap_or_else(|| {
-            (
-                Verdict::NoReply,
-                format!(
+        Reach::Replied(Handshake::NoReply) => local_down()
+            .or_else(offline)
+            .or_else(login)
+            .unwrap_or_else(|| {
+                (
+                    Verdict::NoReply,
+                    format!(
                     "The proxy {proxy} kept the connection open but sent no reply within {:.0} s: \
                      it is probably an older proxy that never answers, and the tunnel should work.",
                     f.reply_timeout_s
                 ),
-            )
-        }),
-        Reach::Replied(Handshake::Accepted) => local_down().or_else(offline).unwrap_or_else(|| {
-            (
-                Verdict::Ok,
-                format!(
-                    "The tunnel works: the proxy accepts device {key} and the local services \
+                )
+            }),
+        Reach::Replied(Handshake::Accepted) => local_down()
+            .or_else(offline)
+            .or_else(login)
+            .unwrap_or_else(|| {
+                (
+                    Verdict::Ok,
+                    format!(
+                        "The tunnel works: the proxy accepts device {key} and the local services \
                      answer."
-                ),
-            )
-        }),
+                    ),
+                )
+            }),
     }
 }
 
@@ -330,6 +402,7 @@ mod tests {
             reach,
             api,
             presence: Presence::Unknown,
+            login: Login::Unknown,
             local_down: down.to_vec(),
             local_up: if down.is_empty() { vec![22] } else { vec![] },
             reply_timeout_s: 10.0,
@@ -367,6 +440,48 @@ mod tests {
         assert_eq!((v, v.exit_code()), (Verdict::OfflineInMeeting, 6));
         assert!(s.contains("Meeting shows it Disconnected"), "{s}");
         assert!(s.contains("heartbeat false"), "{s}");
+        f.presence = Presence::Available;
+        assert_eq!(decide(&f).0, Verdict::Ok);
+    }
+
+    #[test]
+    fn a_working_tunnel_that_meetings_terminal_cannot_log_in_through_exits_7() {
+        let mut f = findings(
+            Reach::Replied(Handshake::Accepted),
+            Api::Authorized { ssh: true },
+            &[],
+        );
+        for (login, verdict, says) in [
+            (
+                Login::NoUser("device".into()),
+                Verdict::LoginUserMissing,
+                "adduser device",
+            ),
+            (
+                Login::KeyMissing("x".into()),
+                Verdict::MeetingKeyMissing,
+                "tunnel-agent keys",
+            ),
+            (
+                Login::Modes("y".into()),
+                Verdict::LoginFileModes,
+                "StrictModes",
+            ),
+            (
+                Login::NoSsh("z".into()),
+                Verdict::SshNotAnswering,
+                "start sshd",
+            ),
+        ] {
+            f.login = login;
+            let (v, s) = decide(&f);
+            assert_eq!((v, v.exit_code()), (verdict, 7));
+            assert!(s.contains(says), "{s}");
+        }
+        // A service down or the device offline in Meeting comes first.
+        f.presence = Presence::Disconnected("no heartbeat".into());
+        assert_eq!(decide(&f).0, Verdict::OfflineInMeeting);
+        f.login = Login::Ready;
         f.presence = Presence::Available;
         assert_eq!(decide(&f).0, Verdict::Ok);
     }

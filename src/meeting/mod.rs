@@ -215,6 +215,12 @@ impl Client {
         }
     }
 
+    /// The same client with another bound for each request.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub fn with_timeout(self, timeout: Duration) -> Client {
+        Client::new(self.url, self.ca_file, timeout)
+    }
+
     /// Fetches the device record, sending the token in `X-Token-Code` (its only use here).
     pub fn device_record(&self, device_key: &str, token: &str) -> Result<DeviceRecord, ApiError> {
         let url = self.url.device(device_key);

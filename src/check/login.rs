@@ -4,10 +4,10 @@
 //! user's home have owners and modes sshd's StrictModes accepts. Reads only.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::verdict::Login;
-use super::{step, Options, Status, Step};
+use super::{Options, Step};
 use crate::config::Config;
 
 /// The step and its finding.
@@ -25,8 +25,9 @@ pub(super) fn login_step(_cfg: &Config, _opts: &Options) -> (Step, Login) {
 /// The step and its finding.
 #[cfg(feature = "tls")]
 pub(super) fn login_step(cfg: &Config, opts: &Options) -> (Step, Login) {
+    use super::{step, Status};
     use crate::sshkeys::{self, edit};
-    let t = Instant::now();
+    let t = std::time::Instant::now();
     let fail = |detail: String, hint: &str, login: Login| {
         (
             step("ssh-login", Status::Fail, detail, Some(hint.into()), t),

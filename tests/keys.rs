@@ -471,6 +471,20 @@ fn exit_statuses_of_keys() {
         err.contains("HTTP 500") && err.contains("key store down"),
         "{err}"
     );
+    // No API at all: said once, the other jobs do not wait for it again.
+    let nowhere = format!("https://127.0.0.1:{}/api", closed_port());
+    let (code, out, err) = s.keys_with(&nowhere, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("meeting key: FAILED: the Meeting API at") && err.contains("did not answer"),
+        "{err}"
+    );
+    assert_eq!(
+        out.matches("off: skipped: the Meeting API did not answer")
+            .count(),
+        2,
+        "{out}"
+    );
     // A bad configuration.
     let (code, _, err) = s.keys(&["--port", "0"]);
     assert_eq!(code, 2, "{err}");

@@ -92,6 +92,13 @@ fn make_install_lays_out_the_files_and_the_unit_verifies() {
         )),
         "{text}"
     );
+    assert!(
+        text.contains(&format!(
+            "ExecStartPre=-+{}/usr/bin/tunnel-agent keys",
+            r.display()
+        )),
+        "the key work runs with full privileges before the agent, and never blocks it: {text}"
+    );
     for hardening in [
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
@@ -100,6 +107,7 @@ fn make_install_lays_out_the_files_and_the_unit_verifies() {
         "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
         "CapabilityBoundingSet=\n",
         "RuntimeDirectory=tunnel-agent",
+        "StateDirectory=tunnel-agent",
         "Restart=always",
     ] {
         assert!(text.contains(hardening), "{hardening} missing");
@@ -201,6 +209,12 @@ fn init_script_with_busybox_start_stop_daemon() {
     let out = script(&t.0, "start", &env);
     assert!(
         out.status.success() && text(&out).contains("OK"),
+        "start: {}",
+        text(&out)
+    );
+    // The key work ran first (off here: no Meeting API is configured).
+    assert!(
+        text(&out).contains("meeting key: off: no Meeting API configured"),
         "start: {}",
         text(&out)
     );

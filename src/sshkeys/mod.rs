@@ -242,23 +242,41 @@ pub fn round(cfg: &Config, client: Option<&Client>, memory: &mut Memory) -> Vec<
             Err(KeysError::PlainHttp(c.url.to_string()))
         }
     };
-    let mut out = Vec::new();
-    out.push(Outcome {
-        job: "meeting key",
-        result: https(c).and_then(|()| meeting_key(cfg, c)),
-    });
-    let device = https(c).and_then(|()| device_key(cfg, c, memory));
-    let owner = match &device {
-        Ok((_, owner)) => *owner,
-        Err(_) => None,
+    // Once the API did not answer, the next jobs would only wait as long again (at boot,
+    // before the tunnel starts): they are skipped.
+    let unreachable = |r: &Result<Done, KeysError>| {
+        matches!(r, Err(KeysError::Api(ApiError::Unreachable { .. })))
     };
+    let skipped = || {
+        Ok(Done::Off(
+            "skipped: the Meeting API did not answer (see above)".into(),
+        ))
+    };
+    let mut out = Vec::new();
+    let meeting = https(c).and_then(|()| meeting_key(cfg, c));
+    let mut gone = unreachable(&meeting);
     out.push(Outcome {
-        job: "device key",
-        result: device.map(|(done, _)| done),
+        job: JOBS[0],
+        result: meeting,
+    });
+    let (device, owner) = match gone {
+        true => (skipped(), None),
+        false => match https(c).and_then(|()| device_key(cfg, c, memory)) {
+            Ok((done, owner)) => (Ok(done), owner),
+            Err(e) => (Err(e), None),
+        },
+    };
+    gone |= unreachable(&device);
+    out.push(Outcome {
+        job: JOBS[1],
+        result: device,
     });
     out.push(Outcome {
-        job: "known_hosts",
-        result: https(c).and_then(|()| known_hosts(cfg, c, owner)),
+        job: JOBS[2],
+        result: match gone {
+            true => skipped(),
+            false => https(c).and_then(|()| known_hosts(cfg, c, owner)),
+        },
     });
     out
 }

@@ -44,6 +44,43 @@ fn keygen(path: &Path) {
         .arg(path));
 }
 
+/// `true` (after saying so) when OpenSSH is missing; under CI its absence is a failure.
+fn skip_without_openssh(test: &str) -> bool {
+    if tools_present() {
+        return false;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("CI is set but sshd/ssh/scp/ssh-keygen are missing: .ci/run must install openssh-server and openssh-client");
+    }
+    eprintln!("SKIPPED {test}: openssh-server/openssh-client not installed");
+    true
+}
+
+/// Debian's sshd on a loopback port with `dir/hostkey`, reading `authorized_keys`; returns it
+/// once it listens, with its port.
+fn start_sshd(dir: &Path, authorized_keys: &Path) -> (Proc, u16) {
+    keygen(&dir.join("hostkey"));
+    // sshd as root insists on its privilege separation directory.
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let port = closed_port();
+    std::fs::write(
+        dir.join("sshd_config"),
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/hostkey\nPidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {keys}\nStrictModes no\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n\
+             Subsystem sftp internal-sftp\nLogLevel VERBOSE\n",
+            d = dir.display(),
+            keys = authorized_keys.display()
+        ),
+    )
+    .unwrap();
+    let cfg = dir.join("sshd_config").display().to_string();
+    let sshd = Proc::spawn(SSHD, &["-D", "-e", "-f", &cfg], &[]);
+    sshd.wait_for(&format!("Server listening on 127.0.0.1 port {port}"), SOON);
+    (sshd, port)
+}
+
 fn client_opts(dir: &Path) -> Vec<String> {
     [
         "-F",
@@ -68,38 +105,15 @@ fn client_opts(dir: &Path) -> Vec<String> {
 
 #[test]
 fn ssh_and_scp_through_the_tunnel() {
-    if !tools_present() {
-        if std::env::var_os("CI").is_some() {
-            panic!("CI is set but sshd/ssh/scp/ssh-keygen are missing: .ci/run must install openssh-server and openssh-client");
-        }
-        eprintln!(
-            "SKIPPED ssh_and_scp_through_the_tunnel: openssh-server/openssh-client not installed"
-        );
+    if skip_without_openssh("ssh_and_scp_through_the_tunnel") {
         return;
     }
     let dir = Dir(std::env::temp_dir().join(format!("tunnel-agent-ssh-{}", std::process::id())));
     let d = &dir.0;
     std::fs::create_dir_all(d).unwrap();
-    keygen(&d.join("hostkey"));
     keygen(&d.join("client"));
     std::fs::copy(d.join("client.pub"), d.join("authorized_keys")).unwrap();
-    // sshd as root insists on its privilege separation directory.
-    let _ = std::fs::create_dir_all("/run/sshd");
-    let port = closed_port();
-    std::fs::write(
-        d.join("sshd_config"),
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/hostkey\nPidFile {dir}/sshd.pid\n\
-             AuthorizedKeysFile {dir}/authorized_keys\nStrictModes no\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n\
-             Subsystem sftp internal-sftp\nLogLevel VERBOSE\n",
-            dir = d.display()
-        ),
-    )
-    .unwrap();
-    let cfg = d.join("sshd_config").display().to_string();
-    let sshd = Proc::spawn(SSHD, &["-D", "-e", "-f", &cfg], &[]);
-    sshd.wait_for(&format!("Server listening on 127.0.0.1 port {port}"), SOON);
+    let (_sshd, port) = start_sshd(d, &d.join("authorized_keys"));
 
     let proxy = Proxy::for_ports(&[port], &[]);
     let agent = proxy.agent(&[]);
@@ -149,11 +163,7 @@ fn ssh_and_scp_through_the_tunnel() {
 /// `authorized_keys` sshd reads.
 #[test]
 fn meetings_terminal_logs_in_with_the_key_the_agent_installed() {
-    if !tools_present() {
-        if std::env::var_os("CI").is_some() {
-            panic!("CI is set but sshd/ssh/ssh-keygen are missing: .ci/run must install them");
-        }
-        eprintln!("SKIPPED: openssh-server/openssh-client not installed");
+    if skip_without_openssh("meetings_terminal_logs_in_with_the_key_the_agent_installed") {
         return;
     }
     let dir =
@@ -162,7 +172,8 @@ fn meetings_terminal_logs_in_with_the_key_the_agent_installed() {
     for sub in ["managed", "device", "state"] {
         std::fs::create_dir_all(d.join(sub)).unwrap();
     }
-    keygen(&d.join("hostkey"));
+    let authorized = d.join("managed/authorized_keys");
+    let (sshd, port) = start_sshd(d, &authorized);
     // Meeting's key: made here, served by the fake API, never copied by the test.
     keygen(&d.join("client"));
     let meeting_line = std::fs::read_to_string(d.join("client.pub")).unwrap();
@@ -175,25 +186,6 @@ fn meetings_terminal_logs_in_with_the_key_the_agent_installed() {
         200,
         &format!("[127.0.0.1]:2222 {}", host_line.trim()),
     );
-    let authorized = d.join("managed/authorized_keys");
-    let _ = std::fs::create_dir_all("/run/sshd");
-    let port = closed_port();
-    std::fs::write(
-        d.join("sshd_config"),
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/hostkey\nPidFile {dir}/sshd.pid\n\
-             AuthorizedKeysFile {keys}\nStrictModes no\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n\
-             LogLevel VERBOSE\n",
-            dir = d.display(),
-            keys = authorized.display()
-        ),
-    )
-    .unwrap();
-    let cfg = d.join("sshd_config").display().to_string();
-    let sshd = Proc::spawn(SSHD, &["-D", "-e", "-f", &cfg], &[]);
-    sshd.wait_for(&format!("Server listening on 127.0.0.1 port {port}"), SOON);
-
     let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
     let path = |p: &str| d.join(p).display().to_string();
     let ca = api.ca_file.display().to_string();

@@ -247,21 +247,7 @@ impl Client {
     pub fn beat(&self, device_key: &str, beat: &Beat) -> Result<BeatAnswer, ApiError> {
         let url = self.url.at(&format!("/devices/{device_key}/online"));
         let body = beat.to_json();
-        let (status, text) = self.request("POST", &url, &[], Some(&body))?;
-        if status != 200 {
-            return Err(ApiError::Status {
-                url,
-                code: status,
-                body: server_text(&text),
-            });
-        }
-        let v: Value = serde_json::from_str(&text).map_err(|_| ApiError::BadAnswer {
-            url: url.clone(),
-            why: format!(
-                "HTTP 200 but the body is not JSON: \"{}\"",
-                printable(text.as_bytes(), 80)
-            ),
-        })?;
+        let v = json_object(&url, &self.ok_body("POST", &url, Some(&body))?)?;
         let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
         Ok(BeatAnswer {
             ip_address: field("ip_address"),
@@ -273,29 +259,18 @@ impl Client {
     /// the JSON object as sent.
     pub fn availability(&self, device_key: &str) -> Result<Value, ApiError> {
         let url = self.url.at(&format!("/devices/{device_key}/availability"));
-        let (status, text) = self.get(&url, &[])?;
-        if status != 200 {
-            return Err(ApiError::Status {
-                url,
-                code: status,
-                body: server_text(&text),
-            });
-        }
-        serde_json::from_str::<Value>(&text)
-            .ok()
-            .filter(Value::is_object)
-            .ok_or_else(|| ApiError::BadAnswer {
-                url,
-                why: format!(
-                    "HTTP 200 but not a JSON object: \"{}\"",
-                    printable(text.as_bytes(), 80)
-                ),
-            })
+        json_object(&url, &self.text(&url)?).map(Value::Object)
     }
 
     /// The body of `url` (any URL, e.g. `public_ip_url`) as text, on HTTP 200.
     pub fn text(&self, url: &str) -> Result<String, ApiError> {
-        match self.get(url, &[])? {
+        self.ok_body("GET", url, None)
+    }
+
+    /// The body of a request answered HTTP 200; any other status is `ApiError::Status` with
+    /// the server's words.
+    fn ok_body(&self, method: &str, url: &str, json: Option<&str>) -> Result<String, ApiError> {
+        match self.request(method, url, &[], json)? {
             (200, body) => Ok(body),
             (code, body) => Err(ApiError::Status {
                 url: url.to_owned(),
@@ -310,14 +285,7 @@ impl Client {
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub fn meeting_key(&self) -> Result<MeetingKey, ApiError> {
         let url = self.url.at("/ssh/pubkey");
-        let text = self.text(&url)?;
-        let v: Value = serde_json::from_str(&text).map_err(|_| ApiError::BadAnswer {
-            url: url.clone(),
-            why: format!(
-                "HTTP 200 but not JSON: \"{}\"",
-                printable(text.as_bytes(), 80)
-            ),
-        })?;
+        let v = json_object(&url, &self.text(&url)?)?;
         let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
         Ok(MeetingKey {
             pubkey: field("pubkey").ok_or_else(|| ApiError::BadAnswer {
@@ -467,6 +435,20 @@ fn describe(e: ureq::Error, ca_file: Option<&std::path::Path>) -> String {
         ureq::Error::HostNotFound => "the host name does not resolve".to_owned(),
         ureq::Error::ConnectionFailed => "the TCP connection failed".to_owned(),
         other => other.to_string(),
+    }
+}
+
+/// An HTTP 200 body that must be a JSON object, or `BadAnswer` quoting its first bytes.
+fn json_object(url: &str, text: &str) -> Result<serde_json::Map<String, Value>, ApiError> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(ApiError::BadAnswer {
+            url: url.to_owned(),
+            why: format!(
+                "HTTP 200 but the body is not a JSON object: \"{}\"",
+                printable(text.as_bytes(), 80)
+            ),
+        }),
     }
 }
 

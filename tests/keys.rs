@@ -262,6 +262,19 @@ fn meeting_key_installed_other_lines_kept_rotation_replaces_no_op_writes_nothing
     );
     assert_eq!(s.puts().len(), 1, "the same device key was published again");
 
+    // meeting_key_from empty: the key goes in without from=.
+    let plain = s.path("plain.json");
+    std::fs::write(&plain, r#"{"meeting_key_from": ""}"#).unwrap();
+    let (code, out, _) = s.keys(&["--config", plain.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let text = std::fs::read_to_string(&ak).unwrap();
+    assert!(
+        text.contains(&format!("\n{}\n# END", s.meeting.1)),
+        "{text}"
+    );
+    assert!(text.starts_with(OTHERS) && !text.contains("from="));
+    s.keys(&[]);
+
     // Meeting rotates its key: the block is replaced, nothing else moves.
     let rotated = openssh_key(&s.path("meeting/rotated"));
     s.api.serve_meeting_key(&rotated.1, Some(&rotated.2));
@@ -403,6 +416,19 @@ fn every_refusal_leaves_the_file_untouched() {
         );
         assert_eq!(snapshot(&ak), before, "{name}: the file changed");
     }
+
+    // An API whose certificate is not trusted: nothing installed, and said.
+    s.api.serve_meeting_key(&good, Some(&s.meeting.2));
+    let stranger = FakeApi::start(&[]);
+    let ca = stranger.ca_file.display().to_string();
+    let before = snapshot(&ak);
+    let (code, _, err) = s.keys(&["--api-ca-file", &ca]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("meeting key: FAILED") && err.contains("the API's certificate"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&ak), before);
 
     // Plain http: nothing installed, whatever the key.
     s.api.serve_meeting_key(&good, Some(&s.meeting.2));

@@ -149,3 +149,80 @@ fn version_and_help() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("MEETING_TOKEN"));
 }
+
+/// Every command that prints, into a pipe whose reader is already gone (a watchdog's
+/// `| grep -q` or `| head -1`): it ends quietly, never with a panic (exit 134).
+#[test]
+fn printing_commands_exit_quietly_into_a_closed_pipe() {
+    let echo = echo_server();
+    let proxy = Proxy::for_ports(&[echo], &[]);
+    let status_file =
+        std::env::temp_dir().join(format!("tunnel-agent-pipe-{}.json", std::process::id()));
+    let sf = status_file.display().to_string();
+    let agent = proxy.agent(&["--status-file", &sf]);
+    agent.wait_for("tunnel ready", SOON);
+    // The status file says connected (it is written right after the log line).
+    let deadline = std::time::Instant::now() + SOON;
+    while !std::process::Command::new(bin("tunnel-agent"))
+        .args(["status", "--status-file", &sf])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the status file never said connected"
+        );
+    }
+    let closed = closed_port().to_string();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["status", "--status-file", &sf],
+        vec!["status", "--json", "--status-file", &sf],
+        vec![
+            "check",
+            "--json",
+            "--timeout",
+            "1",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &closed,
+            "--device-key",
+            KEY,
+        ],
+        vec![
+            "check",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &closed,
+            "--device-key",
+            KEY,
+        ],
+        vec!["--help"],
+        vec!["--version"],
+    ];
+    for round in 0..10 {
+        for args in &commands {
+            let mut child = std::process::Command::new(bin("tunnel-agent"))
+                .args(args)
+                .env("MEETING_TOKEN", TOKEN)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            drop(child.stdout.take()); // the reader goes away before a byte is written
+            let out = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.code().is_some_and(|c| c != 134)
+                    && !err.contains("panicked")
+                    && !err.contains("Is tunnel-agent running"),
+                "round {round}, {args:?}: {:?} {err}",
+                out.status
+            );
+        }
+    }
+    let _ = std::fs::remove_file(&status_file);
+}

@@ -10,6 +10,7 @@ mod public;
 mod registry;
 mod settings;
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -38,11 +39,16 @@ fn main() -> ExitCode {
     let (settings, verbosity) = match settings::parse(&args) {
         Ok(Command::Serve(s, v)) => (s, v),
         Ok(Command::Help) => {
-            println!("{}", settings::USAGE);
+            // Not println!: a closed pipe (`| head`) must not panic.
+            let _ = writeln!(std::io::stdout(), "{}", settings::USAGE);
             return ExitCode::SUCCESS;
         }
         Ok(Command::Version) => {
-            println!("meeting-proxy {}", env!("CARGO_PKG_VERSION"));
+            let _ = writeln!(
+                std::io::stdout(),
+                "meeting-proxy {}",
+                env!("CARGO_PKG_VERSION")
+            );
             return ExitCode::SUCCESS;
         }
         Err(e) => {

@@ -19,6 +19,35 @@ use tunnel_agent::agent::{self, shutdown::Shutdown, Live, VERSION};
 use tunnel_agent::config::{self, SearchPaths};
 use tunnel_agent::logging;
 
+/// Writes to stdout. A reader that went away (`| head -1`, `| grep -q` in a watchdog) ends the
+/// output quietly: `println!` would panic on the EPIPE (SIGPIPE is ignored, as the agent's
+/// sockets need), and a panic is exit 134. The command's own exit status is kept.
+fn out(args: std::fmt::Arguments) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static GONE: AtomicBool = AtomicBool::new(false);
+    if GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        GONE.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            let _ = writeln!(
+                std::io::stderr(),
+                "tunnel-agent: cannot write the output: {e}"
+            );
+        }
+    }
+}
+
+/// `println!` through [`out`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 /// Exit status for a bad command line or configuration.
 const EXIT_CONFIG: u8 = 2;
 
@@ -35,11 +64,11 @@ fn main() -> ExitCode {
         Ok(cli::Command::Status { path, json }) => return status(path, json),
         Ok(cli::Command::Keys { flags, verbosity }) => return keys(&flags, verbosity),
         Ok(cli::Command::Help) => {
-            println!("{}", cli::usage());
+            outln!("{}", cli::usage());
             return ExitCode::SUCCESS;
         }
         Ok(cli::Command::Version) => {
-            println!("tunnel-agent {VERSION}");
+            outln!("tunnel-agent {VERSION}");
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -105,28 +134,34 @@ fn status(path: Option<String>, json: bool) -> ExitCode {
     };
     let (age, alive, fresh) = (snap.age(), snap.writer_alive(), snap.is_fresh());
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&snap).unwrap_or_default()
         );
     } else {
         let held = tunnel_agent::clock::now().saturating_sub(snap.since);
-        println!(
+        outln!(
             "tunnel-agent {} (pid {}): {} since {} ({held} s)",
-            snap.version, snap.pid, snap.state, snap.since_utc
+            snap.version,
+            snap.pid,
+            snap.state,
+            snap.since_utc
         );
-        println!("proxy: {}", snap.proxy);
-        println!(
+        outln!("proxy: {}", snap.proxy);
+        outln!(
             "channels: {} open, {} since start; bytes up {}, down {}",
-            snap.open_channels, snap.channels_total, snap.bytes_up, snap.bytes_down
+            snap.open_channels,
+            snap.channels_total,
+            snap.bytes_up,
+            snap.bytes_down
         );
-        println!("reconnects: {}", snap.reconnects);
-        println!("Meeting presence: {}", presence_line(&snap.presence));
+        outln!("reconnects: {}", snap.reconnects);
+        outln!("Meeting presence: {}", presence_line(&snap.presence));
         if let Some(e) = &snap.last_error {
-            println!("last error ({}): {}", e.class, e.message);
+            outln!("last error ({}): {}", e.class, e.message);
         }
         if !fresh {
-            println!(
+            outln!(
                 "STALE: the file was last written {age} s ago{}: the agent is not running",
                 if alive {
                     ""
@@ -165,9 +200,9 @@ fn keys_round(cfg: &config::Config) -> ExitCode {
     let mut worst = 0;
     for o in sshkeys::round(cfg, client.as_ref(), &mut Memory::default()) {
         match &o.result {
-            Ok(Done::Changed(m)) => println!("{}: {m}", o.job),
-            Ok(Done::Unchanged(m)) => println!("{}: ok: {m}", o.job),
-            Ok(Done::Off(why)) => println!("{}: off: {why}", o.job),
+            Ok(Done::Changed(m)) => outln!("{}: {m}", o.job),
+            Ok(Done::Unchanged(m)) => outln!("{}: ok: {m}", o.job),
+            Ok(Done::Off(why)) => outln!("{}: off: {why}", o.job),
             Err(e) => {
                 eprintln!("{}: FAILED: {e}", o.job);
                 worst = worst.max(if e.is_refusal() { 3 } else { 1 });
@@ -197,7 +232,7 @@ fn check(flags: &config::Flags, format: cli::Format, timeout: Duration) -> ExitC
         &SearchPaths::default(),
         &check::Options { timeout },
     );
-    let out = match format {
+    let text = match format {
         cli::Format::Text => {
             let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
             render::text(&report, color)
@@ -205,7 +240,7 @@ fn check(flags: &config::Flags, format: cli::Format, timeout: Duration) -> ExitC
         cli::Format::Json => render::json(&report) + "\n",
         cli::Format::Report => render::markdown(&report),
     };
-    print!("{out}");
+    out(format_args!("{text}"));
     ExitCode::from(report.verdict.exit_code())
 }
 

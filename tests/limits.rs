@@ -212,3 +212,60 @@ fn the_token_appears_in_no_output_at_any_log_level() {
         "verbose logs were captured"
     );
 }
+
+#[test]
+fn a_flood_of_refused_channels_writes_a_few_lines_then_one_summary_with_the_count() {
+    let echo = echo_server();
+    let fake = FakeProxy::start();
+    let allow = echo.to_string();
+    let status =
+        std::env::temp_dir().join(format!("tunnel-agent-flood-{}.json", std::process::id()));
+    let sf = status.display().to_string();
+    let agent = agent(
+        fake.addr,
+        &[
+            "--allow-port",
+            &allow,
+            "--max-channels",
+            "2",
+            "--status-file",
+            &sf,
+        ],
+    );
+    let (mut s, mut r) = session(&fake);
+    for id in [1, 2] {
+        s.write_all(&open_frame(id, echo)).unwrap();
+        write_frame(&mut s, TYPE_DATA, id, b"ping").unwrap();
+        assert_eq!(echo_back(&mut r, id, 4), b"ping");
+    }
+    const FLOOD: u32 = 5000;
+    let burst: Vec<u8> = (3..3 + FLOOD).flat_map(|id| open_frame(id, echo)).collect();
+    s.write_all(&burst).unwrap();
+    let mut closed = 0;
+    while closed < FLOOD {
+        if let Some(Frame::Close { .. }) = r.next_frame().unwrap() {
+            closed += 1;
+        }
+    }
+    // The summary comes when the 10 s window is over (the status thread sums up every 10 s).
+    let summary = agent.wait_for("more channels above max_channels in the last", 3 * SOON / 2);
+    assert!(
+        summary.contains(&format!("refused {} more", FLOOD - 3)),
+        "{summary}"
+    );
+    assert_eq!(agent.count("refusing channel"), 3, "{}", agent.output());
+    let lines = agent.output().lines().count();
+    assert!(
+        lines < 20,
+        "{lines} log lines for one flood:\n{}",
+        agent.output()
+    );
+    // The status file has the count (written in the same pass as the summary).
+    let snap: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&status).unwrap()).unwrap();
+    assert_eq!(snap["warnings"]["refused_over_max_channels"], FLOOD);
+    // The connection stayed up through it.
+    write_frame(&mut s, TYPE_DATA, 1, b"still").unwrap();
+    assert_eq!(echo_back(&mut r, 1, 5), b"still");
+    let _ = std::fs::remove_file(&status);
+}

@@ -14,6 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::Instant;
 
+use super::noise::Cause;
 use log::{debug, info, warn};
 
 use crate::agent::Live;
@@ -96,6 +97,8 @@ pub struct Totals {
     pub up: AtomicU64,
     /// Payload bytes received from the proxy.
     pub down: AtomicU64,
+    /// Repeatable warnings, rate-limited and counted.
+    pub noise: super::noise::Noise,
 }
 
 struct Shared {
@@ -170,22 +173,27 @@ impl Channels {
     /// A port outside `allowed_ports`, or one channel too many, is answered with `C` at once.
     pub fn open(&self, stream: u32, port: u16) {
         let limits = self.shared.live.get();
+        let noise = &self.shared.totals.noise;
         if !limits.allowed_ports.value.contains(&port) {
-            warn!(
+            if noise.allow(Cause::PortNotAllowed) {
+                warn!(
                 "refusing channel {stream}: the proxy asked for local port {port}, which is not in \
                  allowed_ports {:?}; answered with close",
-                limits.allowed_ports.value
-            );
+                    limits.allowed_ports.value
+                );
+            }
             let _ = self.shared.tx.send(close_frame(stream));
             return;
         }
         let open = self.len();
         if open >= limits.max_channels && !self.shared.map().contains_key(&stream) {
-            warn!(
-                "refusing channel {stream} to port {port}: {open} channels are open, the limit \
-                 (max_channels) is {}; answered with close",
-                limits.max_channels
-            );
+            if noise.allow(Cause::OverMaxChannels) {
+                warn!(
+                    "refusing channel {stream} to port {port}: {open} channels are open, the \
+                     limit (max_channels) is {}; answered with close",
+                    limits.max_channels
+                );
+            }
             let _ = self.shared.tx.send(close_frame(stream));
             return;
         }
@@ -211,9 +219,12 @@ impl Channels {
             old
         };
         if let Some(old) = replaced {
-            warn!(
-                "proxy reopened stream {stream} without closing it first; closing the old channel"
-            );
+            if self.shared.totals.noise.allow(Cause::Reopened) {
+                warn!(
+                    "proxy reopened stream {stream} without closing it first; closing the old \
+                     channel"
+                );
+            }
             old.set_reason("replaced by a new channel with the same stream id");
             old.close_local();
         }
@@ -334,10 +345,12 @@ fn run_channel(shared: &Shared, ch: &Arc<Channel>) {
                 }
                 _ => "check the local service",
             };
-            warn!(
-                "channel {}: cannot connect to 127.0.0.1:{}: {e}; {hint}",
-                ch.stream, ch.port
-            );
+            if shared.totals.noise.allow(Cause::LocalConnectFailed) {
+                warn!(
+                    "channel {}: cannot connect to 127.0.0.1:{}: {e}; {hint}",
+                    ch.stream, ch.port
+                );
+            }
             shared.end_locally(ch, format!("local connect failed: {e}"));
             ch.log_closed();
             return;

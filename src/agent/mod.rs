@@ -10,6 +10,7 @@ pub mod channels;
 #[cfg(feature = "tls")]
 mod keys;
 mod netinfo;
+pub mod noise;
 pub mod presence;
 pub mod session;
 pub mod shutdown;

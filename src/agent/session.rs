@@ -7,6 +7,7 @@ use std::net::{Shutdown as How, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::noise::Cause;
 use log::{debug, info, warn};
 
 use crate::agent::channels::{Channels, Totals};
@@ -375,13 +376,20 @@ fn frames(
             Frame::Data { stream, payload } => channels.deliver(stream, payload),
             Frame::Close { stream } => channels.close_from_proxy(stream),
             Frame::BadOpen { stream, len } => {
-                warn!("proxy sent an open request for stream {stream} with a {len}-byte payload (2 expected); refusing it");
+                if totals.noise.allow(Cause::BadOpen) {
+                    warn!("proxy sent an open request for stream {stream} with a {len}-byte payload (2 expected); refusing it");
+                }
                 let _ = tx.send(close_frame(stream));
             }
-            Frame::Unknown { kind, stream, len } => warn!(
-                "ignoring a frame of unknown type {} (stream {stream}, {len} bytes skipped)",
-                printable_type(kind)
-            ),
+            Frame::Unknown { kind, stream, len } => {
+                if totals.noise.allow(Cause::UnknownFrame) {
+                    warn!(
+                        "ignoring a frame of unknown type {} (stream {stream}, {len} bytes \
+                         skipped)",
+                        printable_type(kind)
+                    );
+                }
+            }
         }
     };
     let uptime = since.elapsed();

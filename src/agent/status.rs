@@ -149,6 +149,10 @@ pub struct Snapshot {
     /// Meeting presence (absent in files of older agents).
     #[serde(default)]
     pub presence: Presence,
+    /// Repeatable warnings since start, by cause (`refused_over_max_channels`, ...): each is
+    /// logged a few times per window, counted always.
+    #[serde(default)]
+    pub warnings: std::collections::BTreeMap<String, u64>,
 }
 
 struct Inner {
@@ -272,11 +276,14 @@ impl Status {
             pid: std::process::id(),
             updated: clock::now(),
             presence: g.presence.clone(),
+            warnings: t.noise.totals(),
         }
     }
 
     /// Writes the file now.
     pub fn write(&self) {
+        // The periodic write is also when the rate-limited warnings are summed up.
+        self.totals.noise.flush();
         let mut g = self.lock();
         self.write_locked(&mut g);
     }

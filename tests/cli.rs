@@ -176,30 +176,19 @@ fn printing_commands_exit_quietly_into_a_closed_pipe() {
         );
     }
     let closed = closed_port().to_string();
+    let target = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &closed,
+        "--device-key",
+        KEY,
+    ];
     let commands: Vec<Vec<&str>> = vec![
         vec!["status", "--status-file", &sf],
         vec!["status", "--json", "--status-file", &sf],
-        vec![
-            "check",
-            "--json",
-            "--timeout",
-            "1",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &closed,
-            "--device-key",
-            KEY,
-        ],
-        vec![
-            "check",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &closed,
-            "--device-key",
-            KEY,
-        ],
+        [&["check", "--json", "--timeout", "1"][..], &target].concat(),
+        [&["check"][..], &target].concat(),
         vec!["--help"],
         vec!["--version"],
     ];

@@ -64,21 +64,25 @@ fn pub_of(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// `ssh-keygen -l -E sha256` of a key file: its fingerprint.
-fn fingerprint(path: &Path) -> String {
+/// OpenSSH's ssh-keygen with `args` then `path`; its stdout, after asserting it succeeded.
+fn ssh_keygen(args: &[&str], path: &Path) -> String {
     let out = Command::new("ssh-keygen")
-        .args(["-l", "-E", "sha256", "-f"])
+        .args(args)
         .arg(path)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "ssh-keygen -l refused {}: {}",
+        "ssh-keygen {args:?} refused {}: {}",
         path.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
-        .unwrap()
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `ssh-keygen -l -E sha256` of a key file: its fingerprint.
+fn fingerprint(path: &Path) -> String {
+    ssh_keygen(&["-l", "-E", "sha256", "-f"], path)
         .split_whitespace()
         .nth(1)
         .unwrap()
@@ -226,12 +230,7 @@ fn meeting_key_installed_other_lines_kept_rotation_replaces_no_op_writes_nothing
     let m = std::fs::metadata(&ak).unwrap();
     assert_eq!((m.mode() & 0o777, m.uid()), (0o640, uid()));
     // ssh-keygen reads the managed file and finds Meeting's key with its fingerprint.
-    let listed = Command::new("ssh-keygen")
-        .args(["-l", "-E", "sha256", "-f"])
-        .arg(&ak)
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&listed.stdout).contains(&s.meeting.2));
+    assert!(ssh_keygen(&["-l", "-E", "sha256", "-f"], &ak).contains(&s.meeting.2));
 
     // known_hosts: the old meeting.example line replaced, the other host kept.
     let kh = std::fs::read_to_string(&hosts).unwrap();
@@ -316,22 +315,9 @@ fn the_device_key_is_generated_in_openssh_format_and_published() {
     // OpenSSH accepts both halves, and the private one derives the public one.
     let fp = fingerprint(&public);
     assert_eq!(fingerprint(&private), fp);
-    let derived = Command::new("ssh-keygen")
-        .arg("-y")
-        .arg("-f")
-        .arg(&private)
-        .output()
-        .unwrap();
-    assert!(
-        derived.status.success(),
-        "{}",
-        String::from_utf8_lossy(&derived.stderr)
-    );
+    let derived = ssh_keygen(&["-y", "-f"], &private);
     let line = std::fs::read_to_string(&public).unwrap();
-    assert!(
-        line.starts_with(String::from_utf8_lossy(&derived.stdout).trim()),
-        "{line}"
-    );
+    assert!(line.starts_with(derived.trim()), "{line}");
     assert!(
         out.contains(&format!("published the device key {fp}")),
         "{out}"

@@ -154,6 +154,7 @@ pub const SETTINGS: &[Setting] = &[
     setting("ssh_port", None, None, "", "22", "port of the local sshd (check)"),
     setting("handshake_timeout", Some("--handshake-timeout"), None, "SECS", "5", "wait for the handshake reply before assuming an older proxy"),
     setting("connect_timeout", Some("--connect-timeout"), None, "SECS", "5", "local connect timeout per channel"),
+    setting("local_write_timeout", Some("--local-write-timeout"), None, "SECS", "15", "a local service that takes no data this long is closed"),
     setting("allowed_ports", Some("--allow-port"), None, "PORT", "22", "local port the proxy may open (flag repeatable; file: [22, 5900])"),
     setting("max_channels", Some("--max-channels"), None, "N", "64", "channels open at once"),
     setting("max_frame", Some("--max-frame"), None, "BYTES", "1048576", "largest frame accepted from the proxy"),
@@ -287,6 +288,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// How long a local connection (e.g. to sshd) may take before the channel is closed.
     pub connect_timeout: Duration,
+    /// How long a local service may take no data from the proxy before its channel is closed.
+    pub local_write_timeout: Duration,
     /// Local ports the proxy may ask for (default `[22]`).
     pub allowed_ports: Sourced<Vec<u16>>,
     /// PEM CA bundle trusted instead of the public roots.
@@ -852,6 +855,7 @@ pub fn load(
         api_url,
         handshake_timeout: secs("handshake_timeout", 5)?.value,
         connect_timeout: secs("connect_timeout", 5)?.value,
+        local_write_timeout: secs("local_write_timeout", 15)?.value,
         allowed_ports,
         ca_file,
         tls_server_name,
@@ -1135,6 +1139,7 @@ mod tests {
             Source::File(t.0.join("device_info.json"))
         );
         assert_eq!(c.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(c.local_write_timeout, Duration::from_secs(15));
         assert_eq!(c.allowed_ports.value, vec![22]);
         assert_eq!(c.max_channels, 64);
         assert_eq!(c.max_frame, 1024 * 1024);
@@ -1149,7 +1154,7 @@ mod tests {
             "c.json",
             r#"{"device_key":"K","token_code":"t","tunnel_host":"10.0.0.1","tunnel_ssl":true,
                "ca_file":"/etc/tunnel-agent/ca.pem","tls_server_name":"proxy.example",
-               "max_channels":8,"max_frame":65536}"#,
+               "max_channels":8,"max_frame":65536,"local_write_timeout":2.5}"#,
         );
         let flags = Flags {
             config: Some(p),
@@ -1163,6 +1168,7 @@ mod tests {
         );
         assert_eq!(c.tls_server_name.value, "proxy.example");
         assert_eq!((c.max_channels, c.max_frame), (8, 65536));
+        assert_eq!(c.local_write_timeout, Duration::from_millis(2500));
         let c = load(
             &Flags::default().with("tunnel_ssl", "true"),
             &env_of(&[
@@ -1181,6 +1187,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("max_channels"), "{e}");
+        let e = load(
+            &flags.clone().with("local_write_timeout", "0"),
+            &env_of(&[]),
+            &t.paths(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("local_write_timeout"), "{e}");
     }
 
     #[test]

@@ -28,6 +28,11 @@ pub enum Cause {
     Reopened,
     /// A local service that refused or did not accept in time.
     LocalConnectFailed,
+    /// A local service that took no data while the control loop waited on it.
+    LocalStalled,
+    /// A channel closed because its local service took no data for `local_write_timeout`
+    /// (or the control connection ended while it was stuck).
+    LocalStuck,
 }
 
 impl Cause {
@@ -40,6 +45,8 @@ impl Cause {
             Cause::UnknownFrame => "unknown_frames",
             Cause::Reopened => "reopened_streams",
             Cause::LocalConnectFailed => "local_connect_failed",
+            Cause::LocalStalled => "local_service_stalled",
+            Cause::LocalStuck => "closed_local_service_stuck",
         }
     }
 
@@ -54,6 +61,8 @@ impl Cause {
             Cause::UnknownFrame => format!("ignored {n} more frames of unknown type"),
             Cause::Reopened => format!("{n} more streams reopened without a close"),
             Cause::LocalConnectFailed => format!("{n} more local connects failed"),
+            Cause::LocalStalled => format!("{n} more stalls of a local service"),
+            Cause::LocalStuck => format!("closed {n} more channels whose local service was stuck"),
         }
     }
 }

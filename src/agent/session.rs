@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 use super::noise::Cause;
 use log::{debug, info, warn};
 
-use crate::agent::channels::{Channels, Totals};
+use crate::agent::channels::{Channels, Interrupt, Totals};
 use crate::agent::shutdown::Shutdown;
 use crate::agent::status::{State, Status};
 use crate::agent::Live;
 use crate::config::Config;
 use crate::protocol::frame::{close_frame, printable_type, Frame, FrameError, FrameReader};
 use crate::protocol::handshake::{handshake_line, read_reply, FailureClass, Reply, ReplyError};
-use crate::transport::tcp::{self, acks_stopped, is_dead_link, Keepalive};
+use crate::transport::tcp::{self, acks_stopped, is_dead_link, peer_gone, Keepalive};
 use crate::transport::{self, Control, TransportError};
 use crate::uplink::writer::{self, FrameSender};
 
@@ -359,6 +359,16 @@ fn frames(
     let channels = Channels::new(tx.clone(), live.clone(), totals.clone());
     let mut frames = FrameReader::after(reader, cfg.max_frame);
     let mut last_rx = Instant::now();
+    // Looked at while a local service keeps the control loop waiting.
+    let interrupted = || {
+        if shutdown.pending() {
+            Some(Interrupt::Stop)
+        } else if peer_gone(&sock) {
+            Some(Interrupt::ProxyGone)
+        } else {
+            None
+        }
+    };
     let end = loop {
         let frame = match frames.next_frame() {
             Ok(Some(f)) => f,
@@ -373,7 +383,12 @@ fn frames(
         last_rx = Instant::now();
         match frame {
             Frame::Open { stream, port } => channels.open(stream, port),
-            Frame::Data { stream, payload } => channels.deliver(stream, payload),
+            Frame::Data { stream, payload } => {
+                if channels.deliver(stream, payload, &interrupted).is_err() {
+                    // A stop or reconnect: `stop` below says which; the reader's end is moot.
+                    break Ending::ClosedByProxy;
+                }
+            }
             Frame::Close { stream } => channels.close_from_proxy(stream),
             Frame::BadOpen { stream, len } => {
                 if totals.noise.allow(Cause::BadOpen) {

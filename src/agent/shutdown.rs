@@ -81,6 +81,12 @@ impl Shutdown {
         self.lock().requested
     }
 
+    /// Whether a stop or a reconnect is asked for (neither is cleared).
+    pub fn pending(&self) -> bool {
+        let g = self.lock();
+        g.requested || g.kicked
+    }
+
     /// Asks for a reconnect now: interrupts the current connection or the backoff sleep.
     pub fn kick(&self) {
         self.interrupt(|g| g.kicked = true);

@@ -1,6 +1,7 @@
 //! The TCP socket to the proxy: resolving, dialing, dead-link detection (keepalive and
 //! `TCP_USER_TIMEOUT`), and reading what the kernel knows when a connection ends (`TCP_INFO`,
-//! errno). Linux-specific; errno values come from `libc`, so they are right on every
+//! errno); and the few questions std cannot ask of any TCP socket (the peer gone, bytes not
+//! acknowledged), which the channels ask of their local sockets. Linux-specific; errno values come from `libc`, so they are right on every
 //! architecture (MIPS numbers them differently from x86 and ARM).
 #![allow(unsafe_code)]
 
@@ -213,8 +214,34 @@ pub fn is_dead_link(e: &io::Error) -> bool {
 /// file and the next write `EPIPE`, as if the proxy had closed. A proxy that really closes
 /// sends FIN or RST, so the connection is either not closed yet or its last ACK is recent.
 pub fn acks_stopped(sock: &TcpStream, quiet: Duration) -> bool {
-    // TCP_CLOSE from the kernel's tcp_states.h (libc has no constant for it).
-    const TCP_CLOSE: u8 = 7;
+    tcp_info(sock).is_some_and(|info| {
+        info.tcpi_state == TCP_CLOSE
+            && Duration::from_millis(info.tcpi_last_ack_recv.into()) >= quiet
+    })
+}
+
+/// Whether the peer has closed (FIN) or reset (RST) `sock`, even with bytes from it still
+/// unread: the connection left the established state.
+pub fn peer_gone(sock: &TcpStream) -> bool {
+    tcp_info(sock).is_some_and(|info| matches!(info.tcpi_state, TCP_CLOSE_WAIT | TCP_CLOSE))
+}
+
+/// Bytes written to `sock` that its peer has not acknowledged yet (`SIOCOUTQ`): on loopback,
+/// what the peer application has not made room for by reading. `None` when it cannot say.
+pub fn unacked_bytes(sock: &TcpStream) -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int through the pointer, which is valid for the
+    // call; the descriptor is open.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    (rc == 0).then(|| usize::try_from(n).unwrap_or(0))
+}
+
+// Connection states from the kernel's tcp_states.h (libc has no constants for them).
+const TCP_CLOSE: u8 = 7;
+const TCP_CLOSE_WAIT: u8 = 8;
+
+/// What the kernel knows of `sock` (`TCP_INFO`); `None` when it cannot say.
+fn tcp_info(sock: &TcpStream) -> Option<libc::tcp_info> {
     // SAFETY: tcp_info is plain integers, valid when zeroed; getsockopt writes at most `len`
     // bytes into it and the descriptor is open for the call.
     let (rc, info) = unsafe {
@@ -229,14 +256,88 @@ pub fn acks_stopped(sock: &TcpStream, quiet: Duration) -> bool {
         );
         (rc, info)
     };
-    rc == 0
-        && info.tcpi_state == TCP_CLOSE
-        && Duration::from_millis(info.tcpi_last_ack_recv.into()) >= quiet
+    (rc == 0).then_some(info)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (a, b)
+    }
+
+    /// Waits (bounded) for the kernel to process what the peer did.
+    fn becomes(what: impl Fn() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if what() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    #[test]
+    fn peer_gone_sees_a_close_and_a_reset_even_with_data_unread() {
+        let (a, b) = pair();
+        assert!(!peer_gone(&a));
+        (&b).write_all(b"unread").unwrap();
+        b.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(becomes(|| peer_gone(&a)), "FIN behind unread data");
+
+        let (a, b) = pair();
+        socket2::SockRef::from(&b)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        (&b).write_all(b"unread").unwrap();
+        drop(b);
+        assert!(becomes(|| peer_gone(&a)), "RST");
+    }
+
+    #[test]
+    fn peer_gone_sees_a_reset_into_a_full_receive_window() {
+        let (a, b) = pair();
+        b.set_nonblocking(true).unwrap();
+        let chunk = [0u8; 64 * 1024];
+        // Fill everything until the sender would block: `a` reads nothing.
+        let mut sent = 0usize;
+        while let Ok(n) = (&b).write(&chunk) {
+            sent += n;
+        }
+        assert!(sent > 0);
+        assert!(!peer_gone(&a));
+        socket2::SockRef::from(&b)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(b);
+        assert!(becomes(|| peer_gone(&a)), "RST at zero window");
+    }
+
+    #[test]
+    fn unacked_bytes_counts_what_the_peer_has_no_room_for() {
+        let (a, b) = pair();
+        assert_eq!(unacked_bytes(&a), Some(0));
+        a.set_nonblocking(true).unwrap();
+        let chunk = [0u8; 64 * 1024];
+        while (&a).write(&chunk).is_ok() {}
+        // `b` reads nothing: its buffer is full and what `a` holds beyond it is unacknowledged.
+        let stuck = unacked_bytes(&a).unwrap();
+        assert!(stuck > 0);
+        let mut sink = vec![0u8; 1 << 20];
+        let mut b = b;
+        b.read_exact(&mut sink[..256 * 1024]).unwrap();
+        assert!(
+            becomes(|| unacked_bytes(&a).unwrap() < stuck),
+            "reading makes progress"
+        );
+    }
 
     #[test]
     fn dead_link_errors_by_libc_number() {

@@ -11,16 +11,6 @@ use tunnel_agent::protocol::frame::{
     encode_header, open_frame, write_frame, Frame, FrameReader, TYPE_DATA,
 };
 
-const AUTH: &[u8] = b"{\"status\":\"authenticated\"}\n";
-
-fn session(fake: &FakeProxy) -> (TcpStream, FrameReader<TcpStream>) {
-    let (mut s, _) = fake.next();
-    s.write_all(AUTH).unwrap();
-    s.set_read_timeout(Some(SOON)).unwrap();
-    let r = FrameReader::new(s.try_clone().unwrap(), 1 << 20);
-    (s, r)
-}
-
 /// Reads frames until `stream` gets `want` bytes of data back.
 fn echo_back(r: &mut FrameReader<TcpStream>, stream: u32, want: usize) -> Vec<u8> {
     let mut got = Vec::new();
@@ -50,7 +40,7 @@ fn a_port_outside_allowed_ports_is_closed_at_once_and_never_connected() {
     let fake = FakeProxy::start();
     let allow = echo.to_string();
     let agent = agent(fake.addr, &["--allow-port", &allow]);
-    let (mut s, mut r) = session(&fake);
+    let (mut s, mut r) = fake.session();
     s.write_all(&open_frame(7, port)).unwrap();
     assert_eq!(r.next_frame().unwrap(), Some(Frame::Close { stream: 7 }));
     let line = agent.wait_for("refusing channel 7", SOON);
@@ -74,7 +64,7 @@ fn channels_beyond_max_channels_are_refused_and_the_connection_stays() {
     let fake = FakeProxy::start();
     let allow = echo.to_string();
     let agent = agent(fake.addr, &["--allow-port", &allow, "--max-channels", "2"]);
-    let (mut s, mut r) = session(&fake);
+    let (mut s, mut r) = fake.session();
     for id in [1, 2] {
         s.write_all(&open_frame(id, echo)).unwrap();
         write_frame(&mut s, TYPE_DATA, id, b"ping").unwrap();
@@ -102,7 +92,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 fn a_four_gib_announcement_allocates_nothing() {
     let fake = FakeProxy::start();
     let agent = agent(fake.addr, &[]);
-    let (mut s, _r) = session(&fake);
+    let (mut s, _r) = fake.session();
     s.write_all(&encode_header(TYPE_DATA, 1, u32::MAX)).unwrap();
     agent.wait_for("announced a 4294967295-byte payload", SOON);
     let _again = fake.next();
@@ -115,7 +105,7 @@ fn a_four_gib_announcement_allocates_nothing() {
 fn max_frame_is_configurable() {
     let fake = FakeProxy::start();
     let agent = agent(fake.addr, &["--max-frame", "1000"]);
-    let (mut s, _r) = session(&fake);
+    let (mut s, _r) = fake.session();
     write_frame(&mut s, TYPE_DATA, 1, &[0u8; 1001]).unwrap();
     agent.wait_for("announced a 1001-byte payload", SOON);
     let _again = fake.next();
@@ -232,7 +222,7 @@ fn a_flood_of_refused_channels_writes_a_few_lines_then_one_summary_with_the_coun
             &sf,
         ],
     );
-    let (mut s, mut r) = session(&fake);
+    let (mut s, mut r) = fake.session();
     for id in [1, 2] {
         s.write_all(&open_frame(id, echo)).unwrap();
         write_frame(&mut s, TYPE_DATA, id, b"ping").unwrap();

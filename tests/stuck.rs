@@ -12,9 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tunnel_agent::protocol::frame::{encode_header, open_frame, Frame, FrameReader, TYPE_DATA};
+use tunnel_agent::protocol::frame::{encode_header, open_frame, Frame, TYPE_DATA};
 
-const AUTH: &[u8] = b"{\"status\":\"authenticated\"}\n";
 /// Payload of the `D` frames pushed at the agent.
 const CHUNK: usize = 64 * 1024;
 
@@ -32,14 +31,6 @@ fn deaf_server() -> (u16, mpsc::Receiver<TcpStream>) {
         }
     });
     (port, rx)
-}
-
-fn session(fake: &FakeProxy) -> (TcpStream, FrameReader<TcpStream>) {
-    let (mut s, _) = fake.next();
-    s.write_all(AUTH).unwrap();
-    s.set_read_timeout(Some(SOON)).unwrap();
-    let r = FrameReader::new(s.try_clone().unwrap(), 1 << 20);
-    (s, r)
 }
 
 fn data_frame(stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -107,7 +98,7 @@ fn a_service_that_never_reads_is_closed_after_the_timeout_and_the_others_go_on()
             "2",
         ],
     );
-    let (mut s, mut r) = session(&fake);
+    let (mut s, mut r) = fake.session();
     let _held = open_to(&mut s, 1, deaf, &accepted);
     s.write_all(&open_frame(2, echo)).unwrap();
     s.write_all(&data_frame(2, b"before")).unwrap();
@@ -237,7 +228,7 @@ fn a_slow_service_gets_every_byte_at_its_own_pace_and_is_never_closed() {
         fake.addr,
         &["--allow-port", &slow_s, "--local-write-timeout", "1", "-v"],
     );
-    let (mut s, mut r) = session(&fake);
+    let (mut s, mut r) = fake.session();
     s.write_all(&open_frame(1, slow)).unwrap();
     let data = random_bytes(TOTAL, 7);
     let mut w = s.try_clone().unwrap();
@@ -298,7 +289,7 @@ fn stuck_agent() -> Stuck {
     let deaf_s = deaf.to_string();
     // The default local_write_timeout (15 s): the agent stays stuck for the whole test.
     let agent = agent(fake.addr, &["--allow-port", &deaf_s]);
-    let (mut s, _r) = session(&fake);
+    let (mut s, _r) = fake.session();
     let held = open_to(&mut s, 1, deaf, &accepted);
     let pusher = push(&s, 1, 64 << 20, None);
     agent.wait_for("has taken no data for", SOON);

@@ -342,6 +342,21 @@ impl FakeProxy {
             .recv_timeout(SOON)
             .expect("the agent did not connect to the fake proxy")
     }
+
+    /// The next connection, authenticated and in frame mode: the socket to write frames on
+    /// and a reader of the agent's frames (reads time out after [`SOON`]).
+    pub fn session(
+        &self,
+    ) -> (
+        TcpStream,
+        tunnel_agent::protocol::frame::FrameReader<TcpStream>,
+    ) {
+        let (mut s, _) = self.next();
+        s.write_all(b"{\"status\":\"authenticated\"}\n").unwrap();
+        s.set_read_timeout(Some(SOON)).unwrap();
+        let r = tunnel_agent::protocol::frame::FrameReader::new(s.try_clone().unwrap(), 1 << 20);
+        (s, r)
+    }
 }
 
 /// The agent's delay before reconnecting, from its log line "reconnecting in N s".

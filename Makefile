@@ -14,6 +14,8 @@ help:
 	@echo "make fuzz     cargo-fuzz on the frame decoder and the reply classifier (FUZZ_TIME=60 s each)"
 	@echo "make soak     mixed traffic with proxy restarts, every byte checked (DURATION=30m)"
 	@echo "make install  binary, init script, systemd unit, example config (DESTDIR=, PREFIX=/usr/local, SYSCONFDIR=/etc)"
+	@echo "make install TARGET=armv7-unknown-linux-musleabihf DESTDIR=/mnt/root PREFIX=/usr"
+	@echo "              the same with that cross build (built first if needed; FEATURES=--no-default-features: no TLS)"
 	@echo "make yocto-crates  regenerate the Yocto crates include from Cargo.lock"
 	@echo "make static   fully static x86_64 musl binary"
 	@echo "make cross TARGET=aarch64-unknown-linux-musl|armv7-unknown-linux-musleabihf"
@@ -92,10 +94,19 @@ SYSCONFDIR ?= /etc
 BINDIR = $(PREFIX)/bin
 SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
 PKG = buildroot/package/tunnel-agent
-# The binary to install (make static or make cross build others).
+# The binary to install: the host build, or with TARGET=<triple> that cross build (made first
+# if needed, FEATURES=--no-default-features for the one without TLS), e.g.
+#   make install TARGET=armv7-unknown-linux-musleabihf DESTDIR=/mnt/sdcard PREFIX=/usr
+# INSTALL_BIN=path installs a binary built elsewhere.
+ifneq ($(filter command line environment,$(origin TARGET)),)
+INSTALL_BIN ?= target/cross$(if $(FEATURES),-notls)/$(TARGET)/release/tunnel-agent
+INSTALL_DEP = cross
+else
 INSTALL_BIN ?= target/release/tunnel-agent
+INSTALL_DEP = release
+endif
 
-install: $(if $(filter target/release/tunnel-agent,$(INSTALL_BIN)),release)
+install: $(if $(filter file,$(origin INSTALL_BIN)),$(INSTALL_DEP))
 	install -D -m 0755 $(INSTALL_BIN) $(DESTDIR)$(BINDIR)/tunnel-agent
 	install -d $(DESTDIR)$(SYSCONFDIR)/init.d $(DESTDIR)$(SYSCONFDIR)/tunnel-agent $(DESTDIR)$(SYSTEMD_UNIT_DIR)
 	sed -e 's|/usr/bin/|$(BINDIR)/|g' -e 's|/etc/default/|$(SYSCONFDIR)/default/|g' \

@@ -742,12 +742,13 @@ fn parse_path(_: &'static str, text: &str, _: &Source) -> Result<PathBuf, Config
     Ok(PathBuf::from(text))
 }
 
-/// Resolves the configuration. `env` looks up an environment variable.
-pub fn load(
-    flags: &Flags,
-    env: &dyn Fn(&str) -> Option<String>,
+/// The places settings are read from: the flags, the environment, and the configuration file
+/// (`--config`, else the first of the search paths that exists).
+fn places<'a>(
+    flags: &'a Flags,
+    env: &'a dyn Fn(&str) -> Option<String>,
     paths: &SearchPaths,
-) -> Result<Config, ConfigError> {
+) -> Result<Places<'a>, ConfigError> {
     let mut places = Places {
         flags,
         env,
@@ -766,6 +767,83 @@ pub fn load(
             }
         }
     }
+    Ok(places)
+}
+
+/// A setting's value as found, for showing what was fine next to what is missing or wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The configuration key.
+    pub key: &'static str,
+    /// The value as given (the token masked; lists joined with commas).
+    pub value: String,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// Every setting given somewhere (flag, environment, configuration file, and the device-info
+/// file for the device key), with where it came from, the token masked: what a configuration
+/// that cannot be loaded did have right. Defaults are not listed. Fails only when the
+/// configuration file itself cannot be read.
+pub fn found(
+    flags: &Flags,
+    env: &dyn Fn(&str) -> Option<String>,
+    paths: &SearchPaths,
+) -> Result<Vec<Found>, ConfigError> {
+    let p = places(flags, env, paths)?;
+    let mut out = Vec::new();
+    for s in SETTINGS {
+        let value = match p.raw(s.key) {
+            Ok(Some(v)) => Some(v),
+            // A list in the file (allowed_ports): shown as numbers.
+            Err(_) => p.file.as_ref().and_then(|f| {
+                f.ports(s.key).ok().map(|ports| Sourced {
+                    value: ports
+                        .iter()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    source: f.source(),
+                })
+            }),
+            Ok(None) => None,
+        };
+        let value = value.or_else(|| {
+            (s.key == "device_key" && paths.device_info.exists())
+                .then(|| FileValues::read(&paths.device_info).ok())
+                .flatten()
+                .and_then(|info| {
+                    let v = info.text("device_key").ok()??;
+                    Some(Sourced {
+                        value: v.trim().to_owned(),
+                        source: info.source(),
+                    })
+                })
+        });
+        let Some(v) = value.filter(|v| !v.value.trim().is_empty()) else {
+            continue;
+        };
+        let shown = if s.key == "token_code" {
+            Secret::new(v.value).masked()
+        } else {
+            v.value
+        };
+        out.push(Found {
+            key: s.key,
+            value: shown,
+            source: v.source,
+        });
+    }
+    Ok(out)
+}
+
+/// Resolves the configuration. `env` looks up an environment variable.
+pub fn load(
+    flags: &Flags,
+    env: &dyn Fn(&str) -> Option<String>,
+    paths: &SearchPaths,
+) -> Result<Config, ConfigError> {
+    let places = places(flags, env, paths)?;
     let p = &places;
 
     // The device key's last resort is a file of its own.

@@ -137,6 +137,50 @@ impl Outcome {
         for out in [&self.text, &self.report, &self.json.to_string()] {
             assert!(!out.contains(TOKEN), "token leaked:\n{out}");
         }
+        self.assert_questions_are_true();
+    }
+
+    /// The report's questions for the Meeting team.
+    fn questions(&self) -> &str {
+        let at = self
+            .report
+            .find("## Questions for the Meeting team")
+            .expect("no questions section");
+        &self.report[at..]
+    }
+
+    /// What every verdict's questions must not claim falsely.
+    fn assert_questions_are_true(&self) {
+        let q = self.questions();
+        let verdict = self.verdict();
+        if self.step("api")["status"] == "skipped" {
+            assert!(
+                !q.contains("api step") && !q.contains("below"),
+                "{verdict}: {q}"
+            );
+        }
+        if verdict != "ok" {
+            assert!(
+                !q.contains("looks right") && !q.contains("every step passed"),
+                "{verdict}: {q}"
+            );
+        }
+        if verdict != "silently_rejected" {
+            assert!(
+                !q.contains("without a byte") && !q.contains("without an error line"),
+                "{verdict}: {q}"
+            );
+        }
+        let handshake_sent = self.step("handshake")["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("sent to");
+        if !handshake_sent {
+            assert!(
+                !q.contains("proxy log"),
+                "{verdict}: no handshake was sent: {q}"
+            );
+        }
     }
 }
 
@@ -164,10 +208,17 @@ fn check(s: &Setup) -> Outcome {
     std::fs::write(&cfg, v.to_string()).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = outcome_of(&cfg, s.timeout);
+    let _ = std::fs::remove_dir_all(&dir);
+    o
+}
+
+/// Runs check on the configuration `cfg` in its three output forms.
+fn outcome_of(cfg: &std::path::Path, timeout: &str) -> Outcome {
     let run = |extra: &[&str]| {
         let out = Command::new(bin("tunnel-agent"))
-            .args(["check", "--timeout", s.timeout, "--config"])
-            .arg(&cfg)
+            .args(["check", "--timeout", timeout, "--config"])
+            .arg(cfg)
             .args(extra)
             .env_remove("MEETING_TOKEN")
             .env_remove("MEETING_DEVICE_KEY")
@@ -181,7 +232,6 @@ fn check(s: &Setup) -> Outcome {
     let (code, json) = run(&["--json"]);
     let (tcode, text) = run(&[]);
     let (_, report) = run(&["--report"]);
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(
         code, tcode,
         "the exit status does not depend on the output form"
@@ -264,6 +314,24 @@ fn the_field_report_is_silently_rejected() {
         "{}",
         o.json
     );
+    // The one cause Meeting's own documents leave open: which token the handshake carries.
+    assert!(
+        o.json["summary"]
+            .as_str()
+            .unwrap()
+            .contains("control token"),
+        "{}",
+        o.json
+    );
+    let q = o.questions();
+    assert!(
+        q.contains("without a byte") && q.contains("control token"),
+        "{q}"
+    );
+    assert!(
+        q.contains("the api step under Device-side verifications"),
+        "the API was asked: {q}"
+    );
     assert_eq!(
         api.requests_to("GET", &format!("/api/devices/{KEY}")).len(),
         3
@@ -303,6 +371,12 @@ fn rejected_with_the_servers_reason() {
     let proxy = Proxy::start(&["--device", &format!("{KEY}=another")]);
     let o = check(&Setup::new(proxy.control, fake_sshd()));
     o.assert("rejected", 3, &["\"wrong token\""]);
+    // The questions quote the reason received, and ask nothing of a silent close.
+    assert!(
+        o.questions().contains("saying \"wrong token\""),
+        "{}",
+        o.questions()
+    );
 }
 
 #[test]
@@ -346,6 +420,20 @@ fn local_service_down() {
     let o = check(&Setup::new(proxy.control, closed));
     o.assert("local_service_down", 5, &[&format!("127.0.0.1:{closed}")]);
     assert_eq!(o.step(&format!("local:{closed}"))["status"], "fail");
+    // Not the SSH port: generic advice naming the port, no systemctl for a service we cannot name.
+    let want = format!("nothing listens on 127.0.0.1:{closed}: start the service that should");
+    assert_eq!(o.step(&format!("local:{closed}"))["hint"], want.as_str());
+    assert!(
+        o.json["summary"].as_str().unwrap().contains(&want),
+        "{}",
+        o.json
+    );
+    assert!(!o.text.contains("systemctl"), "{}", o.text);
+    assert!(
+        o.questions().contains("the fault found is on the device"),
+        "{}",
+        o.questions()
+    );
 }
 
 #[test]
@@ -413,6 +501,53 @@ fn configuration_errors_exit_1() {
         .as_str()
         .unwrap()
         .contains("/nonexistent/meeting.json"));
+}
+
+#[test]
+fn a_configuration_error_shows_every_value_found_next_to_what_is_missing() {
+    let dir = std::env::temp_dir().join(format!("tunnel-agent-notoken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("meeting.json");
+    let v = serde_json::json!({
+        "device_key": KEY, "tunnel_host": "127.0.0.1", "tunnel_port": 9100,
+        "allowed_ports": [22, 5900],
+    });
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let o = outcome_of(&cfg, "1");
+    let file = format!("file {}", cfg.display());
+    o.assert(
+        "config_error",
+        1,
+        &["no token configured", KEY, "127.0.0.1:9100"],
+    );
+    let detail = o.step("config")["detail"].as_str().unwrap();
+    for want in [
+        format!("device_key {KEY} ({file})"),
+        format!("tunnel_host 127.0.0.1 ({file})"),
+        format!("tunnel_port 9100 ({file})"),
+        format!("allowed_ports 22, 5900 ({file})"),
+    ] {
+        assert!(detail.contains(&want), "{want} missing from: {detail}");
+    }
+    assert!(
+        o.text.starts_with(&format!(
+            "tunnel-agent check: device {KEY}, proxy 127.0.0.1:9100"
+        )),
+        "{}",
+        o.text
+    );
+    assert!(
+        o.report.contains(&format!("**Device key:** {KEY}")),
+        "{}",
+        o.report
+    );
+    assert!(
+        o.report.contains("**Token:** (not configured)"),
+        "{}",
+        o.report
+    );
+    assert!(o.questions().contains("None yet"), "{}", o.questions());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -520,5 +655,106 @@ fn meetings_terminal_login_user_key_modes_and_sshd() {
 
     s.login = login(&user, echo_server());
     check(&s).assert("ssh_not_answering", 7, &["no SSH banner", "start sshd"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Writes `data` to `s` and reads it back (an echo behind the tunnel).
+fn round_trip(s: &mut TcpStream, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    s.write_all(data)?;
+    let mut back = vec![0u8; data.len()];
+    s.read_exact(&mut back)?;
+    Ok(back)
+}
+
+#[test]
+fn a_connected_agent_is_left_alone_and_its_state_is_the_handshake_evidence() {
+    let echo = echo_server();
+    let proxy = Proxy::for_ports(&[echo], &[]);
+    let dir = std::env::temp_dir().join(format!("tunnel-agent-live-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let status = dir.join("status.json");
+    let sf = status.display().to_string();
+    let agent = proxy.agent(&["--status-file", &sf]);
+    agent.wait_for("tunnel ready", SOON);
+    proxy.wait_agent(1);
+    // An operator's session through the tunnel, open while check runs.
+    let mut session = TcpStream::connect(proxy.tunnels[0]).unwrap();
+    session.set_read_timeout(Some(SOON)).unwrap();
+    assert_eq!(round_trip(&mut session, b"before").unwrap(), b"before");
+
+    let cfg = dir.join("meeting.json");
+    let v = serde_json::json!({
+        "device_key": KEY, "token_code": TOKEN, "tunnel_host": "127.0.0.1",
+        "tunnel_port": proxy.control.port(), "allowed_ports": [echo], "status_file": sf,
+        "meeting_ssh_user": "",
+    });
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(bin("tunnel-agent"))
+            .args(["check", "--json", "--timeout", "2", "--config"])
+            .arg(&cfg)
+            .args(extra)
+            .env_remove("MEETING_TOKEN")
+            .output()
+            .unwrap();
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            out.status.code(),
+            json,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let step = |json: &Value| {
+        json["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "handshake")
+            .unwrap()
+            .clone()
+    };
+
+    let (code, json, _) = run(&[]);
+    assert_eq!(
+        (code, json["verdict"].as_str()),
+        (Some(0), Some("ok")),
+        "{json}"
+    );
+    let hs = step(&json);
+    let detail = hs["detail"].as_str().unwrap();
+    assert_eq!(hs["status"], "pass", "{hs}");
+    assert!(
+        detail.starts_with("not sent")
+            && detail.contains(&format!("pid {}", agent.pid()))
+            && detail.contains(&format!("connected to 127.0.0.1:{}", proxy.control.port())),
+        "{detail}"
+    );
+    assert!(hs["hint"].as_str().unwrap().contains("--handshake"), "{hs}");
+    // The running agent kept its connection: the session still echoes, the proxy saw no
+    // second authentication, the agent lost nothing.
+    assert_eq!(round_trip(&mut session, b"after").unwrap(), b"after");
+    assert_eq!(
+        proxy.proc.count("replaces the one from"),
+        0,
+        "{}",
+        proxy.proc.output()
+    );
+    assert_eq!(agent.count("connection lost"), 0, "{}", agent.output());
+
+    // --handshake: warned, and the proxy hands the device's connection to check.
+    let (_, json, stderr) = run(&["--handshake"]);
+    assert!(
+        stderr.contains("drops its connection and every tunnel"),
+        "{stderr}"
+    );
+    let detail = step(&json)["detail"].as_str().unwrap().to_owned();
+    assert!(detail.starts_with("forced with --handshake"), "{detail}");
+    proxy.proc.wait_for("replaces the one from", SOON);
+    assert!(
+        round_trip(&mut session, b"gone").is_err(),
+        "the session survived a second handshake"
+    );
+    // The agent remakes its connection.
+    proxy.wait_agent(3);
     let _ = std::fs::remove_dir_all(&dir);
 }

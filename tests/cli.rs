@@ -150,6 +150,47 @@ fn version_and_help() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("MEETING_TOKEN"));
 }
 
+/// The README's full configuration and the installed example both load as they are, and have
+/// the same keys; no command line in the README carries a token.
+#[test]
+fn the_readme_configuration_and_the_example_load_and_agree() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let at = readme
+        .find("The full file a Meeting device needs:")
+        .expect("the README shows a full configuration");
+    let start = at + readme[at..].find("{").unwrap();
+    let end = start + readme[start..].find("```").unwrap();
+    let documented = &readme[start..end];
+    let example = std::fs::read_to_string(format!(
+        "{root}/buildroot/package/tunnel-agent/config.json.example"
+    ))
+    .unwrap();
+    let keys = |text: &str| -> Vec<String> {
+        let v: serde_json::Value =
+            serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(documented), keys(&example));
+    let t = Tmp::new("readme-config");
+    for text in [documented, example.as_str()] {
+        let file = t.file("config.json", text);
+        let mut flags = tunnel_agent::config::Flags::default();
+        flags.config = Some(file.into());
+        let none = |_: &str| None;
+        tunnel_agent::config::load(&flags, &none, &tunnel_agent::config::SearchPaths::default())
+            .unwrap_or_else(|e| panic!("{e}:\n{text}"));
+    }
+    for line in readme.lines() {
+        assert!(
+            !line.contains("MEETING_TOKEN=") || line.contains("$("),
+            "a token typed on a command line: {line}"
+        );
+    }
+}
+
 /// Every command that prints, into a pipe whose reader is already gone (a watchdog's
 /// `| grep -q` or `| head -1`): it ends quietly, never with a panic (exit 134).
 #[test]

@@ -68,6 +68,67 @@ fn mode(p: &Path) -> u32 {
         & 0o777
 }
 
+/// `make install TARGET=…` installs that cross build, building it first; the README's command.
+/// Shown with `make -n`: the cross build itself is `make test-cross`'s.
+#[test]
+fn make_install_with_a_target_installs_the_cross_build() {
+    if !need("make", "make") {
+        return;
+    }
+    let plan = |args: &[&str]| {
+        let out = Command::new("make")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["-n", "install", "DESTDIR=/nonexistent", "PREFIX=/usr"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let armv7 = plan(&["TARGET=armv7-unknown-linux-musleabihf"]);
+    assert!(
+        armv7.contains("install -D -m 0755 target/cross/armv7-unknown-linux-musleabihf/release/tunnel-agent /nonexistent/usr/bin/tunnel-agent"),
+        "{armv7}"
+    );
+    assert!(
+        armv7.contains("--target armv7-unknown-linux-musleabihf"),
+        "built first: {armv7}"
+    );
+    let notls = plan(&[
+        "TARGET=aarch64-unknown-linux-musl",
+        "FEATURES=--no-default-features",
+    ]);
+    assert!(
+        notls.contains("target/cross-notls/aarch64-unknown-linux-musl/release/tunnel-agent /nonexistent/usr/bin/"),
+        "{notls}"
+    );
+    let host = plan(&[]);
+    assert!(
+        host.contains("install -D -m 0755 target/release/tunnel-agent "),
+        "{host}"
+    );
+    let help = Command::new("make")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("make install TARGET=armv7-unknown-linux-musleabihf"),
+        "{help}"
+    );
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(
+        readme.contains("make install TARGET=armv7-unknown-linux-musleabihf"),
+        "README"
+    );
+}
+
 #[test]
 fn make_install_lays_out_the_files_and_the_unit_verifies() {
     if !need("make", "make") {

@@ -72,6 +72,18 @@ fn status_file_follows_the_connection_and_status_exits_accordingly() {
     assert_eq!(v["channels_total"], 1);
     assert_eq!(v["last_error"]["class"], "network");
     assert_eq!(v["proxy"], control);
+    assert_eq!(v["device_key"], KEY);
+    // "Down since" counts from the loss, not from the latest attempt.
+    let down_since = v["down_since"]
+        .as_u64()
+        .expect("down_since while backing off");
+    agent.wait_for_nth("reconnecting in", 2, SOON);
+    let (_, json) = status(&file, true);
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["down_since"].as_u64(), Some(down_since), "{json}");
+    assert!(v["since"].as_u64() >= Some(down_since));
+    let (_, text) = status(&file, false);
+    assert!(text.contains("tunnel down since"), "{text}");
 
     let device = format!("{KEY}={TOKEN}");
     let proxy2 = Proxy::start(&["--listen", &control, "--device", &device]);
@@ -85,7 +97,42 @@ fn status_file_follows_the_connection_and_status_exits_accordingly() {
         (Some("connected"), Some(1))
     );
 
-    // Stopped: the file goes away and status says so.
+    assert_eq!(v["down_since"], Value::Null, "{json}");
+
+    // status --config finds the status file a configuration names.
+    let cfg = tmp.path("config.json");
+    std::fs::write(&cfg, format!(r#"{{"status_file": "{file}"}}"#)).unwrap();
+    let out = Command::new(bin("tunnel-agent"))
+        .args(["status", "--config", &cfg])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("connected since") && text.contains(KEY),
+        "{text}"
+    );
+
+    // Killed: the file stays, and its first line says it is stale.
+    let mut agent = agent;
+    agent.kill();
+    let (code, text) = status(&file, false);
+    assert_eq!(code, 1, "{text}");
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("STALE") && first.contains("process is gone"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_stopped_agent_removes_its_status_file_and_status_says_so() {
+    let tmp = Tmp::new("stopped");
+    let file = tmp.path("status.json");
+    let echo = echo_server();
+    let proxy = Proxy::for_ports(&[echo], &[]);
+    let agent = proxy.agent(&["--status-file", &file]);
+    proxy.wait_agent(1);
     agent.signal("TERM");
     agent.wait_for("tunnel-agent stopped", SOON);
     let (code, text) = status(&file, false);

@@ -144,7 +144,7 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Arc<Status>) {
     while !shutdown.requested() {
         attempt += 1;
         let cfg = live.get();
-        status.set_proxy(cfg.proxy_addr());
+        status.set_identity(cfg.proxy_addr(), cfg.device_key.value.clone());
         status.set(State::Connecting);
         info!(
             "connecting to proxy {} (attempt {attempt})",

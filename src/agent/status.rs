@@ -149,6 +149,14 @@ pub struct Snapshot {
     /// Meeting presence (absent in files of older agents).
     #[serde(default)]
     pub presence: Presence,
+    /// The device key the agent connects as (absent in files of older agents).
+    #[serde(default)]
+    pub device_key: Option<String>,
+    /// While not connected: since when the tunnel has been down (the end of the last
+    /// connection, or the start), seconds since the epoch. `since` restarts with every
+    /// attempt; this does not.
+    #[serde(default)]
+    pub down_since: Option<u64>,
     /// Repeatable warnings since start, by cause (`refused_over_max_channels`, ...): each is
     /// logged a few times per window, counted always.
     #[serde(default)]
@@ -158,7 +166,10 @@ pub struct Snapshot {
 struct Inner {
     state: State,
     since: u64,
+    /// When the tunnel went down (or the start); `None` while connected.
+    down_since: Option<u64>,
     proxy: String,
+    device_key: Option<String>,
     last_error: Option<LastError>,
     connections: u64,
     broken: bool,
@@ -181,7 +192,9 @@ impl Status {
             inner: Mutex::new(Inner {
                 state: State::Connecting,
                 since: clock::now(),
+                down_since: Some(clock::now()),
                 proxy,
+                device_key: None,
                 last_error: None,
                 connections: 0,
                 broken: false,
@@ -205,10 +218,14 @@ impl Status {
         if g.state == state {
             return;
         }
+        let was_connected = g.state == State::Connected;
         g.state = state;
         g.since = clock::now();
         if state == State::Connected {
             g.connections += 1;
+            g.down_since = None;
+        } else if was_connected {
+            g.down_since = Some(g.since);
         }
         self.write_locked(&mut g);
     }
@@ -248,9 +265,11 @@ impl Status {
         self.lock().presence.clone()
     }
 
-    /// Updates the proxy address (after a reload).
-    pub fn set_proxy(&self, proxy: String) {
-        self.lock().proxy = proxy;
+    /// Updates the proxy address and the device key (at start and after a reload).
+    pub fn set_identity(&self, proxy: String, device_key: String) {
+        let mut g = self.lock();
+        g.proxy = proxy;
+        g.device_key = Some(device_key);
     }
 
     /// The current content.
@@ -276,6 +295,12 @@ impl Status {
             pid: std::process::id(),
             updated: clock::now(),
             presence: g.presence.clone(),
+            device_key: g.device_key.clone(),
+            down_since: if g.state == State::Connected {
+                None
+            } else {
+                g.down_since
+            },
             warnings: t.noise.totals(),
         }
     }
@@ -362,8 +387,19 @@ mod tests {
         totals.up.store(42, Ordering::Relaxed);
         s.error("network", "boom".into());
         s.set(State::BackingOff);
+        let down = read(&path).unwrap();
+        assert_eq!(down.state, "backing_off");
+        let went_down = down.down_since.expect("down since the connection ended");
+        s.set(State::Connecting);
+        s.set(State::BackingOff);
+        assert_eq!(
+            read(&path).unwrap().down_since,
+            Some(went_down),
+            "another attempt does not restart the time the tunnel has been down"
+        );
         s.set(State::Connected);
         let snap = read(&path).unwrap();
+        assert_eq!(snap.down_since, None);
         assert_eq!(snap.state, "connected");
         assert_eq!(snap.bytes_up, 42);
         assert_eq!(snap.reconnects, 1);

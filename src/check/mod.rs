@@ -4,6 +4,7 @@
 //! handshake and reply classification, and the Meeting API client. Owns the steps, the
 //! verdict and how they are shown; must not change anything on the device.
 
+pub mod host;
 mod login;
 pub mod render;
 pub mod verdict;
@@ -12,6 +13,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use crate::agent::status::Snapshot;
 use crate::config::{self, Config, Flags, SearchPaths};
 use crate::meeting::{self, DeviceRecord};
 use crate::protocol::handshake::{handshake_line, read_reply, Recorded, Reply, ReplyError};
@@ -77,6 +79,8 @@ pub struct Facts {
     pub reply_raw: Option<String>,
     /// How long the proxy took to reply (or to time out).
     pub reply_ms: Option<u64>,
+    /// The reason the proxy gave for refusing the device, when it gave one.
+    pub refusal: Option<String>,
 }
 
 /// The whole result.
@@ -97,6 +101,9 @@ pub struct Report {
 pub struct Options {
     /// Bound for each network wait (TCP connect, handshake reply, API request).
     pub timeout: Duration,
+    /// Send a handshake even when an agent for this device is connected (`--handshake`): the
+    /// proxy then drops that agent's connection and its tunnels until it reconnects.
+    pub handshake: bool,
 }
 
 fn step(name: &str, status: Status, detail: String, hint: Option<String>, since: Instant) -> Step {
@@ -133,10 +140,29 @@ pub fn run(
     let cfg = match loaded {
         Ok(c) => c,
         Err(e) => {
+            // What was there, so the operator sees what was fine next to what is missing.
+            let found = config::found(flags, env, paths).unwrap_or_default();
+            let value = |k: &str| found.iter().find(|f| f.key == k).map(|f| f.value.clone());
+            facts.device_key = value("device_key");
+            facts.token_masked = value("token_code");
+            facts.proxy = Some(format!(
+                "{}:{}",
+                value("tunnel_host").unwrap_or_else(|| config::DEFAULT_HOST.to_owned()),
+                value("tunnel_port").unwrap_or_else(|| config::DEFAULT_PORT.to_string())
+            ));
+            let shown = if found.is_empty() {
+                "nothing was found in any of those places".to_owned()
+            } else {
+                found
+                    .iter()
+                    .map(|f| format!("{} {} ({})", f.key, f.value, f.source))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             steps.push(step(
                 "config",
                 Status::Fail,
-                e.clone(),
+                format!("{e}\nFound: {shown}"),
                 Some("fix the configuration (tunnel-agent --help lists every setting)".into()),
                 t,
             ));
@@ -167,10 +193,13 @@ pub fn run(
     let api = api_step(&cfg, opts, &mut steps);
     let presence = presence_step(&cfg, opts, &mut steps);
     let (mut up, mut down) = (Vec::new(), Vec::new());
+    let host = host::detect(std::path::Path::new("/"));
+    let ssh_port = cfg.ssh.ssh_port;
     for &port in &cfg.allowed_ports.value {
-        let s = local_step(port, opts.timeout);
+        let advice = host::start_advice(&host, port, ssh_port);
+        let s = local_step(port, opts.timeout, &advice);
         if s.status == Status::Fail {
-            down.push(port);
+            down.push((port, advice));
         } else {
             up.push(port);
         }
@@ -199,7 +228,7 @@ fn conclude(
     reach: &Reach,
     (api, presence, login): (Api, Presence, Login),
     up: &[u16],
-    down: &[u16],
+    down: &[(u16, String)],
     key: &str,
     proxy: &str,
     opts: &Options,
@@ -211,7 +240,8 @@ fn conclude(
         api,
         presence,
         login,
-        local_down: down.to_vec(),
+        local_down: down.iter().map(|(p, _)| *p).collect(),
+        local_advice: down.iter().map(|(_, a)| a.clone()).collect(),
         local_up: up.to_vec(),
         reply_timeout_s: opts.timeout.as_secs_f64(),
     });
@@ -379,7 +409,62 @@ fn reach_proxy(cfg: &Config, opts: &Options, steps: &mut Vec<Step>, facts: &mut 
         )),
         None => steps.push(skipped("tls", "TLS off (tunnel_ssl false)")),
     }
-    handshake_step(cfg, opts, control, addr, steps, facts)
+    let live = connected_agent(cfg);
+    match live {
+        Some(agent) if !opts.handshake => {
+            // Closed without a handshake: the proxy keeps the running agent's connection.
+            drop(control);
+            steps.push(live_agent_step(cfg, &agent));
+            Reach::Replied(Handshake::Accepted)
+        }
+        _ => {
+            let note = live.map(|a| {
+                format!(
+                    "forced with --handshake while tunnel-agent (pid {}) was connected for this \
+                     device: the proxy drops its connection, which it remakes; ",
+                    a.pid
+                )
+            });
+            handshake_step(cfg, opts, control, addr, steps, facts, note)
+        }
+    }
+}
+
+/// The running agent for this device, when its status file is fresh (its process lives) and
+/// it is connected: it holds the device's connection, which a second handshake would take.
+fn connected_agent(cfg: &Config) -> Option<Snapshot> {
+    let snap = crate::agent::status::read(cfg.status_file.as_deref()?).ok()?;
+    let same_device = snap
+        .device_key
+        .as_deref()
+        .map_or(true, |k| k.eq_ignore_ascii_case(&cfg.device_key.value));
+    (snap.is_fresh() && same_device && snap.state == "connected").then_some(snap)
+}
+
+/// The handshake step told from the running agent's status instead of a handshake.
+fn live_agent_step(cfg: &Config, a: &Snapshot) -> Step {
+    let up = crate::clock::now().saturating_sub(a.since);
+    let last = a
+        .last_error
+        .as_ref()
+        .map(|e| format!("; its last error before that: {}", e.message))
+        .unwrap_or_default();
+    Step {
+        name: "handshake".into(),
+        status: Status::Pass,
+        detail: format!(
+            "not sent: tunnel-agent {} (pid {}) is running for device {} and is connected to {} \
+             since {} ({up} s), {} reconnects{last}. A second handshake would make the proxy \
+             drop that connection and every tunnel through it",
+            a.version, a.pid, cfg.device_key.value, a.proxy, a.since_utc, a.reconnects
+        ),
+        hint: Some(
+            "check --handshake sends one anyway (the running agent's tunnels drop for a few \
+             seconds)"
+                .into(),
+        ),
+        ms: 0,
+    }
 }
 
 /// What a failed [`transport::secure`] means for the verdict, and its one-line detail.
@@ -410,6 +495,7 @@ fn handshake_step(
     addr: SocketAddr,
     steps: &mut Vec<Step>,
     facts: &mut Facts,
+    note: Option<String>,
 ) -> Reach {
     let key = &cfg.device_key.value;
     let shown = handshake_line(&cfg.token.value.masked(), key);
@@ -417,7 +503,8 @@ fn handshake_step(
     facts.handshake_sent = Some(printable(shown.as_bytes(), 200));
     let t = Instant::now();
     let sent = format!(
-        "sent to {addr}: {} ({} bytes)",
+        "{}sent to {addr}: {} ({} bytes)",
+        note.unwrap_or_default(),
         printable(shown.as_bytes(), 200),
         line.len()
     );
@@ -470,7 +557,10 @@ fn handshake_step(
         ),
         Err(e) => {
             let found = match &e {
-                ReplyError::Refused { reason, .. } => Handshake::Refused(reason.clone()),
+                ReplyError::Refused { reason, .. } => {
+                    facts.refusal = Some(reason.clone());
+                    Handshake::Refused(reason.clone())
+                }
                 ReplyError::ClosedWithoutReply => Handshake::Silent,
                 ReplyError::TlsOnPlainAgent { .. } => Handshake::TlsOnPlain,
                 _ => Handshake::NotMeeting(printable(reader.get_ref().seen(), 40)),
@@ -654,23 +744,18 @@ fn running_agent(cfg: &Config) -> Option<crate::agent::status::Presence> {
 /// How long a local service may take to show its banner.
 const BANNER_WAIT: Duration = Duration::from_secs(2);
 
-fn local_step(port: u16, timeout: Duration) -> Step {
+fn local_step(port: u16, timeout: Duration, advice: &str) -> Step {
     let name = format!("local:{port}");
     let t = Instant::now();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let sock = match TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(5))) {
         Ok(s) => s,
         Err(e) => {
-            let hint = if port == 22 {
-                "start sshd (systemctl start ssh, or /etc/init.d/sshd start)".to_owned()
-            } else {
-                format!("start the service that should listen on port {port}")
-            };
             return step(
                 &name,
                 Status::Fail,
                 format!("nothing accepts on {addr}: {e}"),
-                Some(hint),
+                Some(advice.to_owned()),
                 t,
             );
         }

@@ -83,36 +83,108 @@ fn mark(s: Status) -> &'static str {
     }
 }
 
+/// The questions for the Meeting team: derived from the verdict and from what the check
+/// actually saw, so that each one is true of this report (no "closed without an error line"
+/// under a quoted reason, no reference to an API answer that was not asked for, no "looks
+/// right" when it does not).
 fn questions(r: &Report) -> Vec<String> {
     let key = r.facts.device_key.as_deref().unwrap_or("(unknown)");
-    match r.verdict {
-        Verdict::SilentlyRejected | Verdict::Rejected => vec![
-            format!("What did the proxy log for device key `{key}` at the time of this report?"),
-            format!(
-                "Does the proxy's own validation accept device key `{key}` with token `{}`? \
-                 Which check refused it (unknown key, wrong token, not registered, not authorized)?",
-                r.facts.token_masked.as_deref().unwrap_or("?")
-            ),
-            "Why does the proxy close without an error line? Could it answer \
-             `{\"status\":\"error\",\"message\":\"...\"}` so devices can say why?"
-                .into(),
-            "Does the proxy consult the same API/database that answers for this device below?".into(),
-        ],
+    let token = r.facts.token_masked.as_deref().unwrap_or("?");
+    let ran = |name: &str| {
+        r.steps
+            .iter()
+            .any(|s| s.name == name && s.status != Status::Skipped)
+    };
+    let api_asked = ran("api");
+    let same_api = "Does the proxy validate the handshake against the same API and database that \
+                    answered for this device (the api step under Device-side verifications)?";
+    let which_token = format!(
+        "Is the handshake's token the device's token_code (`{token}` here), or a separate control \
+         token from the official agent's configuration? Meeting's documents disagree, and a \
+         device sending the wrong one is refused exactly this way."
+    );
+    let proxy_log =
+        format!("What did the proxy log for device key `{key}` at the time of this report?");
+    let on_device = |what: &str| {
+        format!("None: the fault found is on the device ({what}); nothing points at the proxy or Meeting.")
+    };
+    let mut q = match r.verdict {
+        Verdict::Rejected => {
+            let reason = r.facts.refusal.as_deref().unwrap_or("?");
+            let mut q = vec![
+                proxy_log,
+                format!(
+                    "The proxy refused device key `{key}` with token `{token}`, saying \
+                     \"{reason}\": what exactly must change on the device or in Meeting for it \
+                     to be accepted?"
+                ),
+            ];
+            if api_asked {
+                q.push(same_api.into());
+            }
+            q
+        }
+        Verdict::SilentlyRejected => {
+            let mut q = vec![
+                proxy_log,
+                format!(
+                    "Does the proxy's own validation accept device key `{key}` with token \
+                     `{token}`? Which check refused it (unknown key, wrong token, not registered, \
+                     not authorized)?"
+                ),
+                which_token,
+                "The proxy closed the connection without a byte: could it answer \
+                 `{\"status\":\"error\",\"message\":\"...\"}` so devices can say why?"
+                    .into(),
+            ];
+            if api_asked {
+                q.push(same_api.into());
+            }
+            q
+        }
         Verdict::DeviceUnknown => vec![format!("Can device `{key}` be registered in Meeting?")],
         Verdict::DeviceNotAuthorized => {
-            vec![format!("Can device `{key}` be authorized for tunnels (ssh)?")]
+            vec![format!(
+                "Can device `{key}` be authorized for tunnels (ssh)?"
+            )]
         }
-        Verdict::NotMeetingProxy | Verdict::ConnectRefused | Verdict::ConnectTimeout => vec![
-            format!(
+        Verdict::NotMeetingProxy | Verdict::ConnectRefused | Verdict::ConnectTimeout => {
+            vec![format!(
                 "Is `{}` the right tunnel endpoint for this device, and is the proxy running?",
                 r.facts.proxy.as_deref().unwrap_or("?")
-            ),
+            )]
+        }
+        Verdict::TlsMismatch | Verdict::TlsFailed => {
+            vec!["Does the proxy port speak TLS, and with which certificate?".into()]
+        }
+        Verdict::OfflineInMeeting => vec![format!(
+            "The proxy accepts device `{key}` but Meeting shows it Disconnected: does Meeting \
+             receive and record its heartbeats (POST /api/devices/{key}/online)?"
+        )],
+        Verdict::ConfigError => vec![
+            "None yet: the device's configuration must be completed first (config step); the \
+             proxy was not contacted."
+                .into(),
         ],
-        Verdict::TlsMismatch | Verdict::TlsFailed => vec![
-            "Does the proxy port speak TLS, and with which certificate?".into(),
+        Verdict::DnsFailed => vec![on_device("the proxy's name does not resolve on it")],
+        Verdict::LocalServiceDown => vec![on_device(
+            "a local service the tunnel reaches is not running",
+        )],
+        Verdict::SshNotAnswering
+        | Verdict::LoginUserMissing
+        | Verdict::MeetingKeyMissing
+        | Verdict::LoginFileModes => vec![on_device(
+            "Meeting's terminal login, see the ssh-login step",
+        )],
+        Verdict::NoReply => vec![
+            "None needed: the proxy keeps the connection without replying, as older proxies do, \
+             and the agent works with it. Does this proxy version answer the handshake at all?"
+                .into(),
         ],
-        _ => vec!["None: the device side looks right.".into()],
-    }
+        Verdict::Ok => vec!["None: every step passed.".into()],
+    };
+    q.dedup();
+    q
 }
 
 /// A bug report in the shape of the field report, ready to paste into a ticket.

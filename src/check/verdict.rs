@@ -98,6 +98,9 @@ pub struct Findings {
     pub login: Login,
     /// Local ports that refused a connection.
     pub local_down: Vec<u16>,
+    /// What to do about each of them ("nothing listens on 127.0.0.1:22: start …"), fitted to
+    /// the device's init system and SSH server.
+    pub local_advice: Vec<String>,
     /// Local ports checked and answering.
     pub local_up: Vec<u16>,
     /// The handshake reply timeout, for the no-reply summary.
@@ -233,11 +236,18 @@ pub fn decide(f: &Findings) -> (Verdict, String) {
         (!f.local_down.is_empty()).then(|| {
             (
                 Verdict::LocalServiceDown,
-                format!(
-                    "The proxy accepts the device but nothing listens on {} on the device: start \
-                     the service (for sshd: systemctl start ssh).",
-                    ports(&f.local_down)
-                ),
+                if f.local_advice.is_empty() {
+                    format!(
+                        "The proxy accepts the device but nothing listens on {} on the device: \
+                         start the service that should.",
+                        ports(&f.local_down)
+                    )
+                } else {
+                    format!(
+                        "The proxy accepts the device, but {}.",
+                        f.local_advice.join("; ")
+                    )
+                },
             )
         })
     };
@@ -356,8 +366,11 @@ pub fn decide(f: &Findings) -> (Verdict, String) {
                 format!(
                     "The Meeting proxy's own validation rejected device key {key} and its token \
                      without giving a reason{although}: ask the Meeting team why their proxy \
-                     refuses device {key} (what their proxy logged for it) and to confirm its \
-                     token."
+                     refuses device {key} (what their proxy logged for it) and which token it \
+                     expects. A likely cause: Meeting's documents disagree on whether the \
+                     handshake's token is the device's token_code or a separate control token \
+                     from the official agent's configuration, and a device sending the wrong one \
+                     is refused exactly this way."
                 ),
             )
         }),
@@ -404,6 +417,7 @@ mod tests {
             presence: Presence::Unknown,
             login: Login::Unknown,
             local_down: down.to_vec(),
+            local_advice: Vec::new(),
             local_up: if down.is_empty() { vec![22] } else { vec![] },
             reply_timeout_s: 10.0,
         }

@@ -33,6 +33,8 @@ pub enum Command {
         format: Format,
         /// Bound for each network wait.
         timeout: Duration,
+        /// `--handshake`: send one even when an agent for this device is connected.
+        handshake: bool,
     },
     /// The SSH key work once, then exit.
     Keys {
@@ -43,24 +45,114 @@ pub enum Command {
     },
     /// Print the running agent's status file.
     Status {
-        /// `--status-file PATH`, else the default.
+        /// `--status-file PATH`.
         path: Option<String>,
+        /// `--config FILE`: where to read `status_file` from.
+        config: Option<std::path::PathBuf>,
         /// `--json`: the file as is.
         json: bool,
     },
-    /// Print help.
-    Help,
+    /// Print the help of a command.
+    Help(Topic),
     /// Print the version.
     Version,
 }
 
-/// Usage text: the commands, the settings from the configuration table, the exit statuses.
+/// Which command's help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic {
+    /// `tunnel-agent --help` and `run --help`: the commands, run's options and exit status.
+    Run,
+    /// `check --help`.
+    Check,
+    /// `status --help`.
+    Status,
+    /// `keys --help`.
+    Keys,
+}
+
+/// The help text of `topic`.
+pub fn help(topic: Topic) -> String {
+    match topic {
+        Topic::Run => usage(),
+        Topic::Check => CHECK_HELP.to_owned(),
+        Topic::Status => STATUS_HELP.to_owned(),
+        Topic::Keys => KEYS_HELP.to_owned(),
+    }
+}
+
+const CHECK_HELP: &str = "\
+Usage: tunnel-agent check [--json | --report] [--timeout SECS] [--handshake] [OPTIONS]
+
+Diagnoses the device end to end: configuration, DNS, TCP, TLS, the handshake, the Meeting API,
+Meeting presence, the local services and Meeting's terminal login; then names the most likely
+cause of a failure. It changes nothing on the device.
+
+When an agent for this device is running and connected (its status file is fresh and its
+process alive), check sends no handshake: the proxy would give the device's connection to
+check and drop the running agent's, with every tunnel through it (an operator's ssh session
+ends). The handshake step then reports that agent's state instead. Every other step runs.
+
+check options:
+  --json                     one JSON object: {\"verdict\", \"summary\", \"exit_code\", \"steps\": [...]}
+  --report                   a Markdown bug report to paste into a ticket
+  --timeout SECS             bound for each network wait (10)
+  --handshake                send a handshake even when an agent is connected (its tunnels
+                             drop for a few seconds, then it reconnects)
+  -h, --help                 this text
+OPTIONS: every configuration option of run (tunnel-agent --help), e.g. --config FILE.
+
+Exit status: 0 ok (or no_reply: an older proxy that never answers); 1 configuration;
+2 network (DNS, TCP, TLS, not a Meeting proxy); 3 refused by the proxy (with a reason or
+silently); 4 the Meeting API says the device is unknown or not authorized; 5 local service down;
+6 the proxy accepts the device but Meeting shows it Disconnected (no heartbeat); 7 the tunnel
+works but Meeting's terminal cannot log in (sshd, login user, Meeting's key, file modes).";
+
+const STATUS_HELP: &str = "\
+Usage: tunnel-agent status [--json] [--status-file PATH | --config FILE]
+
+Prints the running agent's status file: its state and since when, how long the tunnel has been
+down, the proxy, channels and bytes, Meeting presence, the last error. A file no longer written
+by a live agent says STALE on its first line.
+
+status options:
+  --json                     the file as is (JSON)
+  --status-file PATH         the status file (default: status_file of the configuration, else
+                             /run/tunnel-agent/status.json)
+  --config FILE              the configuration whose status_file to read (default: the first of
+                             /etc/tunnel-agent/config.json, /etc/rpi-cam/meeting.json)
+  -h, --help                 this text
+
+Exit status: 0 the agent is running and connected; 1 otherwise (not connected, stale, no file);
+2 bad command line.";
+
+const KEYS_HELP: &str = "\
+Usage: tunnel-agent keys [-v | -q] [OPTIONS]
+
+Does the SSH key work once, then exits: installs Meeting's SSH key for the login user of
+Meeting's terminal, publishes the device's own key to Meeting and updates known_hosts with
+Meeting's host keys, over verified HTTPS only. Run it as root; the service does before starting
+the agent, and an agent running as root also does it every ssh_keys_interval.
+
+keys options:
+  -v, --verbose / -q, --quiet  log detail
+  -h, --help                 this text
+OPTIONS: every configuration option of run (tunnel-agent --help); those of SSH keys are
+--ssh-keys, --meeting-ssh-user, --authorized-keys-file, --device-ssh-key, --known-hosts-file,
+--state-dir.
+
+Exit status: 0 everything in place (or turned off); 1 failed (API, files, rights); 2 bad
+command line or configuration; 3 refused for safety (http API, invalid key, fingerprint
+mismatch, symbolic link or foreign owner): nothing was written.";
+
+/// Usage text of run (and the overview): the commands, the settings from the configuration
+/// table, run's exit status.
 pub fn usage() -> String {
     format!(
         "\
 Usage: tunnel-agent [run] [OPTIONS]
-       tunnel-agent check [--json | --report] [--timeout SECS] [OPTIONS]
-       tunnel-agent status [--json] [--status-file PATH]
+       tunnel-agent check [--json | --report] [--timeout SECS] [--handshake] [OPTIONS]
+       tunnel-agent status [--json] [--status-file PATH | --config FILE]
        tunnel-agent keys [OPTIONS]
 
 run (the default) dials out to the Meeting proxy and carries its tunnels to local services.
@@ -84,20 +176,9 @@ Options [environment, configuration key; default]:
 The token is never taken from the command line (every local user can read it): set
 MEETING_TOKEN or token_code in the configuration file (mode 0600).
 
-check options:
-  --json                     one JSON object: {{\"verdict\", \"summary\", \"exit_code\", \"steps\": [...]}}
-  --report                   a Markdown bug report to paste into a ticket
-  --timeout SECS             bound for each network wait (10)
+Each command has its own help: tunnel-agent check --help, status --help, keys --help.
 
-Exit status of run: 0 stopped by SIGINT/SIGTERM; 2 bad command line or configuration.
-Exit status of check: 0 ok (or no_reply: an older proxy that never answers); 1 configuration;
-2 network (DNS, TCP, TLS, not a Meeting proxy); 3 refused by the proxy (with a reason or
-silently); 4 the Meeting API says the device is unknown or not authorized; 5 local service down;
-6 the proxy accepts the device but Meeting shows it Disconnected (no heartbeat); 7 the tunnel
-works but Meeting's terminal cannot log in (sshd, login user, Meeting's key, file modes).
-Exit status of keys: 0 everything in place (or turned off); 1 failed (API, files, rights);
-2 bad command line or configuration; 3 refused for safety (http API, invalid key, fingerprint
-mismatch, symbolic link or foreign owner): nothing was written.",
+Exit status of run: 0 stopped by SIGINT/SIGTERM; 2 bad command line or configuration.",
         config::usage()
     )
 }
@@ -108,22 +189,36 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut verbosity = 0;
     if args.first().map(String::as_str) == Some("status") {
         let mut path = None;
+        let mut config = None;
         let mut json = false;
         let mut it = args[1..].iter();
         while let Some(a) = it.next() {
-            match a.as_str() {
+            let (name, inline) = match a.split_once('=') {
+                Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
+                _ => (a.as_str(), None),
+            };
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| it.next().cloned())
+                    .ok_or_else(|| format!("{name} needs a value"))
+            };
+            match name {
                 "--json" => json = true,
-                "--status-file" => {
-                    path = Some(it.next().cloned().ok_or("--status-file needs a value")?)
-                }
-                "-h" | "--help" => return Ok(Command::Help),
+                "--status-file" => path = Some(value()?),
+                "--config" => config = Some(value()?.into()),
+                "-h" | "--help" => return Ok(Command::Help(Topic::Status)),
                 other => return Err(format!("unknown argument '{other}' for status")),
             }
         }
-        return Ok(Command::Status { path, json });
+        if path.is_some() && config.is_some() {
+            return Err("status takes --status-file or --config, not both".into());
+        }
+        return Ok(Command::Status { path, config, json });
     }
     let mut format = Format::Text;
     let mut timeout = Duration::from_secs(10);
+    let mut handshake = false;
     let mut it = args.iter().peekable();
     let sub = it.peek().map(|a| a.as_str());
     let check = sub == Some("check");
@@ -143,7 +238,15 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 .ok_or_else(|| format!("{flag} needs a value"))
         };
         match name {
-            "-h" | "--help" => return Ok(Command::Help),
+            "-h" | "--help" => {
+                return Ok(Command::Help(if check {
+                    Topic::Check
+                } else if keys {
+                    Topic::Keys
+                } else {
+                    Topic::Run
+                }))
+            }
             "-V" | "--version" => return Ok(Command::Version),
             "-v" | "--verbose" => verbosity += 1,
             "-vv" => verbosity += 2,
@@ -151,6 +254,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--config" => flags.config = Some(value(name)?.into()),
             "--json" if check => format = Format::Json,
             "--report" if check => format = Format::Report,
+            "--handshake" if check => handshake = true,
             "--timeout" if check => {
                 timeout = parse_secs("--timeout", &value(name)?, &Source::Flag("--timeout"))
                     .map_err(|e| e.to_string())?
@@ -175,6 +279,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             flags,
             format,
             timeout,
+            handshake,
         });
     }
     if keys {
@@ -218,7 +323,7 @@ mod tests {
         assert!(parse(&args("--host"))
             .unwrap_err()
             .contains("needs a value"));
-        assert_eq!(parse(&args("--help")).unwrap(), Command::Help);
+        assert_eq!(parse(&args("--help")).unwrap(), Command::Help(Topic::Run));
         assert_eq!(
             parse(&args("keys --meeting-ssh-user device -v")).unwrap(),
             Command::Keys {
@@ -234,12 +339,14 @@ mod tests {
             flags,
             format,
             timeout,
+            handshake,
         }) = parse(&args(
-            "check --json --timeout 2.5 --allow-port 2222 --host h",
+            "check --json --timeout 2.5 --allow-port 2222 --host h --handshake",
         ))
         else {
             panic!()
         };
+        assert!(handshake);
         assert_eq!(format, Format::Json);
         assert_eq!(timeout, Duration::from_millis(2500));
         assert_eq!(flags.all("allowed_ports"), vec!["2222"]);
@@ -253,6 +360,56 @@ mod tests {
 #[cfg(test)]
 mod usage_tests {
     use super::*;
+
+    #[test]
+    fn each_command_has_its_own_help() {
+        let run = parse(&args_of("run --help")).unwrap();
+        let check = parse(&args_of("check --help")).unwrap();
+        let status = parse(&args_of("status --help")).unwrap();
+        let keys = parse(&args_of("keys -h")).unwrap();
+        let texts: Vec<String> = [run, check, status, keys]
+            .into_iter()
+            .map(|c| match c {
+                Command::Help(t) => help(t),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        for (i, a) in texts.iter().enumerate() {
+            for b in &texts[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert!(
+            texts[1].starts_with("Usage: tunnel-agent check") && texts[1].contains("--handshake")
+        );
+        assert!(
+            !texts[1].contains("--heartbeat-interval"),
+            "check's help is its own"
+        );
+        assert!(
+            texts[2].starts_with("Usage: tunnel-agent status")
+                && texts[2].contains("--config FILE")
+        );
+        assert!(texts[2].lines().count() < 25, "{}", texts[2]);
+        assert!(texts[3].starts_with("Usage: tunnel-agent keys"));
+        assert!(
+            !texts[0].contains("Markdown bug report"),
+            "run's help has no check options"
+        );
+        assert_eq!(
+            parse(&args_of("status --config /c.json")).unwrap(),
+            Command::Status {
+                path: None,
+                config: Some("/c.json".into()),
+                json: false
+            }
+        );
+        assert!(parse(&args_of("status --config /c --status-file /s")).is_err());
+    }
+
+    fn args_of(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
 
     #[test]
     fn every_flag_of_the_table_parses_and_is_in_the_usage() {

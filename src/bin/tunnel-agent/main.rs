@@ -60,11 +60,12 @@ fn main() -> ExitCode {
             flags,
             format,
             timeout,
-        }) => return check(&flags, format, timeout),
-        Ok(cli::Command::Status { path, json }) => return status(path, json),
+            handshake,
+        }) => return check(&flags, format, timeout, handshake),
+        Ok(cli::Command::Status { path, config, json }) => return status(path, config, json),
         Ok(cli::Command::Keys { flags, verbosity }) => return keys(&flags, verbosity),
-        Ok(cli::Command::Help) => {
-            outln!("{}", cli::usage());
+        Ok(cli::Command::Help(topic)) => {
+            outln!("{}", cli::help(topic));
             return ExitCode::SUCCESS;
         }
         Ok(cli::Command::Version) => {
@@ -123,8 +124,17 @@ fn refresh_status(status: Arc<Status>, shutdown: Arc<Shutdown>) {
 }
 
 /// `tunnel-agent status`: exit 0 when the agent is connected, 1 otherwise.
-fn status(path: Option<String>, json: bool) -> ExitCode {
-    let path = std::path::PathBuf::from(path.as_deref().unwrap_or(config::DEFAULT_STATUS_FILE));
+fn status(path: Option<String>, config: Option<std::path::PathBuf>, json: bool) -> ExitCode {
+    let path = match path {
+        Some(p) => std::path::PathBuf::from(p),
+        None => match status_file_of(config) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("tunnel-agent status: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
     let snap = match agent::status::read(&path) {
         Ok(s) => s,
         Err(e) => {
@@ -139,15 +149,41 @@ fn status(path: Option<String>, json: bool) -> ExitCode {
             serde_json::to_string_pretty(&snap).unwrap_or_default()
         );
     } else {
-        let held = tunnel_agent::clock::now().saturating_sub(snap.since);
+        let now = tunnel_agent::clock::now();
+        if !fresh {
+            outln!(
+                "STALE: this file was last written {age} s ago{}: the agent is not running, and \
+                 what follows is what it last said",
+                if alive {
+                    ""
+                } else {
+                    " and its process is gone"
+                }
+            );
+        }
+        let down = snap
+            .down_since
+            .map(|t| {
+                format!(
+                    "; tunnel down since {} ({} s)",
+                    tunnel_agent::clock::utc(t),
+                    now.saturating_sub(t)
+                )
+            })
+            .unwrap_or_default();
         outln!(
-            "tunnel-agent {} (pid {}): {} since {} ({held} s)",
+            "tunnel-agent {} (pid {}): {} since {} ({} s){down}",
             snap.version,
             snap.pid,
             snap.state,
-            snap.since_utc
+            snap.since_utc,
+            now.saturating_sub(snap.since)
         );
-        outln!("proxy: {}", snap.proxy);
+        outln!(
+            "device: {}; proxy: {}",
+            snap.device_key.as_deref().unwrap_or("?"),
+            snap.proxy
+        );
         outln!(
             "channels: {} open, {} since start; bytes up {}, down {}",
             snap.open_channels,
@@ -160,22 +196,32 @@ fn status(path: Option<String>, json: bool) -> ExitCode {
         if let Some(e) = &snap.last_error {
             outln!("last error ({}): {}", e.class, e.message);
         }
-        if !fresh {
-            outln!(
-                "STALE: the file was last written {age} s ago{}: the agent is not running",
-                if alive {
-                    ""
-                } else {
-                    " and its process is gone"
-                }
-            );
-        }
     }
     ExitCode::from(if fresh && snap.state == "connected" {
         0
     } else {
         1
     })
+}
+
+/// The status file named by the configuration (`--config FILE`, else the first configuration
+/// file found), else the default. Reads nothing else of the configuration, so it works for a
+/// user who may not read the token.
+fn status_file_of(config: Option<std::path::PathBuf>) -> Result<std::path::PathBuf, String> {
+    let explicit = config.is_some();
+    let mut flags = config::Flags::default();
+    flags.config = config;
+    let none = |_: &str| None;
+    let found = match config::found(&flags, &none, &SearchPaths::default()) {
+        Ok(f) => f,
+        // The default file may be readable by root only: then the default path is the guess.
+        Err(e) if explicit => return Err(e.to_string()),
+        Err(_) => Vec::new(),
+    };
+    Ok(found
+        .into_iter()
+        .find(|f| f.key == "status_file")
+        .map_or_else(|| config::DEFAULT_STATUS_FILE.into(), |f| f.value.into()))
 }
 
 /// `tunnel-agent keys`: one round of the SSH key work; a line per job on stdout (failures on
@@ -222,15 +268,27 @@ fn keys_round(_cfg: &config::Config) -> ExitCode {
 }
 
 /// `tunnel-agent check`: prints the report and exits with the verdict's status.
-fn check(flags: &config::Flags, format: cli::Format, timeout: Duration) -> ExitCode {
+fn check(
+    flags: &config::Flags,
+    format: cli::Format,
+    timeout: Duration,
+    handshake: bool,
+) -> ExitCode {
     use std::io::IsTerminal;
     use tunnel_agent::check::{self, render};
+    if handshake {
+        eprintln!(
+            "tunnel-agent check --handshake: if an agent is connected for this device, the proxy \
+             now drops its connection and every tunnel through it (an ssh session through the \
+             tunnel ends); the agent reconnects within seconds."
+        );
+    }
     let env = |k: &str| std::env::var(k).ok();
     let report = check::run(
         flags,
         &env,
         &SearchPaths::default(),
-        &check::Options { timeout },
+        &check::Options { timeout, handshake },
     );
     let text = match format {
         cli::Format::Text => {

@@ -140,6 +140,15 @@ impl Outcome {
         self.assert_questions_are_true();
     }
 
+    /// Asserts the Markdown report holds `want`.
+    fn report_has(&self, want: &str) {
+        assert!(
+            self.report.contains(want),
+            "{want:?} missing:\n{}",
+            self.report
+        );
+    }
+
     /// The report's questions for the Meeting team.
     fn questions(&self) -> &str {
         let at = self
@@ -346,17 +355,9 @@ fn the_field_report_is_silently_rejected() {
         "## Expected behaviour",
         "## Questions for the Meeting team",
     ] {
-        assert!(
-            o.report.contains(section),
-            "{section} missing:\n{}",
-            o.report
-        );
+        o.report_has(section);
     }
-    assert!(
-        o.report.contains(&format!("**Token:** {token_masked}")),
-        "{}",
-        o.report
-    );
+    o.report_has(&format!("**Token:** {token_masked}"));
     assert!(
         o.report.contains(&format!(
             "{{\"token\": \"{token_masked}\", \"name\": \"{KEY}\"}}\\n"
@@ -536,16 +537,8 @@ fn a_configuration_error_shows_every_value_found_next_to_what_is_missing() {
         "{}",
         o.text
     );
-    assert!(
-        o.report.contains(&format!("**Device key:** {KEY}")),
-        "{}",
-        o.report
-    );
-    assert!(
-        o.report.contains("**Token:** (not configured)"),
-        "{}",
-        o.report
-    );
+    o.report_has(&format!("**Device key:** {KEY}"));
+    o.report_has("**Token:** (not configured)");
     assert!(o.questions().contains("None yet"), "{}", o.questions());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -46,6 +46,16 @@ pub fn echo_server() -> u16 {
     port
 }
 
+/// The standard output of a command that must have succeeded (its stderr in the panic).
+pub fn ok_stdout(out: std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A field of /proc/PID/status such as `VmRSS:` or `Threads:` (its first number; 0 when the
 /// process is gone).
 pub fn status_field(pid: u32, name: &str) -> u64 {

@@ -560,45 +560,41 @@ fn an_agent_without_the_rights_says_so_once_and_carries_the_tunnel() {
     .unwrap();
     let echo = echo_server();
     let proxy = Proxy::for_ports(&[echo], &[]);
-    let port = proxy.control.port().to_string();
     let allow = echo.to_string();
     let ak = s.authorized_keys().display().to_string();
     let ca = s.api.ca_file.display().to_string();
+    let base = agent_args(proxy.control);
+    let mut args = vec![
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        bin("tunnel-agent"),
+        "-v",
+    ];
+    args.extend(base.iter().map(String::as_str));
+    args.extend([
+        "--allow-port",
+        &allow,
+        "--ssh-keys",
+        "true",
+        "--api-url",
+        &s.api.url,
+        "--api-ca-file",
+        &ca,
+        "--meeting-ssh-user",
+        "nobody",
+        "--authorized-keys-file",
+        &ak,
+        "--device-ssh-key",
+        "",
+        "--known-hosts-file",
+        "",
+        "--heartbeat",
+        "false",
+    ]);
     let agent = Proc::spawn(
         setpriv.to_str().unwrap(),
-        &[
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            bin("tunnel-agent"),
-            "-v",
-            "--device-key",
-            KEY,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--status-file",
-            "",
-            "--allow-port",
-            &allow,
-            "--ssh-keys",
-            "true",
-            "--api-url",
-            &s.api.url,
-            "--api-ca-file",
-            &ca,
-            "--meeting-ssh-user",
-            "nobody",
-            "--authorized-keys-file",
-            &ak,
-            "--device-ssh-key",
-            "",
-            "--known-hosts-file",
-            "",
-            "--heartbeat",
-            "false",
-        ],
+        &args,
         &[("MEETING_TOKEN", TOKEN)],
     );
     proxy.wait_agent(1);

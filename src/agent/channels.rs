@@ -232,9 +232,8 @@ impl Shared {
     }
 
     /// Counts `n` bytes written to the local socket.
-    fn delivered(&self, ch: &Channel, d: &mut Down, n: usize) {
+    fn delivered(&self, ch: &Channel, n: usize) {
         if n > 0 {
-            d.progress = Instant::now();
             ch.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
             self.totals.down.fetch_add(n as u64, Ordering::Relaxed);
         }
@@ -434,12 +433,18 @@ impl Channels {
                 let _ = sock.set_write_timeout(Some(DIRECT_WAIT));
                 d.write_timeout = DIRECT_WAIT;
             }
-            let deadline = Instant::now() + DIRECT_WAIT;
-            while !rest.is_empty() && Instant::now() < deadline {
+            // The clock is read only once a write came back short (rare): each write waits at
+            // most DIRECT_WAIT, and the ones after it share one more DIRECT_WAIT.
+            let mut deadline = None;
+            while !rest.is_empty() {
+                if deadline.is_some_and(|t| Instant::now() >= t) {
+                    break;
+                }
                 match (&*sock).write(rest) {
                     Ok(n) if n > 0 => {
-                        self.shared.delivered(&ch, &mut d, n);
+                        self.shared.delivered(&ch, n);
                         rest = &rest[n..];
+                        deadline.get_or_insert_with(|| Instant::now() + DIRECT_WAIT);
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) if is_timeout(&e) => break,
@@ -463,6 +468,10 @@ impl Channels {
             }
             let room = QUEUE_MAX.saturating_sub(d.held());
             if room > 0 {
+                if d.held() == 0 {
+                    // Falling behind starts now: the stall notice counts from here.
+                    d.progress = Instant::now();
+                }
                 if d.queue.capacity() == 0 && matches!(d.link, Link::Open(_)) {
                     // Falling behind: one allocation for as long as it lasts.
                     d.queue.reserve_exact(QUEUE_MAX);
@@ -634,7 +643,8 @@ fn drain(shared: &Arc<Shared>, ch: &Arc<Channel>) {
                     unacked = None;
                     let mut d = ch.down();
                     d.in_flight -= n;
-                    shared.delivered(ch, &mut d, n);
+                    d.progress = since;
+                    shared.delivered(ch, n);
                     ch.cv.notify_all();
                     continue;
                 }
@@ -747,7 +757,7 @@ fn run_channel(shared: &Arc<Shared>, ch: &Arc<Channel>) {
             match send_now(&sock, &d.queue) {
                 Ok(n) => {
                     d.queue.drain(..n);
-                    shared.delivered(ch, &mut d, n);
+                    shared.delivered(ch, n);
                     if d.queue.is_empty() {
                         d.queue = Vec::new();
                     }

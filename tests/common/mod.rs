@@ -257,6 +257,24 @@ fn addr_after(line: &str, marker: &str) -> SocketAddr {
     rest.split_whitespace().next().unwrap().parse().unwrap()
 }
 
+/// The arguments of an agent for [`KEY`] against `proxy`, with no status file unless the
+/// test names one (a later `--status-file` wins).
+pub fn agent_args(proxy: SocketAddr) -> Vec<String> {
+    let port = proxy.port().to_string();
+    [
+        "--device-key",
+        KEY,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--status-file",
+        "",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// Starts `tunnel-agent` against `proxy` for [`KEY`]/[`TOKEN`], with `extra` arguments.
 pub fn agent(proxy: SocketAddr, extra: &[&str]) -> Proc {
     agent_with_env(proxy, extra, &[])
@@ -264,18 +282,8 @@ pub fn agent(proxy: SocketAddr, extra: &[&str]) -> Proc {
 
 /// Like [`agent`] with additional environment.
 pub fn agent_with_env(proxy: SocketAddr, extra: &[&str], env: &[(&str, &str)]) -> Proc {
-    let port = proxy.port().to_string();
-    // No status file unless the test names one (a later --status-file wins).
-    let mut args = vec![
-        "--device-key",
-        KEY,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        port.as_str(),
-        "--status-file",
-        "",
-    ];
+    let base = agent_args(proxy);
+    let mut args: Vec<&str> = base.iter().map(String::as_str).collect();
     args.extend(extra);
     let mut all_env = vec![("MEETING_TOKEN", TOKEN)];
     all_env.extend(env);

@@ -14,13 +14,18 @@ SRC_URI = " \
     file://src;subdir=tunnel-agent \
     file://buildroot/package/tunnel-agent;subdir=tunnel-agent \
 "
-S = "${WORKDIR}/tunnel-agent"
+# wrynose unpacks into UNPACKDIR (WORKDIR/sources) and wants S under it; scarthgap has no
+# UNPACKDIR and unpacks into WORKDIR.
+S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}/tunnel-agent"
 
 # Crates from Cargo.lock, with checksums: regenerate with `make yocto-crates`.
 require tunnel-agent-crates.inc
 
-# Only the agent; TLS (rustls on ring) unless the tls PACKAGECONFIG is removed.
+# Only the agent; TLS (rustls on ring) unless the tls PACKAGECONFIG is removed. The flag goes in
+# CARGO_BUILD_FLAGS, not in PACKAGECONFIG[tls], as scarthgap's cargo class does not pass
+# PACKAGECONFIG_CONFARGS to cargo (wrynose's does).
 PACKAGECONFIG ??= "tls"
+PACKAGECONFIG[tls] = ",,"
 CARGO_BUILD_FLAGS:append = " --bin tunnel-agent"
 CARGO_BUILD_FLAGS:append = "${@bb.utils.contains('PACKAGECONFIG', 'tls', '', ' --no-default-features', d)}"
 

@@ -191,15 +191,6 @@ grep -q '^[^/]*/.cargo/config.toml$' <<<"$listing" || fail "no cargo vendor conf
 ! grep -q '^[^/]*/target/' <<<"$listing" || fail "the developer's target/ is in $tarball"
 ok "download step: $(basename "$tarball"), $(stat -c %s "$tarball") bytes, crates vendored, no target/"
 
-step "Buildroot: a working tree through TUNNEL_AGENT_OVERRIDE_SRCDIR"
-[ -d "$repo/target" ] || fail "$repo/target does not exist: nothing to show it stays out"
-brmake -s TUNNEL_AGENT_OVERRIDE_SRCDIR="$repo" tunnel-agent-rsync >/dev/null
-synced=$(brmake -s --no-print-directory TUNNEL_AGENT_OVERRIDE_SRCDIR="$repo" printvars VARS=TUNNEL_AGENT_DIR | cut -d= -f2)
-[ -f "$synced/Cargo.toml" ] || fail "the override did not copy the working tree to $synced"
-[ ! -e "$synced/target" ] || fail "the developer's target/ was copied to $synced"
-ok "override: the working tree is copied without target/ ($(du -sh "$synced" | cut -f1))"
-rm -rf "$synced"
-
 step "Buildroot: make tunnel-agent offline, TLS on"
 built tls ""
 ok "TLS on: built offline, within 5 % of make cross, TLS works"
@@ -213,6 +204,16 @@ config_has BR2_PACKAGE_TUNNEL_AGENT=y
   || fail "TLS off: cargo options are '$(var TUNNEL_AGENT_CARGO_BUILD_OPTS)'"
 built notls --no-default-features
 ok "TLS off: olddefconfig keeps it off, built offline, within 5 % of make cross, refuses TLS"
+
+step "Buildroot: a working tree through TUNNEL_AGENT_OVERRIDE_SRCDIR"
+# `make cross` above has filled target/.
+[ -d "$repo/target" ] || fail "$repo/target does not exist: nothing to show it stays out"
+brmake -s TUNNEL_AGENT_OVERRIDE_SRCDIR="$repo" tunnel-agent-rsync >/dev/null
+synced=$(brmake -s --no-print-directory TUNNEL_AGENT_OVERRIDE_SRCDIR="$repo" printvars VARS=TUNNEL_AGENT_DIR | cut -d= -f2)
+[ -f "$synced/Cargo.toml" ] || fail "the override did not copy the working tree to $synced"
+[ ! -e "$synced/target" ] || fail "the developer's target/ was copied to $synced"
+ok "override: the working tree is copied without target/ ($(du -sh "$synced" | cut -f1))"
+rm -rf "$synced"
 
 # ---- BitBake -----------------------------------------------------------------------------
 step "BitBake: user, layer copy, DL_DIR"

@@ -69,3 +69,53 @@ fn cross_agent_carries_a_tunnel_under_qemu() {
     p.wait_for("channel 1 open", SOON);
     assert!(!p.output().contains(TOKEN));
 }
+
+/// On a CPU without AES instructions the agent offers ChaCha20-Poly1305 first and the proxy
+/// takes it; with them, AES-GCM. qemu-arm's cortex-a7 (ARMv7) has no AES instructions, its
+/// `max` CPU has the ARMv8 crypto extension. qemu has no aarch64 CPU model without them, so
+/// the aarch64 run checks only that the suite is AES-GCM there.
+#[test]
+#[ignore = "needs a cross-built agent: make test-cross"]
+fn the_tls_suite_follows_the_cpu_under_qemu() {
+    let (qemu, agent) = qemu_and_agent();
+    let dir = std::env::temp_dir().join(format!("ta-cross-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (dir.join("proxy.pem"), dir.join("proxy.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (cert_file, key_file) = (cert_file.to_str().unwrap(), key_file.to_str().unwrap());
+    let proxy = Proxy::for_ports(&[], &["--tls-cert", cert_file, "--tls-key", key_file]);
+    let port = proxy.control.port().to_string();
+    let suite_on = |cpu: &str| {
+        let out = Command::new(qemu)
+            .args([
+                "-cpu",
+                cpu,
+                &agent,
+                "check",
+                "--tls",
+                "--ca-file",
+                cert_file,
+            ])
+            .args(["--host", "127.0.0.1", "--port", &port, "--device-key", KEY])
+            .env("MEETING_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text.lines().find(|l| l.starts_with("PASS  tls"));
+        line.unwrap_or_else(|| panic!("no TLS line from check on {cpu}:\n{text}"))
+            .to_string()
+    };
+    let with_aes = suite_on("max");
+    assert!(with_aes.contains("TLS13_AES_"), "{with_aes}");
+    if qemu == "qemu-arm" {
+        let without = suite_on("cortex-a7");
+        assert!(without.contains("TLS13_CHACHA20_POLY1305"), "{without}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -139,6 +139,67 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The client's provider: ring's suites, ChaCha20-Poly1305 first on a CPU without AES
+/// instructions (a Raspberry Pi 3's Cortex-A53 has none), where AES-GCM runs in software and
+/// costs several times more per byte. The server picks in the client's order (rustls' default;
+/// the suite chosen is logged at connect).
+fn client_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites = suites_for(cpu_has_aes(), p.cipher_suites);
+    Arc::new(p)
+}
+
+/// `suites` in the order to offer them: as they are with AES instructions, else the
+/// ChaCha20-Poly1305 ones first (the rest keeping their order).
+fn suites_for(
+    has_aes: bool,
+    mut suites: Vec<rustls::SupportedCipherSuite>,
+) -> Vec<rustls::SupportedCipherSuite> {
+    use rustls::CipherSuite as C;
+    if !has_aes {
+        suites.sort_by_key(|s| {
+            !matches!(
+                s.suite(),
+                C::TLS13_CHACHA20_POLY1305_SHA256
+                    | C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+                    | C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+            )
+        });
+    }
+    suites
+}
+
+/// Whether the CPU has AES instructions: the kernel's hardware capability bits on arm and
+/// aarch64, CPUID on x86. Elsewhere assumed, which keeps ring's default order.
+fn cpu_has_aes() -> bool {
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+    }
+    #[cfg(target_arch = "arm")]
+    {
+        // HWCAP2_AES, arch/arm/include/uapi/asm/hwcap.h.
+        const HWCAP2_AES: libc::c_ulong = 1;
+        // SAFETY: getauxval only reads the auxiliary vector the kernel gave the process.
+        #[allow(unsafe_code)]
+        let hwcap2 = unsafe { libc::getauxval(libc::AT_HWCAP2) };
+        hwcap2 & HWCAP2_AES != 0
+    }
+    #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+    }
+    #[cfg(not(any(
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "x86_64",
+        target_arch = "x86"
+    )))]
+    {
+        true
+    }
+}
+
 /// A client configuration trusting `ca_file` if given, else the public roots (webpki-roots).
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
@@ -161,7 +222,7 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsErr
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    let config = ClientConfig::builder_with_provider(provider())
+    let config = ClientConfig::builder_with_provider(client_provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Other(e.to_string()))?
         .with_root_certificates(roots)
@@ -449,5 +510,51 @@ impl Write for TlsWriter {
             }
         }
         self.send_pending()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::CipherSuite as C;
+
+    fn names(suites: &[rustls::SupportedCipherSuite]) -> Vec<C> {
+        suites.iter().map(|s| s.suite()).collect()
+    }
+
+    #[test]
+    fn without_aes_instructions_chacha_is_offered_first() {
+        let ring = rustls::crypto::ring::default_provider().cipher_suites;
+        let plain = names(&ring);
+        assert_ne!(
+            plain[0],
+            C::TLS13_CHACHA20_POLY1305_SHA256,
+            "ring's own order starts with AES"
+        );
+
+        let with_aes = names(&suites_for(true, ring.clone()));
+        assert_eq!(with_aes, plain, "with AES instructions the order is ring's");
+
+        let without = names(&suites_for(false, ring));
+        assert_eq!(without[0], C::TLS13_CHACHA20_POLY1305_SHA256);
+        assert_eq!(without.len(), plain.len(), "no suite is dropped");
+        // TLS 1.3 ChaCha first, then the TLS 1.2 ChaCha suites, then the AES ones in ring's order.
+        let chacha = without
+            .iter()
+            .take_while(|s| format!("{s:?}").contains("CHACHA20"))
+            .count();
+        assert_eq!(chacha, 3, "{without:?}");
+        let aes: Vec<_> = plain
+            .iter()
+            .filter(|s| !format!("{s:?}").contains("CHACHA20"))
+            .collect();
+        assert_eq!(without[chacha..].iter().collect::<Vec<_>>(), aes);
+    }
+
+    #[test]
+    fn the_client_config_offers_the_order_this_cpu_wants() {
+        let offered = names(&client_provider().cipher_suites);
+        let first_is_chacha = offered[0] == C::TLS13_CHACHA20_POLY1305_SHA256;
+        assert_eq!(first_is_chacha, !cpu_has_aes(), "{offered:?}");
     }
 }

@@ -235,6 +235,31 @@ fn latency_only(echo: u16) {
     show("agent", latency(plain.public[0]));
 }
 
+/// `BENCH_ONLY=splice`: the upload through the agent splicing and copying, alternately, five
+/// runs each on plain TCP; CPU per GB of the agent and throughput of every run, printed.
+fn splice_vs_copy(iperf_port: u16) {
+    for round in 0..5 {
+        for copying in [false, true] {
+            if copying {
+                std::env::set_var("TUNNEL_AGENT_NO_SPLICE", "1");
+            }
+            let t = tunnel(&[iperf_port], None);
+            std::env::remove_var("TUNNEL_AGENT_NO_SPLICE");
+            let pid = t.agent.0.id();
+            let c0 = cpu_seconds(pid);
+            let t0 = Instant::now();
+            let bps = iperf(t.public[0], true, secs());
+            let gb = bps * t0.elapsed().as_secs_f64() / 8.0 / 1e9;
+            let cpu = (cpu_seconds(pid) - c0) / gb.max(1e-9);
+            let what = if copying { "copying" } else { "splicing" };
+            println!(
+                "run {round} {what:<8} {cpu:.3} s/GB {:.2} Gbit/s",
+                bps / 1e9
+            );
+        }
+    }
+}
+
 /// A CA and a localhost certificate for the TLS runs, as PEM files.
 fn certificates(dir: &std::path::Path) -> (String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
@@ -268,6 +293,9 @@ fn main() {
     let echo = echo_server();
     if std::env::var("BENCH_ONLY").as_deref() == Ok("latency") {
         return latency_only(echo);
+    }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("splice") {
+        return splice_vs_copy(iperf_port);
     }
 
     let mut rows: Vec<(String, String)> = Vec::new();

@@ -1,9 +1,16 @@
 //! `make bench`: every figure in one invocation on loopback, so ratios hold on a noisy machine.
 //!
-//! References: direct (iperf3 client to server), and one plain relay hop (socat). Then the
-//! agent through meeting-proxy, plain and with TLS. Upload is device to operator (the agent
-//! reads the local service), download the reverse. Prints a Markdown table and writes it to
-//! bench/RESULTS.md with the previous results beside the new ones.
+//! References: direct (iperf3 client to server); one plain relay hop (socat with 256 KiB
+//! transfer blocks and 4 MiB socket buffers, its best plain configuration for bulk, and
+//! `nodelay` for round trips); the rathole and bore clients when installed. Then the agent
+//! through meeting-proxy, plain and with TLS. Upload is device to operator (the agent reads
+//! the local service), download the reverse.
+//!
+//! Each path is checked to carry bytes before it is measured; each figure is the median of
+//! `BENCH_REPEATS` runs (at least 5) with their minimum and maximum; a figure that cannot be
+//! measured is shown as failed, with why, and the rest go on. Prints a Markdown table, writes
+//! it to bench/RESULTS.md with the previous results beside the new ones, and regenerates the
+//! summary table in README.md's performance section from it.
 
 #[path = "support/peers.rs"]
 mod peers;
@@ -11,573 +18,363 @@ mod peers;
 mod support;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use support::{
-    cpu_seconds, cpu_seconds_with_children, echo_server, first_word, free_port, start, start_agent,
-    status_field, wait_for, Running,
+    cpu_seconds, cpu_seconds_with_children, first_word, try_start, try_start_agent, try_wait_for,
+    Running,
 };
 
 const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
 const TOKEN: &str = "be7c40";
+/// Round trips per latency run, after [`WARM_UP`] that are not counted.
+const ROUND_TRIPS: usize = 2000;
+const WARM_UP: usize = 200;
+/// How long a path may take to carry its first bytes.
+const READY: Duration = Duration::from_secs(10);
+
+type Res<T> = Result<T, String>;
 
 fn secs() -> u32 {
     std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5)
+        .unwrap_or(4)
 }
 
+/// Runs per figure: `BENCH_REPEATS`, never fewer than 5.
 fn repeats() -> usize {
     std::env::var("BENCH_REPEATS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3)
+        .unwrap_or(5)
+        .max(5)
+}
+
+/// One figure over its runs, or why it could not be measured.
+#[derive(Clone)]
+struct Figure(Res<Vec<f64>>);
+
+impl Figure {
+    fn failed(why: impl Into<String>) -> Figure {
+        Figure(Err(why.into()))
+    }
+
+    fn median(&self) -> Option<f64> {
+        let v = self.0.as_ref().ok()?;
+        let mut v = v.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    }
+
+    fn range(&self) -> Option<(f64, f64)> {
+        let v = self.0.as_ref().ok()?;
+        let min = v.iter().copied().reduce(f64::min)?;
+        let max = v.iter().copied().reduce(f64::max)?;
+        Some((min, max))
+    }
+
+    /// `median unit (min–max)`, with `digits` decimals; or `failed: why`.
+    fn show(&self, digits: usize, unit: &str) -> String {
+        match (&self.0, self.median(), self.range()) {
+            (Ok(_), Some(m), Some((lo, hi))) => {
+                format!("{m:.digits$} {unit} ({lo:.digits$}–{hi:.digits$})")
+            }
+            (Err(why), ..) => format!("failed: {why}"),
+            _ => "failed: no runs".into(),
+        }
+    }
+
+    /// The median only, for the short README table.
+    fn short(&self, digits: usize) -> String {
+        self.median()
+            .map_or("failed".into(), |m| format!("{m:.digits$}"))
+    }
+}
+
+/// A loopback port free a moment ago.
+fn free_port() -> Res<u16> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free loopback port: {e}"))
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    status_field(pid, "VmRSS:")
+    support::status_field(pid, "VmRSS:")
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-/// One iperf3 run to `port`; `reverse`: the server sends. Returns bits per second received.
-fn iperf(port: u16, reverse: bool, seconds: u32) -> f64 {
+/// One iperf3 run to `port`; `reverse`: the server sends. Bits per second received.
+fn iperf(port: u16, reverse: bool, seconds: u32) -> Res<f64> {
     let mut cmd = Command::new("iperf3");
-    cmd.args([
-        "-c",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-t",
-        &seconds.to_string(),
-        "-J",
-    ]);
+    cmd.args(["-c", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-t", &seconds.to_string(), "-J"]);
     if reverse {
         cmd.arg("-R");
     }
-    let out = cmd.output().expect("iperf3 (apt-get install iperf3)");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or(0.0)
+    let out = cmd
+        .output()
+        .map_err(|e| format!("iperf3: {e} (apt-get install iperf3)"))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("iperf3 wrote no JSON ({e}), exit {}", out.status))?;
+    if let Some(e) = v["error"].as_str() {
+        return Err(format!("iperf3: {e}"));
+    }
+    match v["end"]["sum_received"]["bits_per_second"].as_f64() {
+        Some(b) if b > 0.0 => Ok(b),
+        _ => Err("iperf3 reported no bytes received".into()),
+    }
 }
 
-/// Throughput and CPU per GB of `pid` (None: no process to measure) through `port`.
+/// Throughput and CPU per GB of one path.
 struct Flow {
-    gbit: f64,
-    cpu_per_gb: Option<f64>,
+    gbit: Figure,
+    cpu_per_gb: Figure,
 }
 
-fn measure(port: u16, reverse: bool, pid: Option<u32>) -> Flow {
-    let mut rates = Vec::new();
-    let mut cpus = Vec::new();
-    for _ in 0..repeats() {
-        let c0 = pid.map(cpu_seconds);
+impl Flow {
+    fn failed(why: &str) -> Flow {
+        Flow {
+            gbit: Figure::failed(why),
+            cpu_per_gb: Figure::failed(why),
+        }
+    }
+}
+
+/// iperf3 through `port`, [`repeats`] times; `cpu` reads the measured processes' CPU seconds
+/// so far (`None`: nothing to measure, as for direct).
+fn measure(port: u16, reverse: bool, cpu: Option<&dyn Fn() -> f64>) -> Flow {
+    let n = repeats();
+    let (mut rates, mut cpus) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        let c0 = cpu.map(|c| c());
         let t0 = Instant::now();
-        let bps = iperf(port, reverse, secs());
-        let elapsed = t0.elapsed().as_secs_f64();
+        let bps = match iperf(port, reverse, secs()) {
+            Ok(b) => b,
+            Err(why) => return Flow::failed(&format!("run {} of {n}: {why}", i + 1)),
+        };
+        let gb = bps * t0.elapsed().as_secs_f64() / 8.0 / 1e9;
         rates.push(bps / 1e9);
-        if let (Some(pid), Some(c0)) = (pid, c0) {
-            let gb = bps * elapsed / 8.0 / 1e9;
-            cpus.push((cpu_seconds(pid) - c0) / gb.max(1e-9));
+        if let (Some(cpu), Some(c0)) = (cpu, c0) {
+            cpus.push((cpu() - c0) / gb.max(1e-9));
         }
     }
     Flow {
-        gbit: median(rates),
-        cpu_per_gb: (!cpus.is_empty()).then(|| median(cpus)),
+        gbit: Figure(Ok(rates)),
+        cpu_per_gb: if cpu.is_some() {
+            Figure(Ok(cpus))
+        } else {
+            Figure::failed("not measured")
+        },
     }
 }
 
-/// Round trips of 1 byte through `port` (an echo behind it): p50 and p99 in microseconds.
-fn latency(port: u16) -> (f64, f64) {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.set_nodelay(true).unwrap();
+/// One connection's 1-byte round trips through `port` (an echo behind it): p50 and p99 in
+/// microseconds.
+fn round_trips(port: u16) -> Res<(f64, f64)> {
+    let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+    let mut c = TcpStream::connect(("127.0.0.1", port)).map_err(|e| io("connect", e))?;
+    c.set_nodelay(true).map_err(|e| io("nodelay", e))?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| io("timeout", e))?;
     let mut b = [0u8; 1];
-    let mut v = Vec::new();
-    for i in 0..3000 {
+    let mut v = Vec::with_capacity(ROUND_TRIPS);
+    for i in 0..WARM_UP + ROUND_TRIPS {
         let t = Instant::now();
-        c.write_all(&[i as u8]).unwrap();
-        c.read_exact(&mut b).unwrap();
-        if i >= 200 {
+        c.write_all(&[i as u8])
+            .and_then(|()| c.read_exact(&mut b))
+            .map_err(|e| io(&format!("round trip {i}"), e))?;
+        if b[0] != i as u8 {
+            return Err(format!("round trip {i}: the echo answered another byte"));
+        }
+        if i >= WARM_UP {
             v.push(t.elapsed().as_secs_f64() * 1e6);
         }
     }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (v[v.len() / 2], v[v.len() * 99 / 100])
+    v.sort_by(f64::total_cmp);
+    Ok((v[v.len() / 2], v[v.len() * 99 / 100]))
 }
 
-fn spawn_quiet(program: &str, args: &[&str]) -> Running {
-    Running(
-        Command::new(program)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{program}: {e}")),
-    )
+/// p50 and p99 figures over [`repeats`] connections.
+fn latency(port: u16) -> (Figure, Figure) {
+    let n = repeats();
+    let (mut p50, mut p99) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        match round_trips(port) {
+            Ok((a, b)) => {
+                p50.push(a);
+                p99.push(b);
+            }
+            Err(why) => {
+                let f = Figure::failed(format!("run {} of {n}: {why}", i + 1));
+                return (f.clone(), f);
+            }
+        }
+    }
+    (Figure(Ok(p50)), Figure(Ok(p99)))
 }
 
-/// Waits until something accepts on `port`.
-fn wait_listening(port: u16) {
-    let until = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "nothing listens on {port}");
-        thread::sleep(Duration::from_millis(20)); // polling a foreign process's listener
+/// Waits until `port` echoes a byte: the whole path is up.
+fn echo_ready(port: u16) -> Res<()> {
+    let until = Instant::now() + READY;
+    let try_once = || -> std::io::Result<()> {
+        let mut c = TcpStream::connect(("127.0.0.1", port))?;
+        c.set_read_timeout(Some(Duration::from_secs(1)))?;
+        c.write_all(b"?")?;
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b)
+    };
+    loop {
+        match try_once() {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= until => {
+                return Err(format!(
+                    "the path through port {port} echoed nothing within {} s: {e}",
+                    READY.as_secs()
+                ))
+            }
+            // Polling a path through other processes: no event says it is up.
+            Err(_) => thread::sleep(Duration::from_millis(20)),
+        }
     }
 }
 
-/// A proxy and an agent allowed to open `ports`; returns them, the agent's pid and the public
-/// port for each local port.
+/// Waits until something accepts on `port`.
+fn listening(port: u16) -> Res<()> {
+    let until = Instant::now() + READY;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() >= until {
+            return Err(format!("nothing listens on {port}"));
+        }
+        thread::sleep(Duration::from_millis(20)); // polling a foreign process's listener
+    }
+    Ok(())
+}
+
+fn spawn_quiet(program: &str, args: &[&str]) -> Res<Running> {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Running)
+        .map_err(|e| format!("cannot start {program}: {e}"))
+}
+
+/// A loopback echo service; runs until the process ends.
+fn echo_service() -> Res<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("echo service: {e}"))?;
+    let port = l.local_addr().map_err(|e| e.to_string())?.port();
+    thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let _ = c.set_nodelay(true);
+            thread::spawn(move || {
+                let Ok(mut r) = c.try_clone() else { return };
+                let _ = std::io::copy(&mut r, &mut c);
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// socat as one relay hop in front of `to`; returns it and its port. `bulk`: 256 KiB
+/// transfer blocks and 4 MiB socket buffers; otherwise `nodelay` for round trips.
+fn relay(to: u16, bulk: bool) -> Res<(Running, u16)> {
+    let port = free_port()?;
+    let opts = if bulk {
+        ",rcvbuf=4194304,sndbuf=4194304"
+    } else {
+        ",nodelay"
+    };
+    let mut args = Vec::new();
+    if bulk {
+        args.extend(["-b", "262144"]);
+    }
+    let listen = format!("TCP-LISTEN:{port},reuseaddr,fork,bind=127.0.0.1{opts}");
+    let connect = format!("TCP:127.0.0.1:{to}{opts}");
+    args.extend([listen.as_str(), connect.as_str()]);
+    let r = spawn_quiet("socat", &args)?;
+    listening(port)?;
+    Ok((r, port))
+}
+
+/// A proxy and an agent allowed to open `ports`; the public port for each local port.
 struct Tunnel {
     _proxy: Running,
     agent: Running,
     public: Vec<u16>,
 }
 
-fn tunnel(ports: &[u16], tls: Option<&(String, String, String)>) -> Tunnel {
-    let device = format!("{KEY}={TOKEN}");
+fn tunnel(ports: &[u16], tls: Option<&(String, String, String)>) -> Res<Tunnel> {
     let mut args: Vec<String> = vec![
         "--listen".into(),
         "127.0.0.1:0".into(),
         "--device".into(),
-        device,
+        format!("{KEY}={TOKEN}"),
     ];
     for p in ports {
         args.push("--tunnel".into());
         args.push(format!("127.0.0.1:0={KEY}:{p}"));
     }
     if let Some((_, cert, key)) = tls {
-        args.extend([
-            "--tls-cert".into(),
-            cert.clone(),
-            "--tls-key".into(),
-            key.clone(),
-        ]);
+        args.extend(["--tls-cert".into(), cert.clone()]);
+        args.extend(["--tls-key".into(), key.clone()]);
     }
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (proxy, plog) = start("meeting-proxy", &argv, &[], false);
-    let public: Vec<u16> = ports
-        .iter()
-        .map(|_| {
-            let addr = first_word(&wait_for(&plog, "tunnel "));
-            addr.rsplit(':').next().unwrap().parse().unwrap()
-        })
-        .collect();
-    let control = first_word(&wait_for(&plog, "listening for agents on "));
-    thread::spawn(move || for _ in plog.iter() {});
+    let (proxy, plog) = try_start("meeting-proxy", &argv, &[], false)?;
+    let mut public = Vec::new();
+    for _ in ports {
+        let addr = first_word(&try_wait_for(&plog, "tunnel ")?);
+        let port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+        public.push(port.ok_or(format!("meeting-proxy logged tunnel {addr:?}"))?);
+    }
+    let control = first_word(&try_wait_for(&plog, "listening for agents on ")?);
     let mut extra: Vec<&str> = vec!["--max-channels", "300"];
     if let Some((ca, _, _)) = tls {
-        extra.extend([
-            "--tls",
-            "--ca-file",
-            ca.as_str(),
-            "--tls-server-name",
-            "localhost",
-        ]);
+        extra.extend(["--tls", "--ca-file", ca, "--tls-server-name", "localhost"]);
     }
-    let (agent, alog) = start_agent(&control, KEY, TOKEN, ports, &extra, false);
-    wait_for(&alog, "tunnel ready");
+    let (agent, alog) = try_start_agent(&control, KEY, TOKEN, ports, &extra, false)?;
+    try_wait_for(&alog, "tunnel ready")?;
+    // The proxy registers the session after its reply: a public connection before this line
+    // would find no agent online.
+    try_wait_for(&plog, "connected from")?;
+    thread::spawn(move || for _ in plog.iter() {});
     thread::spawn(move || for _ in alog.iter() {});
-    Tunnel {
+    Ok(Tunnel {
         _proxy: proxy,
         agent,
         public,
-    }
-}
-
-/// The latency figures again with every process on CPU 0 (this program run again under
-/// `taskset`): no thread waits for an idle CPU to wake, which on a virtual machine costs tens
-/// of microseconds per hop and is not the tunnel's doing. p50 of direct, relay hop, agent.
-fn pinned_latency() -> Option<[f64; 3]> {
-    let out = Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(std::env::current_exe().ok()?)
-        .env("BENCH_ONLY", "latency")
-        .stderr(Stdio::inherit())
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let p50 = |name: &str| -> Option<f64> {
-        let line = text.lines().find(|l| l.starts_with(name))?;
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let at = words.iter().position(|w| *w == "p50")?;
-        words.get(at + 1)?.parse().ok()
-    };
-    Some([p50("direct")?, p50("relay hop")?, p50("agent")?])
-}
-
-/// `BENCH_ONLY=latency`: the three round-trip figures alone, printed, nothing written; for
-/// profiling the interactive path quickly.
-fn latency_only(echo: u16) {
-    let show = |what: &str, (p50, p99): (f64, f64)| {
-        println!("{what:<12} p50 {p50:.0} µs, p99 {p99:.0} µs")
-    };
-    show("direct", latency(echo));
-    let relay_port = free_port();
-    let relay = spawn_quiet(
-        "socat",
-        &[
-            &format!("TCP-LISTEN:{relay_port},reuseaddr,fork,bind=127.0.0.1,nodelay"),
-            &format!("TCP:127.0.0.1:{echo},nodelay"),
-        ],
-    );
-    wait_listening(relay_port);
-    show("relay hop", latency(relay_port));
-    drop(relay);
-    let plain = tunnel(&[echo], None);
-    show("agent", latency(plain.public[0]));
-}
-
-/// `BENCH_ONLY=splice`: the upload through the agent splicing and copying, alternately, five
-/// runs each on plain TCP; CPU per GB of the agent and throughput of every run, printed.
-fn splice_vs_copy(iperf_port: u16) {
-    for round in 0..5 {
-        for copying in [false, true] {
-            if copying {
-                std::env::set_var("TUNNEL_AGENT_NO_SPLICE", "1");
-            }
-            let t = tunnel(&[iperf_port], None);
-            std::env::remove_var("TUNNEL_AGENT_NO_SPLICE");
-            let pid = t.agent.0.id();
-            let c0 = cpu_seconds(pid);
-            let t0 = Instant::now();
-            let bps = iperf(t.public[0], true, secs());
-            let gb = bps * t0.elapsed().as_secs_f64() / 8.0 / 1e9;
-            let cpu = (cpu_seconds(pid) - c0) / gb.max(1e-9);
-            let what = if copying { "copying" } else { "splicing" };
-            println!(
-                "run {round} {what:<8} {cpu:.3} s/GB {:.2} Gbit/s",
-                bps / 1e9
-            );
-        }
-    }
+    })
 }
 
 /// A CA and a localhost certificate for the TLS runs, as PEM files.
-fn certificates(dir: &std::path::Path) -> (String, String, String) {
+fn certificates(dir: &Path) -> Res<(String, String, String)> {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    let e = |e: rcgen::Error| format!("making a test certificate: {e}");
+    let mut p = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.distinguished_name.push(DnType::CommonName, "bench CA");
-    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
+    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().map_err(e)?).map_err(e)?;
+    let key = KeyPair::generate().map_err(e)?;
     let cert = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
+        .map_err(e)?
         .signed_by(&key, &ca)
-        .unwrap();
-    let f = |n: &str, text: String| {
+        .map_err(e)?;
+    let f = |n: &str, text: String| -> Res<String> {
         let path = dir.join(n);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(path.display().to_string())
     };
-    (
-        f("ca.pem", ca.pem()),
-        f("cert.pem", cert.pem()),
-        f("key.pem", key.serialize_pem()),
-    )
-}
-
-fn main() {
-    let dir = std::env::temp_dir().join(format!("tunnel-agent-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let iperf_port = free_port();
-    let _iperf = spawn_quiet("iperf3", &["-s", "-p", &iperf_port.to_string()]);
-    wait_listening(iperf_port);
-    let echo = echo_server();
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("latency") {
-        return latency_only(echo);
-    }
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("splice") {
-        return splice_vs_copy(iperf_port);
-    }
-
-    let mut rows: Vec<(String, String)> = Vec::new();
-    let mut row = |k: &str, v: String| {
-        println!("{k:<48} {v}");
-        rows.push((k.to_owned(), v));
-    };
-
-    // References.
-    let up_direct = measure(iperf_port, true, None);
-    let down_direct = measure(iperf_port, false, None);
-    let relay_port = free_port();
-    let relay = spawn_quiet(
-        "socat",
-        &[&format!("TCP-LISTEN:{relay_port},reuseaddr,fork,bind=127.0.0.1,rcvbuf=4194304,sndbuf=4194304"),
-          &format!("TCP:127.0.0.1:{iperf_port},rcvbuf=4194304,sndbuf=4194304")],
-    );
-    wait_listening(relay_port);
-    let relay_pid = relay.0.id();
-    // socat forks a child per connection: measure the whole family through the parent's
-    // children, read from /proc after each run.
-    let socat_cpu = |reverse: bool| -> Flow {
-        let mut rates = Vec::new();
-        let mut cpus = Vec::new();
-        for _ in 0..repeats() {
-            let before = family_cpu(relay_pid);
-            let t0 = Instant::now();
-            let bps = iperf(relay_port, reverse, secs());
-            let elapsed = t0.elapsed().as_secs_f64();
-            let after = family_cpu(relay_pid);
-            rates.push(bps / 1e9);
-            cpus.push((after - before) / (bps * elapsed / 8.0 / 1e9).max(1e-9));
-        }
-        Flow {
-            gbit: median(rates),
-            cpu_per_gb: Some(median(cpus)),
-        }
-    };
-    let up_relay = socat_cpu(true);
-    let down_relay = socat_cpu(false);
-    let (lat_direct_50, lat_direct_99) = latency(echo);
-    let echo_relay_port = free_port();
-    let echo_relay = spawn_quiet(
-        "socat",
-        &[
-            &format!("TCP-LISTEN:{echo_relay_port},reuseaddr,fork,bind=127.0.0.1,nodelay"),
-            &format!("TCP:127.0.0.1:{echo},nodelay"),
-        ],
-    );
-    wait_listening(echo_relay_port);
-    let (lat_relay_50, lat_relay_99) = latency(echo_relay_port);
-    drop(echo_relay);
-
-    let plain = tunnel(&[iperf_port, echo], None);
-    let apid = plain.agent.0.id();
-    // Idle: connected, before any traffic.
-    let idle = rss_kib(apid);
-    let up = measure(plain.public[0], true, Some(apid));
-    let down = measure(plain.public[0], false, Some(apid));
-    let (lat50, lat99) = latency(plain.public[1]);
-
-    // Memory with 100 idle channels open, against the same process after the runs.
-    thread::sleep(Duration::from_millis(500)); // let the measurement's channels close
-    let before_channels = rss_kib(apid);
-    let t0 = Instant::now();
-    let held: Vec<TcpStream> = (0..100)
-        .map(|_| {
-            let mut c = TcpStream::connect(("127.0.0.1", plain.public[1])).unwrap();
-            c.write_all(b"x").unwrap();
-            let mut b = [0u8; 1];
-            c.read_exact(&mut b).unwrap();
-            c
-        })
-        .collect();
-    let setup_ms = t0.elapsed().as_secs_f64() * 1000.0 / 100.0;
-    let with_100 = rss_kib(apid);
-    drop(held);
-    drop(plain);
-
-    // The upload again on the copying path, for comparison with splicing (the default).
-    std::env::set_var("TUNNEL_AGENT_NO_SPLICE", "1");
-    let copying = tunnel(&[iperf_port], None);
-    std::env::remove_var("TUNNEL_AGENT_NO_SPLICE");
-    let up_copying = measure(copying.public[0], true, Some(copying.agent.0.id()));
-    drop(copying);
-
-    let tls_files = certificates(&dir);
-    let tls = tunnel(&[iperf_port], Some(&tls_files));
-    let tpid = tls.agent.0.id();
-    let up_tls = measure(tls.public[0], true, Some(tpid));
-    let down_tls = measure(tls.public[0], false, Some(tpid));
-    drop(tls);
-    drop(relay);
-
-    let cpu = |f: &Flow| f.cpu_per_gb.map_or("-".into(), |c| format!("{c:.2} s/GB"));
-    let ratio = |a: &Flow, b: &Flow| match (a.cpu_per_gb, b.cpu_per_gb) {
-        (Some(a), Some(b)) => format!("{:.2}×", a / b),
-        _ => "-".into(),
-    };
-    let of_direct = |f: &Flow, d: &Flow| {
-        format!(
-            "{:.2} Gbit/s ({:.0} % of direct)",
-            f.gbit,
-            100.0 * f.gbit / d.gbit
-        )
-    };
-
-    // Peers, when installed: their clients measured like the agent, one run carrying iperf3,
-    // one carrying the echo service.
-    let start_peer = |name: &str, service: u16| match name {
-        "rathole" => peers::rathole(service, free_port(), free_port(), &dir),
-        _ => peers::bore(service, free_port()),
-    };
-    let mut peer_rows: Vec<(String, String)> = Vec::new();
-    for name in ["rathole", "bore"] {
-        let Some(peer) = start_peer(name, iperf_port) else {
-            peer_rows.push((
-                format!("{name} client"),
-                "not installed (make bench-peers)".into(),
-            ));
-            continue;
-        };
-        let pid = peer.client.0.id();
-        let up_p = measure(peer.public, true, Some(pid));
-        let down_p = measure(peer.public, false, Some(pid));
-        drop(peer);
-        let Some(peer) = start_peer(name, echo) else {
-            continue;
-        };
-        let idle_p = rss_kib(peer.client.0.id());
-        let (p50, p99) = latency(peer.public);
-        drop(peer);
-        peer_rows.extend([
-            (
-                format!("throughput up, {name}"),
-                of_direct(&up_p, &up_direct),
-            ),
-            (
-                format!("throughput down, {name}"),
-                of_direct(&down_p, &down_direct),
-            ),
-            (
-                format!("CPU per GB up, {name} client (ratio to relay)"),
-                format!("{} ({})", cpu(&up_p), ratio(&up_p, &up_relay)),
-            ),
-            (
-                format!("CPU per GB down, {name} client (ratio to relay)"),
-                format!("{} ({})", cpu(&down_p), ratio(&down_p, &down_relay)),
-            ),
-            (
-                format!("1-byte round trip, {name} p50 / p99"),
-                format!("{p50:.0} / {p99:.0} µs"),
-            ),
-            (format!("{name} client RSS idle"), format!("{idle_p} KiB")),
-        ]);
-    }
-    let pinned = pinned_latency();
-
-    row(
-        "throughput up, direct",
-        format!("{:.2} Gbit/s", up_direct.gbit),
-    );
-    row(
-        "throughput down, direct",
-        format!("{:.2} Gbit/s", down_direct.gbit),
-    );
-    row(
-        "throughput up, relay hop (socat)",
-        format!("{:.2} Gbit/s", up_relay.gbit),
-    );
-    row(
-        "throughput down, relay hop (socat)",
-        format!("{:.2} Gbit/s", down_relay.gbit),
-    );
-    row(
-        "throughput up, agent",
-        format!(
-            "{:.2} Gbit/s ({:.0} % of direct)",
-            up.gbit,
-            100.0 * up.gbit / up_direct.gbit
-        ),
-    );
-    row(
-        "throughput down, agent",
-        format!(
-            "{:.2} Gbit/s ({:.0} % of direct)",
-            down.gbit,
-            100.0 * down.gbit / down_direct.gbit
-        ),
-    );
-    row(
-        "throughput up, agent TLS",
-        format!("{:.2} Gbit/s", up_tls.gbit),
-    );
-    row(
-        "throughput down, agent TLS",
-        format!("{:.2} Gbit/s", down_tls.gbit),
-    );
-    row("CPU per GB up, relay hop", cpu(&up_relay));
-    row("CPU per GB down, relay hop", cpu(&down_relay));
-    row(
-        "CPU per GB up, agent (ratio to relay)",
-        format!("{} ({})", cpu(&up), ratio(&up, &up_relay)),
-    );
-    row(
-        "CPU per GB down, agent (ratio to relay)",
-        format!("{} ({})", cpu(&down), ratio(&down, &down_relay)),
-    );
-    row(
-        "CPU per GB up, agent copying, no splice (ratio to relay)",
-        format!("{} ({})", cpu(&up_copying), ratio(&up_copying, &up_relay)),
-    );
-    row(
-        "throughput up, agent copying, no splice",
-        of_direct(&up_copying, &up_direct),
-    );
-    row("CPU per GB up, agent TLS", cpu(&up_tls));
-    row("CPU per GB down, agent TLS", cpu(&down_tls));
-    row(
-        "1-byte round trip, direct p50 / p99",
-        format!("{lat_direct_50:.0} / {lat_direct_99:.0} µs"),
-    );
-    row(
-        "1-byte round trip, relay hop p50 / p99",
-        format!("{lat_relay_50:.0} / {lat_relay_99:.0} µs"),
-    );
-    row(
-        "1-byte round trip, agent p50 / p99",
-        format!("{lat50:.0} / {lat99:.0} µs"),
-    );
-    row(
-        "latency added by the tunnel, p50",
-        format!(
-            "{:.0} µs (one relay hop adds {:.0} µs)",
-            lat50 - lat_direct_50,
-            lat_relay_50 - lat_direct_50
-        ),
-    );
-    match pinned {
-        Some([direct, relay, agent]) => {
-            row(
-                "1-byte round trip p50, all on one CPU: direct / relay hop / agent",
-                format!("{direct:.0} / {relay:.0} / {agent:.0} µs"),
-            );
-            row(
-                "latency added by the tunnel, p50, all on one CPU",
-                format!(
-                    "{:.0} µs (one relay hop adds {:.0} µs)",
-                    agent - direct,
-                    relay - direct
-                ),
-            );
-        }
-        None => row(
-            "latency added by the tunnel, p50, all on one CPU",
-            "- (taskset failed)".into(),
-        ),
-    }
-    row(
-        "agent RSS idle (connected, before traffic)",
-        format!("{idle} KiB"),
-    );
-    row(
-        "agent RSS with 100 idle channels",
-        format!(
-            "{with_100} KiB ({:.0} KiB per channel)",
-            (with_100 as f64 - before_channels as f64) / 100.0
-        ),
-    );
-    row(
-        "channel set-up (open + first round trip)",
-        format!("{setup_ms:.2} ms"),
-    );
-    for (k, v) in peer_rows {
-        row(&k, v);
-    }
-    let agent_bin = support::binary("tunnel-agent");
-    let size = std::fs::metadata(&agent_bin).map(|m| m.len()).unwrap_or(0);
-    row("agent binary measured", agent_bin.display().to_string());
-    row("binary size (that build)", format!("{size} bytes"));
-    write_results(&rows);
-    let _ = std::fs::remove_dir_all(dir);
+    Ok((
+        f("ca.pem", ca.pem())?,
+        f("cert.pem", cert.pem())?,
+        f("key.pem", key.serialize_pem())?,
+    ))
 }
 
 /// CPU seconds of a process and all its descendants still alive, plus what finished
@@ -591,6 +388,303 @@ fn family_cpu(pid: u32) -> f64 {
             .filter_map(|c| c.parse::<u32>().ok())
             .map(family_cpu)
             .sum::<f64>()
+}
+
+/// What one tunnel (the agent or a peer) measured.
+struct Measured {
+    up: Flow,
+    down: Flow,
+    p50: Figure,
+    p99: Figure,
+    idle_kib: Res<u64>,
+}
+
+impl Measured {
+    fn failed(why: &str) -> Measured {
+        Measured {
+            up: Flow::failed(why),
+            down: Flow::failed(why),
+            p50: Figure::failed(why),
+            p99: Figure::failed(why),
+            idle_kib: Err(why.to_owned()),
+        }
+    }
+}
+
+/// A peer carrying `iperf` for the flows, then one carrying `echo` for the round trips.
+fn measure_peer(name: &str, iperf_port: u16, echo: u16, dir: &Path) -> Measured {
+    let start = |service: u16| -> Res<peers::Peer> {
+        match name {
+            "rathole" => peers::rathole(service, free_port()?, free_port()?, dir),
+            _ => peers::bore(service, free_port()?),
+        }
+    };
+    let (up, down) = match start(iperf_port) {
+        Ok(peer) => {
+            let pid = peer.client.0.id();
+            let cpu = move || cpu_seconds(pid);
+            (
+                measure(peer.public, true, Some(&cpu)),
+                measure(peer.public, false, Some(&cpu)),
+            )
+        }
+        Err(why) => return Measured::failed(&why),
+    };
+    let (p50, p99, idle_kib) = match start(echo).and_then(|p| echo_ready(p.public).map(|()| p)) {
+        Ok(peer) => {
+            let idle = rss_kib(peer.client.0.id());
+            let (p50, p99) = latency(peer.public);
+            (p50, p99, Ok(idle))
+        }
+        Err(why) => {
+            let f = Figure::failed(&why);
+            (f.clone(), f, Err(why))
+        }
+    };
+    Measured {
+        up,
+        down,
+        p50,
+        p99,
+        idle_kib,
+    }
+}
+
+/// The round-trip p50s again with every process on CPU 0 (this program run again under
+/// `taskset`): no thread waits for an idle CPU to wake, which on a virtual machine costs tens
+/// of microseconds per hop and is not the tunnel's doing. Direct, relay hop, agent.
+fn pinned_latency() -> Res<[f64; 3]> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(exe)
+        .env("BENCH_ONLY", "latency")
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("taskset: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let p50 = |name: &str| -> Res<f64> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .ok_or(format!("the pinned run printed no {name} line"))?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == "p50");
+        at.and_then(|i| words.get(i + 1)?.parse().ok())
+            .ok_or(format!("the pinned run's {name} line: {line:?}"))
+    };
+    Ok([p50("direct")?, p50("relay hop")?, p50("agent")?])
+}
+
+/// `BENCH_ONLY=latency`: the three round-trip figures alone, printed, nothing written; for
+/// profiling the interactive path quickly.
+fn latency_only(echo: u16) {
+    let show = |what: &str, (p50, p99): (Figure, Figure)| {
+        println!("{what:<12} p50 {} p99 {}", p50.short(0), p99.short(0))
+    };
+    show("direct", latency(echo));
+    match relay(echo, false) {
+        Ok((_relay, port)) => show("relay hop", latency(port)),
+        Err(why) => println!("relay hop    failed: {why}"),
+    }
+    match tunnel(&[echo], None).and_then(|t| echo_ready(t.public[0]).map(|()| t)) {
+        Ok(t) => show("agent", latency(t.public[0])),
+        Err(why) => println!("agent        failed: {why}"),
+    }
+}
+
+fn main() {
+    let dir = std::env::temp_dir().join(format!("tunnel-agent-bench-{}", std::process::id()));
+    let setup = || -> Res<(Running, u16, u16)> {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let iperf_port = free_port()?;
+        let iperf = spawn_quiet("iperf3", &["-s", "-p", &iperf_port.to_string()])?;
+        listening(iperf_port)?;
+        Ok((iperf, iperf_port, echo_service()?))
+    };
+    let (_iperf, iperf_port, echo) = match setup() {
+        Ok(s) => s,
+        Err(why) => {
+            eprintln!("bench: cannot start the services it measures through: {why}");
+            std::process::exit(1);
+        }
+    };
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("latency") {
+        return latency_only(echo);
+    }
+    let results = run(iperf_port, echo, &dir);
+    write_results(&results);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Everything one run measured.
+struct Results {
+    up_direct: Flow,
+    down_direct: Flow,
+    up_relay: Flow,
+    down_relay: Flow,
+    direct_p50: Figure,
+    direct_p99: Figure,
+    relay_p50: Figure,
+    relay_p99: Figure,
+    agent: Measured,
+    up_tls: Flow,
+    down_tls: Flow,
+    rss_100: Res<(u64, u64)>,
+    setup_ms: Res<f64>,
+    pinned: Res<[f64; 3]>,
+    peers: Vec<(&'static str, Measured)>,
+}
+
+fn run(iperf_port: u16, echo: u16, dir: &Path) -> Results {
+    let n = repeats();
+    println!("measuring, {n} runs per figure, {} s per flow", secs());
+    let up_direct = measure(iperf_port, true, None);
+    let down_direct = measure(iperf_port, false, None);
+    let (up_relay, down_relay) = match relay(iperf_port, true) {
+        Ok((r, port)) => {
+            let pid = r.0.id();
+            // socat forks a child per connection: the whole family counts.
+            let cpu = move || family_cpu(pid);
+            (
+                measure(port, true, Some(&cpu)),
+                measure(port, false, Some(&cpu)),
+            )
+        }
+        Err(why) => (Flow::failed(&why), Flow::failed(&why)),
+    };
+    let (direct_p50, direct_p99) = latency(echo);
+    let (relay_p50, relay_p99) = match relay(echo, false).and_then(|(r, p)| {
+        echo_ready(p)?;
+        Ok((r, p))
+    }) {
+        Ok((_r, port)) => latency(port),
+        Err(why) => (Figure::failed(&why), Figure::failed(why)),
+    };
+
+    let mut rss_100 = Err("no tunnel".to_owned());
+    let mut setup_ms = Err("no tunnel".to_owned());
+    let ready = |t: Tunnel| -> Res<(Tunnel, u64)> {
+        // Threads before the first channel: the agent's idle count.
+        let threads = support::status_field(t.agent.0.id(), "Threads:");
+        echo_ready(t.public[1])?;
+        settled(t.agent.0.id(), threads)?;
+        Ok((t, threads))
+    };
+    let agent = match tunnel(&[iperf_port, echo], None).and_then(ready) {
+        Ok((t, threads)) => {
+            let pid = t.agent.0.id();
+            // Idle: connected, the readiness check's channel closed, before any measurement.
+            let idle = rss_kib(pid);
+            let cpu = move || cpu_seconds(pid);
+            let up = measure(t.public[0], true, Some(&cpu));
+            let down = measure(t.public[0], false, Some(&cpu));
+            let (p50, p99) = latency(t.public[1]);
+            (rss_100, setup_ms) = match settled(pid, threads) {
+                Ok(()) => hundred_channels(pid, t.public[1]),
+                Err(why) => (Err(why.clone()), Err(why)),
+            };
+            Measured {
+                up,
+                down,
+                p50,
+                p99,
+                idle_kib: Ok(idle),
+            }
+        }
+        Err(why) => Measured::failed(&why),
+    };
+    let (up_tls, down_tls) =
+        match certificates(dir).and_then(|files| tunnel(&[iperf_port], Some(&files))) {
+            Ok(t) => {
+                let pid = t.agent.0.id();
+                let cpu = move || cpu_seconds(pid);
+                (
+                    measure(t.public[0], true, Some(&cpu)),
+                    measure(t.public[0], false, Some(&cpu)),
+                )
+            }
+            Err(why) => (Flow::failed(&why), Flow::failed(&why)),
+        };
+    let peers = ["bore", "rathole"]
+        .into_iter()
+        .map(|name| (name, measure_peer(name, iperf_port, echo, dir)))
+        .collect();
+    Results {
+        up_direct,
+        down_direct,
+        up_relay,
+        down_relay,
+        direct_p50,
+        direct_p99,
+        relay_p50,
+        relay_p99,
+        agent,
+        up_tls,
+        down_tls,
+        rss_100,
+        setup_ms,
+        pinned: pinned_latency(),
+        peers,
+    }
+}
+
+/// Waits until the agent is back to its idle `threads`: the measurements' channels closed.
+fn settled(pid: u32, threads: u64) -> Res<()> {
+    let until = Instant::now() + READY;
+    loop {
+        let now = support::status_field(pid, "Threads:");
+        if now <= threads {
+            return Ok(());
+        }
+        if Instant::now() >= until {
+            return Err(format!(
+                "the agent still runs {now} threads, {threads} when idle"
+            ));
+        }
+        thread::sleep(Duration::from_millis(20)); // polling /proc: no event marks it
+    }
+}
+
+/// The agent's resident size (KiB) before and with 100 idle channels open, and what opening
+/// one cost (ms, open plus first round trip).
+#[allow(clippy::type_complexity)]
+fn hundred_channels(pid: u32, public: u16) -> (Res<(u64, u64)>, Res<f64>) {
+    let before = rss_kib(pid);
+    let t0 = Instant::now();
+    let mut held = Vec::new();
+    for i in 0..100 {
+        let open = || -> std::io::Result<TcpStream> {
+            let mut c = TcpStream::connect(("127.0.0.1", public))?;
+            c.set_read_timeout(Some(Duration::from_secs(5)))?;
+            c.write_all(b"x")?;
+            c.read_exact(&mut [0u8; 1])?;
+            Ok(c)
+        };
+        match open() {
+            Ok(c) => held.push(c),
+            Err(e) => {
+                let why = format!("channel {i} of 100: {e}");
+                return (Err(why.clone()), Err(why));
+            }
+        }
+    }
+    let setup = t0.elapsed().as_secs_f64() * 1000.0 / 100.0;
+    (Ok((before, rss_kib(pid))), Ok(setup))
+}
+
+fn ratio(a: &Figure, b: &Figure) -> String {
+    match (a.median(), b.median()) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "-".into(),
+    }
+}
+
+fn pct(a: &Figure, b: &Figure) -> String {
+    match (a.median(), b.median()) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.0} %", 100.0 * a / b),
+        _ => "-".into(),
+    }
 }
 
 fn machine() -> String {
@@ -608,9 +702,169 @@ fn machine() -> String {
     format!("{cores} cores, {cpu}, Linux {}", kernel.trim())
 }
 
-/// Writes bench/RESULTS.md: this run beside the previous one (read back from the file).
-fn write_results(rows: &[(String, String)]) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/RESULTS.md");
+/// The rows of bench/RESULTS.md.
+fn rows(r: &Results) -> Vec<(String, String)> {
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut row = |k: &str, v: String| rows.push((k.to_owned(), v));
+    let a = &r.agent;
+    let gbit = |f: &Flow| f.gbit.show(2, "Gbit/s");
+    let cpu = |f: &Flow| f.cpu_per_gb.show(3, "s/GB");
+    let us = |f: &Figure| f.show(0, "µs");
+    row("throughput up, direct", gbit(&r.up_direct));
+    row("throughput down, direct", gbit(&r.down_direct));
+    row("throughput up, relay hop", gbit(&r.up_relay));
+    row("throughput down, relay hop", gbit(&r.down_relay));
+    for (dir, f, d) in [
+        ("up", &a.up, &r.up_direct),
+        ("down", &a.down, &r.down_direct),
+    ] {
+        row(
+            &format!("throughput {dir}, agent (of direct)"),
+            format!("{} ({})", gbit(f), pct(&f.gbit, &d.gbit)),
+        );
+    }
+    row("throughput up, agent TLS", gbit(&r.up_tls));
+    row("throughput down, agent TLS", gbit(&r.down_tls));
+    row("CPU per GB up, relay hop", cpu(&r.up_relay));
+    row("CPU per GB down, relay hop", cpu(&r.down_relay));
+    for (dir, f, rel) in [("up", &a.up, &r.up_relay), ("down", &a.down, &r.down_relay)] {
+        row(
+            &format!("CPU per GB {dir}, agent (ratio to relay hop)"),
+            format!("{} ({})", cpu(f), ratio(&f.cpu_per_gb, &rel.cpu_per_gb)),
+        );
+    }
+    row("CPU per GB up, agent TLS", cpu(&r.up_tls));
+    row("CPU per GB down, agent TLS", cpu(&r.down_tls));
+    row("1-byte round trip p50, direct", us(&r.direct_p50));
+    row("1-byte round trip p99, direct", us(&r.direct_p99));
+    row("1-byte round trip p50, relay hop", us(&r.relay_p50));
+    row("1-byte round trip p99, relay hop", us(&r.relay_p99));
+    row("1-byte round trip p50, agent", us(&a.p50));
+    row("1-byte round trip p99, agent", us(&a.p99));
+    match &r.pinned {
+        Ok([direct, relay, agent]) => row(
+            "1-byte round trip p50, all on one CPU: direct / relay hop / agent",
+            format!("{direct:.0} / {relay:.0} / {agent:.0} µs"),
+        ),
+        Err(why) => row(
+            "1-byte round trip p50, all on one CPU: direct / relay hop / agent",
+            format!("failed: {why}"),
+        ),
+    }
+    row(
+        "agent RSS idle (connected, before traffic)",
+        match &a.idle_kib {
+            Ok(k) => format!("{k} KiB"),
+            Err(why) => format!("failed: {why}"),
+        },
+    );
+    row(
+        "agent RSS with 100 idle channels",
+        match &r.rss_100 {
+            Ok((before, with)) => format!(
+                "{with} KiB ({:.0} KiB per channel)",
+                (*with as f64 - *before as f64) / 100.0
+            ),
+            Err(why) => format!("failed: {why}"),
+        },
+    );
+    row(
+        "channel set-up (open + first round trip)",
+        match &r.setup_ms {
+            Ok(ms) => format!("{ms:.2} ms"),
+            Err(why) => format!("failed: {why}"),
+        },
+    );
+    for (name, p) in &r.peers {
+        for (dir, f, d, rel) in [
+            ("up", &p.up, &r.up_direct, &r.up_relay),
+            ("down", &p.down, &r.down_direct, &r.down_relay),
+        ] {
+            row(
+                &format!("throughput {dir}, {name} (of direct)"),
+                format!("{} ({})", gbit(f), pct(&f.gbit, &d.gbit)),
+            );
+            row(
+                &format!("CPU per GB {dir}, {name} client (ratio to relay hop)"),
+                format!("{} ({})", cpu(f), ratio(&f.cpu_per_gb, &rel.cpu_per_gb)),
+            );
+        }
+        row(&format!("1-byte round trip p50, {name}"), us(&p.p50));
+        row(&format!("1-byte round trip p99, {name}"), us(&p.p99));
+        row(
+            &format!("{name} client RSS idle"),
+            match &p.idle_kib {
+                Ok(k) => format!("{k} KiB"),
+                Err(why) => format!("failed: {why}"),
+            },
+        );
+    }
+    let agent_bin = support::binary("tunnel-agent");
+    let size = std::fs::metadata(&agent_bin).map(|m| m.len()).unwrap_or(0);
+    row("agent binary measured", agent_bin.display().to_string());
+    row("binary size (that build)", format!("{size} bytes"));
+    rows
+}
+
+/// The short table for README.md's performance section: medians only, one column per tool.
+fn summary(r: &Results) -> String {
+    let a = &r.agent;
+    let peer = |name: &str| r.peers.iter().find(|(n, _)| *n == name).map(|(_, p)| p);
+    let cols = [Some(a), peer("bore"), peer("rathole")];
+    let both = |f: &dyn Fn(&Measured) -> String| cols.map(|m| m.map_or("-".to_owned(), f));
+    let slash = |x: &Figure, y: &Figure, d: usize| format!("{} / {}", x.short(d), y.short(d));
+    let thr = both(&|m| slash(&m.up.gbit, &m.down.gbit, 1));
+    let cpu = both(&|m| slash(&m.up.cpu_per_gb, &m.down.cpu_per_gb, 2));
+    let lat = both(&|m| slash(&m.p50, &m.p99, 0));
+    let rss = both(&|m| {
+        m.idle_kib
+            .as_ref()
+            .map_or("failed".into(), |k| format!("{:.1} MB", *k as f64 / 1024.0))
+    });
+    let mut s = String::from(
+        "| figure (median of the runs) | tunnel-agent + meeting-proxy | relay hop: socat `-b 262144`, 4 MiB socket buffers | bore | rathole |\n|---|---|---|---|---|\n",
+    );
+    s += &format!(
+        "| throughput up / down, Gbit/s | {} | {} | {} | {} |\n",
+        thr[0],
+        slash(&r.up_relay.gbit, &r.down_relay.gbit, 1),
+        thr[1],
+        thr[2]
+    );
+    s += &format!(
+        "| CPU per GB up / down (client side), s | {} ({} / {} of the relay hop) | {} | {} | {} |\n",
+        cpu[0],
+        ratio(&a.up.cpu_per_gb, &r.up_relay.cpu_per_gb),
+        ratio(&a.down.cpu_per_gb, &r.down_relay.cpu_per_gb),
+        slash(&r.up_relay.cpu_per_gb, &r.down_relay.cpu_per_gb, 2),
+        cpu[1],
+        cpu[2]
+    );
+    s += &format!(
+        "| 1-byte round trip p50 / p99, µs (direct: {}) | {} | {} | {} | {} |\n",
+        slash(&r.direct_p50, &r.direct_p99, 0),
+        lat[0],
+        slash(&r.relay_p50, &r.relay_p99, 0),
+        lat[1],
+        lat[2]
+    );
+    s += &format!(
+        "| TLS throughput up / down, Gbit/s; CPU per GB, s | {}; {} | | | |\n",
+        slash(&r.up_tls.gbit, &r.down_tls.gbit, 1),
+        slash(&r.up_tls.cpu_per_gb, &r.down_tls.cpu_per_gb, 2)
+    );
+    s += &format!("| idle RSS | {} | | {} | {} |\n", rss[0], rss[1], rss[2]);
+    s
+}
+
+const README_BEGIN: &str = "<!-- bench summary: written by make bench -->\n";
+const README_END: &str = "<!-- end of bench summary -->\n";
+
+/// Writes bench/RESULTS.md (this run beside the previous one, read back from the file) and
+/// the summary table in README.md.
+fn write_results(r: &Results) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = root.join("bench/RESULTS.md");
     let previous: std::collections::HashMap<String, String> = std::fs::read_to_string(&path)
         .unwrap_or_default()
         .lines()
@@ -624,17 +878,37 @@ fn write_results(rows: &[(String, String)]) {
         })
         .collect();
     let mut out = format!(
-        "# tunnel-agent benchmark\n\nOne `make bench` run on: {}.\nEvery figure comes from the same invocation; \
+        "# tunnel-agent benchmark\n\nOne `make bench` run on: {}.\nEvery figure comes from the \
+         same invocation: the median of {} runs ({} s each for a flow, {ROUND_TRIPS} round trips \
+         for a latency), minimum–maximum in brackets. The relay hop is socat with 256 KiB \
+         transfer blocks (`-b 262144`) and 4 MiB socket buffers (`nodelay` for round trips). \
          `previous` is the run committed before this one.\n\n| figure | this run | previous |\n|---|---|---|\n",
-        machine()
+        machine(),
+        repeats(),
+        secs()
     );
-    for (k, v) in rows {
-        out.push_str(&format!(
-            "| {k} | {v} | {} |\n",
-            previous.get(k).map_or("-", String::as_str)
-        ));
+    for (k, v) in rows(r) {
+        println!("{k:<58} {v}");
+        let prev = previous.get(&k).map_or("-", String::as_str);
+        out.push_str(&format!("| {k} | {v} | {prev} |\n"));
     }
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, &out).unwrap();
-    println!("\n{out}");
+    let summary = summary(r);
+    println!("\n{summary}");
+    let written = std::fs::create_dir_all(root.join("bench"))
+        .and_then(|()| std::fs::write(&path, &out))
+        .map_err(|e| format!("{}: {e}", path.display()));
+    if let Err(e) = written {
+        eprintln!("bench: cannot write the results: {e}");
+    }
+    let readme = root.join("README.md");
+    let text = std::fs::read_to_string(&readme).unwrap_or_default();
+    match (text.find(README_BEGIN), text.find(README_END)) {
+        (Some(b), Some(e)) if b < e => {
+            let new = format!("{}{README_BEGIN}{summary}{}", &text[..b], &text[e..]);
+            if let Err(e) = std::fs::write(&readme, new) {
+                eprintln!("bench: cannot update {}: {e}", readme.display());
+            }
+        }
+        _ => eprintln!("bench: README.md has no bench summary markers; not updated"),
+    }
 }

@@ -40,13 +40,23 @@ impl Drop for Running {
 }
 
 /// Starts a binary and returns its log lines on a channel; with `echo`, also prints them
-/// tagged with the binary's name.
+/// tagged with the binary's name. Panics when it cannot start (see [`try_start`]).
 pub fn start(
     name: &str,
     args: &[&str],
     env: &[(&str, &str)],
     echo: bool,
 ) -> (Running, Receiver<String>) {
+    try_start(name, args, env, echo).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`start`], saying why it could not.
+pub fn try_start(
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    echo: bool,
+) -> Result<(Running, Receiver<String>), String> {
     let mut child = Command::new(binary(name))
         .args(args)
         // The agent never touches this machine's SSH keys (/root/.ssh) in a demo or bench.
@@ -56,9 +66,11 @@ pub fn start(
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {name} (build it first): {e}"));
+        .map_err(|e| format!("cannot start {name} (build it first): {e}"))?;
     let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().expect("piped");
+    let Some(stderr) = child.stderr.take() else {
+        return Err(format!("{name}: no stderr pipe"));
+    };
     let tag = name.to_owned();
     thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -70,17 +82,37 @@ pub fn start(
             }
         }
     });
-    (Running(child), rx)
+    Ok((Running(child), rx))
 }
 
 /// Waits for a log line containing `pat` and returns the text after it.
 pub fn wait_for(rx: &Receiver<String>, pat: &str) -> String {
+    try_wait_for(rx, pat).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`wait_for`], saying what did not come: no such line within [`WAIT`], or the process
+/// ended first (its last line is quoted).
+pub fn try_wait_for(rx: &Receiver<String>, pat: &str) -> Result<String, String> {
+    let mut last = String::new();
     loop {
-        let line = rx
-            .recv_timeout(WAIT)
-            .unwrap_or_else(|_| panic!("no log line containing {pat:?}"));
-        if let Some(i) = line.find(pat) {
-            return line[i + pat.len()..].to_owned();
+        match rx.recv_timeout(WAIT) {
+            Ok(line) => {
+                if let Some(i) = line.find(pat) {
+                    return Ok(line[i + pat.len()..].to_owned());
+                }
+                last = line;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(format!(
+                    "no log line containing {pat:?} within {} s",
+                    WAIT.as_secs()
+                ))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(format!(
+                    "the process ended before logging {pat:?} (last line: {last:?})"
+                ))
+            }
         }
     }
 }
@@ -90,8 +122,7 @@ pub fn first_word(s: &str) -> String {
     s.split_whitespace().next().unwrap_or_default().to_owned()
 }
 
-/// Starts `tunnel-agent` as device `key` with `token` against the proxy at `control`
-/// (`host:port`), allowed to open `ports`, without a status file; `extra` arguments follow.
+/// [`try_start_agent`], panicking when the agent cannot start.
 pub fn start_agent(
     control: &str,
     key: &str,
@@ -100,6 +131,20 @@ pub fn start_agent(
     extra: &[&str],
     echo: bool,
 ) -> (Running, Receiver<String>) {
+    try_start_agent(control, key, token, ports, extra, echo).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Starts `tunnel-agent` as device `key` with `token` against the proxy at `control`
+/// (`host:port`), allowed to open `ports`, without a status file; `extra` arguments follow.
+/// Says why it could not.
+pub fn try_start_agent(
+    control: &str,
+    key: &str,
+    token: &str,
+    ports: &[u16],
+    extra: &[&str],
+    echo: bool,
+) -> Result<(Running, Receiver<String>), String> {
     let port = control.rsplit(':').next().unwrap_or_default().to_owned();
     let allow: Vec<String> = ports.iter().map(u16::to_string).collect();
     let mut args = vec![
@@ -116,5 +161,5 @@ pub fn start_agent(
         args.extend(["--allow-port", p.as_str()]);
     }
     args.extend(extra);
-    start("tunnel-agent", &args, &[("MEETING_TOKEN", token)], echo)
+    try_start("tunnel-agent", &args, &[("MEETING_TOKEN", token)], echo)
 }

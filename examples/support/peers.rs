@@ -1,12 +1,13 @@
 //! The tunnel clients users pick instead of the agent (rathole, bore), started on loopback in
 //! front of one local service so the benchmark can measure their clients like the agent.
-//! `make bench-peers` installs them; a peer that is not installed is skipped.
+//! `make bench-peers` installs them; a peer that is not installed or does not start is
+//! reported as such, never a panic.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::Receiver;
 
-use crate::support::{wait_for, Running};
+use crate::support::{try_wait_for, Running};
 
 /// A peer's server and client, running; the public port reaches the local service.
 pub struct Peer {
@@ -16,6 +17,9 @@ pub struct Peer {
     pub client: Running,
     _server: Running,
 }
+
+/// Why a peer is missing from the table.
+pub const NOT_INSTALLED: &str = "not installed (make bench-peers)";
 
 /// Whether `program` is on PATH.
 pub fn installed(program: &str) -> bool {
@@ -28,7 +32,7 @@ pub fn installed(program: &str) -> bool {
 }
 
 /// Starts `program` with its log (stdout and stderr, both) on a channel.
-fn start_logged(program: &str, args: &[&str]) -> (Running, Receiver<String>) {
+fn start_logged(program: &str, args: &[&str]) -> Result<(Running, Receiver<String>), String> {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(program)
         .args(args)
@@ -38,10 +42,11 @@ fn start_logged(program: &str, args: &[&str]) -> (Running, Receiver<String>) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
     let (tx, rx) = std::sync::mpsc::channel();
-    let out = child.stdout.take().expect("piped");
-    let err = child.stderr.take().expect("piped");
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(format!("{program}: no output pipes"));
+    };
     for pipe in [
         Box::new(out) as Box<dyn std::io::Read + Send>,
         Box::new(err),
@@ -53,7 +58,7 @@ fn start_logged(program: &str, args: &[&str]) -> (Running, Receiver<String>) {
             }
         });
     }
-    (Running(child), rx)
+    Ok((Running(child), rx))
 }
 
 /// Keeps reading a log so the process never blocks on a full pipe.
@@ -62,9 +67,9 @@ fn drain(rx: Receiver<String>) {
 }
 
 /// rathole server and client carrying `service`; `control` and `public` are free ports.
-pub fn rathole(service: u16, control: u16, public: u16, dir: &Path) -> Option<Peer> {
+pub fn rathole(service: u16, control: u16, public: u16, dir: &Path) -> Result<Peer, String> {
     if !installed("rathole") {
-        return None;
+        return Err(NOT_INSTALLED.into());
     }
     let server = dir.join("rathole-server.toml");
     let client = dir.join("rathole-client.toml");
@@ -75,7 +80,7 @@ pub fn rathole(service: u16, control: u16, public: u16, dir: &Path) -> Option<Pe
              [server.services.bench]\ntoken = \"bench\"\nbind_addr = \"127.0.0.1:{public}\"\n"
         ),
     )
-    .ok()?;
+    .map_err(|e| format!("writing {}: {e}", server.display()))?;
     std::fs::write(
         &client,
         format!(
@@ -83,15 +88,15 @@ pub fn rathole(service: u16, control: u16, public: u16, dir: &Path) -> Option<Pe
              [client.services.bench]\ntoken = \"bench\"\nlocal_addr = \"127.0.0.1:{service}\"\n"
         ),
     )
-    .ok()?;
-    let (srv, slog) = start_logged("rathole", &["--server", &server.display().to_string()]);
-    wait_for(&slog, &format!("Listening at 127.0.0.1:{control}"));
-    let (cli, clog) = start_logged("rathole", &["--client", &client.display().to_string()]);
+    .map_err(|e| format!("writing {}: {e}", client.display()))?;
+    let (srv, slog) = start_logged("rathole", &["--server", &server.display().to_string()])?;
+    try_wait_for(&slog, &format!("Listening at 127.0.0.1:{control}"))?;
+    let (cli, clog) = start_logged("rathole", &["--client", &client.display().to_string()])?;
     // The server opens the public port once the client's control channel is up.
-    wait_for(&slog, &format!("Listening at 127.0.0.1:{public}"));
+    try_wait_for(&slog, &format!("Listening at 127.0.0.1:{public}"))?;
     drain(slog);
     drain(clog);
-    Some(Peer {
+    Ok(Peer {
         public,
         client: cli,
         _server: srv,
@@ -100,13 +105,12 @@ pub fn rathole(service: u16, control: u16, public: u16, dir: &Path) -> Option<Pe
 
 /// bore server and client carrying `service` on `public` (bore's control port is its fixed
 /// 7835, on loopback).
-pub fn bore(service: u16, public: u16) -> Option<Peer> {
+pub fn bore(service: u16, public: u16) -> Result<Peer, String> {
     if !installed("bore") {
-        return None;
+        return Err(NOT_INSTALLED.into());
     }
     if std::net::TcpListener::bind(("127.0.0.1", 7835)).is_err() {
-        println!("bore skipped: its fixed control port 127.0.0.1:7835 is taken");
-        return None;
+        return Err("its fixed control port 127.0.0.1:7835 is taken".into());
     }
     let p = public.to_string();
     let (srv, slog) = start_logged(
@@ -120,8 +124,8 @@ pub fn bore(service: u16, public: u16) -> Option<Peer> {
             "--max-port",
             &p,
         ],
-    );
-    wait_for(&slog, "server listening");
+    )?;
+    try_wait_for(&slog, "server listening")?;
     let (cli, clog) = start_logged(
         "bore",
         &[
@@ -134,11 +138,11 @@ pub fn bore(service: u16, public: u16) -> Option<Peer> {
             "--port",
             &p,
         ],
-    );
-    wait_for(&clog, "listening at");
+    )?;
+    try_wait_for(&clog, "listening at")?;
     drain(slog);
     drain(clog);
-    Some(Peer {
+    Ok(Peer {
         public,
         client: cli,
         _server: srv,

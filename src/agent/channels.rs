@@ -31,7 +31,7 @@ use crate::agent::Live;
 use crate::protocol::frame::close_frame;
 use crate::transport::tcp::unacked_bytes;
 use crate::uplink::copy::{pump_to_frames, PumpEnd};
-use crate::uplink::writer::FrameSender;
+use crate::uplink::writer::{FrameSender, Lane};
 
 /// Bytes from the proxy held for one channel at most (waiting for its local connection, or
 /// for a local service that takes them slower than they come). With the piece being written,
@@ -94,6 +94,8 @@ impl Down {
 
 struct Channel {
     stream: u32,
+    /// Every frame of this stream goes through it, so its close follows its data.
+    lane: Lane,
     port: u16,
     opened: Instant,
     down: Mutex<Down>,
@@ -227,7 +229,7 @@ impl Shared {
         ch.set_reason(why);
         ch.close_local();
         if self.remove_if_current(ch) {
-            let _ = self.tx.send(close_frame(ch.stream));
+            let _ = ch.lane.send_last(close_frame(ch.stream));
         }
     }
 
@@ -356,6 +358,7 @@ impl Channels {
         }
         let ch = Arc::new(Channel {
             stream,
+            lane: self.shared.tx.lane(),
             port,
             opened: Instant::now(),
             down: Mutex::new(Down {
@@ -591,7 +594,7 @@ impl Channels {
             ch.set_reason(why);
             ch.close_local();
             if notify {
-                let _ = self.shared.tx.send(close_frame(ch.stream));
+                let _ = ch.lane.send_last(close_frame(ch.stream));
             }
         }
     }
@@ -780,11 +783,7 @@ fn run_channel(shared: &Arc<Shared>, ch: &Arc<Channel>) {
     }
     info!("channel {} open: 127.0.0.1:{}", ch.stream, ch.port);
     let counters = [&ch.bytes_up, &shared.totals.up];
-    let end = if shared.tx.splices() {
-        crate::uplink::splice::pump(&sock, ch.stream, &shared.tx, &counters)
-    } else {
-        pump_to_frames(&*sock, ch.stream, &shared.tx, &counters)
-    };
+    let end = pump_to_frames(&*sock, ch.stream, &ch.lane, &counters);
     let why = match end {
         PumpEnd::Eof => "closed by the local service".to_owned(),
         PumpEnd::ReadError(e) => format!("reading the local service failed: {e}"),

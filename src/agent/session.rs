@@ -346,13 +346,11 @@ fn frames(
     totals: &Arc<Totals>,
 ) -> SessionOutcome {
     let since = Instant::now();
-    // Splicing writes to the socket itself, so never under TLS.
-    let splice = !cfg.tls.value && crate::uplink::splice::enabled();
     let closer = match sock.try_clone() {
         Ok(c) => c,
         Err(e) => return failed(cfg, Ending::Transport(TransportError::Split(e))),
     };
-    let (tx, writer) = match writer::spawn(writer, closer, splice, "frame-writer") {
+    let (tx, writer) = match writer::spawn(writer, closer, "frame-writer") {
         Ok(w) => w,
         Err(e) => return failed(cfg, Ending::WriterSpawn(e)),
     };
@@ -537,7 +535,7 @@ mod tests {
                 Some("dead unacked"),
             ),
             (
-                "closed, writer timed out (splice lost it)",
+                "closed, writer timed out",
                 Stop::No,
                 || Ending::ClosedByProxy,
                 || WriterEnd::Failed(err(libc::ETIMEDOUT)),

@@ -209,9 +209,9 @@ pub fn is_dead_link(e: &io::Error) -> bool {
 }
 
 /// Whether the kernel gave up on `sock` with no acknowledgement from the peer for at least
-/// `quiet`: a dead link whose error was reported where the session does not see it. splice(2)
-/// drops the `ETIMEDOUT` when it had moved some bytes before it, and then the read sees end of
-/// file and the next write `EPIPE`, as if the proxy had closed. A proxy that really closes
+/// `quiet`: a dead link whose error was reported where the session does not see it. A write
+/// that had moved some bytes returns their count, not the `ETIMEDOUT`, and then the read sees
+/// end of file and the next write `EPIPE`, as if the proxy had closed. A proxy that really closes
 /// sends FIN or RST, so the connection is either not closed yet or its last ACK is recent.
 pub fn acks_stopped(sock: &TcpStream, quiet: Duration) -> bool {
     tcp_info(sock).is_some_and(|info| {

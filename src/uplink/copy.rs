@@ -3,7 +3,7 @@
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::writer::FrameSender;
+use super::writer::Lane;
 use crate::protocol::frame::{encode_header, HEADER_LEN, TYPE_DATA};
 
 /// Largest payload of the `D` frames we send: well under what any Meeting proxy reads at once.
@@ -20,16 +20,16 @@ pub enum PumpEnd {
     WriterGone,
 }
 
-/// Reads `src` until it ends, sending its bytes as `D` frames for `stream`; each of `counters`
-/// counts the payload bytes sent.
+/// Reads `src` until it ends, sending its bytes as `D` frames for `stream` through `lane`;
+/// each of `counters` counts the payload bytes sent.
 pub fn pump_to_frames<R: Read>(
     mut src: R,
     stream: u32,
-    tx: &FrameSender,
+    lane: &Lane,
     counters: &[&AtomicU64],
 ) -> PumpEnd {
     loop {
-        match copy_one(&mut src, stream, tx) {
+        match copy_one(&mut src, stream, lane) {
             Ok(n) => {
                 for c in counters {
                     c.fetch_add(n as u64, Ordering::Relaxed);
@@ -42,8 +42,9 @@ pub fn pump_to_frames<R: Read>(
 
 /// Reads once from `src` straight into a frame buffer behind the header (no copy on the way
 /// up) and queues the frame; returns the payload size.
-pub fn copy_one<R: Read>(src: &mut R, stream: u32, tx: &FrameSender) -> Result<usize, PumpEnd> {
+fn copy_one<R: Read>(src: &mut R, stream: u32, lane: &Lane) -> Result<usize, PumpEnd> {
     let size = HEADER_LEN + MAX_DATA_PAYLOAD;
+    let tx = lane.sender();
     loop {
         let mut buf = tx.buffer(size);
         let n = match src.read(&mut buf[HEADER_LEN..]) {
@@ -62,7 +63,7 @@ pub fn copy_one<R: Read>(src: &mut R, stream: u32, tx: &FrameSender) -> Result<u
             }
         };
         buf[..HEADER_LEN].copy_from_slice(&encode_header(TYPE_DATA, stream, n as u32));
-        return match tx.send_buffer(buf, HEADER_LEN + n) {
+        return match lane.send_buffer(buf, HEADER_LEN + n) {
             Ok(()) => Ok(n),
             Err(_) => Err(PumpEnd::WriterGone),
         };

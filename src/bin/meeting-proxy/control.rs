@@ -180,7 +180,7 @@ fn frames(
     let (Ok(closer), Ok(kill_half)) = (sock.try_clone(), sock.try_clone()) else {
         return;
     };
-    let Ok((tx, writer)) = writer::spawn(writer, closer, false, "agent-writer") else {
+    let Ok((tx, writer)) = writer::spawn(writer, closer, "agent-writer") else {
         return;
     };
     let session = Arc::new(DeviceSession::new(key.clone(), peer, tx.clone(), kill_half));

@@ -47,7 +47,9 @@ fn relay(sock: TcpStream, tunnel: &Tunnel, registry: &Registry) {
     let _ = sock.set_nodelay(true);
     let sock = Arc::new(sock);
     let id = session.add_stream(sock.clone());
-    if session.tx.send(open_frame(id, tunnel.port)).is_err() {
+    // Every frame of the stream on one lane: the open goes before its data, the close after.
+    let lane = session.tx.pipelined_lane();
+    if lane.send(open_frame(id, tunnel.port)).is_err() {
         session.remove_stream(id);
         return;
     }
@@ -56,10 +58,10 @@ fn relay(sock: TcpStream, tunnel: &Tunnel, registry: &Registry) {
         session.key, tunnel.port
     );
     let sent = AtomicU64::new(0);
-    pump_to_frames(&*sock, id, &session.tx, &[&sent]);
+    pump_to_frames(&*sock, id, &lane, &[&sent]);
     // If the stream is still ours, the public side ended it: tell the agent.
     if session.remove_stream(id) {
-        let _ = session.tx.send(close_frame(id));
+        let _ = lane.send_last(close_frame(id));
     }
     info!(
         "stream {id} closed: {peer}, {} bytes to the device",

@@ -7,7 +7,8 @@
 //! the local service), download the reverse.
 //!
 //! Each path is checked to carry bytes before it is measured; each figure is the median of
-//! `BENCH_REPEATS` runs (at least 5) with their minimum and maximum; a figure that cannot be
+//! `BENCH_REPEATS` runs (at least 5) with their minimum and maximum, and the round trips of
+//! all paths are measured interleaved, run by run; a figure that cannot be
 //! measured is shown as failed, with why, and the rest go on. Prints a Markdown table, writes
 //! it to bench/RESULTS.md with the previous results beside the new ones, and regenerates the
 //! summary table in README.md's performance section from it.
@@ -21,11 +22,13 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use support::{
-    cpu_seconds, cpu_seconds_with_children, first_word, try_start, try_start_agent, try_wait_for,
+    cpu_seconds, cpu_seconds_with_children, first_word, start_agent, try_start, try_wait_for,
     Running,
 };
 
@@ -108,8 +111,28 @@ fn rss_kib(pid: u32) -> u64 {
     support::status_field(pid, "VmRSS:")
 }
 
-/// One iperf3 run to `port`; `reverse`: the server sends. Bits per second received.
+/// The iperf3 server's log: it says [`IPERF_READY`] when it starts and again after each test.
+static IPERF_LOG: OnceLock<Mutex<Receiver<String>>> = OnceLock::new();
+const IPERF_READY: &str = "Server listening on";
+
+/// One iperf3 run to `port`; `reverse`: the server sends. Bits per second received. Returns
+/// once the server is ready for the next test: through a tunnel the end of a test reaches it
+/// later than the client's exit, and a test started before that finds it busy.
 fn iperf(port: u16, reverse: bool, seconds: u32) -> Res<f64> {
+    let result = iperf_client(port, reverse, seconds);
+    let ready = match IPERF_LOG.get() {
+        Some(log) => {
+            let log = log.lock().unwrap_or_else(|p| p.into_inner());
+            try_wait_for(&log, IPERF_READY).map_err(|e| format!("iperf3 server: {e}"))
+        }
+        None => Ok(String::new()),
+    };
+    // The client's own error says more than the server's silence after it.
+    let bps = result?;
+    ready.map(|_| bps)
+}
+
+fn iperf_client(port: u16, reverse: bool, seconds: u32) -> Res<f64> {
     let mut cmd = Command::new("iperf3");
     cmd.args(["-c", "127.0.0.1", "-p", &port.to_string()])
         .args(["-t", &seconds.to_string(), "-J"]);
@@ -243,43 +266,14 @@ fn echo_ready(port: u16) -> Res<()> {
     }
 }
 
-/// Waits until something accepts on `port`.
-fn listening(port: u16) -> Res<()> {
-    let until = Instant::now() + READY;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() >= until {
-            return Err(format!("nothing listens on {port}"));
-        }
-        thread::sleep(Duration::from_millis(20)); // polling a foreign process's listener
-    }
-    Ok(())
-}
-
-fn spawn_quiet(program: &str, args: &[&str]) -> Res<Running> {
-    Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Running)
-        .map_err(|e| format!("cannot start {program}: {e}"))
-}
-
-/// A loopback echo service; runs until the process ends.
-fn echo_service() -> Res<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("echo service: {e}"))?;
-    let port = l.local_addr().map_err(|e| e.to_string())?.port();
-    thread::spawn(move || {
-        for c in l.incoming() {
-            let Ok(mut c) = c else { continue };
-            let _ = c.set_nodelay(true);
-            thread::spawn(move || {
-                let Ok(mut r) = c.try_clone() else { return };
-                let _ = std::io::copy(&mut r, &mut c);
-            });
-        }
-    });
-    Ok(port)
+/// Starts `program` and waits for the log line `ready` it writes once it listens. (Not a
+/// test connection: iperf3 and a socat in front of it take one as a failed test, and may
+/// reset the next real one.)
+fn start_ready(program: &str, args: &[&str], ready: &str) -> Res<Running> {
+    let (p, log) = peers::start_logged(program, args)?;
+    try_wait_for(&log, ready).map_err(|e| format!("{program}: {e}"))?;
+    peers::drain(log);
+    Ok(p)
 }
 
 /// socat as one relay hop in front of `to`; returns it and its port. `bulk`: 256 KiB
@@ -297,9 +291,8 @@ fn relay(to: u16, bulk: bool) -> Res<(Running, u16)> {
     }
     let listen = format!("TCP-LISTEN:{port},reuseaddr,fork,bind=127.0.0.1{opts}");
     let connect = format!("TCP:127.0.0.1:{to}{opts}");
-    args.extend([listen.as_str(), connect.as_str()]);
-    let r = spawn_quiet("socat", &args)?;
-    listening(port)?;
+    args.extend(["-d", "-d", listen.as_str(), connect.as_str()]);
+    let r = start_ready("socat", &args, "listening on")?;
     Ok((r, port))
 }
 
@@ -338,7 +331,7 @@ fn tunnel(ports: &[u16], tls: Option<&(String, String, String)>) -> Res<Tunnel> 
     if let Some((ca, _, _)) = tls {
         extra.extend(["--tls", "--ca-file", ca, "--tls-server-name", "localhost"]);
     }
-    let (agent, alog) = try_start_agent(&control, KEY, TOKEN, ports, &extra, false)?;
+    let (agent, alog) = start_agent(&control, KEY, TOKEN, ports, &extra, false)?;
     try_wait_for(&alog, "tunnel ready")?;
     // The proxy registers the session after its reply: a public connection before this line
     // would find no agent online.
@@ -377,6 +370,16 @@ fn certificates(dir: &Path) -> Res<(String, String, String)> {
     ))
 }
 
+/// Waits (at most [`READY`]) until `pid` has no child: the children of the runs before have
+/// ended and been reaped, so their CPU is in the parent's totals.
+fn reaped(pid: u32) {
+    let until = Instant::now() + READY;
+    let children = || std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
+    while children().is_ok_and(|c| !c.trim().is_empty()) && Instant::now() < until {
+        thread::sleep(Duration::from_millis(10)); // polling /proc: no event marks a reap
+    }
+}
+
 /// CPU seconds of a process and all its descendants still alive, plus what finished
 /// children already handed back to it (socat forks one child per connection).
 fn family_cpu(pid: u32) -> f64 {
@@ -411,8 +414,14 @@ impl Measured {
     }
 }
 
-/// A peer carrying `iperf` for the flows, then one carrying `echo` for the round trips.
-fn measure_peer(name: &str, iperf_port: u16, echo: u16, dir: &Path) -> Measured {
+/// A peer carrying `iperf` for the flows; then one carrying `echo`, returned running for the
+/// round trips (measured with every other path's, interleaved), with its idle size read.
+fn measure_peer(
+    name: &str,
+    iperf_port: u16,
+    echo: u16,
+    dir: &Path,
+) -> (Measured, Res<peers::Peer>) {
     let start = |service: u16| -> Res<peers::Peer> {
         match name {
             "rathole" => peers::rathole(service, free_port()?, free_port()?, dir),
@@ -428,26 +437,57 @@ fn measure_peer(name: &str, iperf_port: u16, echo: u16, dir: &Path) -> Measured 
                 measure(peer.public, false, Some(&cpu)),
             )
         }
-        Err(why) => return Measured::failed(&why),
+        Err(why) => return (Measured::failed(&why), Err(why)),
     };
-    let (p50, p99, idle_kib) = match start(echo).and_then(|p| echo_ready(p.public).map(|()| p)) {
-        Ok(peer) => {
-            let idle = rss_kib(peer.client.0.id());
-            let (p50, p99) = latency(peer.public);
-            (p50, p99, Ok(idle))
-        }
-        Err(why) => {
-            let f = Figure::failed(&why);
-            (f.clone(), f, Err(why))
-        }
+    let for_echo = start(echo).and_then(|p| echo_ready(p.public).map(|()| p));
+    let idle_kib = match &for_echo {
+        Ok(peer) => Ok(rss_kib(peer.client.0.id())),
+        Err(why) => Err(why.clone()),
     };
-    Measured {
+    let pending = Figure::failed("not measured");
+    let m = Measured {
         up,
         down,
-        p50,
-        p99,
+        p50: pending.clone(),
+        p99: pending,
         idle_kib,
+    };
+    (m, for_echo)
+}
+
+/// Round trips through every path (`Err`: the path is not up, and why), interleaved: run `i`
+/// of each path before run `i + 1` of any, so a machine that gets faster or slower during the
+/// bench moves them all alike. p50 and p99 figures per path.
+fn interleaved(paths: &[Res<u16>]) -> Vec<(Figure, Figure)> {
+    let n = repeats();
+    let mut runs: Vec<Res<(Vec<f64>, Vec<f64>)>> = paths
+        .iter()
+        .map(|p| {
+            p.as_ref()
+                .map(|_| (Vec::new(), Vec::new()))
+                .map_err(Clone::clone)
+        })
+        .collect();
+    for i in 0..n {
+        for (path, run) in paths.iter().zip(runs.iter_mut()) {
+            let (Ok(port), Ok((p50, p99))) = (path, &mut *run) else {
+                continue;
+            };
+            match round_trips(*port) {
+                Ok((a, b)) => {
+                    p50.push(a);
+                    p99.push(b);
+                }
+                Err(why) => *run = Err(format!("run {} of {n}: {why}", i + 1)),
+            }
+        }
     }
+    runs.into_iter()
+        .map(|r| match r {
+            Ok((a, b)) => (Figure(Ok(a)), Figure(Ok(b))),
+            Err(why) => (Figure::failed(&why), Figure::failed(why)),
+        })
+        .collect()
 }
 
 /// The round-trip p50s again with every process on CPU 0 (this program run again under
@@ -498,9 +538,13 @@ fn main() {
     let setup = || -> Res<(Running, u16, u16)> {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let iperf_port = free_port()?;
-        let iperf = spawn_quiet("iperf3", &["-s", "-p", &iperf_port.to_string()])?;
-        listening(iperf_port)?;
-        Ok((iperf, iperf_port, echo_service()?))
+        let port = iperf_port.to_string();
+        let args = ["-s", "-p", &port, "--forceflush"];
+        let (iperf, log) = peers::start_logged("iperf3", &args)?;
+        try_wait_for(&log, IPERF_READY).map_err(|e| format!("iperf3: {e}"))?;
+        let _ = IPERF_LOG.set(Mutex::new(log));
+        let echo = support::try_echo_server().map_err(|e| format!("echo service: {e}"))?;
+        Ok((iperf, iperf_port, echo))
     };
     let (_iperf, iperf_port, echo) = match setup() {
         Ok(s) => s,
@@ -544,8 +588,12 @@ fn run(iperf_port: u16, echo: u16, dir: &Path) -> Results {
     let (up_relay, down_relay) = match relay(iperf_port, true) {
         Ok((r, port)) => {
             let pid = r.0.id();
-            // socat forks a child per connection: the whole family counts.
-            let cpu = move || family_cpu(pid);
+            // socat forks a child per connection: the whole family counts, read once the
+            // last run's child has been reaped into the parent's totals.
+            let cpu = move || {
+                reaped(pid);
+                family_cpu(pid)
+            };
             (
                 measure(port, true, Some(&cpu)),
                 measure(port, false, Some(&cpu)),
@@ -553,14 +601,11 @@ fn run(iperf_port: u16, echo: u16, dir: &Path) -> Results {
         }
         Err(why) => (Flow::failed(&why), Flow::failed(&why)),
     };
-    let (direct_p50, direct_p99) = latency(echo);
-    let (relay_p50, relay_p99) = match relay(echo, false).and_then(|(r, p)| {
+    // Paths for the round trips, measured together at the end.
+    let relay_echo = relay(echo, false).and_then(|(r, p)| {
         echo_ready(p)?;
         Ok((r, p))
-    }) {
-        Ok((_r, port)) => latency(port),
-        Err(why) => (Figure::failed(&why), Figure::failed(why)),
-    };
+    });
 
     let mut rss_100 = Err("no tunnel".to_owned());
     let mut setup_ms = Err("no tunnel".to_owned());
@@ -571,28 +616,30 @@ fn run(iperf_port: u16, echo: u16, dir: &Path) -> Results {
         settled(t.agent.0.id(), threads)?;
         Ok((t, threads))
     };
-    let agent = match tunnel(&[iperf_port, echo], None).and_then(ready) {
+    let agent_tunnel = tunnel(&[iperf_port, echo], None).and_then(ready);
+    let mut agent = match &agent_tunnel {
         Ok((t, threads)) => {
+            let threads = *threads;
             let pid = t.agent.0.id();
             // Idle: connected, the readiness check's channel closed, before any measurement.
             let idle = rss_kib(pid);
             let cpu = move || cpu_seconds(pid);
             let up = measure(t.public[0], true, Some(&cpu));
             let down = measure(t.public[0], false, Some(&cpu));
-            let (p50, p99) = latency(t.public[1]);
             (rss_100, setup_ms) = match settled(pid, threads) {
                 Ok(()) => hundred_channels(pid, t.public[1]),
                 Err(why) => (Err(why.clone()), Err(why)),
             };
+            let pending = Figure::failed("not measured");
             Measured {
                 up,
                 down,
-                p50,
-                p99,
+                p50: pending.clone(),
+                p99: pending,
                 idle_kib: Ok(idle),
             }
         }
-        Err(why) => Measured::failed(&why),
+        Err(why) => Measured::failed(why),
     };
     let (up_tls, down_tls) =
         match certificates(dir).and_then(|files| tunnel(&[iperf_port], Some(&files))) {
@@ -606,10 +653,39 @@ fn run(iperf_port: u16, echo: u16, dir: &Path) -> Results {
             }
             Err(why) => (Flow::failed(&why), Flow::failed(&why)),
         };
-    let peers = ["bore", "rathole"]
+    let (mut peers, peer_echo): (Vec<_>, Vec<_>) = ["bore", "rathole"]
         .into_iter()
-        .map(|name| (name, measure_peer(name, iperf_port, echo, dir)))
-        .collect();
+        .map(|name| {
+            let (m, for_echo) = measure_peer(name, iperf_port, echo, dir);
+            ((name, m), for_echo)
+        })
+        .unzip();
+    // The round trips of every path, interleaved.
+    let mut paths = vec![
+        Ok(echo),
+        relay_echo.as_ref().map(|r| r.1).map_err(Clone::clone),
+        agent_tunnel
+            .as_ref()
+            .map(|t| t.0.public[1])
+            .map_err(Clone::clone),
+    ];
+    paths.extend(
+        peer_echo
+            .iter()
+            .map(|p| p.as_ref().map(|p| p.public).map_err(Clone::clone)),
+    );
+    let mut lat = interleaved(&paths).into_iter();
+    let mut next = || {
+        lat.next()
+            .unwrap_or_else(|| (Figure::failed("-"), Figure::failed("-")))
+    };
+    let (direct_p50, direct_p99) = next();
+    let (relay_p50, relay_p99) = next();
+    (agent.p50, agent.p99) = next();
+    for (_, m) in peers.iter_mut() {
+        (m.p50, m.p99) = next();
+    }
+    drop((relay_echo, agent_tunnel, peer_echo));
     Results {
         up_direct,
         down_direct,

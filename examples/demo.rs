@@ -24,7 +24,7 @@ fn agent_for(
     extra: &[&str],
 ) -> (Running, Receiver<String>) {
     let control = first_word(&wait_for(proxy_log, "listening for agents on "));
-    start_agent(&control, KEY, TOKEN, &[service], extra, true)
+    start_agent(&control, KEY, TOKEN, &[service], extra, true).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn main() {

@@ -153,7 +153,8 @@ fn main() {
         &[service_port],
         &["--max-channels", "200"],
         false,
-    );
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     wait_for(&agent_log, "tunnel ready");
     let connects = Arc::new(AtomicU64::new(1));
     let leaked = Arc::new(AtomicBool::new(false));

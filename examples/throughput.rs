@@ -73,7 +73,8 @@ fn main() {
     );
     let public = first_word(&wait_for(&plog, "tunnel "));
     let control = first_word(&wait_for(&plog, "listening for agents on "));
-    let (agent, alog) = start_agent(&control, KEY, TOKEN, &[port], &[], false);
+    let (agent, alog) =
+        start_agent(&control, KEY, TOKEN, &[port], &[], false).unwrap_or_else(|e| panic!("{e}"));
     wait_for(&alog, "tunnel ready");
     thread::spawn(move || for _ in alog.iter() {});
     let pid = agent.0.id();

@@ -122,22 +122,10 @@ pub fn first_word(s: &str) -> String {
     s.split_whitespace().next().unwrap_or_default().to_owned()
 }
 
-/// [`try_start_agent`], panicking when the agent cannot start.
-pub fn start_agent(
-    control: &str,
-    key: &str,
-    token: &str,
-    ports: &[u16],
-    extra: &[&str],
-    echo: bool,
-) -> (Running, Receiver<String>) {
-    try_start_agent(control, key, token, ports, extra, echo).unwrap_or_else(|e| panic!("{e}"))
-}
-
 /// Starts `tunnel-agent` as device `key` with `token` against the proxy at `control`
 /// (`host:port`), allowed to open `ports`, without a status file; `extra` arguments follow.
 /// Says why it could not.
-pub fn try_start_agent(
+pub fn start_agent(
     control: &str,
     key: &str,
     token: &str,

@@ -32,7 +32,7 @@ pub fn installed(program: &str) -> bool {
 }
 
 /// Starts `program` with its log (stdout and stderr, both) on a channel.
-fn start_logged(program: &str, args: &[&str]) -> Result<(Running, Receiver<String>), String> {
+pub fn start_logged(program: &str, args: &[&str]) -> Result<(Running, Receiver<String>), String> {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(program)
         .args(args)
@@ -62,7 +62,7 @@ fn start_logged(program: &str, args: &[&str]) -> Result<(Running, Receiver<Strin
 }
 
 /// Keeps reading a log so the process never blocks on a full pipe.
-fn drain(rx: Receiver<String>) {
+pub fn drain(rx: Receiver<String>) {
     std::thread::spawn(move || for _ in rx.iter() {});
 }
 

@@ -544,6 +544,34 @@ mod tests {
         f
     }
 
+    impl Gated {
+        fn open_gate(&self) {
+            let (lock, cv) = &*self.open;
+            *lock.lock().unwrap() = true;
+            cv.notify_all();
+        }
+    }
+
+    /// A writer over a new [`Gated`] sink whose gate is `open` or shut; the receiver hears
+    /// when a write waits at the gate.
+    fn gated_writer(
+        open: bool,
+    ) -> (
+        Gated,
+        mpsc::Receiver<()>,
+        FrameSender,
+        JoinHandle<io::Result<()>>,
+    ) {
+        let (waiting_tx, waiting) = mpsc::channel();
+        let sink = Gated {
+            bytes: Arc::default(),
+            open: Arc::new((Mutex::new(open), Condvar::new())),
+            waiting: waiting_tx,
+        };
+        let (tx, handle) = spawn(Box::new(sink.clone()), socket(), "test-writer").unwrap();
+        (sink, waiting, tx, handle)
+    }
+
     fn socket() -> TcpStream {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         TcpStream::connect(l.local_addr().unwrap()).unwrap()
@@ -562,13 +590,7 @@ mod tests {
 
     #[test]
     fn a_keystroke_waits_behind_at_most_one_frame_of_each_bulk_channel() {
-        let (waiting_tx, waiting) = mpsc::channel();
-        let sink = Gated {
-            bytes: Arc::default(),
-            open: Arc::new((Mutex::new(false), Condvar::new())),
-            waiting: waiting_tx,
-        };
-        let (tx, handle) = spawn(Box::new(sink.clone()), socket(), "test-writer").unwrap();
+        let (sink, waiting, tx, handle) = gated_writer(false);
         let bulk = |stream: u32, tx: &FrameSender| {
             let lane = tx.lane();
             let id = lane.id;
@@ -597,9 +619,7 @@ mod tests {
             thread::yield_now(); // no event marks a thread entering a wait
         }
         tx.lane().send(data_frame(3, b"k")).unwrap();
-        let (lock, cv) = &*sink.open;
-        *lock.lock().unwrap() = true;
-        cv.notify_all();
+        sink.open_gate();
         one.join().unwrap();
         two.join().unwrap();
         tx.finish();
@@ -623,13 +643,7 @@ mod tests {
 
     #[test]
     fn an_idle_writer_lets_the_sender_write_itself_and_order_holds() {
-        let (waiting_tx, _waiting) = mpsc::channel();
-        let sink = Gated {
-            bytes: Arc::default(),
-            open: Arc::new((Mutex::new(true), Condvar::new())),
-            waiting: waiting_tx,
-        };
-        let (tx, handle) = spawn(Box::new(sink.clone()), socket(), "test-writer").unwrap();
+        let (sink, _waiting, tx, handle) = gated_writer(true);
         let lane = tx.lane();
         for i in 0..100u32 {
             let mut buf = tx.buffer(64);
@@ -656,13 +670,7 @@ mod tests {
 
     #[test]
     fn a_close_follows_its_streams_data_and_never_waits_for_room() {
-        let (waiting_tx, waiting) = mpsc::channel();
-        let sink = Gated {
-            bytes: Arc::default(),
-            open: Arc::new((Mutex::new(false), Condvar::new())),
-            waiting: waiting_tx,
-        };
-        let (tx, handle) = spawn(Box::new(sink.clone()), socket(), "test-writer").unwrap();
+        let (sink, waiting, tx, handle) = gated_writer(false);
         // The connection is held by a direct write on stream 1; stream 2 fills its lane.
         let one = tx.lane();
         let blocked = thread::spawn(move || one.send(data_frame(1, b"first")).unwrap());
@@ -676,9 +684,7 @@ mod tests {
         two.send_last(crate::protocol::frame::close_frame(2))
             .unwrap();
         tx.send(crate::protocol::frame::close_frame(9)).unwrap();
-        let (lock, cv) = &*sink.open;
-        *lock.lock().unwrap() = true;
-        cv.notify_all();
+        sink.open_gate();
         blocked.join().unwrap();
         tx.finish();
         handle.join().unwrap().unwrap();

@@ -30,8 +30,13 @@ pub fn free_port() -> u16 {
 /// A loopback echo service (`TCP_NODELAY`, so it answers a byte at once); returns its port.
 /// Runs until the process ends.
 pub fn echo_server() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an echo service");
-    let port = l.local_addr().expect("its address").port();
+    try_echo_server().expect("a loopback echo service")
+}
+
+/// [`echo_server`], saying why it could not start.
+pub fn try_echo_server() -> std::io::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
     thread::spawn(move || {
         for c in l.incoming() {
             let Ok(mut c) = c else { continue };
@@ -43,7 +48,7 @@ pub fn echo_server() -> u16 {
             });
         }
     });
-    port
+    Ok(port)
 }
 
 /// The standard output of a command that must have succeeded (its stderr in the panic).

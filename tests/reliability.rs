@@ -297,7 +297,7 @@ fn ten_thousand_channels_leak_no_fd_thread_or_memory() {
     let agent = proxy.agent(&["--max-channels", "200"]);
     proxy.wait_agent(1);
     let public = proxy.tunnels[0];
-    // Warm up with the same pattern, so the frame buffer pool, the spare splice pipe and the
+    // Warm up with the same pattern, so the frame buffer pool, the writer's lane slots and the
     // C library's cache of thread stacks exist before the baseline: they are kept, not leaked,
     // and bounded. (The agent itself keeps glibc to one arena and trims it when the last
     // channel ends, so its resident size follows what it really holds: src/memory.rs.)

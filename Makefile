@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: help build release test test-notls test-packaging lint fmt demo fuzz soak bench bench-peers bench-latency bench-tls-arm install yocto-crates \
+.PHONY: help build release test test-notls test-packaging lint fmt demo capacity fuzz soak bench bench-peers bench-latency bench-tls-arm install yocto-crates \
 	static cross cross-all cross-setup size test-cross clean
 
 help:
@@ -12,6 +12,7 @@ help:
 	@echo "make test-packaging  the Buildroot package and the Yocto layer with Buildroot and BitBake"
 	@echo "make lint     cargo fmt --check and clippy -D warnings"
 	@echo "make demo     build, then show a real tunnel working on loopback"
+	@echo "make capacity meeting-proxy with 1 000 devices and 5 000 public connections: cost of each"
 	@echo "make fuzz     cargo-fuzz on the frame decoder and the reply classifier (FUZZ_TIME=60 s each)"
 	@echo "make soak     mixed traffic with proxy restarts, every byte checked (DURATION=30m)"
 	@echo "make install  binary, init script, systemd unit, example config (DESTDIR=, PREFIX=/usr/local, SYSCONFDIR=/etc)"
@@ -73,6 +74,12 @@ fmt:
 demo:
 	$(CARGO) build --locked --release --bins --example demo
 	./target/release/examples/demo
+
+# meeting-proxy with 1 000 devices and 5 000 public connections (DEVICES=, PUBLIC=):
+# memory, threads and descriptors per device and per connection, into bench/CAPACITY.md.
+capacity:
+	$(CARGO) build --locked --release --bins --example capacity
+	./target/release/examples/capacity
 
 FUZZ_TIME ?= 60
 FUZZ_TARGETS = frame_decoder handshake_reply

@@ -113,7 +113,12 @@ fn main() {
     );
     drop((agent, proxy));
 
-    println!("== 6. The field report: a proxy that closes right after the handshake");
+    println!("== 6. meeting-proxy as a drop-in for the production proxy: every handshake decided");
+    println!("   by the Meeting API, the public port taken from Meeting's tunnel list");
+    let api_back = through_api_proxy(&api, service_port, msg);
+    println!();
+
+    println!("== 7. The field report: a proxy that closes right after the handshake");
     let (bad, bad_log) = start(
         "meeting-proxy",
         &[
@@ -132,11 +137,68 @@ fn main() {
     drop((agent, bad));
     println!("\n    The ERROR line above is what an operator reads: what happened, which device,");
     println!("    what to check. The token never appears in any log line.");
-    std::process::exit(if back == msg && online == "Available" {
+    std::process::exit(if back == msg && api_back && online == "Available" {
         0
     } else {
         1
     });
+}
+
+/// Step 6: a proxy with `--api-url`; Meeting grants a tunnel, the agent is accepted by the
+/// API, `msg` goes through the granted port; then a device Meeting has not authorized is
+/// refused with that reason. Whether `msg` came back.
+fn through_api_proxy(api: &FakeApi, service_port: u16, msg: &[u8]) -> bool {
+    let public = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let list = serde_json::json!({"tunnels": [{"device_key": KEY, "service": "ssh",
+        "port": public, "local_port": service_port, "expires_at": null}]});
+    api.answer("GET", "/api/tunnels", 200, &list.to_string());
+    let ca = api.ca_file.display().to_string();
+    let (proxy, proxy_log) = start(
+        "meeting-proxy",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--api-url",
+            &api.url,
+            "--api-ca-file",
+            &ca,
+            "--public-bind",
+            "127.0.0.1",
+            "--tunnels-interval",
+            "1",
+        ],
+        &[],
+        true,
+    );
+    wait_for(&proxy_log, "tunnel opened");
+    let (agent, agent_log) = agent_for(&proxy_log, service_port, &[]);
+    wait_for(&proxy_log, "authenticated (Meeting API)");
+    wait_for(&agent_log, "tunnel ready");
+    let mut c = TcpStream::connect(("127.0.0.1", public)).expect("connect to the API's port");
+    c.write_all(msg).expect("write");
+    let mut back = vec![0u8; msg.len()];
+    c.read_exact(&mut back).expect("read");
+    drop(c);
+    println!(
+        "    through public port {public} (from GET /api/tunnels): got back {:?}",
+        String::from_utf8_lossy(&back)
+    );
+    drop(agent);
+    let unauthorized = "0123456789ABCDEF0123456789ABCDEF";
+    let record = serde_json::json!({"device_key": unauthorized, "authorized": false});
+    api.answer(
+        "GET",
+        &format!("/api/devices/{unauthorized}"),
+        200,
+        &record.to_string(),
+    );
+    let (other, other_log) = agent_for(&proxy_log, service_port, &["--device-key", unauthorized]);
+    wait_for(&other_log, "reconnecting in");
+    drop((other, proxy));
+    back == msg
 }
 
 /// What the fake Meeting API answers for the device's availability (as a client would ask).

@@ -5,7 +5,7 @@
 //! - [`protocol`]: the wire format, pure (no sockets, no threads);
 //! - [`transport`]: the TCP/TLS connection to the proxy;
 //! - [`uplink`]: the frame-writer thread and the pumps from local sockets into frames;
-//! - `meeting`: the Meeting REST API client;
+//! - [`meeting`]: the Meeting REST API client (the agent's calls and the proxy's);
 //! - [`config`]: where every setting comes from;
 //! - `sshkeys`: Meeting's SSH key, the device key and known_hosts (with the `tls` feature);
 //! - [`agent`]: the agent's roles (session, channels, status, shutdown);
@@ -23,7 +23,7 @@ pub mod check;
 pub mod clock;
 pub mod config;
 pub mod logging;
-mod meeting;
+pub mod meeting;
 pub mod memory;
 pub mod protocol;
 #[cfg(feature = "tls")]

@@ -1,4 +1,5 @@
-//! How the agent asks the C allocator to keep its resident size small and give memory back.
+//! How the binaries ask the C allocator to keep their resident size small and give memory
+//! back, and how meeting-proxy gets the open-file limit it needs for thousands of sockets.
 #![allow(unsafe_code)]
 
 /// Called once at start-up, before any thread: one malloc arena for the whole process.
@@ -27,4 +28,32 @@ pub fn release_free_heap() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Raises the soft limit on open files to the hard limit (the default soft limit, often 1024,
+/// caps a proxy at a few hundred devices); returns the limit now in force.
+pub fn raise_open_files() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; no other precondition.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let want = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own; raising the soft limit up to the hard
+        // one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        lim.rlim_cur = lim.rlim_max;
+    }
+    // rlim_t is 32 bits on some 32-bit targets.
+    #[allow(clippy::useless_conversion)]
+    Ok(u64::from(lim.rlim_cur))
 }

@@ -238,3 +238,64 @@ fn meetings_terminal_logs_in_with_the_key_the_agent_installed() {
     agent.wait_for("SSH keys (known_hosts): wrote 1 host keys", SOON);
     assert!(!agent.output().contains(TOKEN));
 }
+
+/// The drop-in proxy: the device accepted by the (fake) Meeting API and the public port taken
+/// from its tunnel list, then a real ssh session through it.
+#[test]
+fn ssh_through_a_tunnel_the_meeting_api_granted() {
+    if skip_without_openssh("ssh_through_a_tunnel_the_meeting_api_granted") {
+        return;
+    }
+    let dir =
+        Dir(std::env::temp_dir().join(format!("tunnel-agent-ssh-api-{}", std::process::id())));
+    let d = &dir.0;
+    std::fs::create_dir_all(d).unwrap();
+    keygen(&d.join("client"));
+    std::fs::copy(d.join("client.pub"), d.join("authorized_keys")).unwrap();
+    let (_sshd, port) = start_sshd(d, &d.join("authorized_keys"));
+
+    let api = FakeApi::start(&[KEY]);
+    let record = serde_json::json!({"device_key": KEY, "authorized": true,
+                                    "services": ["ssh"], "token_code": TOKEN});
+    api.answer(
+        "GET",
+        &format!("/api/devices/{KEY}"),
+        200,
+        &record.to_string(),
+    );
+    let public = closed_port();
+    let list = serde_json::json!({"tunnels": [{"device_key": KEY, "service": "ssh",
+        "port": public, "local_port": port, "expires_at": null}]});
+    api.answer("GET", "/api/tunnels", 200, &list.to_string());
+    let proxy = Proxy::start(&[
+        "--api-url",
+        &api.url,
+        "--api-ca-file",
+        api.ca_file.to_str().unwrap(),
+        "--public-bind",
+        "127.0.0.1",
+    ]);
+    let allow = port.to_string();
+    let agent = proxy.agent(&["--allow-port", &allow]);
+    proxy.proc.wait_for(
+        &format!(
+            "tunnel opened: device {KEY} service ssh public port {public} -> local port {port}"
+        ),
+        SOON,
+    );
+    proxy.proc.wait_for("authenticated (Meeting API)", SOON);
+    agent.wait_for("tunnel ready", SOON);
+
+    let out = run(Command::new("ssh").args(client_opts(d)).args([
+        "-p",
+        &public.to_string(),
+        "127.0.0.1",
+        "echo through the API tunnel",
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "through the API tunnel"
+    );
+    assert!(agent.count(&format!("open: 127.0.0.1:{port}")) >= 1);
+    assert!(!proxy.proc.output().contains(TOKEN));
+}

@@ -603,6 +603,7 @@ fn api_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Api {
         Ok(DeviceRecord::Found {
             authorized,
             services,
+            ..
         }) => {
             let ssh = services.iter().any(|s| s == "ssh");
             let facts = format!(

@@ -103,8 +103,8 @@ impl fmt::Display for ApiError {
         match self {
             #[cfg(not(feature = "tls"))]
             ApiError::NoClient => f.write_str(
-                "this tunnel-agent was built without TLS, so it cannot ask the Meeting API \
-                 (HTTPS); install a build with TLS",
+                "this binary was built without TLS, so it cannot ask the Meeting API (HTTPS); \
+                 install a build with TLS",
             ),
             ApiError::CaFile { path, why } => write!(
                 f,
@@ -198,6 +198,9 @@ pub enum DeviceRecord {
         authorized: bool,
         /// `services`.
         services: Vec<String>,
+        /// `token_code`, when the record carries a non-empty one: the token the device must
+        /// present. Compare it in constant time; never log it.
+        token_code: Option<String>,
     },
     /// HTTP 404: no such device.
     NotFound,
@@ -213,6 +216,15 @@ impl Client {
             #[cfg(feature = "tls")]
             agent: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Builds the HTTP client now (reading `ca_file`), so that a bad CA file is said at start
+    /// rather than at the first request.
+    pub fn prepare(&self) -> Result<(), ApiError> {
+        #[cfg(feature = "tls")]
+        return self.agent().map(drop);
+        #[cfg(not(feature = "tls"))]
+        Err(ApiError::NoClient)
     }
 
     /// The same client with another bound for each request.
@@ -240,6 +252,19 @@ impl Client {
                 body: printable(body.as_bytes(), 120),
             }),
         }
+    }
+
+    /// The tunnels Meeting has granted (`GET {api}/tunnels`): what the proxy listens on.
+    pub fn tunnels(&self) -> Result<TunnelList, ApiError> {
+        let url = self.url.at("/tunnels");
+        let body = self.text(&url)?;
+        parse_tunnels(&body).ok_or_else(|| ApiError::BadAnswer {
+            url,
+            why: format!(
+                "HTTP 200 but not {{\"tunnels\": [...]}}: \"{}\"",
+                printable(body.as_bytes(), 80)
+            ),
+        })
     }
 
     /// Sends a heartbeat: `Ok` with the server's answer on 200; `ApiError::Status` for any
@@ -429,6 +454,9 @@ fn describe(e: ureq::Error, ca_file: Option<&std::path::Path>) -> String {
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
             Some(tls) => describe(ureq::Error::Rustls(tls.clone()), ca_file),
+            None if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                "connection refused: nothing listens at that address and port".to_owned()
+            }
             None => e.to_string(),
         },
         ureq::Error::Timeout(t) => format!("no answer in time ({t})"),
@@ -503,6 +531,85 @@ fn parse_record(body: &str) -> Option<DeviceRecord> {
                     .collect()
             })
             .unwrap_or_default(),
+        token_code: v
+            .get("token_code")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned),
+    })
+}
+
+/// One entry of `GET {api}/tunnels`: a public port the proxy listens on for a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTunnel {
+    /// `device_key`.
+    pub device_key: String,
+    /// `service` (`ssh`, `http`, ...), for the log.
+    pub service: String,
+    /// `port`: the public port.
+    pub port: u16,
+    /// `local_port`: the port on the device.
+    pub local_port: u16,
+    /// `expires_at` in seconds since the epoch (UTC); `None`: no expiry.
+    pub expires_at: Option<u64>,
+}
+
+/// The answer of `GET {api}/tunnels`: the entries that could be read, and why the others
+/// could not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TunnelList {
+    /// Usable entries.
+    pub tunnels: Vec<ApiTunnel>,
+    /// One sentence per entry left out (index and what is wrong with it).
+    pub skipped: Vec<String>,
+}
+
+/// Reads the body of `GET {api}/tunnels`; `None` when it is not `{"tunnels": [...]}`.
+pub fn parse_tunnels(body: &str) -> Option<TunnelList> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    let entries = v.get("tunnels")?.as_array()?;
+    let mut list = TunnelList::default();
+    for (i, e) in entries.iter().enumerate() {
+        match parse_tunnel(e) {
+            Ok(t) => list.tunnels.push(t),
+            Err(why) => list.skipped.push(format!(
+                "entry {i} ({}): {why}",
+                printable(e.to_string().as_bytes(), 120)
+            )),
+        }
+    }
+    Some(list)
+}
+
+fn parse_tunnel(e: &Value) -> Result<ApiTunnel, String> {
+    let text = |k: &str| -> Result<String, String> {
+        e.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .ok_or(format!("no \"{k}\" text"))
+    };
+    let port = |k: &str| -> Result<u16, String> {
+        e.get(k)
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+            .ok_or(format!("\"{k}\" is not a port number (1-65535)"))
+    };
+    let expires_at = match e.get("expires_at") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(crate::clock::parse_utc(s).ok_or(format!(
+            "\"expires_at\" \"{}\" is not YYYY-MM-DD HH:MM:SS (UTC)",
+            printable(s.as_bytes(), 40)
+        ))?),
+        Some(_) => return Err("\"expires_at\" is neither text nor null".into()),
+    };
+    Ok(ApiTunnel {
+        device_key: text("device_key")?,
+        service: text("service").unwrap_or_else(|_| "?".into()),
+        port: port("port")?,
+        local_port: port("local_port")?,
+        expires_at,
     })
 }
 
@@ -530,6 +637,46 @@ mod tests {
     }
 
     #[test]
+    fn tunnel_list_keeps_good_entries_and_says_why_others_are_left_out() {
+        let body = r#"{"tunnels":[
+            {"device_key":"K1","service":"ssh","port":9055,"local_port":22,"expires_at":null},
+            {"device_key":"K2","service":"http","port":9056,"local_port":80,"expires_at":"2026-02-02 01:57:00"},
+            {"device_key":"K3","port":9057,"local_port":5900},
+            {"device_key":"K4","service":"ssh","port":70000,"local_port":22},
+            {"service":"ssh","port":9058,"local_port":22},
+            {"device_key":"K5","service":"ssh","port":9059,"local_port":22,"expires_at":"tomorrow"},
+            "junk"
+        ]}"#;
+        let list = parse_tunnels(body).unwrap();
+        let t = |k: &str, s: &str, port, local_port, expires_at| ApiTunnel {
+            device_key: k.into(),
+            service: s.into(),
+            port,
+            local_port,
+            expires_at,
+        };
+        assert_eq!(
+            list.tunnels,
+            vec![
+                t("K1", "ssh", 9055, 22, None),
+                t("K2", "http", 9056, 80, Some(1_769_997_420)),
+                t("K3", "?", 9057, 5900, None),
+            ]
+        );
+        assert_eq!(list.skipped.len(), 4, "{:?}", list.skipped);
+        assert!(list.skipped[0].starts_with("entry 3 ") && list.skipped[0].contains("\"port\""));
+        assert!(list.skipped[1].contains("device_key"));
+        assert!(list.skipped[2].contains("tomorrow"));
+        assert_eq!(
+            parse_tunnels(r#"{"tunnels":[]}"#),
+            Some(TunnelList::default())
+        );
+        for bad in ["", "[]", r#"{"tunnels":{}}"#, r#"{"error":"x"}"#, "<html>"] {
+            assert_eq!(parse_tunnels(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn record_fields() {
         assert_eq!(
             parse_record(
@@ -537,9 +684,26 @@ mod tests {
             ),
             Some(DeviceRecord::Found {
                 authorized: true,
-                services: vec!["ssh".into(), "scp".into(), "debug".into()]
+                services: vec!["ssh".into(), "scp".into(), "debug".into()],
+                token_code: None,
             })
         );
+        for (member, expected) in [
+            (r#""token_code":"41e291""#, Some("41e291")),
+            (r#""token_code":"""#, None),
+            (r#""token_code":null"#, None),
+        ] {
+            let body = format!(r#"{{"device_key":"K","authorized":false,{member}}}"#);
+            assert_eq!(
+                parse_record(&body),
+                Some(DeviceRecord::Found {
+                    authorized: false,
+                    services: vec![],
+                    token_code: expected.map(str::to_owned),
+                }),
+                "{body}"
+            );
+        }
         assert_eq!(parse_record("<html>"), None);
         assert_eq!(parse_record("[1]"), None);
     }

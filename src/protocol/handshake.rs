@@ -15,6 +15,11 @@ pub const MAX_REPLY_LINE: usize = 4096;
 /// How many raw reply bytes diagnoses quote.
 const QUOTE: usize = 64;
 
+/// How a refusal's reason begins when the proxy could not decide (meeting-proxy says
+/// `cannot verify the device: Meeting API unreachable (...)`): nothing is wrong with the
+/// device, so the agent retries as after a network failure, not after a refusal.
+pub const UNVERIFIED: &str = "cannot verify the device";
+
 /// The handshake line, exactly as the deployed Python agent writes it:
 /// `{"token": "41e291", "name": "3316A52EB08837267BF6BD3E2B2E8DC7"}` and a newline.
 pub fn handshake_line(token: &str, device_key: &str) -> String {
@@ -100,6 +105,9 @@ impl ReplyError {
     /// Whether this is a refusal (long backoff) or something transient.
     pub fn class(&self) -> FailureClass {
         match self {
+            ReplyError::Refused { reason, .. } if reason.starts_with(UNVERIFIED) => {
+                FailureClass::Transient
+            }
             ReplyError::Refused { .. } | ReplyError::ClosedWithoutReply => FailureClass::Refusal,
             _ => FailureClass::Transient,
         }
@@ -143,6 +151,13 @@ impl ReplyError {
     /// Names the device key, never the token.
     pub fn diagnosis(&self, device_key: &str, proxy: &str) -> String {
         match self {
+            ReplyError::Refused { reason, .. } if reason.starts_with(UNVERIFIED) => format!(
+                "the proxy {proxy} could not verify device {device_key}: \"{}\". The proxy \
+                 could not ask the Meeting API; nothing needs changing on the device, which \
+                 retries soon. If it lasts, the proxy's operator should check its link to the \
+                 Meeting API",
+                printable(reason.as_bytes(), 512)
+            ),
             ReplyError::Refused { reason, code } => {
                 let code = code
                     .as_deref()
@@ -451,6 +466,24 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_proxy_that_cannot_verify_the_device_is_transient_not_a_refusal() {
+        let line = b"{\"error\":\"auth_failed\",\"reason\":\"cannot verify the device: Meeting API unreachable (HTTP 503)\"}\n";
+        let e = classify(line).unwrap_err();
+        assert!(matches!(e, ReplyError::Refused { .. }));
+        assert_eq!(e.class(), FailureClass::Transient);
+        let d = e.diagnosis(KEY, "p:1");
+        assert!(
+            d.contains("could not verify device") && d.contains("HTTP 503"),
+            "{d}"
+        );
+        assert!(!d.contains("token"), "{d}");
+        // The same words elsewhere in a reason do not make a refusal transient.
+        let other =
+            b"{\"status\":\"error\",\"message\":\"wrong token; cannot verify the device\"}\n";
+        assert_eq!(classify(other).unwrap_err().class(), FailureClass::Refusal);
     }
 
     #[test]

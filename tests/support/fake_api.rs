@@ -50,7 +50,7 @@ impl Request {
 pub enum Answer {
     /// This status and JSON body.
     Json(u16, String),
-    /// No answer until [`FakeApi::release`] (or 60 s).
+    /// No answer until [`FakeApi::release`] (or 60 s), then the answer set meanwhile, or 503.
     Hang,
 }
 
@@ -170,7 +170,7 @@ impl FakeApi {
             .insert((method.into(), path.into()), Answer::Hang);
     }
 
-    /// Lets hanging requests go (they get a 503).
+    /// Lets hanging requests go: they get the answer set since [`Self::hang`], else a 503.
     pub fn release(&self) {
         self.lock().released = true;
         self.shared.1.notify_all();
@@ -347,7 +347,11 @@ fn serve(mut req: tiny_http::Request, shared: &Shared) {
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
             }
-            (503, r#"{"error":"released"}"#.to_owned())
+            // Answered as set meanwhile, else 503.
+            match st.answers.get(&(method.clone(), path.clone())) {
+                Some(Answer::Json(status, text)) => (*status, text.clone()),
+                _ => (503, r#"{"error":"released"}"#.to_owned()),
+            }
         }
     };
     drop(st);

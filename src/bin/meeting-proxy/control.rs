@@ -14,6 +14,7 @@ use tunnel_agent::protocol::printable::{printable, trim_ascii};
 use tunnel_agent::transport::Control;
 use tunnel_agent::uplink::writer;
 
+use crate::auth::Auth;
 use crate::registry::{DeviceSession, Registry};
 use crate::settings::{ErrorForm, ReplyMode, Settings};
 
@@ -76,7 +77,7 @@ fn open(sock: TcpStream, tls: &Tls, peer: SocketAddr) -> Option<Control> {
 }
 
 /// Serves one agent connection to its end.
-pub fn serve(sock: TcpStream, settings: &Settings, tls: &Tls, registry: &Registry) {
+pub fn serve(sock: TcpStream, settings: &Settings, tls: &Tls, auth: &Auth, registry: &Registry) {
     let peer = match sock.peer_addr() {
         Ok(p) => p,
         Err(_) => return,
@@ -129,42 +130,40 @@ pub fn serve(sock: TcpStream, settings: &Settings, tls: &Tls, registry: &Registr
             return;
         }
     };
-    let key = hello.name;
-    let decision = match settings.device(&key) {
-        None => Err("unknown device"),
-        Some(d) if d.token != hello.token => Err("wrong token"),
-        Some(d) if !d.authorized => Err("device not authorized"),
-        Some(_) => Ok(()),
-    };
-    match (&decision, settings.reply) {
-        (_, ReplyMode::SilentClose) => {
+    // The key is printed escaped: it comes from the network.
+    let key = printable(hello.name.as_bytes(), 128);
+    let decision = auth.decide(&hello.name, &hello.token);
+    let source = decision.source;
+    match (decision.verdict, settings.reply) {
+        (verdict, ReplyMode::SilentClose) => {
             info!(
-                "device {key} from {peer}: {}; closing without a reply (--reply silent-close)",
-                decision.err().unwrap_or("accepted")
+                "device {key} from {peer}: {} ({source}); closing without a reply \
+                 (--reply silent-close)",
+                verdict.err().map_or("accepted".into(), |r| r.to_string())
             );
             return;
         }
         (Err(why), mode) => {
-            info!("device {key} from {peer} refused: {why}");
+            info!("device {key} from {peer} refused: {why} ({source})");
             if mode == ReplyMode::Normal {
-                let _ = send_line(&mut writer, &refusal(settings.error_form, why));
+                let _ = send_line(&mut writer, &refusal(settings.error_form, &why.to_string()));
             }
             return;
         }
         (Ok(()), ReplyMode::Normal | ReplyMode::None) => {}
     }
+    let key = hello.name;
     let _ = sock.set_read_timeout(None);
     let reply = (settings.reply == ReplyMode::Normal)
         .then(|| json!({"status": "authenticated", "device_key": key}));
-    frames(sock, reader, writer, key, peer, registry, reply);
+    frames(sock, reader, writer, (key, source), peer, registry, reply);
 }
 
-#[allow(clippy::too_many_arguments)]
 fn frames(
     sock: TcpStream,
     reader: BufReader<Box<dyn Read + Send>>,
     mut writer: Box<dyn Write + Send>,
-    key: String,
+    (key, source): (String, &str),
     peer: std::net::SocketAddr,
     registry: &Registry,
     reply: Option<Value>,
@@ -192,7 +191,7 @@ fn frames(
         old.close();
     }
     info!(
-        "device {key} connected from {peer}: authenticated{}",
+        "device {key} connected from {peer}: authenticated ({source}){}",
         if reply.is_some() {
             ""
         } else {

@@ -1,8 +1,11 @@
 //! Public tunnel ports: each accepted connection becomes a stream to a device's local port.
+//! A port can be closed while it runs ([`Gate::close`]): it stops accepting, and its open
+//! connections go on to their end or are cut.
 
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 
 use log::{info, warn};
@@ -13,26 +16,87 @@ use tunnel_agent::uplink::copy::pump_to_frames;
 use crate::registry::Registry;
 use crate::settings::Tunnel;
 
-/// Accepts public connections on `listener` forever.
-pub fn serve(listener: TcpListener, tunnel: Tunnel, registry: Arc<Registry>) {
+/// Stack of a thread serving one public connection or one agent: they hold no big buffer on
+/// the stack (frames live in the heap pool), and thousands of them must fit in a 32-bit
+/// address space.
+pub const THREAD_STACK: usize = 256 * 1024;
+
+/// The open/closed state of one public port and its live connections.
+#[derive(Default)]
+pub struct Gate {
+    closed: AtomicBool,
+    listener: Mutex<Option<TcpListener>>,
+    conns: Mutex<HashMap<u64, Arc<TcpStream>>>,
+    next: AtomicU64,
+}
+
+impl Gate {
+    fn conns(&self) -> MutexGuard<'_, HashMap<u64, Arc<TcpStream>>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops accepting (the port is released once the accept loop sees it), and with `cut`
+    /// shuts the open connections; returns how many were open.
+    pub fn close(&self, cut: bool) -> usize {
+        self.closed.store(true, Ordering::SeqCst);
+        if let Some(l) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            // Shutting a listening socket wakes the thread blocked in accept (Linux).
+            let _ = socket2::SockRef::from(&l).shutdown(Shutdown::Both);
+        }
+        let conns = self.conns();
+        if cut {
+            for c in conns.values() {
+                let _ = c.shutdown(Shutdown::Both);
+            }
+        }
+        conns.len()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+/// Accepts public connections on `listener` until `gate` closes.
+pub fn serve(listener: TcpListener, tunnel: Tunnel, registry: Arc<Registry>, gate: Arc<Gate>) {
+    match listener.try_clone() {
+        Ok(l) => *gate.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(l),
+        Err(e) => warn!(
+            "tunnel {}: cannot keep a handle to stop it later: {e}",
+            tunnel.listen
+        ),
+    }
     let tunnel = Arc::new(tunnel);
     for conn in listener.incoming() {
+        if gate.is_closed() {
+            break;
+        }
         match conn {
             Ok(sock) => {
-                let (t, r) = (tunnel.clone(), registry.clone());
+                let (t, r, g) = (tunnel.clone(), registry.clone(), gate.clone());
                 if let Err(e) = thread::Builder::new()
                     .name("public".into())
-                    .spawn(move || relay(sock, &t, &r))
+                    .stack_size(THREAD_STACK)
+                    .spawn(move || relay(sock, &t, &r, &g))
                 {
                     warn!("cannot start a thread for a public connection: {e}");
                 }
             }
-            Err(e) => warn!("accept on {} failed: {e}", tunnel.listen),
+            Err(e) => {
+                warn!("accept on {} failed: {e}", tunnel.listen);
+                // Out of descriptors or memory: do not spin on it.
+                thread::sleep(std::time::Duration::from_millis(100));
+            }
         }
     }
 }
 
-fn relay(sock: TcpStream, tunnel: &Tunnel, registry: &Registry) {
+fn relay(sock: TcpStream, tunnel: &Tunnel, registry: &Registry, gate: &Gate) {
     let peer = sock
         .peer_addr()
         .map(|a| a.to_string())
@@ -46,11 +110,14 @@ fn relay(sock: TcpStream, tunnel: &Tunnel, registry: &Registry) {
     };
     let _ = sock.set_nodelay(true);
     let sock = Arc::new(sock);
+    let slot = gate.next.fetch_add(1, Ordering::Relaxed);
+    gate.conns().insert(slot, sock.clone());
     let id = session.add_stream(sock.clone());
     // Every frame of the stream on one lane: the open goes before its data, the close after.
     let lane = session.tx.pipelined_lane();
     if lane.send(open_frame(id, tunnel.port)).is_err() {
         session.remove_stream(id);
+        gate.conns().remove(&slot);
         return;
     }
     info!(
@@ -59,6 +126,7 @@ fn relay(sock: TcpStream, tunnel: &Tunnel, registry: &Registry) {
     );
     let sent = AtomicU64::new(0);
     pump_to_frames(&*sock, id, &lane, &[&sent]);
+    gate.conns().remove(&slot);
     // If the stream is still ours, the public side ended it: tell the agent.
     if session.remove_stream(id) {
         let _ = lane.send_last(close_frame(id));

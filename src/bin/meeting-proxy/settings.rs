@@ -78,6 +78,50 @@ pub struct Settings {
     /// PEM private key for `tls_cert`.
     #[serde(default)]
     pub tls_key: Option<std::path::PathBuf>,
+    /// The Meeting API that decides handshakes and lists tunnels (with or without `/api`).
+    #[serde(default)]
+    pub api_url: Option<String>,
+    /// PEM CA bundle for the API's certificate (else the public roots).
+    #[serde(default)]
+    pub api_ca_file: Option<std::path::PathBuf>,
+    /// Bound of one API request, in seconds. Under the agents' handshake timeout (5 s), so a
+    /// slow API still gets every handshake an answer in time.
+    #[serde(default = "api_timeout")]
+    pub api_timeout: f64,
+    /// Seconds between two `GET {api}/tunnels`.
+    #[serde(default = "tunnels_interval")]
+    pub tunnels_interval: f64,
+    /// Address the API's tunnels listen on (their port comes from the API).
+    #[serde(default = "public_bind")]
+    pub public_bind: String,
+    /// Public ports the API may open, `[low, high]`; others are left out with a warning.
+    #[serde(default)]
+    pub public_ports: Option<(u16, u16)>,
+    /// Cut the open connections of a tunnel when it expires or is removed.
+    #[serde(default)]
+    pub close_expired: bool,
+    /// Seconds an accepted handshake's answer is reused.
+    #[serde(default = "cache_accept")]
+    pub cache_accept: f64,
+    /// Seconds a refusal's answer is reused.
+    #[serde(default = "cache_refuse")]
+    pub cache_refuse: f64,
+}
+
+fn api_timeout() -> f64 {
+    3.0
+}
+fn tunnels_interval() -> f64 {
+    5.0
+}
+fn public_bind() -> String {
+    "0.0.0.0".to_owned()
+}
+fn cache_accept() -> f64 {
+    60.0
+}
+fn cache_refuse() -> f64 {
+    5.0
 }
 
 fn default_listen() -> String {
@@ -100,17 +144,61 @@ impl Default for Settings {
             error_form: ErrorForm::Status,
             tls_cert: None,
             tls_key: None,
+            api_url: None,
+            api_ca_file: None,
+            api_timeout: api_timeout(),
+            tunnels_interval: tunnels_interval(),
+            public_bind: public_bind(),
+            public_ports: None,
+            close_expired: false,
+            cache_accept: cache_accept(),
+            cache_refuse: cache_refuse(),
         }
     }
 }
 
 impl Settings {
-    /// The device with this key (ASCII case ignored).
-    pub fn device(&self, key: &str) -> Option<&Device> {
-        self.devices
-            .iter()
-            .find(|d| d.key.eq_ignore_ascii_case(key))
+    /// Checks what serde cannot: durations, the port range, what goes together.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v, min) in [
+            ("api_timeout", self.api_timeout, 0.1),
+            ("tunnels_interval", self.tunnels_interval, 0.1),
+            ("cache_accept", self.cache_accept, 0.0),
+            ("cache_refuse", self.cache_refuse, 0.0),
+        ] {
+            if !(v.is_finite() && (min..=86_400.0).contains(&v)) {
+                return Err(format!(
+                    "{name} {v}: expected seconds between {min} and 86400"
+                ));
+            }
+        }
+        if let Some((lo, hi)) = self.public_ports {
+            if lo == 0 || lo > hi {
+                return Err(format!(
+                    "public_ports {lo}-{hi}: expected LOW-HIGH with 1 <= LOW <= HIGH"
+                ));
+            }
+        }
+        if self.api_url.is_none() && self.api_ca_file.is_some() {
+            return Err("api_ca_file is set but api_url is not".into());
+        }
+        Ok(())
     }
+}
+
+/// Seconds as given on the command line (`5`, `0.5`).
+fn seconds(flag: &str, v: &str) -> Result<f64, String> {
+    v.parse::<f64>()
+        .map_err(|_| format!("{flag} '{v}': expected a number of seconds, e.g. 5 or 0.5"))
+}
+
+fn parse_range(v: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("--public-ports '{v}': expected LOW-HIGH, e.g. 9050-9130");
+    let (lo, hi) = v.split_once('-').ok_or_else(bad)?;
+    Ok((
+        lo.trim().parse().map_err(|_| bad())?,
+        hi.trim().parse().map_err(|_| bad())?,
+    ))
 }
 
 /// Usage text.
@@ -130,16 +218,34 @@ Options:
                              serve TLS on the agent port (PEM certificate chain and key)
   --error-form FORM          status: {\"status\":\"error\",\"message\":..} (default)
                              error:  {\"error\":\"auth_failed\",\"reason\":..}
+
+Meeting API (a drop-in for the production proxy):
+  --api-url URL              decide each handshake with GET URL/devices/KEY (X-Token-Code)
+                             and open the tunnels of GET URL/tunnels; --device entries are
+                             decided locally first
+  --api-ca-file FILE         PEM CA for the API's certificate (default: public roots)
+  --api-timeout SECS         bound of one API request (default 3; agents wait 5 for a reply)
+  --tunnels-interval SECS    how often the tunnel list is fetched (default 5)
+  --public-bind ADDR         address the API's tunnels listen on (default 0.0.0.0)
+  --public-ports LOW-HIGH    ports the API may open (default: any), e.g. 9050-9130
+  --close-expired            cut open connections when their tunnel expires or is removed
+                             (default: they go on until they end)
+  --cache-accept SECS, --cache-refuse SECS
+                             how long an API answer is reused (default 60 and 5)
+
   --config FILE              the same settings as JSON: {\"listen\", \"devices\": [{\"key\",
                              \"token\", \"authorized\"}], \"tunnels\": [{\"listen\", \"device\",
-                             \"port\"}], \"reply\", \"error_form\"}; flags add to it
+                             \"port\"}], \"reply\", \"error_form\", \"tls_cert\", \"tls_key\",
+                             \"api_url\", \"api_ca_file\", \"api_timeout\", \"tunnels_interval\",
+                             \"public_bind\", \"public_ports\": [LOW, HIGH], \"close_expired\",
+                             \"cache_accept\", \"cache_refuse\"}; flags add to it
   -v, -q                     more / less logging
   -h, --help, -V, --version";
 
 /// What the command line asks for.
 pub enum Command {
     /// Serve with these settings and verbosity.
-    Serve(Settings, i32),
+    Serve(Box<Settings>, i32),
     /// Print usage.
     Help,
     /// Print the version.
@@ -174,6 +280,15 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--tls-key" => settings.tls_key = Some(value("--tls-key")?.into()),
             "--device" => settings.devices.push(parse_device(&value("--device")?)?),
             "--tunnel" => settings.tunnels.push(parse_tunnel(&value("--tunnel")?)?),
+            "--api-url" => settings.api_url = Some(value("--api-url")?),
+            "--api-ca-file" => settings.api_ca_file = Some(value("--api-ca-file")?.into()),
+            "--api-timeout" => settings.api_timeout = seconds(arg, &value(arg)?)?,
+            "--tunnels-interval" => settings.tunnels_interval = seconds(arg, &value(arg)?)?,
+            "--cache-accept" => settings.cache_accept = seconds(arg, &value(arg)?)?,
+            "--cache-refuse" => settings.cache_refuse = seconds(arg, &value(arg)?)?,
+            "--public-bind" => settings.public_bind = value("--public-bind")?,
+            "--public-ports" => settings.public_ports = Some(parse_range(&value(arg)?)?),
+            "--close-expired" => settings.close_expired = true,
             "--reply" => {
                 settings.reply = match value("--reply")?.as_str() {
                     "normal" => ReplyMode::Normal,
@@ -200,7 +315,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             other => return Err(format!("unknown argument '{other}'")),
         }
     }
-    Ok(Command::Serve(settings, verbosity))
+    settings.validate()?;
+    Ok(Command::Serve(Box::new(settings), verbosity))
 }
 
 fn load_file(path: &Path) -> Result<Settings, String> {
@@ -239,4 +355,89 @@ fn parse_tunnel(s: &str) -> Result<Tunnel, String> {
         device: device.to_owned(),
         port,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn serve(a: &[&str]) -> Result<Settings, String> {
+        match parse(&args(a))? {
+            Command::Serve(s, _) => Ok(*s),
+            _ => Err("not serve".into()),
+        }
+    }
+
+    #[test]
+    fn api_flags_and_their_json_twins() {
+        let s = serve(&[
+            "--api-url",
+            "https://meeting.example/api",
+            "--api-ca-file",
+            "/etc/ca.pem",
+            "--tunnels-interval",
+            "0.5",
+            "--public-bind",
+            "127.0.0.1",
+            "--public-ports",
+            "9050-9130",
+            "--close-expired",
+            "--cache-accept",
+            "30",
+            "--cache-refuse",
+            "2",
+            "--api-timeout",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(s.api_url.as_deref(), Some("https://meeting.example/api"));
+        assert_eq!(s.public_ports, Some((9050, 9130)));
+        assert!(s.close_expired);
+        assert_eq!(
+            (s.tunnels_interval, s.cache_accept, s.cache_refuse),
+            (0.5, 30.0, 2.0)
+        );
+        let dir = std::env::temp_dir().join(format!("mp-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("proxy.json");
+        std::fs::write(
+            &file,
+            r#"{"api_url": "https://m/api", "api_ca_file": "/ca.pem", "tunnels_interval": 2,
+                "public_bind": "::", "public_ports": [9050, 9130], "close_expired": true}"#,
+        )
+        .unwrap();
+        let s = serve(&["--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(s.api_url.as_deref(), Some("https://m/api"));
+        assert_eq!(
+            (s.public_bind.as_str(), s.public_ports),
+            ("::", Some((9050, 9130)))
+        );
+        assert_eq!((s.tunnels_interval, s.cache_accept), (2.0, 60.0));
+        std::fs::write(
+            &file,
+            r#"{"api_url": "https://m/api", "tunnels_interval": -1}"#,
+        )
+        .unwrap();
+        let e = serve(&["--config", file.to_str().unwrap()]).unwrap_err();
+        assert!(e.contains("tunnels_interval -1"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_api_flags_say_what_is_expected() {
+        for (a, said) in [
+            (&["--public-ports", "9130-9050"][..], "LOW <= HIGH"),
+            (&["--public-ports", "9050"][..], "expected LOW-HIGH"),
+            (&["--tunnels-interval", "soon"][..], "number of seconds"),
+            (&["--cache-refuse", "NaN"][..], "cache_refuse NaN"),
+            (&["--api-ca-file", "/ca.pem"][..], "api_url is not"),
+        ] {
+            let e = serve(a).unwrap_err();
+            assert!(e.contains(said), "{a:?}: {e}");
+        }
+    }
 }

@@ -89,14 +89,24 @@ fn fake_agent(control: String, key: String, ready: mpsc::Sender<Result<(), Strin
     }
 }
 
-/// `n` loopback ports free right now.
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+/// `n` loopback ports free right now, below the ephemeral range (so that no outgoing
+/// connection of this run takes one before the proxy listens on it).
+fn free_ports(n: usize) -> Result<Vec<u16>, String> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let ports: Vec<u16> = (10_000..low)
+        .filter(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .take(n)
         .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
+    if ports.len() < n {
+        return Err(format!(
+            "only {} free ports between 10000 and {low}",
+            ports.len()
+        ));
+    }
+    Ok(ports)
 }
 
 /// Counts log lines containing `pat` until there are `n` of them.
@@ -126,7 +136,7 @@ fn run(devices: usize, public: usize) -> Result<(), String> {
     let keys: Vec<String> = (0..devices).map(|i| format!("CAFE{i:028X}")).collect();
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let api = FakeApi::start(&key_refs);
-    let ports = free_ports(devices);
+    let ports = free_ports(devices)?;
     let tunnels: Vec<_> = keys
         .iter()
         .zip(&ports)

@@ -173,8 +173,18 @@ fn through_api_proxy(api: &FakeApi, service_port: u16, msg: &[u8]) -> bool {
         &[],
         true,
     );
-    wait_for(&proxy_log, "tunnel opened");
-    let (agent, agent_log) = agent_for(&proxy_log, service_port, &[]);
+    // The two lines may come in either order (the tunnel poller is a thread of its own).
+    let mut control = String::new();
+    let mut opened = false;
+    while control.is_empty() || !opened {
+        let line = wait_for(&proxy_log, "");
+        if let Some(i) = line.find("listening for agents on ") {
+            control = first_word(&line[i + "listening for agents on ".len()..]);
+        }
+        opened |= line.contains("tunnel opened");
+    }
+    let (agent, agent_log) = start_agent(&control, KEY, TOKEN, &[service_port], &[], true)
+        .unwrap_or_else(|e| panic!("{e}"));
     wait_for(&proxy_log, "authenticated (Meeting API)");
     wait_for(&agent_log, "tunnel ready");
     let mut c = TcpStream::connect(("127.0.0.1", public)).expect("connect to the API's port");
@@ -195,7 +205,8 @@ fn through_api_proxy(api: &FakeApi, service_port: u16, msg: &[u8]) -> bool {
         200,
         &record.to_string(),
     );
-    let (other, other_log) = agent_for(&proxy_log, service_port, &["--device-key", unauthorized]);
+    let (other, other_log) = start_agent(&control, unauthorized, TOKEN, &[service_port], &[], true)
+        .unwrap_or_else(|e| panic!("{e}"));
     wait_for(&other_log, "reconnecting in");
     drop((other, proxy));
     back == msg

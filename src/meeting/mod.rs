@@ -14,6 +14,11 @@ use serde_json::Value;
 
 use crate::protocol::printable::printable;
 
+/// Largest body taken from one answer: Meeting's records and keys are a few KiB.
+const BODY_LIMIT: u64 = 256 * 1024;
+/// Largest tunnel list taken (about 100 bytes per tunnel: tens of thousands of tunnels).
+const LIST_LIMIT: u64 = 8 * 1024 * 1024;
+
 /// The Meeting API's base, always ending in `/api`, whatever form `api_url` had.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiUrl(String);
@@ -257,7 +262,7 @@ impl Client {
     /// The tunnels Meeting has granted (`GET {api}/tunnels`): what the proxy listens on.
     pub fn tunnels(&self) -> Result<TunnelList, ApiError> {
         let url = self.url.at("/tunnels");
-        let body = self.text(&url)?;
+        let body = self.ok_body("GET", &url, None, LIST_LIMIT)?;
         parse_tunnels(&body).ok_or_else(|| ApiError::BadAnswer {
             url,
             why: format!(
@@ -272,7 +277,7 @@ impl Client {
     pub fn beat(&self, device_key: &str, beat: &Beat) -> Result<BeatAnswer, ApiError> {
         let url = self.url.at(&format!("/devices/{device_key}/online"));
         let body = beat.to_json();
-        let v = json_object(&url, &self.ok_body("POST", &url, Some(&body))?)?;
+        let v = json_object(&url, &self.ok_body("POST", &url, Some(&body), BODY_LIMIT)?)?;
         let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
         Ok(BeatAnswer {
             ip_address: field("ip_address"),
@@ -289,13 +294,19 @@ impl Client {
 
     /// The body of `url` (any URL, e.g. `public_ip_url`) as text, on HTTP 200.
     pub fn text(&self, url: &str) -> Result<String, ApiError> {
-        self.ok_body("GET", url, None)
+        self.ok_body("GET", url, None, BODY_LIMIT)
     }
 
     /// The body of a request answered HTTP 200; any other status is `ApiError::Status` with
     /// the server's words.
-    fn ok_body(&self, method: &str, url: &str, json: Option<&str>) -> Result<String, ApiError> {
-        match self.request(method, url, &[], json)? {
+    fn ok_body(
+        &self,
+        method: &str,
+        url: &str,
+        json: Option<&str>,
+        limit: u64,
+    ) -> Result<String, ApiError> {
+        match self.request(method, url, &[], json, limit)? {
             (200, body) => Ok(body),
             (code, body) => Err(ApiError::Status {
                 url: url.to_owned(),
@@ -338,7 +349,7 @@ impl Client {
                 .collect(),
         )
         .to_string();
-        match self.request("PUT", &url, &[], Some(&body))? {
+        match self.request("PUT", &url, &[], Some(&body), BODY_LIMIT)? {
             (200..=204, _) => Ok(()),
             (code, text) => Err(ApiError::Status {
                 url,
@@ -349,11 +360,11 @@ impl Client {
     }
 
     fn get(&self, url: &str, headers: &[(&str, &str)]) -> Result<(u16, String), ApiError> {
-        self.request("GET", url, headers, None)
+        self.request("GET", url, headers, None, BODY_LIMIT)
     }
 
-    /// One request (`GET`, or `POST`/`PUT` of `json`); the status and the body (at most 256
-    /// KiB), whatever the status.
+    /// One request (`GET`, or `POST`/`PUT` of `json`); the status and the body (at most
+    /// `limit` bytes), whatever the status.
     #[cfg(feature = "tls")]
     fn request(
         &self,
@@ -361,6 +372,7 @@ impl Client {
         url: &str,
         headers: &[(&str, &str)],
         json: Option<&str>,
+        limit: u64,
     ) -> Result<(u16, String), ApiError> {
         let agent = self.agent()?;
         let unreachable = |e: ureq::Error| ApiError::Unreachable {
@@ -386,13 +398,21 @@ impl Client {
             (_, None) => with(agent.get(url), headers).call(),
         };
         let mut resp = result.map_err(unreachable)?;
+        let status = resp.status().as_u16();
         let body = resp
             .body_mut()
             .with_config()
-            .limit(256 * 1024)
+            .limit(limit)
             .read_to_string()
-            .unwrap_or_default();
-        Ok((resp.status().as_u16(), body))
+            .map_err(|e| ApiError::Unreachable {
+                url: url.to_owned(),
+                why: format!(
+                    "HTTP {status}, but its body could not be read (at most {} KiB taken): {}",
+                    limit / 1024,
+                    describe(e, self.ca_file.as_deref())
+                ),
+            })?;
+        Ok((status, body))
     }
 
     #[cfg(not(feature = "tls"))]
@@ -402,6 +422,7 @@ impl Client {
         _url: &str,
         _headers: &[(&str, &str)],
         _json: Option<&str>,
+        _limit: u64,
     ) -> Result<(u16, String), ApiError> {
         Err(ApiError::NoClient)
     }
@@ -423,6 +444,11 @@ impl Client {
             tls = tls.root_certs(RootCerts::new_with_certs(&read_ca(path)?));
         }
         Ok(ureq::Agent::config_builder()
+            // Meeting's answers are small: 16 KiB buffers instead of ureq's 128 KiB each way
+            // keep a burst of requests (a proxy deciding a fleet's handshakes) from leaving
+            // megabytes behind in the allocator.
+            .input_buffer_size(16 * 1024)
+            .output_buffer_size(16 * 1024)
             .timeout_global(Some(self.timeout))
             .http_status_as_error(false)
             .tls_config(tls.build())

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -85,6 +85,8 @@ struct ApiJudge {
     cache: Mutex<HashMap<(String, String), Slot>>,
     answered: Condvar,
     calls: AtomicU64,
+    /// API requests under way: when the last of a burst ends, free memory goes back.
+    asking: AtomicUsize,
 }
 
 enum Slot {
@@ -117,6 +119,7 @@ impl Auth {
                 cache: Mutex::new(HashMap::new()),
                 answered: Condvar::new(),
                 calls: AtomicU64::new(0),
+                asking: AtomicUsize::new(0),
             }),
         }
     }
@@ -201,7 +204,11 @@ impl ApiJudge {
         cache.insert(id.clone(), Slot::Asking);
         drop(cache);
         self.calls.fetch_add(1, Ordering::Relaxed);
+        self.asking.fetch_add(1, Ordering::SeqCst);
         let verdict = judge(self.client.device_record(key, token), token);
+        if self.asking.fetch_sub(1, Ordering::SeqCst) == 1 {
+            tunnel_agent::memory::release_free_heap();
+        }
         let ttl = match verdict {
             Ok(()) => self.accept_ttl,
             Err(_) => self.refuse_ttl,

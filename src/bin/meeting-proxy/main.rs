@@ -40,6 +40,9 @@ fn tls_config(settings: &settings::Settings) -> Result<control::Tls, String> {
 }
 
 fn main() -> ExitCode {
+    // One malloc arena (glibc): thousands of threads would otherwise spread free memory over
+    // many arenas, none of it given back.
+    tunnel_agent::memory::configure();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (settings, verbosity) = match settings::parse(&args) {
         Ok(Command::Serve(s, v)) => (*s, v),
@@ -148,9 +151,13 @@ fn main() -> ExitCode {
     }
     match control.local_addr() {
         Ok(a) => info!(
-            "listening for agents on {a} ({}, reply mode {:?})",
+            "listening for agents on {a} ({}, reply mode {})",
             if tls.is_some() { "TLS" } else { "plain TCP" },
-            settings.reply
+            match settings.reply {
+                settings::ReplyMode::Normal => "normal",
+                settings::ReplyMode::None => "none",
+                settings::ReplyMode::SilentClose => "silent-close",
+            }
         ),
         Err(e) => warn!("listening for agents (address unknown: {e})"),
     }

@@ -17,7 +17,7 @@ use std::thread;
 use std::time::Instant;
 
 use support::fake_api::FakeApi;
-use support::{start, try_wait_for, WAIT};
+use support::{start_api_proxy, try_wait_for, WAIT};
 use tunnel_agent::protocol::frame::{write_frame, Frame, FrameReader, DEFAULT_MAX_FRAME};
 use tunnel_agent::protocol::handshake::handshake_line;
 
@@ -151,24 +151,7 @@ fn run(devices: usize, public: usize) -> Result<(), String> {
         200,
         &serde_json::json!({ "tunnels": tunnels }).to_string(),
     );
-    let ca = api.ca_file.display().to_string();
-    let (proxy, log) = start(
-        "meeting-proxy",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--api-url",
-            &api.url,
-            "--api-ca-file",
-            &ca,
-            "--public-bind",
-            "127.0.0.1",
-            "--tunnels-interval",
-            "1",
-        ],
-        &[],
-        false,
-    );
+    let (proxy, log) = start_api_proxy(&api, false);
     let pid = proxy.0.id();
     let control = try_wait_for(&log, "listening for agents on ")?
         .split_whitespace()

@@ -11,7 +11,7 @@ use std::sync::mpsc::Receiver;
 use std::thread;
 
 use support::fake_api::FakeApi;
-use support::{first_word, start, start_agent, wait_for, Running};
+use support::{first_word, start, start_agent, start_api_proxy, wait_for, Running};
 
 const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
 const TOKEN: &str = "41e291";
@@ -155,24 +155,7 @@ fn through_api_proxy(api: &FakeApi, service_port: u16, msg: &[u8]) -> bool {
     let list = serde_json::json!({"tunnels": [{"device_key": KEY, "service": "ssh",
         "port": public, "local_port": service_port, "expires_at": null}]});
     api.answer("GET", "/api/tunnels", 200, &list.to_string());
-    let ca = api.ca_file.display().to_string();
-    let (proxy, proxy_log) = start(
-        "meeting-proxy",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--api-url",
-            &api.url,
-            "--api-ca-file",
-            &ca,
-            "--public-bind",
-            "127.0.0.1",
-            "--tunnels-interval",
-            "1",
-        ],
-        &[],
-        true,
-    );
+    let (proxy, proxy_log) = start_api_proxy(api, true);
     // The two lines may come in either order (the tunnel poller is a thread of its own).
     let mut control = String::new();
     let mut opened = false;

@@ -85,6 +85,29 @@ pub fn try_start(
     Ok((Running(child), rx))
 }
 
+/// Starts meeting-proxy backed by the fake Meeting API `api`: agents on any free loopback
+/// port, the API's tunnels on 127.0.0.1, the tunnel list fetched every second.
+pub fn start_api_proxy(api: &shared::fake_api::FakeApi, echo: bool) -> (Running, Receiver<String>) {
+    let ca = api.ca_file.display().to_string();
+    start(
+        "meeting-proxy",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--api-url",
+            &api.url,
+            "--api-ca-file",
+            &ca,
+            "--public-bind",
+            "127.0.0.1",
+            "--tunnels-interval",
+            "1",
+        ],
+        &[],
+        echo,
+    )
+}
+
 /// Waits for a log line containing `pat` and returns the text after it.
 pub fn wait_for(rx: &Receiver<String>, pat: &str) -> String {
     try_wait_for(rx, pat).unwrap_or_else(|e| panic!("{e}"))

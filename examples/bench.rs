@@ -609,24 +609,21 @@ fn run(iperf_port: u16, echo: u16, dir: &Path) -> Results {
 
     let mut rss_100 = Err("no tunnel".to_owned());
     let mut setup_ms = Err("no tunnel".to_owned());
-    let ready = |t: Tunnel| -> Res<(Tunnel, u64)> {
-        // Threads before the first channel: the agent's idle count.
-        let threads = support::status_field(t.agent.0.id(), "Threads:");
+    let ready = |t: Tunnel| -> Res<Tunnel> {
         echo_ready(t.public[1])?;
-        settled(t.agent.0.id(), threads)?;
-        Ok((t, threads))
+        settled(t.agent.0.id())?;
+        Ok(t)
     };
     let agent_tunnel = tunnel(&[iperf_port, echo], None).and_then(ready);
     let mut agent = match &agent_tunnel {
-        Ok((t, threads)) => {
-            let threads = *threads;
+        Ok(t) => {
             let pid = t.agent.0.id();
             // Idle: connected, the readiness check's channel closed, before any measurement.
             let idle = rss_kib(pid);
             let cpu = move || cpu_seconds(pid);
             let up = measure(t.public[0], true, Some(&cpu));
             let down = measure(t.public[0], false, Some(&cpu));
-            (rss_100, setup_ms) = match settled(pid, threads) {
+            (rss_100, setup_ms) = match settled(pid) {
                 Ok(()) => hundred_channels(pid, t.public[1]),
                 Err(why) => (Err(why.clone()), Err(why)),
             };
@@ -666,7 +663,7 @@ fn run(iperf_port: u16, echo: u16, dir: &Path) -> Results {
         relay_echo.as_ref().map(|r| r.1).map_err(Clone::clone),
         agent_tunnel
             .as_ref()
-            .map(|t| t.0.public[1])
+            .map(|t| t.public[1])
             .map_err(Clone::clone),
     ];
     paths.extend(
@@ -705,17 +702,18 @@ fn run(iperf_port: u16, echo: u16, dir: &Path) -> Results {
     }
 }
 
-/// Waits until the agent is back to its idle `threads`: the measurements' channels closed.
-fn settled(pid: u32, threads: u64) -> Res<()> {
+/// Waits until the agent has no channel thread left (they are named `channel-<stream>`): the
+/// measurements' channels closed. Counting all threads raced with the frame writer's start.
+fn settled(pid: u32) -> Res<()> {
     let until = Instant::now() + READY;
     loop {
-        let now = support::status_field(pid, "Threads:");
-        if now <= threads {
+        let channels = support::wchans(pid, "channel-").len();
+        if channels == 0 {
             return Ok(());
         }
         if Instant::now() >= until {
             return Err(format!(
-                "the agent still runs {now} threads, {threads} when idle"
+                "the agent still runs {channels} channel thread(s) after the measurement"
             ));
         }
         thread::sleep(Duration::from_millis(20)); // polling /proc: no event marks it

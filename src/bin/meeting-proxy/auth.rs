@@ -179,8 +179,9 @@ impl ApiJudge {
     }
 
     fn decide(&self, key: &str, token: &str) -> Decision {
-        // The token is looked up by hashing, not compared byte by byte in a loop that stops
-        // early; the map never holds more than a few seconds' worth of wrong tokens.
+        // The token is found by its keyed hash (std's SipHash); only an entry whose hash
+        // matches is compared, with plain equality. Refusals age out in seconds, so the map
+        // holds a few seconds' worth of wrong tokens at most.
         let id = (key.to_ascii_uppercase(), token.to_owned());
         let mut cache = self.lock();
         loop {

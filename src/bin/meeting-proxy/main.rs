@@ -119,7 +119,7 @@ fn main() -> ExitCode {
             tunnel.listen, tunnel.device, tunnel.port
         );
         let r = registry.clone();
-        let gate = Arc::new(public::Gate::default());
+        let gate = Arc::new(public::Gate::new(&listener));
         thread::spawn(move || public::serve(listener, tunnel, r, gate));
     }
     let auth = Arc::new(Auth::new(

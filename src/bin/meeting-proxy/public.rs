@@ -24,6 +24,7 @@ pub const THREAD_STACK: usize = 256 * 1024;
 /// The open/closed state of one public port and its live connections.
 #[derive(Default)]
 pub struct Gate {
+    /// Set once closed; the accept loop ends at its next wake-up.
     closed: AtomicBool,
     listener: Mutex<Option<TcpListener>>,
     conns: Mutex<HashMap<u64, Arc<TcpStream>>>,
@@ -57,20 +58,24 @@ impl Gate {
         conns.len()
     }
 
+    /// A gate for `listener`, holding a handle to it so that [`Gate::close`] can stop it
+    /// even before its accept loop has started.
+    pub fn new(listener: &TcpListener) -> Gate {
+        let gate = Gate::default();
+        match listener.try_clone() {
+            Ok(l) => *gate.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(l),
+            Err(e) => warn!("cannot keep a handle to stop a public port later: {e}"),
+        }
+        gate
+    }
+
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
     }
 }
 
-/// Accepts public connections on `listener` until `gate` closes.
+/// Accepts public connections on `listener` until `gate` (made for it) closes.
 pub fn serve(listener: TcpListener, tunnel: Tunnel, registry: Arc<Registry>, gate: Arc<Gate>) {
-    match listener.try_clone() {
-        Ok(l) => *gate.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(l),
-        Err(e) => warn!(
-            "tunnel {}: cannot keep a handle to stop it later: {e}",
-            tunnel.listen
-        ),
-    }
     let tunnel = Arc::new(tunnel);
     for conn in listener.incoming() {
         if gate.is_closed() {

@@ -180,7 +180,7 @@ impl Poller {
             let listen = join(&self.bind, port);
             match TcpListener::bind(&listen) {
                 Ok(listener) => {
-                    let gate = Arc::new(Gate::default());
+                    let gate = Arc::new(Gate::new(&listener));
                     let tunnel = Tunnel {
                         listen: listen.clone(),
                         device: t.device_key.clone(),

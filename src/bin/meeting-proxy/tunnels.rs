@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{error, info, warn};
+use log::{info, log, warn, Level};
 
 use tunnel_agent::clock;
 use tunnel_agent::meeting::{ApiTunnel, Client};
@@ -214,24 +214,27 @@ impl Poller {
             }
         }
         // Each problem is logged once, and again only if it goes away and comes back.
+        let problems =
+            self.skipped
+                .iter()
+                .map(|why| {
+                    (
+                        Level::Warn,
+                        format!("Meeting API tunnel list: {why}; left out"),
+                    )
+                })
+                .chain(
+                    why_not.into_iter().map(|(label, why)| {
+                        (Level::Warn, format!("tunnel left out, {label}: {why}"))
+                    }),
+                )
+                .chain(failed.into_iter().map(|(label, why)| {
+                    (Level::Error, format!("tunnel not opened, {label}: {why}"))
+                }));
         let mut said = HashSet::new();
-        for why in &self.skipped {
-            if !self.said.contains(why) {
-                warn!("Meeting API tunnel list: {why}; left out");
-            }
-            said.insert(why.clone());
-        }
-        for (label, why) in why_not {
-            let line = format!("tunnel left out, {label}: {why}");
+        for (level, line) in problems {
             if !self.said.contains(&line) {
-                warn!("{line}");
-            }
-            said.insert(line);
-        }
-        for (label, why) in failed {
-            let line = format!("tunnel not opened, {label}: {why}");
-            if !self.said.contains(&line) {
-                error!("{line}");
+                log!(level, "{line}");
             }
             said.insert(line);
         }

@@ -2,6 +2,7 @@
 //! reference proxy shares.
 //!
 //! Layers, each importing only those before it:
+//! - [`bytes`]: byte helpers every layer may use (the first bytes read, printable text);
 //! - [`protocol`]: the wire format, pure (no sockets, no threads);
 //! - [`transport`]: the TCP/TLS connection to the proxy;
 //! - [`uplink`]: the frame-writer thread and the pumps from local sockets into frames;
@@ -19,6 +20,7 @@
 
 pub mod agent;
 mod backoff;
+pub mod bytes;
 pub mod check;
 pub mod clock;
 pub mod config;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Buildroot package and the Yocto layer, checked with Buildroot and BitBake themselves
-# (make test-packaging; see the Makefile for what runs and how far). Every check runs or fails:
+# (make test-packaging; see mk/packaging.mk for what runs and how far). Every check runs or fails:
 # nothing here is skipped.
 #
 # Sources: BUILDROOT_SRC, OE_CORE_SRC + BITBAKE_SRC (one oe-core release) when given; else the

@@ -3,7 +3,7 @@
 //! way through [`Channels::deliver`], called by the control loop.
 //!
 //! Down (proxy → local service), the control loop writes each payload straight to the local
-//! socket, waiting at most [`DIRECT_WAIT`] for room. What the socket has not taken by then
+//! socket, waiting at most `DIRECT_WAIT` for room. What the socket has not taken by then
 //! waits in the channel's queue (at most [`QUEUE_MAX`]), which the channel's second thread
 //! (`channel-<id>-d`, started the first time its service falls behind) writes out; so a
 //! service that pauses does not hold the control loop while its queue has room. When the
@@ -410,7 +410,7 @@ impl Channels {
 
     /// `D`: hands `payload` to the stream's local service. What the socket does not take at
     /// once is queued; while the queue is full this waits, looking at `interrupted` every
-    /// [`WAIT_SLICE`]: on [`Interrupt::ProxyGone`] the channel is closed (its bytes cannot be
+    /// `WAIT_SLICE`: on [`Interrupt::ProxyGone`] the channel is closed (its bytes cannot be
     /// delivered any more) and the session goes on reading; [`Interrupt::Stop`] is returned.
     /// Data for an unknown stream is dropped (it happens in every close race).
     pub fn deliver(

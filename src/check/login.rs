@@ -151,7 +151,7 @@ fn ssh_banner(port: u16, timeout: Duration) -> Result<(), String> {
     } else {
         Err(format!(
             "it answers \"{}\", not an SSH banner",
-            crate::protocol::printable::printable(&buf[..n], 40)
+            crate::bytes::printable::printable(&buf[..n], 40)
         ))
     }
 }

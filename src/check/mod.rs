@@ -14,10 +14,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::agent::status::Snapshot;
+use crate::bytes::printable::printable;
+use crate::bytes::recorded::Recorded;
 use crate::config::{self, Config, Flags, SearchPaths};
 use crate::meeting::{self, DeviceRecord};
-use crate::protocol::handshake::{handshake_line, read_reply, Recorded, Reply, ReplyError};
-use crate::protocol::printable::printable;
+use crate::protocol::handshake::{handshake_line, read_reply, Reply, ReplyError};
 use crate::transport::tcp::{connect_any, resolve};
 use crate::transport::{self, Control, TransportError};
 use verdict::{Api, Findings, Handshake, Login, Presence, Reach, Verdict};

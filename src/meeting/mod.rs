@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::protocol::printable::printable;
+use crate::bytes::printable::printable;
 
 /// Largest body taken from one answer: Meeting's records and keys are a few KiB.
 const BODY_LIMIT: u64 = 256 * 1024;

@@ -8,7 +8,7 @@ use std::io::{self, BufRead};
 
 use serde_json::Value;
 
-use super::printable::{printable, trim_ascii};
+use crate::bytes::printable::{printable, trim_ascii};
 
 /// Longest reply line accepted, without its newline.
 pub const MAX_REPLY_LINE: usize = 4096;
@@ -275,44 +275,6 @@ pub fn read_reply<R: BufRead>(r: &mut R) -> Result<Reply, ReplyError> {
     match read_bounded_line(r, MAX_REPLY_LINE).map_err(ReplyError::Io)? {
         BoundedLine::Line(line) | BoundedLine::Partial(line) => classify_line(&line),
         BoundedLine::TooLong(raw) => Err(ReplyError::LineTooLong { raw }),
-    }
-}
-
-/// A reader that keeps a copy of the first bytes it passes on, so a diagnosis can quote
-/// exactly what the peer sent.
-pub struct Recorded<R> {
-    inner: R,
-    seen: Vec<u8>,
-    keep: usize,
-}
-
-impl<R> Recorded<R> {
-    /// Records up to `keep` bytes read through `inner`.
-    pub fn new(inner: R, keep: usize) -> Self {
-        Recorded {
-            inner,
-            seen: Vec::new(),
-            keep,
-        }
-    }
-
-    /// The bytes recorded so far.
-    pub fn seen(&self) -> &[u8] {
-        &self.seen
-    }
-
-    /// The wrapped reader.
-    pub fn get_ref(&self) -> &R {
-        &self.inner
-    }
-}
-
-impl<R: io::Read> io::Read for Recorded<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let room = self.keep.saturating_sub(self.seen.len());
-        self.seen.extend_from_slice(&buf[..n.min(room)]);
-        Ok(n)
     }
 }
 

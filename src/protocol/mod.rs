@@ -6,4 +6,3 @@
 
 pub mod frame;
 pub mod handshake;
-pub mod printable;

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use super::key::{KeyError, PublicKey};
-use crate::protocol::printable::printable;
+use crate::bytes::printable::printable;
 
 /// First line of the block the agent manages in `authorized_keys`.
 pub const BEGIN: &str =

@@ -7,7 +7,7 @@ use std::fmt;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use base64::Engine;
 
-use crate::protocol::printable::printable;
+use crate::bytes::printable::printable;
 
 /// The algorithms accepted, as named on a key line and inside its blob.
 pub const ALGORITHMS: &[&str] = &[

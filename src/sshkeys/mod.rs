@@ -281,7 +281,9 @@ pub fn round(cfg: &Config, client: Option<&Client>, memory: &mut Memory) -> Vec<
     out
 }
 
-/// The login user who gets Meeting's key, `None` when turned off (with why).
+/// The login user who gets Meeting's key: `Ok(Ok(user))`; `Ok(Err(why))` when there is none
+/// to serve (turned off, or the default user does not exist); `Err` when a named user does not
+/// exist.
 pub fn login_user(cfg: &Config) -> Result<Result<User, String>, KeysError> {
     match &cfg.ssh.user {
         Choice::Off => Ok(Err("meeting_ssh_user is empty".into())),

@@ -18,8 +18,8 @@ use rustls::{CertificateError, ClientConfig, ClientConnection, Connection, RootC
 use rustls::{ServerConfig, ServerConnection};
 
 use super::{Control, TlsInfo};
-use crate::protocol::handshake::Recorded;
-use crate::protocol::printable::printable;
+use crate::bytes::printable::printable;
+use crate::bytes::recorded::Recorded;
 
 /// Why a TLS session could not be set up.
 #[derive(Debug)]

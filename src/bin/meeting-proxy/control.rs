@@ -8,9 +8,9 @@ use std::time::Duration;
 use log::{info, warn};
 use serde_json::{json, Value};
 
+use tunnel_agent::bytes::printable::{printable, trim_ascii};
 use tunnel_agent::protocol::frame::{printable_type, Frame, FrameReader, DEFAULT_MAX_FRAME};
 use tunnel_agent::protocol::handshake::{read_bounded_line, BoundedLine, MAX_REPLY_LINE};
-use tunnel_agent::protocol::printable::{printable, trim_ascii};
 use tunnel_agent::transport::Control;
 use tunnel_agent::uplink::writer;
 

@@ -13,7 +13,7 @@ help:
 	@echo "make release  optimised build (target/release)"
 	@echo "make test     the whole suite: unit, end-to-end, real sshd, TLS, a build without TLS"
 	@echo "make test-packaging  the Buildroot package and the Yocto layer with Buildroot and BitBake"
-	@echo "make lint     cargo fmt --check and clippy -D warnings"
+	@echo "make lint     cargo fmt --check, clippy -D warnings and cargo doc without warnings"
 	@echo "make demo     build, then show a real tunnel working on loopback"
 	@echo "make capacity meeting-proxy with 1 000 devices and 5 000 public connections: cost of each"
 	@echo "make fuzz     cargo-fuzz on the frame decoder and the reply classifier (FUZZ_TIME=60 s each)"
@@ -51,6 +51,7 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) clippy --locked --no-default-features --lib --bins --target-dir target/notls -- -D warnings
+	RUSTDOCFLAGS='-D warnings' $(CARGO) doc --locked --no-deps
 
 fmt:
 	$(CARGO) fmt

@@ -17,8 +17,8 @@ use super::status::{Presence, Status};
 use super::Live;
 use crate::backoff::{Backoff, Jitter};
 use crate::clock;
-use crate::config::{Config, Heartbeat};
-use crate::meeting::{ApiError, ApiUrl, Beat, Client};
+use crate::config::{Api, Config, Heartbeat};
+use crate::meeting::{ApiError, Beat, Client};
 
 /// How often the LAN address is looked at between beats.
 const LAN_CHECK: Duration = Duration::from_secs(5);
@@ -114,6 +114,7 @@ pub fn spawn(live: Arc<Live>, status: Arc<Status>) -> std::io::Result<JoinHandle
 struct Heart {
     key: String,
     hb: Heartbeat,
+    api: Api,
     client: Option<Client>,
     backoff: Backoff,
     jitter: Jitter,
@@ -127,13 +128,7 @@ struct Heart {
 impl Heart {
     fn new(cfg: &Config) -> Heart {
         let hb = cfg.heartbeat.clone();
-        let client = hb.api.as_ref().map(|api| {
-            Client::new(
-                ApiUrl::new(&api.value),
-                hb.ca_file.clone(),
-                REQUEST_TIMEOUT.min(hb.interval),
-            )
-        });
+        let client = cfg.api.client(REQUEST_TIMEOUT.min(hb.interval));
         Heart {
             key: cfg.device_key.value.clone(),
             // 5 s doubling, never slower than the interval; a success resets the sequence
@@ -145,6 +140,7 @@ impl Heart {
                 Duration::ZERO,
             ),
             hb,
+            api: cfg.api.clone(),
             client,
             jitter: Jitter::from_entropy(),
             failures: 0,
@@ -208,7 +204,8 @@ impl Heart {
                 }
                 Wake::Reloaded => {
                     let cfg = live.get();
-                    if cfg.heartbeat != self.hb || cfg.device_key.value != self.key {
+                    if cfg.heartbeat != self.hb || cfg.api != self.api || cfg.device_key.value != self.key
+                    {
                         info!("SIGHUP: heartbeat settings changed; applying them now");
                         self = Heart::new(&cfg);
                         self.announce(status);

@@ -143,13 +143,16 @@ pub fn run(
         Err(e) => {
             // What was there, so the operator sees what was fine next to what is missing.
             let found = config::found(flags, env, paths).unwrap_or_default();
-            let value = |k: &str| found.iter().find(|f| f.key == k).map(|f| f.value.clone());
-            facts.device_key = value("device_key");
-            facts.token_masked = value("token_code");
+            let given = |s: &config::Spec| found.iter().find(|f| f.key == s.key);
+            let value = |s: &config::Spec| {
+                given(s).map_or(s.default_text().to_owned(), |f| f.value.clone())
+            };
+            facts.device_key = given(&config::DEVICE_KEY.spec).map(|f| f.value.clone());
+            facts.token_masked = given(&config::TOKEN_CODE.spec).map(|f| f.value.clone());
             facts.proxy = Some(format!(
                 "{}:{}",
-                value("tunnel_host").unwrap_or_else(|| config::DEFAULT_HOST.to_owned()),
-                value("tunnel_port").unwrap_or_else(|| config::DEFAULT_PORT.to_string())
+                value(&config::TUNNEL_HOST.spec),
+                value(&config::TUNNEL_PORT.spec)
             ));
             let shown = if found.is_empty() {
                 "nothing was found in any of those places".to_owned()
@@ -271,7 +274,8 @@ fn config_step(cfg: &Config, t: Instant) -> Step {
         hint = Some(format!("chmod 600 {}", path.display()));
     }
     let api = cfg
-        .api_url
+        .api
+        .url
         .as_ref()
         .map(|u| format!("{} ({})", u.value, u.source))
         .unwrap_or_else(|| "not set".into());
@@ -587,17 +591,12 @@ fn handshake_step(
 }
 
 fn api_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Api {
-    let Some(url) = &cfg.api_url else {
+    let Some(client) = cfg.api.client(opts.timeout) else {
         steps.push(skipped("api", "api_url not configured"));
         return Api::Unknown;
     };
     let t = Instant::now();
     let key = &cfg.device_key.value;
-    let client = meeting::Client::new(
-        meeting::ApiUrl::new(&url.value),
-        cfg.heartbeat.ca_file.clone(),
-        opts.timeout,
-    );
     let full = client.url.device(key);
     let record = client.device_record(key, cfg.token.value.expose());
     let (status, detail, hint, api) = match record {
@@ -654,7 +653,7 @@ fn api_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Api {
 /// running agent's status file says of its heartbeats.
 fn presence_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Presence {
     let hb = &cfg.heartbeat;
-    let Some(api) = &hb.api else {
+    let Some(client) = cfg.api.client(opts.timeout) else {
         steps.push(skipped(
             "presence",
             "no Meeting API configured (api_url): presence not checked",
@@ -663,11 +662,6 @@ fn presence_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Presenc
     };
     let t = Instant::now();
     let key = &cfg.device_key.value;
-    let client = meeting::Client::new(
-        meeting::ApiUrl::new(&api.value),
-        hb.ca_file.clone(),
-        opts.timeout,
-    );
     let agent = running_agent(cfg);
     let ours = match (&hb.off, &agent) {
         (Some(why), _) => {

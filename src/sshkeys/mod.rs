@@ -19,7 +19,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::config::{Choice, Config};
-use crate::meeting::{ApiError, ApiUrl, Client};
+use crate::meeting::{ApiError, Client};
 use fs::{FsError, Owner, SafeDir};
 use key::{KeyError, PublicKey};
 use users::User;
@@ -208,12 +208,7 @@ pub struct Memory {
 
 /// The API client for the key work, when an API is configured.
 pub fn client(cfg: &Config) -> Option<Client> {
-    let api = cfg.heartbeat.api.as_ref()?;
-    Some(Client::new(
-        ApiUrl::new(&api.value),
-        cfg.heartbeat.ca_file.clone(),
-        std::time::Duration::from_secs(15),
-    ))
+    cfg.api.client(std::time::Duration::from_secs(15))
 }
 
 /// One round of the key work: Meeting's key, the device key, known_hosts.

@@ -12,11 +12,12 @@ pub struct Device {
     /// Token code.
     pub token: String,
     /// Whether the device may open tunnels.
-    #[serde(default = "yes")]
+    #[serde(default = "authorized_by_default")]
     pub authorized: bool,
 }
 
-fn yes() -> bool {
+/// A listed device is authorized unless it says otherwise.
+fn authorized_by_default() -> bool {
     true
 }
 
@@ -53,91 +54,50 @@ pub enum ErrorForm {
     Error,
 }
 
-/// Everything the proxy runs with.
+/// Everything the proxy runs with. A member missing from the JSON file takes its value from
+/// [`Settings::default`], where each default is written once.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Where agents connect.
-    #[serde(default = "default_listen")]
     pub listen: String,
     /// Accepted devices.
-    #[serde(default)]
     pub devices: Vec<Device>,
     /// Public tunnels.
-    #[serde(default)]
     pub tunnels: Vec<Tunnel>,
     /// Reply mode.
-    #[serde(default = "normal")]
     pub reply: ReplyMode,
     /// Refusal form.
-    #[serde(default = "status")]
     pub error_form: ErrorForm,
     /// PEM certificate chain: serve TLS on the agent port.
-    #[serde(default)]
     pub tls_cert: Option<std::path::PathBuf>,
     /// PEM private key for `tls_cert`.
-    #[serde(default)]
     pub tls_key: Option<std::path::PathBuf>,
     /// The Meeting API that decides handshakes and lists tunnels (with or without `/api`).
-    #[serde(default)]
     pub api_url: Option<String>,
     /// PEM CA bundle for the API's certificate (else the public roots).
-    #[serde(default)]
     pub api_ca_file: Option<std::path::PathBuf>,
     /// Bound of one API request, in seconds. Under the agents' handshake timeout (5 s), so a
     /// slow API still gets every handshake an answer in time.
-    #[serde(default = "api_timeout")]
     pub api_timeout: f64,
     /// Seconds between two `GET {api}/tunnels`.
-    #[serde(default = "tunnels_interval")]
     pub tunnels_interval: f64,
     /// Address the API's tunnels listen on (their port comes from the API).
-    #[serde(default = "public_bind")]
     pub public_bind: String,
     /// Public ports the API may open, `[low, high]`; others are left out with a warning.
-    #[serde(default)]
     pub public_ports: Option<(u16, u16)>,
     /// Cut the open connections of a tunnel when it expires or is removed.
-    #[serde(default)]
     pub close_expired: bool,
     /// Seconds an accepted handshake's answer is reused.
-    #[serde(default = "cache_accept")]
     pub cache_accept: f64,
     /// Seconds a refusal's answer is reused.
-    #[serde(default = "cache_refuse")]
     pub cache_refuse: f64,
-}
-
-fn api_timeout() -> f64 {
-    3.0
-}
-fn tunnels_interval() -> f64 {
-    5.0
-}
-fn public_bind() -> String {
-    "0.0.0.0".to_owned()
-}
-fn cache_accept() -> f64 {
-    60.0
-}
-fn cache_refuse() -> f64 {
-    5.0
-}
-
-fn default_listen() -> String {
-    "127.0.0.1:9001".to_owned()
-}
-fn normal() -> ReplyMode {
-    ReplyMode::Normal
-}
-fn status() -> ErrorForm {
-    ErrorForm::Status
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            listen: default_listen(),
+            listen: "127.0.0.1:9001".to_owned(),
             devices: Vec::new(),
             tunnels: Vec::new(),
             reply: ReplyMode::Normal,
@@ -146,13 +106,13 @@ impl Default for Settings {
             tls_key: None,
             api_url: None,
             api_ca_file: None,
-            api_timeout: api_timeout(),
-            tunnels_interval: tunnels_interval(),
-            public_bind: public_bind(),
+            api_timeout: 3.0,
+            tunnels_interval: 5.0,
+            public_bind: "0.0.0.0".to_owned(),
             public_ports: None,
             close_expired: false,
-            cache_accept: cache_accept(),
-            cache_refuse: cache_refuse(),
+            cache_accept: 60.0,
+            cache_refuse: 5.0,
         }
     }
 }

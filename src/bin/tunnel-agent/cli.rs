@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tunnel_agent::config::{self, parse_secs, Flags, Source};
+use tunnel_agent::config::{self, Flags};
 
 /// How `check` prints its result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,8 +256,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--report" if check => format = Format::Report,
             "--handshake" if check => handshake = true,
             "--timeout" if check => {
-                timeout = parse_secs("--timeout", &value(name)?, &Source::Flag("--timeout"))
-                    .map_err(|e| e.to_string())?
+                timeout = config::seconds(value(name)?.trim())
+                    .map_err(|why| format!("invalid --timeout: {why}"))?
             }
             "--token" | "--token-code" => {
                 return Err(
@@ -268,8 +268,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 )
             }
             other => match config::setting_of_flag(other) {
-                Some(s) if s.arg.is_empty() => flags.set(s.key, "true"),
-                Some(s) => flags.set(s.key, value(name)?),
+                Some(s) if s.arg.is_empty() => flags.set_spec(s, "true"),
+                Some(s) => flags.set_spec(s, value(name)?),
                 None => return Err(format!("unknown argument '{other}'")),
             },
         }
@@ -303,9 +303,9 @@ mod tests {
         )) else {
             panic!()
         };
-        assert_eq!(flags.get("tunnel_host"), Some("h"));
-        assert_eq!(flags.get("tunnel_port"), Some("9100"));
-        assert_eq!(flags.get("device_key"), Some("K"));
+        assert_eq!(flags.given(&config::TUNNEL_HOST.spec).last().copied(), Some("h"));
+        assert_eq!(flags.given(&config::TUNNEL_PORT.spec).last().copied(), Some("9100"));
+        assert_eq!(flags.given(&config::DEVICE_KEY.spec).last().copied(), Some("K"));
         assert_eq!(
             flags.config.as_deref(),
             Some(std::path::Path::new("/c.json"))
@@ -327,7 +327,7 @@ mod tests {
         assert_eq!(
             parse(&args("keys --meeting-ssh-user device -v")).unwrap(),
             Command::Keys {
-                flags: Flags::default().with("meeting_ssh_user", "device"),
+                flags: Flags::default().with(&config::MEETING_SSH_USER, "device"),
                 verbosity: 1
             }
         );
@@ -349,7 +349,7 @@ mod tests {
         assert!(handshake);
         assert_eq!(format, Format::Json);
         assert_eq!(timeout, Duration::from_millis(2500));
-        assert_eq!(flags.all("allowed_ports"), vec!["2222"]);
+        assert_eq!(flags.given(&config::ALLOWED_PORTS.spec), vec!["2222"]);
         assert!(parse(&args("--json")).is_err(), "--json belongs to check");
         assert!(parse(&args("check --timeout x"))
             .unwrap_err()
@@ -425,7 +425,7 @@ mod usage_tests {
             let Ok(Command::Run { flags, .. }) = parse(&args) else {
                 panic!("{flag} does not parse")
             };
-            assert!(flags.get(s.key).is_some(), "{flag} sets nothing");
+            assert!(!flags.given(s).is_empty(), "{flag} sets nothing");
         }
     }
 }

@@ -1,0 +1,820 @@
+//! Agent configuration: command-line flags, then environment, then a JSON file, then defaults;
+//! every value remembers where it came from. The settings themselves are declared once, in
+//! [`settings`]; this module finds their values and builds the [`Config`] the roles read.
+
+mod settings;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+pub use crate::transport::tcp::Keepalive;
+pub use settings::*;
+
+/// Shortest heartbeat (and key round) interval accepted.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Configuration files tried in order when `--config` is not given.
+pub const DEFAULT_CONFIG_FILES: &[&str] =
+    &["/etc/tunnel-agent/config.json", "/etc/rpi-cam/meeting.json"];
+/// Last place a device key is looked for.
+pub const DEFAULT_DEVICE_INFO: &str = "/etc/meeting/device_info.json";
+
+/// Where a configuration value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A command-line flag, e.g. `--host`.
+    Flag(&'static str),
+    /// An environment variable, e.g. `MEETING_TOKEN`.
+    Env(&'static str),
+    /// A key in a JSON file.
+    File(PathBuf),
+    /// The built-in default.
+    Default,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Flag(name) => write!(f, "flag {name}"),
+            Source::Env(name) => write!(f, "environment {name}"),
+            Source::File(path) => write!(f, "file {}", path.display()),
+            Source::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// A value and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sourced<T> {
+    /// The value.
+    pub value: T,
+    /// Its origin.
+    pub source: Source,
+}
+
+impl<T> Sourced<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Sourced<U> {
+        Sourced {
+            value: f(self.value),
+            source: self.source,
+        }
+    }
+}
+
+/// A token: never printed, only masked (`41****`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a token.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The token itself, for the handshake only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The first two characters then `****`: enough to tell two tokens apart, not to use one.
+    pub fn masked(&self) -> String {
+        let head: String = self.0.chars().take(2).collect();
+        format!("{head}****")
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({})", self.masked())
+    }
+}
+
+/// Settings given on the command line.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Flags {
+    /// `--config FILE`.
+    pub config: Option<PathBuf>,
+    /// (setting key, value) in command-line order; a switch has the value `true`.
+    values: Vec<(&'static str, String)>,
+}
+
+impl Flags {
+    /// Records `value` for `setting`.
+    pub fn set<T>(&mut self, setting: &'static Setting<T>, value: impl Into<String>) {
+        self.set_spec(&setting.spec, value);
+    }
+
+    /// Records `value` for the setting `spec` describes (the command-line parser, which finds
+    /// it by flag).
+    pub fn set_spec(&mut self, spec: &'static Spec, value: impl Into<String>) {
+        self.values.push((spec.key, value.into()));
+    }
+
+    /// The same, by value (for tests and callers that build flags in one expression).
+    pub fn with<T>(mut self, setting: &'static Setting<T>, value: impl Into<String>) -> Self {
+        self.set(setting, value);
+        self
+    }
+
+    /// Every value given for the setting `spec`, in order (a list's flag repeats).
+    pub fn given(&self, spec: &Spec) -> Vec<&str> {
+        self.values
+            .iter()
+            .filter(|(k, _)| *k == spec.key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// Where the files are looked for; tests point these elsewhere.
+#[derive(Debug, Clone)]
+pub struct SearchPaths {
+    /// Configuration files tried in order when `--config` is not given.
+    pub config_files: Vec<PathBuf>,
+    /// File holding only `device_key`, the last resort.
+    pub device_info: PathBuf,
+}
+
+impl Default for SearchPaths {
+    fn default() -> Self {
+        SearchPaths {
+            config_files: DEFAULT_CONFIG_FILES.iter().map(PathBuf::from).collect(),
+            device_info: PathBuf::from(DEFAULT_DEVICE_INFO),
+        }
+    }
+}
+
+/// The agent's resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Device key (32 hex characters in the field); may be logged.
+    pub device_key: Sourced<String>,
+    /// Token code; never logged.
+    pub token: Sourced<Secret>,
+    /// Proxy host.
+    pub host: Sourced<String>,
+    /// Proxy control port.
+    pub port: Sourced<u16>,
+    /// TLS to the proxy.
+    pub tls: Sourced<bool>,
+    /// The Meeting REST API: presence, keys and `check` reach it through this.
+    pub api: Api,
+    /// Meeting presence.
+    pub heartbeat: Heartbeat,
+    /// SSH keys: Meeting's key, the device key, known_hosts.
+    pub ssh: SshKeys,
+    /// How long to wait for the proxy's handshake reply before assuming an older proxy.
+    pub handshake_timeout: Duration,
+    /// How long a local connection (e.g. to sshd) may take before the channel is closed.
+    pub connect_timeout: Duration,
+    /// How long a local service may take no data from the proxy before its channel is closed.
+    pub local_write_timeout: Duration,
+    /// Local ports the proxy may ask for (default `[22]`).
+    pub allowed_ports: Sourced<Vec<u16>>,
+    /// PEM CA bundle trusted instead of the public roots.
+    pub ca_file: Option<Sourced<PathBuf>>,
+    /// Name checked in the proxy's certificate (default: the host).
+    pub tls_server_name: Sourced<String>,
+    /// Most channels open at once.
+    pub max_channels: usize,
+    /// Largest frame payload accepted from the proxy.
+    pub max_frame: u32,
+    /// Dead-link detection on the control socket.
+    pub keepalive: Keepalive,
+    /// Where the status file is written (`None`: not written).
+    pub status_file: Option<PathBuf>,
+    /// Log to this syslog socket instead of stderr (`None`: stderr).
+    pub syslog: Option<PathBuf>,
+    /// The configuration file that was read, if any.
+    pub file: Option<PathBuf>,
+}
+
+impl Config {
+    /// `host:port` of the proxy.
+    pub fn proxy_addr(&self) -> String {
+        format!("{}:{}", self.host.value, self.port.value)
+    }
+
+    /// The configuration file that holds the token, with its permission bits, when group or
+    /// others may read it.
+    pub fn token_file_exposure(&self) -> Option<(PathBuf, u32)> {
+        use std::os::unix::fs::PermissionsExt;
+        let Source::File(path) = &self.token.source else {
+            return None;
+        };
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then(|| (path.clone(), mode))
+    }
+
+    /// The TLS to speak to the proxy (`None`: plain TCP).
+    pub fn tls_target(&self) -> Option<crate::transport::TlsTarget<'_>> {
+        self.tls.value.then(|| crate::transport::TlsTarget {
+            server_name: &self.tls_server_name.value,
+            ca_file: self.ca_file.as_ref().map(|c| c.value.as_path()),
+        })
+    }
+
+    /// Whether the device key has the expected form (32 hexadecimal characters).
+    pub fn device_key_well_formed(&self) -> bool {
+        let k = &self.device_key.value;
+        k.len() == 32 && k.bytes().all(|b| b.is_ascii_hexdigit())
+    }
+}
+
+/// The Meeting REST API's settings, one struct for every caller: presence, the key work and
+/// `check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Api {
+    /// `api_url`, or the production API for the production proxy host; `None`: no API.
+    pub url: Option<Sourced<String>>,
+    /// CA bundle for the API: `api_ca_file`, else `ca_file`; `None`: the public roots.
+    pub ca_file: Option<Sourced<PathBuf>>,
+}
+
+impl Api {
+    /// A client for the API with `timeout` per request, when an API is configured.
+    pub fn client(&self, timeout: Duration) -> Option<crate::meeting::Client> {
+        let url = self.url.as_ref()?;
+        Some(crate::meeting::Client::new(
+            crate::meeting::ApiUrl::new(&url.value),
+            self.ca_file.as_ref().map(|c| c.value.clone()),
+            timeout,
+        ))
+    }
+}
+
+/// Meeting presence: the heartbeat's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// `Some(why)` when no heartbeat is sent.
+    pub off: Option<String>,
+    /// Time between beats.
+    pub interval: Duration,
+    /// Time between beats while the server answers 404, 401 or 403.
+    pub retry_unregistered: Duration,
+    /// The `note` member.
+    pub note: String,
+    /// URL answering the public address, when configured.
+    pub public_ip_url: Option<String>,
+}
+
+/// The SSH key work's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshKeys {
+    /// `Some(why)` when none of it is done (`ssh_keys` false).
+    pub off: Option<String>,
+    /// `meeting_ssh_user`.
+    pub user: Choice<String>,
+    /// `authorized_keys_file`.
+    pub authorized_keys_file: Option<PathBuf>,
+    /// `meeting_key_fingerprint`, as given.
+    pub pin: Option<String>,
+    /// `meeting_key_from` (`None`: no `from=` option).
+    pub from: Option<String>,
+    /// Time between two rounds.
+    pub interval: Duration,
+    /// `device_ssh_key` (`None`: off).
+    pub device_key: Option<PathBuf>,
+    /// `generate_device_key`.
+    pub generate: bool,
+    /// `known_hosts_file`.
+    pub known_hosts: Choice<PathBuf>,
+    /// `state_dir`.
+    pub state_dir: PathBuf,
+    /// `ssh_port`.
+    pub ssh_port: u16,
+}
+
+/// Why the configuration cannot be used. The agent exits with status 2 on any of these.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// A required value was found nowhere; `looked` lists every place tried.
+    Missing {
+        /// Which value.
+        what: &'static str,
+        /// Every place that was looked at, with what was found there.
+        looked: Vec<String>,
+    },
+    /// A file could not be read.
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        err: std::io::Error,
+    },
+    /// A file is not valid JSON.
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        column: usize,
+        /// What the parser said.
+        msg: String,
+    },
+    /// TLS is asked for but this build has none.
+    TlsUnavailable {
+        /// Where TLS was asked for.
+        source: Source,
+    },
+    /// A value has the wrong form.
+    Invalid {
+        /// Which setting.
+        what: &'static str,
+        /// Where it came from.
+        source: Source,
+        /// What is wrong and what is expected.
+        why: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Missing { what, looked } => {
+                write!(
+                    f,
+                    "no {what} configured. Looked in, highest priority first:"
+                )?;
+                for place in looked {
+                    write!(f, "\n  - {place}")?;
+                }
+                Ok(())
+            }
+            ConfigError::Unreadable { path, err } => {
+                write!(
+                    f,
+                    "cannot read configuration file {}: {err}",
+                    path.display()
+                )
+            }
+            ConfigError::Malformed {
+                path,
+                line,
+                column,
+                msg,
+            } => write!(
+                f,
+                "configuration file {}:{line}:{column} is not valid JSON: {msg}",
+                path.display()
+            ),
+            ConfigError::TlsUnavailable { source } => write!(
+                f,
+                "TLS is requested ({source}) but this tunnel-agent was built without the tls \
+                 feature; install a build with TLS, or set tunnel_ssl to false if the proxy \
+                 port is plain TCP"
+            ),
+            ConfigError::Invalid { what, source, why } => {
+                write!(f, "invalid {what} (from {source}): {why}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Unreadable { err, .. } => Some(err),
+            _ => None,
+        }
+    }
+}
+
+/// The keys of a configuration file, as deployed devices have them (docs/protocol.md, section 6).
+/// Unknown keys are ignored.
+struct FileValues {
+    path: PathBuf,
+    map: Map<String, Value>,
+}
+
+impl FileValues {
+    fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Unreadable {
+            path: path.to_owned(),
+            err,
+        })?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| ConfigError::Malformed {
+            path: path.to_owned(),
+            line: e.line(),
+            column: e.column(),
+            msg: e.to_string(),
+        })?;
+        match value {
+            Value::Object(map) => Ok(FileValues {
+                path: path.to_owned(),
+                map,
+            }),
+            other => Err(ConfigError::Malformed {
+                path: path.to_owned(),
+                line: 1,
+                column: 1,
+                msg: format!(
+                    "expected a JSON object {{...}}, found {}",
+                    json_kind(&other)
+                ),
+            }),
+        }
+    }
+
+    fn source(&self) -> Source {
+        Source::File(self.path.clone())
+    }
+
+    /// The member `spec` names, as text: numbers and booleans turned into text, a list's
+    /// array joined with commas. `null` counts as absent.
+    fn text(&self, spec: &Spec) -> Result<Option<String>, ConfigError> {
+        let invalid = |why: String| ConfigError::Invalid {
+            what: spec.key,
+            source: self.source(),
+            why,
+        };
+        fn scalar(v: &Value) -> Result<String, &Value> {
+            match v {
+                Value::String(s) => Ok(s.clone()),
+                Value::Number(n) => Ok(n.to_string()),
+                Value::Bool(b) => Ok(b.to_string()),
+                other => Err(other),
+            }
+        }
+        match (self.map.get(spec.key), spec.list) {
+            (None | Some(Value::Null), _) => Ok(None),
+            (Some(Value::Array(items)), true) => items
+                .iter()
+                .map(|v| {
+                    scalar(v).map_err(|other| {
+                        invalid(format!(
+                            "expected a list of values, found {} in it",
+                            json_kind(other)
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|v| Some(v.join(","))),
+            (Some(other), true) => Err(invalid(format!(
+                "expected a list like [22, 5900], found {}",
+                json_kind(other)
+            ))),
+            (Some(v), false) => scalar(v).map(Some).map_err(|other| {
+                invalid(format!("expected a string, found {}", json_kind(other)))
+            }),
+        }
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Where [`load`] looks for each setting: the flags, the environment, and the file found.
+struct Places<'a> {
+    flags: &'a Flags,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    file: Option<FileValues>,
+    /// Configuration files looked for and not found (when `--config` was not given).
+    not_found: Vec<PathBuf>,
+}
+
+impl Places<'_> {
+    /// The text of `spec` where it is first found, flag before environment before file, with
+    /// its source; `None` when none gives one. A list's repeated flags are joined by commas.
+    fn raw(&self, spec: &Spec) -> Result<Option<Sourced<String>>, ConfigError> {
+        let given = self.flags.given(spec);
+        if let (Some(flag), Some(last)) = (spec.flag, given.last()) {
+            let value = match spec.list {
+                true => given.join(","),
+                false => (*last).to_owned(),
+            };
+            return Ok(Some(Sourced {
+                value,
+                source: Source::Flag(flag),
+            }));
+        }
+        if let Some((env, value)) = spec.env.and_then(|e| (self.env)(e).map(|v| (e, v))) {
+            return Ok(Some(Sourced {
+                value,
+                source: Source::Env(env),
+            }));
+        }
+        match &self.file {
+            Some(f) => Ok(f.text(spec)?.map(|value| Sourced {
+                value,
+                source: f.source(),
+            })),
+            None => Ok(None),
+        }
+    }
+
+    /// The value of `setting` where it was given, parsed and trimmed; `None` when it was not
+    /// given (or given empty, for a setting that empty does not turn off).
+    fn given<T>(&self, setting: &Setting<T>) -> Result<Option<Sourced<T>>, ConfigError> {
+        let spec = &setting.spec;
+        let Some(raw) = self.raw(spec)? else {
+            return Ok(None);
+        };
+        let text = raw.value.trim();
+        if text.is_empty() && !spec.empty_is_off {
+            return Ok(None);
+        }
+        match (setting.parse)(text) {
+            Ok(value) => Ok(Some(Sourced {
+                value,
+                source: raw.source,
+            })),
+            Err(why) => Err(ConfigError::Invalid {
+                what: spec.key,
+                source: raw.source,
+                why,
+            }),
+        }
+    }
+
+    /// The value of `setting`: where it was given, else its declared default.
+    fn get<T>(&self, setting: &Setting<T>) -> Result<Sourced<T>, ConfigError> {
+        if let Some(v) = self.given(setting)? {
+            return Ok(v);
+        }
+        let text = match setting.spec.default {
+            Fallback::Value(text) => text,
+            // A declaration bug, said rather than panicked on (a unit test keeps it away).
+            _ => "",
+        };
+        (setting.parse)(text)
+            .map(|value| Sourced {
+                value,
+                source: Source::Default,
+            })
+            .map_err(|why| ConfigError::Invalid {
+                what: setting.spec.key,
+                source: Source::Default,
+                why,
+            })
+    }
+
+    /// Every place `spec` was looked for, for a "missing" error.
+    fn looked(&self, spec: &Spec) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Some(flag) = spec.flag {
+            v.push(format!("flag {flag} (not given)"));
+        }
+        if let Some(env) = spec.env {
+            v.push(format!("environment {env} (not set)"));
+        }
+        v.extend(
+            self.not_found
+                .iter()
+                .map(|p| format!("{} (not found)", p.display())),
+        );
+        if let Some(f) = &self.file {
+            v.push(format!("{} (key \"{}\")", f.path.display(), spec.key));
+        }
+        v
+    }
+}
+
+/// The places settings are read from: the flags, the environment, and the configuration file
+/// (`--config`, else the first of the search paths that exists).
+fn places<'a>(
+    flags: &'a Flags,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    paths: &SearchPaths,
+) -> Result<Places<'a>, ConfigError> {
+    let mut places = Places {
+        flags,
+        env,
+        file: None,
+        not_found: Vec::new(),
+    };
+    match &flags.config {
+        Some(path) => places.file = Some(FileValues::read(path)?),
+        None => {
+            for path in &paths.config_files {
+                if path.exists() {
+                    places.file = Some(FileValues::read(path)?);
+                    break;
+                }
+                places.not_found.push(path.clone());
+            }
+        }
+    }
+    Ok(places)
+}
+
+/// The device key from the device-info file, the last resort.
+fn device_info(path: &Path) -> Result<Option<Sourced<String>>, ConfigError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let info = FileValues::read(path)?;
+    Ok(info
+        .text(&DEVICE_KEY.spec)?
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .map(|value| Sourced {
+            value,
+            source: info.source(),
+        }))
+}
+
+/// A setting's value as found, for showing what was fine next to what is missing or wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The configuration key.
+    pub key: &'static str,
+    /// The value as given (the token masked; lists joined with commas).
+    pub value: String,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// Every setting given somewhere (flag, environment, configuration file, and the device-info
+/// file for the device key), with where it came from, the token masked: what a configuration
+/// that cannot be loaded did have right. Defaults are not listed. Fails only when the
+/// configuration file itself cannot be read.
+pub fn found(
+    flags: &Flags,
+    env: &dyn Fn(&str) -> Option<String>,
+    paths: &SearchPaths,
+) -> Result<Vec<Found>, ConfigError> {
+    let p = places(flags, env, paths)?;
+    let mut out = Vec::new();
+    for &spec in SETTINGS {
+        let mut value = p.raw(spec).ok().flatten();
+        if value.is_none() && spec.key == DEVICE_KEY.spec.key {
+            value = device_info(&paths.device_info).ok().flatten();
+        }
+        let Some(v) = value.filter(|v| !v.value.trim().is_empty()) else {
+            continue;
+        };
+        out.push(Found {
+            key: spec.key,
+            value: match spec.secret {
+                true => Secret::new(v.value).masked(),
+                false => v.value.replace(',', ", "),
+            },
+            source: v.source,
+        });
+    }
+    Ok(out)
+}
+
+/// Resolves the configuration. `env` looks up an environment variable.
+pub fn load(
+    flags: &Flags,
+    env: &dyn Fn(&str) -> Option<String>,
+    paths: &SearchPaths,
+) -> Result<Config, ConfigError> {
+    let places = places(flags, env, paths)?;
+    let p = &places;
+
+    // The device key's last resort is a file of its own.
+    let device_key = match p.given(&DEVICE_KEY)? {
+        Some(k) => k,
+        None => device_info(&paths.device_info)?.ok_or_else(|| {
+            let mut looked = p.looked(&DEVICE_KEY.spec);
+            let info = &paths.device_info;
+            looked.push(match info.exists() {
+                true => format!("{} (key \"device_key\")", info.display()),
+                false => format!("{} (not found)", info.display()),
+            });
+            ConfigError::Missing {
+                what: "device key",
+                looked,
+            }
+        })?,
+    };
+    let token = p
+        .given(&TOKEN_CODE)?
+        .ok_or_else(|| ConfigError::Missing {
+            what: "token",
+            looked: p.looked(&TOKEN_CODE.spec),
+        })?
+        .map(Secret::new);
+    let host = p.get(&TUNNEL_HOST)?;
+    let tls = p.get(&TUNNEL_SSL)?;
+    if tls.value && !cfg!(feature = "tls") {
+        return Err(ConfigError::TlsUnavailable { source: tls.source });
+    }
+    let tls_server_name = p.given(&TLS_SERVER_NAME)?.unwrap_or_else(|| host.clone());
+    let ca_file = p.given(&CA_FILE)?;
+    let api = Api {
+        url: p.given(&API_URL)?.or_else(|| {
+            (host.value == DEFAULT_HOST).then(|| Sourced {
+                value: DEFAULT_API_URL.to_owned(),
+                source: Source::Default,
+            })
+        }),
+        ca_file: p.given(&API_CA_FILE)?.or_else(|| ca_file.clone()),
+    };
+    let keepalive = Keepalive {
+        idle: p.get(&KEEPALIVE_IDLE)?.value,
+        interval: p.get(&KEEPALIVE_INTERVAL)?.value,
+        count: p.get(&KEEPALIVE_COUNT)?.value as u32,
+        user_timeout: p.get(&USER_TIMEOUT)?.value,
+    };
+    let syslog_socket = p.get(&SYSLOG_SOCKET)?.value;
+    Ok(Config {
+        device_key,
+        token,
+        port: p.get(&TUNNEL_PORT)?,
+        tls,
+        heartbeat: heartbeat(p, &api)?,
+        ssh: ssh_keys(p)?,
+        api,
+        host,
+        handshake_timeout: p.get(&HANDSHAKE_TIMEOUT)?.value,
+        connect_timeout: p.get(&CONNECT_TIMEOUT)?.value,
+        local_write_timeout: p.get(&LOCAL_WRITE_TIMEOUT)?.value,
+        allowed_ports: p.get(&ALLOWED_PORTS)?,
+        ca_file,
+        tls_server_name,
+        max_channels: p.get(&MAX_CHANNELS)?.value as usize,
+        max_frame: p.get(&MAX_FRAME)?.value as u32,
+        keepalive,
+        status_file: p.get(&STATUS_FILE)?.value,
+        syslog: p.get(&SYSLOG)?.value.then_some(syslog_socket),
+        file: places.file.map(|f| f.path),
+    })
+}
+
+/// The heartbeat's settings.
+fn heartbeat(p: &Places, api: &Api) -> Result<Heartbeat, ConfigError> {
+    let wanted = p.given(&HEARTBEAT)?;
+    let off = match (&api.url, wanted) {
+        (_, Some(w)) if !w.value => Some(format!("heartbeat false ({})", w.source)),
+        (None, _) => Some(
+            "no api_url configured, and the proxy is not the production one (set api_url or \
+             MEETING_API_URL)"
+                .to_owned(),
+        ),
+        (Some(_), _) => None,
+    };
+    let note = match p.given(&HEARTBEAT_NOTE)? {
+        Some(n) => n.value.chars().take(200).collect(),
+        None => format!(
+            "tunnel-agent {} on {}",
+            env!("CARGO_PKG_VERSION"),
+            device_model()
+        ),
+    };
+    Ok(Heartbeat {
+        off,
+        interval: p
+            .get(&HEARTBEAT_INTERVAL)?
+            .value
+            .max(MIN_HEARTBEAT_INTERVAL),
+        retry_unregistered: p.get(&HEARTBEAT_RETRY_UNREGISTERED)?.value,
+        note,
+        public_ip_url: p.given(&PUBLIC_IP_URL)?.map(|s| s.value),
+    })
+}
+
+/// The SSH key work's settings.
+fn ssh_keys(p: &Places) -> Result<SshKeys, ConfigError> {
+    let wanted = p.get(&SSH_KEYS)?;
+    Ok(SshKeys {
+        off: (!wanted.value).then(|| format!("ssh_keys false ({})", wanted.source)),
+        user: p
+            .given(&MEETING_SSH_USER)?
+            .map_or(Choice::Default, |s| s.value),
+        authorized_keys_file: p.given(&AUTHORIZED_KEYS_FILE)?.map(|s| s.value),
+        pin: p.given(&MEETING_KEY_FINGERPRINT)?.map(|s| s.value),
+        from: p.get(&MEETING_KEY_FROM)?.value,
+        interval: p.get(&SSH_KEYS_INTERVAL)?.value.max(MIN_HEARTBEAT_INTERVAL),
+        device_key: p.get(&DEVICE_SSH_KEY)?.value,
+        generate: p.get(&GENERATE_DEVICE_KEY)?.value,
+        known_hosts: p
+            .given(&KNOWN_HOSTS_FILE)?
+            .map_or(Choice::Default, |s| s.value),
+        state_dir: p.get(&STATE_DIR)?.value,
+        ssh_port: p.get(&SSH_PORT)?.value,
+    })
+}
+
+/// The board's model (`/proc/device-tree/model`, e.g. "Raspberry Pi 4 Model B Rev 1.4"), else
+/// the host name.
+fn device_model() -> String {
+    let read = |p: &str| {
+        std::fs::read(p).ok().map(|b| {
+            String::from_utf8_lossy(&b)
+                .trim_matches(|c: char| c == '\0' || c.is_whitespace())
+                .to_owned()
+        })
+    };
+    read("/proc/device-tree/model")
+        .filter(|m| !m.is_empty())
+        .or_else(|| read("/proc/sys/kernel/hostname").filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| "unknown device".to_owned())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,386 @@
+//! The loader's tests: where values come from, defaults, errors.
+
+use super::*;
+use std::collections::HashMap;
+
+struct Tmp(PathBuf);
+impl Tmp {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir()
+            .join(format!("tunnel-agent-config-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Tmp(dir)
+    }
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+    fn paths(&self) -> SearchPaths {
+        SearchPaths {
+            config_files: vec![self.0.join("config.json"), self.0.join("meeting.json")],
+            device_info: self.0.join("device_info.json"),
+        }
+    }
+}
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k| map.get(k).cloned()
+}
+
+const MEETING_JSON: &str = r#"{
+  "device_key": "3316A52EB08837267BF6BD3E2B2E8DC7",
+  "token_code": "41e291",
+  "tunnel_host": "proxy.example",
+  "tunnel_port": 9001,
+  "tunnel_ssl": false,
+  "api_url": "https://meeting.ygsoft.fr/api",
+  "something_else": [1, 2, 3]
+}"#;
+
+#[test]
+fn deployed_meeting_json_works_unchanged() {
+    let t = Tmp::new("deployed");
+    t.file("meeting.json", MEETING_JSON);
+    let c = load(&Flags::default(), &env_of(&[]), &t.paths()).unwrap();
+    assert_eq!(c.device_key.value, "3316A52EB08837267BF6BD3E2B2E8DC7");
+    assert_eq!(c.token.value.expose(), "41e291");
+    assert_eq!(c.host.value, "proxy.example");
+    assert_eq!(c.port.value, 9001);
+    assert!(!c.tls.value);
+    assert_eq!(c.file.as_deref(), Some(t.0.join("meeting.json").as_path()));
+    assert_eq!(c.token.source, Source::File(t.0.join("meeting.json")));
+    assert!(c.device_key_well_formed());
+}
+
+#[test]
+fn flags_beat_environment_beat_file_beat_defaults() {
+    let t = Tmp::new("priority");
+    t.file("config.json", MEETING_JSON);
+    let flags = Flags::default().with(&TUNNEL_HOST, "flag.example");
+    let env = env_of(&[
+        ("MEETING_TUNNEL_HOST", "env.example"),
+        ("MEETING_TUNNEL_PORT", "9443"),
+        ("MEETING_TOKEN", "abcdef"),
+        ("MEETING_TUNNEL_TLS", "1"),
+    ]);
+    let c = load(&flags, &env, &t.paths()).unwrap();
+    assert_eq!(c.host.value, "flag.example");
+    assert_eq!(c.host.source, Source::Flag("--host"));
+    assert_eq!(c.port.value, 9443);
+    assert_eq!(c.port.source, Source::Env("MEETING_TUNNEL_PORT"));
+    assert_eq!(c.token.value.expose(), "abcdef");
+    assert!(c.tls.value);
+    assert_eq!(c.device_key.source, Source::File(t.0.join("config.json")));
+}
+
+#[test]
+fn defaults_apply_and_device_info_is_the_last_resort() {
+    let t = Tmp::new("defaults");
+    t.file(
+        "device_info.json",
+        r#"{"device_key": "AAAABBBBCCCCDDDDEEEEFFFF00001111"}"#,
+    );
+    let c = load(
+        &Flags::default(),
+        &env_of(&[("MEETING_TOKEN", "41e291")]),
+        &t.paths(),
+    )
+    .unwrap();
+    assert_eq!(c.host.value, DEFAULT_HOST);
+    assert_eq!(c.port.value, 9001);
+    assert_eq!(c.port.source, Source::Default);
+    assert_eq!(c.device_key.value, "AAAABBBBCCCCDDDDEEEEFFFF00001111");
+    assert_eq!(
+        c.device_key.source,
+        Source::File(t.0.join("device_info.json"))
+    );
+    assert_eq!(c.handshake_timeout, Duration::from_secs(5));
+    assert_eq!(c.local_write_timeout, Duration::from_secs(15));
+    assert_eq!(c.allowed_ports.value, vec![22]);
+    assert_eq!(c.max_channels, 64);
+    assert_eq!(c.max_frame, 1024 * 1024);
+    assert_eq!(c.tls_server_name.value, DEFAULT_HOST);
+    assert!(c.ca_file.is_none());
+}
+
+#[test]
+fn tls_settings_and_limits() {
+    let t = Tmp::new("tls");
+    let p = t.file(
+        "c.json",
+        r#"{"device_key":"K","token_code":"t","tunnel_host":"10.0.0.1","tunnel_ssl":true,
+           "ca_file":"/etc/tunnel-agent/ca.pem","tls_server_name":"proxy.example",
+           "max_channels":8,"max_frame":65536,"local_write_timeout":2.5}"#,
+    );
+    let flags = Flags {
+        config: Some(p),
+        ..Flags::default()
+    };
+    let c = load(&flags, &env_of(&[]), &t.paths()).unwrap();
+    assert!(c.tls.value);
+    assert_eq!(
+        c.ca_file.unwrap().value,
+        PathBuf::from("/etc/tunnel-agent/ca.pem")
+    );
+    assert_eq!(c.tls_server_name.value, "proxy.example");
+    assert_eq!((c.max_channels, c.max_frame), (8, 65536));
+    assert_eq!(c.local_write_timeout, Duration::from_millis(2500));
+    let c = load(
+        &Flags::default().with(&TUNNEL_SSL, "true"),
+        &env_of(&[
+            ("MEETING_DEVICE_KEY", "K"),
+            ("MEETING_TOKEN", "t"),
+            ("MEETING_TUNNEL_TLS", "0"),
+        ]),
+        &t.paths(),
+    )
+    .unwrap();
+    assert!(c.tls.value, "--tls beats the environment");
+    let e = load(
+        &flags.clone().with(&MAX_CHANNELS, "0"),
+        &env_of(&[]),
+        &t.paths(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("max_channels"), "{e}");
+    let e = load(
+        &flags.clone().with(&LOCAL_WRITE_TIMEOUT, "0"),
+        &env_of(&[]),
+        &t.paths(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("local_write_timeout"), "{e}");
+}
+
+#[test]
+fn allowed_ports_from_file_or_flags() {
+    let t = Tmp::new("ports");
+    let p = t.file(
+        "c.json",
+        r#"{"device_key":"K","token_code":"t","allowed_ports":[22,"5900"]}"#,
+    );
+    let mut flags = Flags {
+        config: Some(p),
+        ..Flags::default()
+    };
+    let c = load(&flags, &env_of(&[]), &t.paths()).unwrap();
+    assert_eq!(c.allowed_ports.value, vec![22, 5900]);
+    flags.set(&ALLOWED_PORTS, "8080");
+    let c = load(&flags, &env_of(&[]), &t.paths()).unwrap();
+    assert_eq!(c.allowed_ports.value, vec![8080]);
+    assert_eq!(c.allowed_ports.source, Source::Flag("--allow-port"));
+    let p = t.file(
+        "d.json",
+        r#"{"device_key":"K","token_code":"t","allowed_ports":22}"#,
+    );
+    let e = load(
+        &Flags {
+            config: Some(p),
+            ..Flags::default()
+        },
+        &env_of(&[]),
+        &t.paths(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("expected a list like [22, 5900]"), "{e}");
+}
+
+#[test]
+fn missing_values_list_every_place_looked() {
+    let t = Tmp::new("missing");
+    let e = load(&Flags::default(), &env_of(&[]), &t.paths()).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.starts_with("no device key configured"), "{msg}");
+    for place in [
+        "--device-key",
+        "MEETING_DEVICE_KEY",
+        "config.json",
+        "meeting.json",
+        "device_info.json",
+    ] {
+        assert!(msg.contains(place), "{place} missing from: {msg}");
+    }
+    let e = load(
+        &Flags::default(),
+        &env_of(&[("MEETING_DEVICE_KEY", "K")]),
+        &t.paths(),
+    )
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.starts_with("no token configured"), "{msg}");
+    assert!(
+        msg.contains("MEETING_TOKEN") && msg.contains("meeting.json"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn malformed_file_names_line_and_column() {
+    let t = Tmp::new("malformed");
+    let p = t.file(
+        "meeting.json",
+        "{\n  \"device_key\": \"K\",\n  \"token_code\" \"x\"\n}",
+    );
+    let e = load(
+        &Flags {
+            config: Some(p.clone()),
+            ..Flags::default()
+        },
+        &env_of(&[]),
+        &t.paths(),
+    )
+    .unwrap_err();
+    match &e {
+        ConfigError::Malformed {
+            path, line, column, ..
+        } => {
+            assert_eq!(path, &p);
+            assert_eq!((*line, *column), (3, 16));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(e.to_string().contains("meeting.json:3:16"), "{e}");
+}
+
+#[test]
+fn wrong_types_and_values_are_named() {
+    let t = Tmp::new("types");
+    let p = t.file(
+        "c.json",
+        r#"{"device_key":"K","token_code":"t","tunnel_port":"http"}"#,
+    );
+    let flags = Flags {
+        config: Some(p),
+        ..Flags::default()
+    };
+    let e = load(&flags, &env_of(&[]), &t.paths()).unwrap_err();
+    assert!(e.to_string().contains("\"http\" is not a TCP port"), "{e}");
+    let e = load(
+        &flags,
+        &env_of(&[("MEETING_TUNNEL_PORT", "70000")]),
+        &t.paths(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("MEETING_TUNNEL_PORT"), "{e}");
+    let p = t.file("d.json", r#"{"device_key":["K"],"token_code":"t"}"#);
+    let e = load(
+        &Flags {
+            config: Some(p),
+            ..Flags::default()
+        },
+        &env_of(&[]),
+        &t.paths(),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("expected a string, found an array"),
+        "{e}"
+    );
+    let p = t.file("e.json", "[1]");
+    let e = load(
+        &Flags {
+            config: Some(p),
+            ..Flags::default()
+        },
+        &env_of(&[]),
+        &t.paths(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("expected a JSON object"), "{e}");
+}
+
+#[test]
+fn explicit_config_that_does_not_exist_is_an_error() {
+    let t = Tmp::new("absent");
+    let flags = Flags {
+        config: Some(t.0.join("nope.json")),
+        ..Flags::default()
+    };
+    let e = load(&flags, &env_of(&[]), &t.paths()).unwrap_err();
+    assert!(matches!(e, ConfigError::Unreadable { .. }));
+    assert!(e.to_string().contains("nope.json"));
+}
+
+#[test]
+fn secret_is_masked_in_debug() {
+    let s = Secret::new("41e291");
+    assert_eq!(s.masked(), "41****");
+    assert!(!format!("{s:?}").contains("e291"));
+}
+
+#[test]
+fn heartbeat_api_defaults_to_production_only_for_the_production_proxy() {
+    let t = Tmp::new("heartbeat-default");
+    let env = env_of(&[("MEETING_DEVICE_KEY", "K"), ("MEETING_TOKEN", "t")]);
+    let c = load(&Flags::default(), &env, &t.paths()).unwrap();
+    assert_eq!(c.host.value, DEFAULT_HOST);
+    let api = c.api.url.as_ref().unwrap();
+    assert_eq!(
+        (api.value.as_str(), &api.source),
+        (DEFAULT_API_URL, &Source::Default)
+    );
+    assert_eq!(c.heartbeat.off, None);
+    assert_eq!(c.heartbeat.interval, Duration::from_secs(30));
+    assert!(
+        c.heartbeat.note.starts_with("tunnel-agent "),
+        "{}",
+        c.heartbeat.note
+    );
+
+    let own = Flags::default().with(&TUNNEL_HOST, "proxy.example");
+    let c = load(&own, &env, &t.paths()).unwrap();
+    assert_eq!(c.api.url, None);
+    assert!(c.heartbeat.off.as_deref().unwrap().contains("no api_url"));
+}
+
+#[test]
+fn heartbeat_settings_from_environment_file_and_flags() {
+    let t = Tmp::new("heartbeat-settings");
+    t.file(
+        "config.json",
+        r#"{"device_key": "K", "token_code": "t", "tunnel_host": "p.example",
+            "heartbeat_interval": 2, "heartbeat_note": "cam 3", "ca_file": "/ca.pem"}"#,
+    );
+    let env = env_of(&[("MEETING_API_URL", "https://m.example")]);
+    let c = load(&Flags::default(), &env, &t.paths()).unwrap();
+    let hb = &c.heartbeat;
+    assert_eq!(
+        c.api.url.as_ref().unwrap().source,
+        Source::Env("MEETING_API_URL")
+    );
+    assert_eq!(
+        hb.interval, MIN_HEARTBEAT_INTERVAL,
+        "2 s is raised to the minimum"
+    );
+    assert_eq!(hb.note, "cam 3");
+    assert_eq!(
+        c.api.ca_file.as_ref().map(|c| c.value.as_path()),
+        Some(Path::new("/ca.pem")),
+        "ca_file serves the API too"
+    );
+    let flags = Flags::default()
+        .with(&API_CA_FILE, "/api-ca.pem")
+        .with(&HEARTBEAT, "false");
+    let c = load(&flags, &env, &t.paths()).unwrap();
+    assert_eq!(
+        c.api.ca_file.as_ref().map(|c| c.value.as_path()),
+        Some(Path::new("/api-ca.pem"))
+    );
+    assert!(c
+        .heartbeat
+        .off
+        .as_deref()
+        .unwrap()
+        .contains("heartbeat false (flag --heartbeat)"));
+}

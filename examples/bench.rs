@@ -13,23 +13,19 @@
 //! it to bench/RESULTS.md with the previous results beside the new ones, and regenerates the
 //! summary table in README.md's performance section from it.
 
-#[path = "support/peers.rs"]
-mod peers;
-#[path = "support/mod.rs"]
+#[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc::Receiver;
 use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use support::{
-    cpu_seconds, cpu_seconds_with_children, first_word, start_agent, try_start, try_wait_for,
-    Running,
+    bin, cpu_seconds, cpu_seconds_with_children, device_agent, first_word, peers, Launch, Proc,
 };
 
 const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
@@ -112,7 +108,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// The iperf3 server's log: it says [`IPERF_READY`] when it starts and again after each test.
-static IPERF_LOG: OnceLock<Mutex<Receiver<String>>> = OnceLock::new();
+static IPERF: OnceLock<Mutex<Proc>> = OnceLock::new();
 const IPERF_READY: &str = "Server listening on";
 
 /// One iperf3 run to `port`; `reverse`: the server sends. Bits per second received. Returns
@@ -120,10 +116,12 @@ const IPERF_READY: &str = "Server listening on";
 /// later than the client's exit, and a test started before that finds it busy.
 fn iperf(port: u16, reverse: bool, seconds: u32) -> Res<f64> {
     let result = iperf_client(port, reverse, seconds);
-    let ready = match IPERF_LOG.get() {
-        Some(log) => {
-            let log = log.lock().unwrap_or_else(|p| p.into_inner());
-            try_wait_for(&log, IPERF_READY).map_err(|e| format!("iperf3 server: {e}"))
+    let ready = match IPERF.get() {
+        Some(server) => {
+            let server = server.lock().unwrap_or_else(|p| p.into_inner());
+            server
+                .try_next_after(IPERF_READY)
+                .map_err(|e| format!("iperf3 server: {e}"))
         }
         None => Ok(String::new()),
     };
@@ -269,16 +267,16 @@ fn echo_ready(port: u16) -> Res<()> {
 /// Starts `program` and waits for the log line `ready` it writes once it listens. (Not a
 /// test connection: iperf3 and a socat in front of it take one as a failed test, and may
 /// reset the next real one.)
-fn start_ready(program: &str, args: &[&str], ready: &str) -> Res<Running> {
-    let (p, log) = peers::start_logged(program, args)?;
-    try_wait_for(&log, ready).map_err(|e| format!("{program}: {e}"))?;
-    peers::drain(log);
+fn start_ready(program: &str, args: &[&str], ready: &str) -> Res<Proc> {
+    let p = peers::start_logged(program, args)?;
+    p.try_next_after(ready)
+        .map_err(|e| format!("{program}: {e}"))?;
     Ok(p)
 }
 
 /// socat as one relay hop in front of `to`; returns it and its port. `bulk`: 256 KiB
 /// transfer blocks and 4 MiB socket buffers; otherwise `nodelay` for round trips.
-fn relay(to: u16, bulk: bool) -> Res<(Running, u16)> {
+fn relay(to: u16, bulk: bool) -> Res<(Proc, u16)> {
     let port = free_port()?;
     let opts = if bulk {
         ",rcvbuf=4194304,sndbuf=4194304"
@@ -298,8 +296,8 @@ fn relay(to: u16, bulk: bool) -> Res<(Running, u16)> {
 
 /// A proxy and an agent allowed to open `ports`; the public port for each local port.
 struct Tunnel {
-    _proxy: Running,
-    agent: Running,
+    _proxy: Proc,
+    agent: Proc,
     public: Vec<u16>,
 }
 
@@ -319,25 +317,23 @@ fn tunnel(ports: &[u16], tls: Option<&(String, String, String)>) -> Res<Tunnel> 
         args.extend(["--tls-key".into(), key.clone()]);
     }
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (proxy, plog) = try_start("meeting-proxy", &argv, &[], false)?;
+    let proxy = Launch::new(bin("meeting-proxy")).args(&argv).try_start()?;
     let mut public = Vec::new();
     for _ in ports {
-        let addr = first_word(&try_wait_for(&plog, "tunnel ")?);
+        let addr = first_word(&proxy.try_next_after("tunnel ")?);
         let port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
         public.push(port.ok_or(format!("meeting-proxy logged tunnel {addr:?}"))?);
     }
-    let control = first_word(&try_wait_for(&plog, "listening for agents on ")?);
+    let control = first_word(&proxy.try_next_after("listening for agents on ")?);
     let mut extra: Vec<&str> = vec!["--max-channels", "300"];
     if let Some((ca, _, _)) = tls {
         extra.extend(["--tls", "--ca-file", ca, "--tls-server-name", "localhost"]);
     }
-    let (agent, alog) = start_agent(&control, KEY, TOKEN, ports, &extra, false)?;
-    try_wait_for(&alog, "tunnel ready")?;
+    let agent = device_agent(&control, KEY, TOKEN, ports, &extra)?.try_start()?;
+    agent.try_next_after("tunnel ready")?;
     // The proxy registers the session after its reply: a public connection before this line
     // would find no agent online.
-    try_wait_for(&plog, "connected from")?;
-    thread::spawn(move || for _ in plog.iter() {});
-    thread::spawn(move || for _ in alog.iter() {});
+    proxy.try_next_after("connected from")?;
     Ok(Tunnel {
         _proxy: proxy,
         agent,
@@ -430,7 +426,7 @@ fn measure_peer(
     };
     let (up, down) = match start(iperf_port) {
         Ok(peer) => {
-            let pid = peer.client.0.id();
+            let pid = peer.client.pid();
             let cpu = move || cpu_seconds(pid);
             (
                 measure(peer.public, true, Some(&cpu)),
@@ -441,7 +437,7 @@ fn measure_peer(
     };
     let for_echo = start(echo).and_then(|p| echo_ready(p.public).map(|()| p));
     let idle_kib = match &for_echo {
-        Ok(peer) => Ok(rss_kib(peer.client.0.id())),
+        Ok(peer) => Ok(rss_kib(peer.client.pid())),
         Err(why) => Err(why.clone()),
     };
     let pending = Figure::failed("not measured");
@@ -535,18 +531,20 @@ fn latency_only(echo: u16) {
 
 fn main() {
     let dir = std::env::temp_dir().join(format!("tunnel-agent-bench-{}", std::process::id()));
-    let setup = || -> Res<(Running, u16, u16)> {
+    let setup = || -> Res<(u16, u16)> {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let iperf_port = free_port()?;
         let port = iperf_port.to_string();
         let args = ["-s", "-p", &port, "--forceflush"];
-        let (iperf, log) = peers::start_logged("iperf3", &args)?;
-        try_wait_for(&log, IPERF_READY).map_err(|e| format!("iperf3: {e}"))?;
-        let _ = IPERF_LOG.set(Mutex::new(log));
+        let iperf = peers::start_logged("iperf3", &args)?;
+        iperf
+            .try_next_after(IPERF_READY)
+            .map_err(|e| format!("iperf3: {e}"))?;
+        let _ = IPERF.set(Mutex::new(iperf));
         let echo = support::try_echo_server().map_err(|e| format!("echo service: {e}"))?;
-        Ok((iperf, iperf_port, echo))
+        Ok((iperf_port, echo))
     };
-    let (_iperf, iperf_port, echo) = match setup() {
+    let (iperf_port, echo) = match setup() {
         Ok(s) => s,
         Err(why) => {
             eprintln!("bench: cannot start the services it measures through: {why}");
@@ -554,11 +552,16 @@ fn main() {
         }
     };
     if std::env::var("BENCH_ONLY").as_deref() == Ok("latency") {
-        return latency_only(echo);
+        latency_only(echo);
+    } else {
+        let results = run(iperf_port, echo, &dir);
+        write_results(&results);
     }
-    let results = run(iperf_port, echo, &dir);
-    write_results(&results);
     let _ = std::fs::remove_dir_all(dir);
+    // The iperf3 server lives in a static: stopped here, not by a drop.
+    if let Some(server) = IPERF.get() {
+        server.lock().unwrap_or_else(|p| p.into_inner()).kill();
+    }
 }
 
 /// Everything one run measured.
@@ -587,7 +590,7 @@ fn run(iperf_port: u16, echo: u16, dir: &Path) -> Results {
     let down_direct = measure(iperf_port, false, None);
     let (up_relay, down_relay) = match relay(iperf_port, true) {
         Ok((r, port)) => {
-            let pid = r.0.id();
+            let pid = r.pid();
             // socat forks a child per connection: the whole family counts, read once the
             // last run's child has been reaped into the parent's totals.
             let cpu = move || {
@@ -611,13 +614,13 @@ fn run(iperf_port: u16, echo: u16, dir: &Path) -> Results {
     let mut setup_ms = Err("no tunnel".to_owned());
     let ready = |t: Tunnel| -> Res<Tunnel> {
         echo_ready(t.public[1])?;
-        settled(t.agent.0.id())?;
+        settled(t.agent.pid())?;
         Ok(t)
     };
     let agent_tunnel = tunnel(&[iperf_port, echo], None).and_then(ready);
     let mut agent = match &agent_tunnel {
         Ok(t) => {
-            let pid = t.agent.0.id();
+            let pid = t.agent.pid();
             // Idle: connected, the readiness check's channel closed, before any measurement.
             let idle = rss_kib(pid);
             let cpu = move || cpu_seconds(pid);
@@ -641,7 +644,7 @@ fn run(iperf_port: u16, echo: u16, dir: &Path) -> Results {
     let (up_tls, down_tls) =
         match certificates(dir).and_then(|files| tunnel(&[iperf_port], Some(&files))) {
             Ok(t) => {
-                let pid = t.agent.0.id();
+                let pid = t.agent.pid();
                 let cpu = move || cpu_seconds(pid);
                 (
                     measure(t.public[0], true, Some(&cpu)),
@@ -873,9 +876,9 @@ fn rows(r: &Results) -> Vec<(String, String)> {
             },
         );
     }
-    let agent_bin = support::binary("tunnel-agent");
+    let agent_bin = bin("tunnel-agent");
     let size = std::fs::metadata(&agent_bin).map(|m| m.len()).unwrap_or(0);
-    row("agent binary measured", agent_bin.display().to_string());
+    row("agent binary measured", agent_bin);
     row("binary size (that build)", format!("{size} bytes"));
     rows
 }

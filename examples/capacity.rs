@@ -6,18 +6,17 @@
 //! and descriptors are read from /proc before, with the devices, and with the connections.
 //! Prints a table, and writes it to bench/CAPACITY.md.
 
-#[path = "support/mod.rs"]
+#[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc;
 use std::thread;
 use std::time::Instant;
 
-use support::fake_api::FakeApi;
-use support::{start_api_proxy, try_wait_for, WAIT};
+use support::{api_proxy, first_word, FakeApi, Proc, SOON};
 use tunnel_agent::protocol::frame::{write_frame, Frame, FrameReader, DEFAULT_MAX_FRAME};
 use tunnel_agent::protocol::handshake::handshake_line;
 
@@ -110,9 +109,10 @@ fn free_ports(n: usize) -> Result<Vec<u16>, String> {
 }
 
 /// Counts log lines containing `pat` until there are `n` of them.
-fn count_lines(rx: &Receiver<String>, pat: &str, n: usize) -> Result<(), String> {
+fn count_lines(log: &Proc, pat: &str, n: usize) -> Result<(), String> {
     for i in 0..n {
-        try_wait_for(rx, pat).map_err(|e| format!("{e} (after {i} of {n})"))?;
+        log.try_next_after(pat)
+            .map_err(|e| format!("{e} (after {i} of {n})"))?;
     }
     Ok(())
 }
@@ -151,14 +151,10 @@ fn run(devices: usize, public: usize) -> Result<(), String> {
         200,
         &serde_json::json!({ "tunnels": tunnels }).to_string(),
     );
-    let (proxy, log) = start_api_proxy(&api, false);
-    let pid = proxy.0.id();
-    let control = try_wait_for(&log, "listening for agents on ")?
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    count_lines(&log, "tunnel opened", devices)?;
+    let proxy = api_proxy(&api).try_start()?;
+    let pid = proxy.pid();
+    let control = first_word(&proxy.try_next_after("listening for agents on ")?);
+    count_lines(&proxy, "tunnel opened", devices)?;
     let idle = footprint(pid);
 
     let t0 = Instant::now();
@@ -171,10 +167,10 @@ fn run(devices: usize, public: usize) -> Result<(), String> {
             .map_err(|e| format!("fake agent thread: {e}"))?;
     }
     for _ in 0..devices {
-        rx.recv_timeout(WAIT)
+        rx.recv_timeout(SOON)
             .map_err(|_| "a fake agent did not answer".to_owned())??;
     }
-    count_lines(&log, "connected from", devices)?;
+    count_lines(&proxy, "connected from", devices)?;
     let connect_time = t0.elapsed();
     let api_calls = api
         .requests()
@@ -189,7 +185,7 @@ fn run(devices: usize, public: usize) -> Result<(), String> {
         let port = ports[i % devices];
         let mut s = TcpStream::connect(("127.0.0.1", port))
             .map_err(|e| format!("public connection {i} to port {port}: {e}"))?;
-        s.set_read_timeout(Some(WAIT)).ok();
+        s.set_read_timeout(Some(SOON)).ok();
         let msg = (i as u32).to_be_bytes();
         s.write_all(&msg)
             .map_err(|e| format!("public connection {i}: {e}"))?;
@@ -203,7 +199,7 @@ fn run(devices: usize, public: usize) -> Result<(), String> {
     }
     let open_time = t1.elapsed();
     // Settle: the proxy's threads have all started and logged.
-    count_lines(&log, "stream ", public)?;
+    count_lines(&proxy, "stream ", public)?;
     let with_public = footprint(pid);
 
     let per_device = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / devices as f64;

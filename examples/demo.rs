@@ -2,29 +2,39 @@
 //! a (fake) Meeting API by the agent's heartbeat, then the field report's silent refusal and
 //! the one line the agent writes about it.
 
-#[path = "support/mod.rs"]
+#[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::mpsc::Receiver;
 use std::thread;
 
-use support::fake_api::FakeApi;
-use support::{first_word, start, start_agent, start_api_proxy, wait_for, Running};
+use support::{api_proxy, bin, device_agent, first_word, FakeApi, Launch, Proc, SOON};
 
 const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
 const TOKEN: &str = "41e291";
 
-/// Starts the agent against the proxy whose log is `proxy_log`, once it listens; the agent may
-/// open `service` (the only local port it will open); `extra` arguments follow.
-fn agent_for(
-    proxy_log: &Receiver<String>,
-    service: u16,
-    extra: &[&str],
-) -> (Running, Receiver<String>) {
-    let control = first_word(&wait_for(proxy_log, "listening for agents on "));
-    start_agent(&control, KEY, TOKEN, &[service], extra, true).unwrap_or_else(|e| panic!("{e}"))
+/// Starts the agent against `proxy`, once it listens; the agent may open `service` (the only
+/// local port it will open); `extra` arguments follow.
+fn agent_for(proxy: &Proc, service: u16, extra: &[&str]) -> Proc {
+    let control = first_word(&proxy.next_after("listening for agents on "));
+    start_agent(&control, KEY, service, extra)
+}
+
+/// The agent as device `key` against the proxy at `control`, its log shown.
+fn start_agent(control: &str, key: &str, service: u16, extra: &[&str]) -> Proc {
+    device_agent(control, key, TOKEN, &[service], extra)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .echo(true)
+        .start()
+}
+
+/// meeting-proxy with `args`, its log shown.
+fn start_proxy(args: &[&str]) -> Proc {
+    Launch::new(bin("meeting-proxy"))
+        .args(args)
+        .echo(true)
+        .start()
 }
 
 fn main() {
@@ -44,20 +54,15 @@ fn main() {
     println!("== 2. meeting-proxy, the server side, with one public port for the device");
     let tunnel = format!("127.0.0.1:0={KEY}:{service_port}");
     let device = format!("{KEY}={TOKEN}");
-    let (proxy, proxy_log) = start(
-        "meeting-proxy",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--device",
-            &device,
-            "--tunnel",
-            &tunnel,
-        ],
-        &[],
-        true,
-    );
-    let public = first_word(&wait_for(&proxy_log, "tunnel "));
+    let proxy = start_proxy(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--device",
+        &device,
+        "--tunnel",
+        &tunnel,
+    ]);
+    let public = first_word(&proxy.next_after("tunnel "));
     println!();
 
     println!("== 3. A Meeting REST API (the suite's fake, HTTPS on loopback)");
@@ -72,20 +77,15 @@ fn main() {
     println!("== 4. tunnel-agent dials out to the proxy (the token comes from MEETING_TOKEN)");
     println!("   and keeps the device online in Meeting with its heartbeat");
     let ca = api.ca_file.display().to_string();
-    let (agent, agent_log) = agent_for(
-        &proxy_log,
+    let agent = agent_for(
+        &proxy,
         service_port,
         &["--api-url", &api.url, "--api-ca-file", &ca],
     );
-    wait_for(&proxy_log, "connected from");
-    wait_for(&agent_log, "tunnel ready");
-    wait_for(&agent_log, "Meeting presence: online");
-    let beat = api.wait_for(
-        "POST",
-        &format!("/api/devices/{KEY}/online"),
-        1,
-        support::WAIT,
-    );
+    proxy.next_after("connected from");
+    agent.next_after("tunnel ready");
+    agent.next_after("Meeting presence: online");
+    let beat = api.wait_for("POST", &format!("/api/devices/{KEY}/online"), 1, SOON);
     println!(
         "    heartbeat received by Meeting: POST {} {}",
         beat[0].path, beat[0].body
@@ -100,7 +100,7 @@ fn main() {
     let mut back = vec![0u8; msg.len()];
     c.read_exact(&mut back).expect("read");
     drop(c);
-    wait_for(&agent_log, "closed:");
+    agent.next_after("closed:");
     println!(
         "    sent {:?}, got back {:?}: {}\n",
         String::from_utf8_lossy(msg),
@@ -119,21 +119,16 @@ fn main() {
     println!();
 
     println!("== 7. The field report: a proxy that closes right after the handshake");
-    let (bad, bad_log) = start(
-        "meeting-proxy",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--device",
-            &device,
-            "--reply",
-            "silent-close",
-        ],
-        &[],
-        true,
-    );
-    let (agent, agent_log) = agent_for(&bad_log, service_port, &[]);
-    wait_for(&agent_log, "reconnecting in");
+    let bad = start_proxy(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--device",
+        &device,
+        "--reply",
+        "silent-close",
+    ]);
+    let agent = agent_for(&bad, service_port, &[]);
+    agent.next_after("reconnecting in");
     drop((agent, bad));
     println!("\n    The ERROR line above is what an operator reads: what happened, which device,");
     println!("    what to check. The token never appears in any log line.");
@@ -155,21 +150,18 @@ fn through_api_proxy(api: &FakeApi, service_port: u16, msg: &[u8]) -> bool {
     let list = serde_json::json!({"tunnels": [{"device_key": KEY, "service": "ssh",
         "port": public, "local_port": service_port, "expires_at": null}]});
     api.answer("GET", "/api/tunnels", 200, &list.to_string());
-    let (proxy, proxy_log) = start_api_proxy(api, true);
+    let proxy = api_proxy(api).echo(true).start();
     // The two lines may come in either order (the tunnel poller is a thread of its own).
-    let mut control = String::new();
-    let mut opened = false;
-    while control.is_empty() || !opened {
-        let line = wait_for(&proxy_log, "");
-        if let Some(i) = line.find("listening for agents on ") {
-            control = first_word(&line[i + "listening for agents on ".len()..]);
-        }
-        opened |= line.contains("tunnel opened");
-    }
-    let (agent, agent_log) = start_agent(&control, KEY, TOKEN, &[service_port], &[], true)
-        .unwrap_or_else(|e| panic!("{e}"));
-    wait_for(&proxy_log, "authenticated (Meeting API)");
-    wait_for(&agent_log, "tunnel ready");
+    let line = proxy.wait_for("listening for agents on ", SOON);
+    let control = first_word(
+        line.split("listening for agents on ")
+            .nth(1)
+            .unwrap_or_default(),
+    );
+    proxy.wait_for("tunnel opened", SOON);
+    let agent = start_agent(&control, KEY, service_port, &[]);
+    proxy.wait_for("authenticated (Meeting API)", SOON);
+    agent.next_after("tunnel ready");
     let mut c = TcpStream::connect(("127.0.0.1", public)).expect("connect to the API's port");
     c.write_all(msg).expect("write");
     let mut back = vec![0u8; msg.len()];
@@ -188,9 +180,8 @@ fn through_api_proxy(api: &FakeApi, service_port: u16, msg: &[u8]) -> bool {
         200,
         &record.to_string(),
     );
-    let (other, other_log) = start_agent(&control, unauthorized, TOKEN, &[service_port], &[], true)
-        .unwrap_or_else(|e| panic!("{e}"));
-    wait_for(&other_log, "reconnecting in");
+    let other = start_agent(&control, unauthorized, service_port, &[]);
+    other.next_after("reconnecting in");
     drop((other, proxy));
     back == msg
 }

@@ -3,7 +3,7 @@
 //! every few minutes. Every byte is checked; at the end it prints bytes verified, corruptions
 //! (must be 0), reconnects, and the agent's fds / threads / RSS at start and end.
 
-#[path = "support/mod.rs"]
+#[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::io::{Read, Write};
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{free_port, random_bytes, start, start_agent, wait_for, Running};
+use support::{bin, device_agent, free_port, random_bytes, Launch, Proc};
 
 const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
 const TOKEN: &str = "50a4c0de";
@@ -140,38 +140,35 @@ fn main() {
         "--listen", &control, "--device", &device, "--tunnel", &tunnel,
     ];
     let start_proxy = || {
-        let (p, log) = start("meeting-proxy", &proxy_args, &[], false);
-        wait_for(&log, "listening for agents on");
-        thread::spawn(move || for _ in log.iter() {});
+        let p = Launch::new(bin("meeting-proxy")).args(&proxy_args).start();
+        p.next_after("listening for agents on");
         p
     };
-    let mut proxy: Running = start_proxy();
-    let (agent, agent_log) = start_agent(
+    let mut proxy: Proc = start_proxy();
+    // Every line of the agent's log is looked at, however long the soak: connections made, and
+    // the token, which must never be there.
+    let connects = Arc::new(AtomicU64::new(0));
+    let leaked = Arc::new(AtomicBool::new(false));
+    let (c, l) = (connects.clone(), leaked.clone());
+    let agent = device_agent(
         &control,
         KEY,
         TOKEN,
         &[service_port],
         &["--max-channels", "200"],
-        false,
     )
-    .unwrap_or_else(|e| panic!("{e}"));
-    wait_for(&agent_log, "tunnel ready");
-    let connects = Arc::new(AtomicU64::new(1));
-    let leaked = Arc::new(AtomicBool::new(false));
-    {
-        let (connects, leaked) = (connects.clone(), leaked.clone());
-        thread::spawn(move || {
-            for line in agent_log.iter() {
-                if line.contains("tunnel ready") {
-                    connects.fetch_add(1, Ordering::Relaxed);
-                }
-                if line.contains(TOKEN) {
-                    leaked.store(true, Ordering::Relaxed);
-                }
-            }
-        });
-    }
-    let pid = agent.0.id();
+    .unwrap_or_else(|e| panic!("{e}"))
+    .tap(Box::new(move |line: &str| {
+        if line.contains("tunnel ready") {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        if line.contains(TOKEN) {
+            l.store(true, Ordering::Relaxed);
+        }
+    }))
+    .start();
+    agent.next_after("tunnel ready");
+    let pid = agent.pid();
     let stats = Arc::new(Stats::default());
     let stop = Arc::new(AtomicBool::new(false));
     // Warm up, then take the starting figures.

@@ -2,7 +2,7 @@
 //! way and the agent's CPU seconds per GB (from /proc). Used to choose the release opt-level;
 //! `SECONDS` (default 5) per direction.
 
-#[path = "support/mod.rs"]
+#[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::io::{Read, Write};
@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{cpu_seconds, first_word, start, start_agent, wait_for};
+use support::{bin, cpu_seconds, device_agent, first_word, Launch};
 
 const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
 const TOKEN: &str = "7410ad";
@@ -58,26 +58,23 @@ fn main() {
     let port = service.local_addr().unwrap().port();
     let tunnel = format!("127.0.0.1:0={KEY}:{port}");
     let device = format!("{KEY}={TOKEN}");
-    let (_proxy, plog) = start(
-        "meeting-proxy",
-        &[
+    let proxy = Launch::new(bin("meeting-proxy"))
+        .args(&[
             "--listen",
             "127.0.0.1:0",
             "--device",
             &device,
             "--tunnel",
             &tunnel,
-        ],
-        &[],
-        false,
-    );
-    let public = first_word(&wait_for(&plog, "tunnel "));
-    let control = first_word(&wait_for(&plog, "listening for agents on "));
-    let (agent, alog) =
-        start_agent(&control, KEY, TOKEN, &[port], &[], false).unwrap_or_else(|e| panic!("{e}"));
-    wait_for(&alog, "tunnel ready");
-    thread::spawn(move || for _ in alog.iter() {});
-    let pid = agent.0.id();
+        ])
+        .start();
+    let public = first_word(&proxy.next_after("tunnel "));
+    let control = first_word(&proxy.next_after("listening for agents on "));
+    let agent = device_agent(&control, KEY, TOKEN, &[port], &[])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .start();
+    agent.next_after("tunnel ready");
+    let pid = agent.pid();
     for (name, upload) in [("upload", true), ("download", false)] {
         let c0 = cpu_seconds(pid);
         let (bytes, t) = run(&public, &service, upload, secs);
@@ -89,7 +86,7 @@ fn main() {
             cpu / gb
         );
     }
-    let size = std::fs::metadata(support::binary("tunnel-agent"))
+    let size = std::fs::metadata(bin("tunnel-agent"))
         .map(|m| m.len())
         .unwrap_or(0);
     println!("    size: {size} bytes (tunnel-agent, this profile)");

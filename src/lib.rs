@@ -9,6 +9,8 @@
 //! - [`meeting`]: the Meeting REST API client (the agent's calls and the proxy's);
 //! - [`config`]: where every setting comes from;
 //! - `sshkeys`: Meeting's SSH key, the device key and known_hosts (with the `tls` feature);
+//! - [`advice`]: what the operator should do about a failure, worded once per situation for
+//!   the peer (proxy, Meeting API) and the setting that applies; errors only state facts;
 //! - [`agent`]: the agent's roles (session, channels, status, shutdown);
 //! - [`check`]: the end-to-end diagnosis.
 //!
@@ -18,6 +20,7 @@
 // and each block carries a SAFETY comment.
 #![deny(unsafe_code)]
 
+pub mod advice;
 pub mod agent;
 mod backoff;
 pub mod bytes;

@@ -1,7 +1,7 @@
 //! `tunnel-agent check`: every verdict produced by a real situation on loopback, asserted on
 //! the exit status, the JSON verdict and the key facts in the text and Markdown outputs.
 
-mod common;
+mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -10,8 +10,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::thread;
 
-use common::*;
 use serde_json::Value;
+use support::*;
 
 /// A loopback server that answers every connection by calling `f`.
 fn serve(f: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
@@ -482,11 +482,17 @@ fn connect_refused_and_timeout_are_different_failures() {
     check(&Setup::new(hole, fake_sshd())).assert("connect_timeout", 2, &["timed out"]);
 }
 
+/// The name's first label is over 63 characters, so the resolver refuses it itself: no DNS
+/// query leaves the machine.
 #[test]
 fn a_name_that_does_not_resolve() {
     let mut s = Setup::new("127.0.0.1:9001".parse().unwrap(), fake_sshd());
-    s.host = "meeting-proxy.invalid".into();
-    check(&s).assert("dns_failed", 2, &["meeting-proxy.invalid"]);
+    s.host = format!("{}.meeting-proxy.invalid", "x".repeat(64));
+    check(&s).assert(
+        "dns_failed",
+        2,
+        &["meeting-proxy.invalid", "/etc/resolv.conf", "tunnel_host"],
+    );
 }
 
 #[test]

@@ -1,10 +1,10 @@
 //! The agent's command line and configuration, through the real binary.
 
-mod common;
+mod support;
 
 use std::path::PathBuf;
 
-use common::*;
+use support::*;
 
 struct Tmp(PathBuf);
 impl Tmp {

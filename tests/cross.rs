@@ -2,11 +2,11 @@
 //! against the native meeting-proxy on loopback, echoing data byte-exact.
 //! Run by `make test-cross`, which builds the binary and sets CROSS_TARGET and CROSS_AGENT.
 
-mod common;
+mod support;
 
 use std::process::Command;
 
-use common::*;
+use support::*;
 
 fn qemu_and_agent() -> (&'static str, String) {
     let target =

@@ -3,9 +3,10 @@
 //! flows; the agent must notice within its configured bound (plus a margin) and come back once
 //! the path is restored. Neither namespace has a default route: no packet can leave them.
 //!
-//! Needs root (CI has it). Where namespaces cannot be made, the test fails and says why.
+//! Needs root and iproute2: missing under CI, the test fails; elsewhere it says `skipped:`
+//! (tests/support/need.rs). Where namespaces still cannot be made, it fails and says why.
 
-mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -13,7 +14,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use support::*;
 
 const HELPER: &str = "TUNNEL_AGENT_NETNS_HELPER";
 /// Margin on top of the configured detection bound (the machine is shared and noisy).
@@ -86,10 +87,7 @@ impl Net {
         ];
         for step in steps {
             if let Err(e) = ip(&step) {
-                panic!(
-                    "cannot build the test network: {e}. This test needs root and iproute2 to \
-                     create network namespaces (CI runs as root); it does not skip."
-                );
+                panic!("cannot build the test network: {e}");
             }
         }
         net
@@ -165,6 +163,13 @@ fn helper() {
 
 #[test]
 fn dead_link_is_noticed_idle_and_busy_and_the_agent_comes_back() {
+    let needs = [Need::Root, tool("ip", "iproute2")];
+    if !may_run(
+        "dead_link_is_noticed_idle_and_busy_and_the_agent_comes_back",
+        &needs,
+    ) {
+        return;
+    }
     let net = Net::create();
     let (p, a) = (net.proxy_ns.clone(), net.agent_ns.clone());
     let control = format!("{}:9001", net.proxy_ip);
@@ -173,7 +178,7 @@ fn dead_link_is_noticed_idle_and_busy_and_the_agent_comes_back() {
     let tunnel = format!("{public}={KEY}:7000");
     let proxy = net.spawn(
         &p,
-        bin("meeting-proxy"),
+        &bin("meeting-proxy"),
         &[
             "--listen", &control, "--device", &device, "--tunnel", &tunnel,
         ],
@@ -184,7 +189,7 @@ fn dead_link_is_noticed_idle_and_busy_and_the_agent_comes_back() {
     // Idle bound: 2 s idle + 2 probes 1 s apart. Busy bound: 4 s of unacknowledged data.
     let agent = net.spawn(
         &a,
-        bin("tunnel-agent"),
+        &bin("tunnel-agent"),
         &[
             "--device-key",
             KEY,

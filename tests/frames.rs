@@ -1,12 +1,12 @@
 //! Malformed and unusual frames from the proxy: logged, never a panic; fatal ones drop the
 //! connection and the agent reconnects.
 
-mod common;
+mod support;
 
 use std::io::Write;
 use std::net::TcpStream;
 
-use common::*;
+use support::*;
 use tunnel_agent::protocol::frame::{
     close_frame, encode_header, open_frame, write_frame, Frame, FrameReader, TYPE_DATA,
 };

@@ -1,11 +1,11 @@
 //! Every row of the handshake table of docs/protocol.md section 2, checked on what the real agent
 //! logs and does (frame mode, or which backoff).
 
-mod common;
+mod support;
 
 use std::io::Write;
 
-use common::*;
+use support::*;
 
 /// What every refusal-type row must satisfy: one ERROR line with the diagnosis, the device key
 /// named, the token nowhere, and the long (refusal) backoff.

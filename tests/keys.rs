@@ -3,24 +3,16 @@
 //! device key generated and published once, known_hosts kept; every refusal leaves the file
 //! as it was. The login user is the user running the tests, so that the owner checks are real.
 
-mod common;
+mod support;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use support::*;
 
-fn tools_present() -> bool {
-    let ok = Command::new("ssh-keygen").arg("-?").output().is_ok();
-    if !ok && std::env::var_os("CI").is_some() {
-        panic!("CI is set but ssh-keygen is missing: .ci/run must install openssh-client");
-    }
-    if !ok {
-        eprintln!("SKIPPED: ssh-keygen (openssh-client) is not installed");
-    }
-    ok
-}
+/// OpenSSH's ssh-keygen checks the keys the agent writes.
+const SSH_KEYGEN: Need = tool("ssh-keygen", "openssh-client");
 
 fn me() -> String {
     let out = Command::new("id").arg("-un").output().unwrap();
@@ -198,7 +190,10 @@ const OTHERS: &str = "# the owner's own keys\r\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5
 
 #[test]
 fn meeting_key_installed_other_lines_kept_rotation_replaces_no_op_writes_nothing() {
-    if !tools_present() {
+    if !may_run(
+        "meeting_key_installed_other_lines_kept_rotation_replaces_no_op_writes_nothing",
+        &[SSH_KEYGEN],
+    ) {
         return;
     }
     let s = Setup::new("install");
@@ -303,7 +298,10 @@ fn meeting_key_installed_other_lines_kept_rotation_replaces_no_op_writes_nothing
 
 #[test]
 fn the_device_key_is_generated_in_openssh_format_and_published() {
-    if !tools_present() {
+    if !may_run(
+        "the_device_key_is_generated_in_openssh_format_and_published",
+        &[SSH_KEYGEN],
+    ) {
         return;
     }
     let s = Setup::new("generate");
@@ -334,7 +332,7 @@ fn the_device_key_is_generated_in_openssh_format_and_published() {
 
 #[test]
 fn every_refusal_leaves_the_file_untouched() {
-    if !tools_present() {
+    if !may_run("every_refusal_leaves_the_file_untouched", &[SSH_KEYGEN]) {
         return;
     }
     let s = Setup::new("refusals");
@@ -411,7 +409,8 @@ fn every_refusal_leaves_the_file_untouched() {
     let (code, _, err) = s.keys(&["--api-ca-file", &ca]);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("meeting key: FAILED") && err.contains("the API's certificate"),
+        err.contains("meeting key: FAILED: the Meeting API at")
+            && err.contains("the server's certificate"),
         "{err}"
     );
     assert_eq!(snapshot(&ak), before);
@@ -454,7 +453,7 @@ fn pin_config(s: &Setup, pin: &str) -> String {
 
 #[test]
 fn exit_statuses_of_keys() {
-    if !tools_present() {
+    if !may_run("exit_statuses_of_keys", &[SSH_KEYGEN]) {
         return;
     }
     let s = Setup::new("exit");
@@ -516,11 +515,8 @@ fn exit_statuses_of_keys() {
 
 #[test]
 fn as_root_the_owner_of_another_users_file_and_a_new_ssh_dir_are_right() {
-    if !tools_present() || uid() != 0 {
-        if std::env::var_os("CI").is_some() && uid() != 0 {
-            panic!("CI runs the suite as root; this test needs it to chown");
-        }
-        eprintln!("SKIPPED: needs root to give files to another user");
+    let test = "as_root_the_owner_of_another_users_file_and_a_new_ssh_dir_are_right";
+    if !may_run(test, &[SSH_KEYGEN, Need::Root]) {
         return;
     }
     // nobody (65534) is in every Debian passwd; its home is not ours to touch, so the path is
@@ -540,12 +536,11 @@ fn as_root_the_owner_of_another_users_file_and_a_new_ssh_dir_are_right() {
 
 #[test]
 fn an_agent_without_the_rights_says_so_once_and_carries_the_tunnel() {
-    let setpriv = Path::new("/usr/bin/setpriv");
-    if !tools_present() || uid() != 0 || !setpriv.exists() {
-        if std::env::var_os("CI").is_some() {
-            panic!("CI runs the suite as root with setpriv (util-linux): this test needs both");
-        }
-        eprintln!("SKIPPED: needs root and setpriv to run the agent as nobody");
+    let needs = [SSH_KEYGEN, Need::Root, tool("setpriv", "util-linux")];
+    if !may_run(
+        "an_agent_without_the_rights_says_so_once_and_carries_the_tunnel",
+        &needs,
+    ) {
         return;
     }
     let s = Setup::new("rights");
@@ -564,11 +559,12 @@ fn an_agent_without_the_rights_says_so_once_and_carries_the_tunnel() {
     let ak = s.authorized_keys().display().to_string();
     let ca = s.api.ca_file.display().to_string();
     let base = agent_args(proxy.control);
+    let agent_bin = bin("tunnel-agent");
     let mut args = vec![
         "--reuid=65534",
         "--regid=65534",
         "--clear-groups",
-        bin("tunnel-agent"),
+        &agent_bin,
         "-v",
     ];
     args.extend(base.iter().map(String::as_str));
@@ -592,11 +588,7 @@ fn an_agent_without_the_rights_says_so_once_and_carries_the_tunnel() {
         "--heartbeat",
         "false",
     ]);
-    let agent = Proc::spawn(
-        setpriv.to_str().unwrap(),
-        &args,
-        &[("MEETING_TOKEN", TOKEN)],
-    );
+    let agent = Proc::spawn("setpriv", &args, &[("MEETING_TOKEN", TOKEN)]);
     proxy.wait_agent(1);
     let said = "SSH keys (meeting key): cannot create a temporary file next to";
     agent.wait_for(said, SOON);

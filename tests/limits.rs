@@ -1,12 +1,12 @@
 //! What a hostile or buggy proxy cannot make the agent do: open a port outside
 //! allowed_ports, exceed max_channels, make it allocate a huge frame, or log the token.
 
-mod common;
+mod support;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 
-use common::*;
+use support::*;
 use tunnel_agent::protocol::frame::{
     encode_header, open_frame, write_frame, Frame, FrameReader, TYPE_DATA,
 };

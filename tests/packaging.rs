@@ -1,14 +1,14 @@
 //! What goes on a device: `make install`, the systemd unit (`systemd-analyze verify`), the
 //! init script driven by BusyBox's start-stop-daemon, and logging to a syslog socket.
 
-mod common;
+mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use support::*;
 
 struct Tmp(PathBuf);
 impl Tmp {
@@ -24,23 +24,6 @@ impl Drop for Tmp {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// A tool the test needs: in CI its absence is a failure (.ci/run installs it), elsewhere the
-/// test says it skips.
-fn need(tool: &str, package: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but {tool} is missing: .ci/run must install {package}"
-        );
-        eprintln!("SKIPPED: {tool} not installed (Debian package {package})");
-    }
-    found
 }
 
 /// `make install` into `root` (PREFIX=root/usr, SYSCONFDIR=root/etc) with the test build.
@@ -72,7 +55,7 @@ fn mode(p: &Path) -> u32 {
 /// Shown with `make -n`: the cross build itself is `make test-cross`'s.
 #[test]
 fn make_install_with_a_target_installs_the_cross_build() {
-    if !need("make", "make") {
+    if !may_run("packaging", &[tool("make", "make")]) {
         return;
     }
     let plan = |args: &[&str]| {
@@ -126,7 +109,7 @@ fn make_install_with_a_target_installs_the_cross_build() {
 
 #[test]
 fn make_install_lays_out_the_files_and_the_unit_verifies() {
-    if !need("make", "make") {
+    if !may_run("packaging", &[tool("make", "make")]) {
         return;
     }
     let t = Tmp::new("install");
@@ -177,7 +160,10 @@ fn make_install_lays_out_the_files_and_the_unit_verifies() {
         script.contains(&format!("\"{}/etc/default/$DAEMON\"", r.display())),
         "{script}"
     );
-    if need("systemd-analyze", "systemd") {
+    if may_run(
+        "systemd-analyze verify",
+        &[tool("systemd-analyze", "systemd")],
+    ) {
         let out = Command::new("systemd-analyze")
             .arg("verify")
             .arg(&unit)
@@ -223,7 +209,10 @@ fn syslog_line(sock: &UnixDatagram, pat: &str) -> String {
 
 #[test]
 fn init_script_with_busybox_start_stop_daemon() {
-    if !need("make", "make") || !need("busybox", "busybox") {
+    if !may_run(
+        "packaging",
+        &[tool("make", "make"), tool("busybox", "busybox")],
+    ) {
         return;
     }
     let t = Tmp::new("init");

@@ -2,12 +2,12 @@
 //! Meeting API over HTTPS. The LAN the heartbeat reports comes from a file the test writes
 //! (`TUNNEL_AGENT_LAN_FILE`), so an address change can be made without touching the machine.
 
-mod common;
+mod support;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::*;
+use support::*;
 
 const LAN_ENV: &str = "TUNNEL_AGENT_LAN_FILE";
 

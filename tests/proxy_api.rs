@@ -2,15 +2,15 @@
 //! `GET /api/devices/{key}` and answered, the answers cached, and the public ports taken from
 //! `GET /api/tunnels` as they appear, expire and go away.
 
-mod common;
+mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::Duration;
 
-use common::*;
 use serde_json::json;
+use support::*;
 use tunnel_agent::protocol::handshake::handshake_line;
 
 /// Two more devices of the fake API.

@@ -1,7 +1,7 @@
 //! Reliability: status for programs, SIGHUP, slow and silent local services, many channels,
 //! churn without leaks, and a proxy that keeps dying.
 
-mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -10,8 +10,8 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::Value;
+use support::*;
 
 struct Tmp(PathBuf);
 impl Tmp {

@@ -1,12 +1,12 @@
 //! A real OpenSSH session and scp through the tunnel: Debian's sshd on a loopback port with its
 //! own host key and configuration, reached through meeting-proxy and tunnel-agent.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use support::*;
 
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -15,16 +15,6 @@ impl Drop for Dir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn tools_present() -> bool {
-    Path::new(SSHD).exists()
-        && ["ssh", "scp", "ssh-keygen"].iter().all(|t| {
-            Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -44,16 +34,18 @@ fn keygen(path: &Path) {
         .arg(path));
 }
 
-/// `true` (after saying so) when OpenSSH is missing; under CI its absence is a failure.
+/// `true` when OpenSSH's server and client are missing here (after saying so; under CI their
+/// absence is a failure).
 fn skip_without_openssh(test: &str) -> bool {
-    if tools_present() {
-        return false;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("CI is set but sshd/ssh/scp/ssh-keygen are missing: .ci/run must install openssh-server and openssh-client");
-    }
-    eprintln!("SKIPPED {test}: openssh-server/openssh-client not installed");
-    true
+    !may_run(
+        test,
+        &[
+            tool(SSHD, "openssh-server"),
+            tool("ssh", "openssh-client"),
+            tool("scp", "openssh-client"),
+            tool("ssh-keygen", "openssh-client"),
+        ],
+    )
 }
 
 /// Debian's sshd on a loopback port with `dir/hostkey`, reading `authorized_keys`; returns it

@@ -3,7 +3,7 @@
 //! one is never killed; a stop or the proxy leaving is noticed at once even while the control
 //! loop waits on it. The proxy here is the test, speaking frames on a real socket.
 
-mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use support::*;
 use tunnel_agent::protocol::frame::{encode_header, open_frame, Frame, TYPE_DATA};
 
 /// Payload of the `D` frames pushed at the agent.

@@ -1,7 +1,7 @@
 //! TLS end to end: meeting-proxy serving TLS with certificates made at run time, the agent
 //! and `check` against it, and every failure named for what it is.
 
-mod common;
+mod support;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::thread;
 
-use common::*;
 use rcgen::{
     date_time_ymd, BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
 };
 use serde_json::Value;
+use support::*;
 
 /// Certificates for one test, as PEM files in a temporary folder.
 struct Pki {

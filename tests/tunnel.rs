@@ -1,13 +1,13 @@
 //! End to end: the real agent and proxy carrying data on loopback.
 
-mod common;
+mod support;
 
 use std::io::Read;
 use std::net::TcpStream;
 use std::thread;
 use std::time::Instant;
 
-use common::*;
+use support::*;
 
 #[test]
 fn thirty_two_concurrent_channels_echo_four_megabytes_each() {

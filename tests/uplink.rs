@@ -3,7 +3,7 @@
 //! one channel is not held behind another channel's bulk transfer; and a channel blocked on a
 //! proxy that stopped reading ends with the control connection that died.
 
-mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use support::*;
 
 /// A local service that writes `phases` in order, each once the test says go (after it has
 /// read the previous phase completely, so the agent's first read of a phase sees only it).

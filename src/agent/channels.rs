@@ -427,42 +427,70 @@ impl Channels {
             return Ok(());
         };
         let mut d = ch.down();
-        let mut rest = payload;
-        if let (Link::Open(sock), 0) = (&d.link, d.held()) {
-            // Nothing ahead of these bytes: straight to the socket, the kernel waiting for
-            // room at most DIRECT_WAIT; what is left then goes to the queue.
-            let sock = sock.clone();
-            if d.write_timeout != DIRECT_WAIT {
-                let _ = sock.set_write_timeout(Some(DIRECT_WAIT));
-                d.write_timeout = DIRECT_WAIT;
+        let rest = match self.write_direct(&ch, &mut d, payload) {
+            Ok(rest) => rest,
+            Err(why) => {
+                drop(d);
+                self.shared.end_locally(&ch, why);
+                return Ok(());
             }
-            // The clock is read only once a write came back short (rare): each write waits at
-            // most DIRECT_WAIT, and the ones after it share one more DIRECT_WAIT.
-            let mut deadline = None;
-            while !rest.is_empty() {
-                if deadline.is_some_and(|t| Instant::now() >= t) {
-                    break;
+        };
+        if rest.is_empty() {
+            return Ok(());
+        }
+        self.queue_and_wait(&ch, d, rest, interrupted)
+    }
+
+    /// The fast path: with nothing ahead of `payload`, straight to the socket, the kernel
+    /// waiting for room at most `DIRECT_WAIT`. Returns what is left for the queue (all of it
+    /// when something is queued or the socket is not open yet), or why the service failed.
+    fn write_direct<'p>(
+        &self,
+        ch: &Arc<Channel>,
+        d: &mut Down,
+        payload: &'p [u8],
+    ) -> Result<&'p [u8], String> {
+        let mut rest = payload;
+        let (Link::Open(sock), 0) = (&d.link, d.held()) else {
+            return Ok(rest);
+        };
+        let sock = sock.clone();
+        if d.write_timeout != DIRECT_WAIT {
+            let _ = sock.set_write_timeout(Some(DIRECT_WAIT));
+            d.write_timeout = DIRECT_WAIT;
+        }
+        // The clock is read only once a write came back short (rare): each write waits at
+        // most DIRECT_WAIT, and the ones after it share one more DIRECT_WAIT.
+        let mut deadline = None;
+        while !rest.is_empty() {
+            if deadline.is_some_and(|t| Instant::now() >= t) {
+                break;
+            }
+            match (&*sock).write(rest) {
+                Ok(n) if n > 0 => {
+                    self.shared.delivered(ch, n);
+                    rest = &rest[n..];
+                    deadline.get_or_insert_with(|| Instant::now() + DIRECT_WAIT);
                 }
-                match (&*sock).write(rest) {
-                    Ok(n) if n > 0 => {
-                        self.shared.delivered(&ch, n);
-                        rest = &rest[n..];
-                        deadline.get_or_insert_with(|| Instant::now() + DIRECT_WAIT);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if is_timeout(&e) => break,
-                    result => {
-                        drop(d);
-                        let why = match result {
-                            Err(e) => format!("writing to the local service failed: {e}"),
-                            Ok(_) => "the local service stopped taking data".to_owned(),
-                        };
-                        self.shared.end_locally(&ch, why);
-                        return Ok(());
-                    }
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => break,
+                Err(e) => return Err(format!("writing to the local service failed: {e}")),
+                Ok(_) => return Err("the local service stopped taking data".to_owned()),
             }
         }
+        Ok(rest)
+    }
+
+    /// The slow path: `rest` goes to the channel's queue, drained by its own thread; while
+    /// the queue is full this waits for the local service in slices, says once that it
+    /// stalls, and gives up when `interrupted` says so.
+    fn queue_and_wait(
+        &self,
+        ch: &Arc<Channel>,
+        mut d: MutexGuard<'_, Down>,
+        mut rest: &[u8],
+        interrupted: &dyn Fn() -> Option<Interrupt>,
+    ) -> Result<(), Interrupt> {
         let mut waiting: Option<(Instant, Instant)> = None;
         let mut told = false;
         while !rest.is_empty() {
@@ -483,10 +511,10 @@ impl Channels {
                 d.queue.extend_from_slice(&rest[..take]);
                 rest = &rest[take..];
                 if let Link::Open(_) = d.link {
-                    if !self.shared.drain(&ch, &mut d) {
+                    if !self.shared.drain(ch, &mut d) {
                         drop(d);
                         self.shared
-                            .end_locally(&ch, "no thread to write to the local service".into());
+                            .end_locally(ch, "no thread to write to the local service".into());
                         return Ok(());
                     }
                 }
@@ -501,30 +529,15 @@ impl Channels {
                 if let Some(why) = interrupted() {
                     drop(d);
                     if why == Interrupt::ProxyGone {
-                        self.proxy_gone_while_waiting(&ch, since);
+                        self.proxy_gone_while_waiting(ch, since);
                         return Ok(());
                     }
                     return Err(why);
                 }
             }
-            if !told && matches!(d.link, Link::Open(_)) {
-                let idle = d.progress.elapsed();
-                if idle >= STALL_NOTICE {
-                    told = true;
-                    if self.shared.totals.noise.allow(Cause::LocalStalled) {
-                        let limit = self.shared.live.get().local_write_timeout;
-                        warn!(
-                            "channel {stream}: the local service at 127.0.0.1:{} has taken no \
-                             data for {:.1} s and {} bytes wait for it; every channel waits \
-                             meanwhile (it is closed after local_write_timeout, {} s, without \
-                             progress)",
-                            ch.port,
-                            idle.as_secs_f64(),
-                            d.held(),
-                            limit.as_secs_f64()
-                        );
-                    }
-                }
+            if !told && matches!(d.link, Link::Open(_)) && d.progress.elapsed() >= STALL_NOTICE {
+                told = true;
+                self.say_stalled(ch, &d);
             }
             d = ch
                 .cv
@@ -533,6 +546,24 @@ impl Channels {
                 .0;
         }
         Ok(())
+    }
+
+    /// A local service has taken nothing for `STALL_NOTICE` while bytes wait for it.
+    fn say_stalled(&self, ch: &Channel, d: &Down) {
+        if !self.shared.totals.noise.allow(Cause::LocalStalled) {
+            return;
+        }
+        let limit = self.shared.live.get().local_write_timeout;
+        warn!(
+            "channel {}: the local service at 127.0.0.1:{} has taken no data for {:.1} s and {} \
+             bytes wait for it; every channel waits meanwhile (it is closed after \
+             local_write_timeout, {} s, without progress)",
+            ch.stream,
+            ch.port,
+            d.progress.elapsed().as_secs_f64(),
+            d.held(),
+            limit.as_secs_f64()
+        );
     }
 
     /// The control connection ended while the control loop waited on `ch`'s full queue:

@@ -11,6 +11,7 @@ use log::{debug, error, info, warn};
 
 use super::presence::Wake;
 use super::Live;
+use crate::advice;
 use crate::sshkeys::{self, Done, Memory};
 
 /// Starts the SSH key thread.
@@ -32,8 +33,10 @@ fn run(live: &Live) {
                 Ok(Done::Changed(m)) => (m.clone(), log::Level::Info),
                 Ok(Done::Unchanged(m)) => (m.clone(), log::Level::Info),
                 Ok(Done::Off(why)) => (format!("off: {why}"), log::Level::Info),
-                Err(e) if e.is_refusal() => (e.to_string(), log::Level::Error),
-                Err(e) => (e.to_string(), log::Level::Warn),
+                Err(e) if e.is_refusal() => {
+                    (advice::explained(e, advice::keys(e)), log::Level::Error)
+                }
+                Err(e) => (advice::explained(e, advice::keys(e)), log::Level::Warn),
             };
             let again = said.get(o.job) == Some(&text);
             let changed = matches!(o.result, Ok(Done::Changed(_)));

@@ -160,7 +160,7 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Arc<Status>) {
         }
         let Err(e) = outcome.result else { break };
         let refused = e.class() == FailureClass::Refusal;
-        let message = e.to_string();
+        let message = e.explained();
         if refused {
             error!("{message}");
         } else if outcome.uptime.is_zero() {

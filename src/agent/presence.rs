@@ -15,6 +15,7 @@ use log::{debug, error, info, warn};
 use super::netinfo::{self, Lan};
 use super::status::{Presence, Status};
 use super::Live;
+use crate::advice;
 use crate::backoff::{Backoff, Jitter};
 use crate::clock;
 use crate::config::{Api, Config, Heartbeat};
@@ -204,7 +205,9 @@ impl Heart {
                 }
                 Wake::Reloaded => {
                     let cfg = live.get();
-                    if cfg.heartbeat != self.hb || cfg.api != self.api || cfg.device_key.value != self.key
+                    if cfg.heartbeat != self.hb
+                        || cfg.api != self.api
+                        || cfg.device_key.value != self.key
                     {
                         info!("SIGHUP: heartbeat settings changed; applying them now");
                         self = Heart::new(&cfg);
@@ -273,13 +276,15 @@ impl Heart {
                 let message = match code {
                     404 => format!(
                         "device {} is not registered in Meeting: the heartbeat was answered 404 \
-                         (\"{body}\"); check device_key, or provision the device",
-                        self.key
+                         (\"{body}\"); {}",
+                        self.key,
+                        advice::device_unknown()
                     ),
                     _ => format!(
                         "Meeting refused the heartbeat of device {} with HTTP {code}: \"{body}\"; \
-                         check api_url and the device's registration",
-                        self.key
+                         {}",
+                        self.key,
+                        advice::api_refused()
                     ),
                 };
                 if self.refused != Some(code) {
@@ -296,10 +301,10 @@ impl Heart {
                 self.failures += 1;
                 self.refused = None;
                 let delay = self.backoff.next_delay(false, self.jitter.unit());
-                let message = e.to_string();
+                let message = advice::explained(&e, advice::api(&e));
                 if self
                     .last_warn
-                    .map_or(true, |t| t.elapsed() >= FAILING_WARN_EVERY)
+                    .is_none_or(|t| t.elapsed() >= FAILING_WARN_EVERY)
                 {
                     warn!(
                         "Meeting presence: heartbeat failed ({} in a row): {message}; retrying \

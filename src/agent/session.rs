@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::noise::Cause;
 use log::{debug, info, warn};
 
+use crate::advice;
 use crate::agent::channels::{Channels, Interrupt, Totals};
 use crate::agent::shutdown::Shutdown;
 use crate::agent::status::{State, Status};
@@ -111,6 +112,26 @@ impl Ending {
     }
 }
 
+impl SessionError {
+    /// The line the operator reads (log, status file): what happened, and what to do about
+    /// it, worded by `advice` for the proxy and its settings.
+    pub fn explained(&self) -> String {
+        match &self.ending {
+            Ending::Transport(e) => advice::explained(e, advice::transport(e)),
+            Ending::Reply(e) => advice::reply(e, &self.device_key, &self.proxy),
+            Ending::WriterSpawn(_) => advice::explained(
+                self,
+                Some(
+                    "the system is out of threads or memory (check ulimit -u and free memory)"
+                        .into(),
+                ),
+            ),
+            _ => self.to_string(),
+        }
+    }
+}
+
+/// What happened, without advice: [`SessionError::explained`] adds it.
 impl fmt::Display for SessionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let proxy = &self.proxy;
@@ -122,15 +143,17 @@ impl fmt::Display for SessionError {
                 "sending the handshake to {proxy} failed: {e}; the proxy or the network dropped \
                  the connection at once"
             ),
-            Ending::Reply(e) => f.write_str(&e.diagnosis(&self.device_key, proxy)),
+            Ending::Reply(e) => write!(
+                f,
+                "the proxy {proxy} answered the handshake of device {}: {e}",
+                self.device_key
+            ),
             Ending::Frame(e) => write!(f, "{e}; reconnecting to {proxy}"),
             Ending::ClosedByProxy => write!(f, "the proxy {proxy} closed the control connection"),
             Ending::Write(e) => write!(f, "writing to the proxy {proxy} failed: {e}"),
-            Ending::WriterSpawn(e) => write!(
-                f,
-                "cannot start the frame-writer thread for {proxy}: {e}; the system is out of \
-                 threads or memory (check ulimit -u and free memory)"
-            ),
+            Ending::WriterSpawn(e) => {
+                write!(f, "cannot start the frame-writer thread for {proxy}: {e}")
+            }
             Ending::DeadLink { unacked: true } => write!(
                 f,
                 "dead link: data sent to the proxy {proxy} was unacknowledged for {} s \

@@ -49,7 +49,7 @@ pub(super) fn login_step(cfg: &Config, opts: &Options) -> (Step, Login) {
             };
             return fail(
                 e.to_string(),
-                "create the user, or set meeting_ssh_user to the user Meeting logs in as",
+                &crate::advice::no_user(&name),
                 Login::NoUser(name),
             );
         }

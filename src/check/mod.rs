@@ -13,6 +13,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use crate::advice::{self, Peer};
 use crate::agent::status::Snapshot;
 use crate::bytes::printable::printable;
 use crate::bytes::recorded::Recorded;
@@ -117,6 +118,36 @@ fn step(name: &str, status: Status, detail: String, hint: Option<String>, since:
     }
 }
 
+/// Every step's name, in the order they run (`local` stands for each `local:PORT`).
+const ORDER: [&str; 9] = [
+    "config",
+    "dns",
+    "tcp",
+    "tls",
+    "handshake",
+    "api",
+    "presence",
+    "local",
+    "ssh-login",
+];
+
+/// Step `name` failed and the steps after it, up to and including `through`, cannot run: the
+/// failure, then each of those skipped with `why`.
+fn fail_and_skip(steps: &mut Vec<Step>, failed: Step, through: &str, why: &str) {
+    let after = ORDER
+        .iter()
+        .position(|n| *n == failed.name)
+        .map_or(0, |i| i + 1);
+    let last = ORDER
+        .iter()
+        .position(|n| *n == through)
+        .unwrap_or(ORDER.len() - 1);
+    steps.push(failed);
+    for name in ORDER.iter().take(last + 1).skip(after) {
+        steps.push(skipped(name, why));
+    }
+}
+
 fn skipped(name: &str, why: &str) -> Step {
     Step {
         name: name.to_owned(),
@@ -163,25 +194,14 @@ pub fn run(
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            steps.push(step(
+            let failed = step(
                 "config",
                 Status::Fail,
                 format!("{e}\nFound: {shown}"),
                 Some("fix the configuration (tunnel-agent --help lists every setting)".into()),
                 t,
-            ));
-            for name in [
-                "dns",
-                "tcp",
-                "tls",
-                "handshake",
-                "api",
-                "presence",
-                "local",
-                "ssh-login",
-            ] {
-                steps.push(skipped(name, "no usable configuration"));
-            }
+            );
+            fail_and_skip(&mut steps, failed, "ssh-login", "no usable configuration");
             let reach = Reach::ConfigError(e);
             let found = (Api::Unknown, Presence::Unknown, Login::Unknown);
             return conclude(steps, facts, &reach, found, &[], &[], "", "", opts);
@@ -312,24 +332,24 @@ fn config_step(cfg: &Config, t: Instant) -> Step {
 
 /// DNS, TCP, TLS and handshake: how far the connection to the proxy gets.
 fn reach_proxy(cfg: &Config, opts: &Options, steps: &mut Vec<Step>, facts: &mut Facts) -> Reach {
-    let skip_rest = |steps: &mut Vec<Step>, from: usize, why: &str| {
-        for name in ["dns", "tcp", "tls", "handshake"].iter().skip(from) {
-            steps.push(skipped(name, why));
-        }
-    };
     let t = Instant::now();
     let addrs = match resolve(&cfg.host.value, cfg.port.value) {
         Ok(a) => a,
         Err(e) => {
             let why = std::error::Error::source(&e).map_or_else(String::new, |s| s.to_string());
-            steps.push(step(
+            let failed = step(
                 "dns",
                 Status::Fail,
                 format!("{} does not resolve: {why}", cfg.host.value),
-                Some("check /etc/resolv.conf and tunnel_host".into()),
+                Some(advice::dns(Peer::Proxy)),
                 t,
-            ));
-            skip_rest(steps, 1, "the proxy name does not resolve");
+            );
+            fail_and_skip(
+                steps,
+                failed,
+                "handshake",
+                "the proxy name does not resolve",
+            );
             return Reach::DnsFailed;
         }
     };
@@ -353,22 +373,22 @@ fn reach_proxy(cfg: &Config, opts: &Options, steps: &mut Vec<Step>, facts: &mut 
                 io::ErrorKind::ConnectionRefused => (
                     Reach::ConnectRefused,
                     "refused",
-                    "the proxy is down or tunnel_port is wrong",
+                    advice::refused(Peer::Proxy),
                 ),
                 _ => (
                     Reach::ConnectTimeout,
                     "timed out or unreachable",
-                    "a firewall drops outgoing traffic to this port, or the network is down",
+                    advice::no_answer(addr.port()),
                 ),
             };
-            steps.push(step(
+            let failed = step(
                 "tcp",
                 Status::Fail,
                 format!("connect to {addr} {what}: {e}"),
-                Some(hint.into()),
+                Some(hint),
                 t,
-            ));
-            skip_rest(steps, 2, "no TCP connection");
+            );
+            fail_and_skip(steps, failed, "handshake", "no TCP connection");
             return reach;
         }
     };
@@ -385,14 +405,14 @@ fn reach_proxy(cfg: &Config, opts: &Options, steps: &mut Vec<Step>, facts: &mut 
         Ok(c) => c,
         Err(e) => {
             let (reach, detail) = tls_failure(e);
-            steps.push(step(
+            let failed = step(
                 "tls",
                 Status::Fail,
                 detail,
                 Some("see the verdict below".into()),
                 t,
-            ));
-            skip_rest(steps, 3, "no TLS session");
+            );
+            fail_and_skip(steps, failed, "handshake", "no TLS session");
             return reach;
         }
     };
@@ -442,7 +462,7 @@ fn connected_agent(cfg: &Config) -> Option<Snapshot> {
     let same_device = snap
         .device_key
         .as_deref()
-        .map_or(true, |k| k.eq_ignore_ascii_case(&cfg.device_key.value));
+        .is_none_or(|k| k.eq_ignore_ascii_case(&cfg.device_key.value));
     (snap.is_fresh() && same_device && snap.state == "connected").then_some(snap)
 }
 
@@ -472,9 +492,10 @@ fn live_agent_step(cfg: &Config, a: &Snapshot) -> Step {
     }
 }
 
-/// What a failed [`transport::secure`] means for the verdict, and its one-line detail.
+/// What a failed [`transport::secure`] means for the verdict, and its one-line detail: what
+/// happened, and what to do about it.
 fn tls_failure(e: TransportError) -> (Reach, String) {
-    let detail = e.to_string();
+    let detail = advice::explained(&e, advice::transport(&e));
     let reach = match &e {
         #[cfg(feature = "tls")]
         TransportError::Tls(e) => {
@@ -483,7 +504,8 @@ fn tls_failure(e: TransportError) -> (Reach, String) {
                 TlsError::CaFile { .. } | TlsError::BadServerName(_) => {
                     Reach::ConfigError(detail.clone())
                 }
-                e if e.is_mismatch() => Reach::TlsMismatch(detail.clone()),
+                // The verdict says what to do about TLS at one end only.
+                e if e.is_mismatch() => Reach::TlsMismatch(e.to_string()),
                 _ => Reach::TlsFailed(detail.clone()),
             }
         }
@@ -614,7 +636,7 @@ fn api_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Api {
                 (false, _) => (
                     Status::Fail,
                     format!("{facts}: the device is not authorized for tunnels"),
-                    Some("ask a Meeting administrator to authorize the device".into()),
+                    Some(advice::not_authorized()),
                     Api::NotAuthorized,
                 ),
                 (true, false) => (
@@ -629,19 +651,19 @@ fn api_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Api {
         Ok(DeviceRecord::NotFound) => (
             Status::Fail,
             format!("GET {full}: HTTP 404: the Meeting API does not know device {key}"),
-            Some("register the device in Meeting or correct device_key".into()),
+            Some(advice::device_unknown()),
             Api::DeviceUnknown,
         ),
         Err(meeting::ApiError::Status { code, body, .. }) => (
             Status::Warn,
             format!("GET {full}: HTTP {code}: \"{body}\""),
-            Some("the API could not be asked; check api_url and the token".into()),
+            Some(advice::api_refused()),
             Api::Unknown,
         ),
         Err(e) => (
             Status::Warn,
             format!("GET {full} failed: {e}"),
-            Some("the API could not be reached; check api_url and the network".into()),
+            advice::api(&e),
             Api::Unknown,
         ),
     };
@@ -723,7 +745,7 @@ fn presence_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Presenc
         Err(e) => (
             Status::Warn,
             format!("{e}; {ours}"),
-            Some("Meeting's view of the device could not be read; check api_url".into()),
+            advice::api(&e),
             Presence::Unknown,
         ),
     };

@@ -1,5 +1,8 @@
 //! From what the check steps found to one verdict: the single most likely cause, in one
-//! sentence a non-developer can act on. Pure logic.
+//! sentence a non-developer can act on. Pure logic; what to do comes from `advice`, so a
+//! verdict says it as the log and the steps do.
+
+use crate::advice::{self, Peer};
 
 /// What went wrong first on the way to the proxy, if anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,15 +222,15 @@ pub fn decide(f: &Findings) -> (Verdict, String) {
         Api::DeviceUnknown => Some((
             Verdict::DeviceUnknown,
             format!(
-                "The Meeting API does not know device {key}: register the device in Meeting, or \
-                 correct device_key in the agent's configuration."
+                "The Meeting API does not know device {key}: {}.",
+                advice::device_unknown()
             ),
         )),
         Api::NotAuthorized => Some((
             Verdict::DeviceNotAuthorized,
             format!(
-                "Device {key} exists in Meeting but is not authorized for tunnels: ask a Meeting \
-                 administrator to authorize it."
+                "Device {key} exists in Meeting but is not authorized for tunnels: {}.",
+                advice::not_authorized()
             ),
         )),
         _ => None,
@@ -274,7 +277,8 @@ pub fn decide(f: &Findings) -> (Verdict, String) {
             Verdict::LoginUserMissing,
             format!(
                 "Meeting's terminal logs in as \"{user}\", which does not exist on the device: \
-                 create the user (adduser {user}) or set meeting_ssh_user."
+                 {}.",
+                advice::no_user(user)
             ),
         )),
         Login::KeyMissing(what) => Some((
@@ -300,27 +304,30 @@ pub fn decide(f: &Findings) -> (Verdict, String) {
         Reach::DnsFailed => (
             Verdict::DnsFailed,
             format!(
-                "The device cannot resolve the proxy name {host}: check its DNS settings \
-                 (/etc/resolv.conf) and tunnel_host."
+                "The device cannot resolve the proxy name {host}: {}.",
+                advice::dns(Peer::Proxy)
             ),
         ),
         Reach::ConnectRefused => (
             Verdict::ConnectRefused,
             format!(
-                "The proxy {proxy} refused the connection: the proxy is down or tunnel_port is \
-                 wrong."
+                "The proxy {proxy} refused the connection: {}.",
+                advice::refused(Peer::Proxy)
             ),
         ),
         Reach::ConnectTimeout => (
             Verdict::ConnectTimeout,
             format!(
-                "Nothing answers at {proxy}: a firewall blocks outgoing TCP port {port} or the \
-                 device's network is down."
+                "Nothing answers at {proxy}: {}.",
+                advice::no_answer(port.parse().unwrap_or(0))
             ),
         ),
         Reach::TlsMismatch(d) => (
             Verdict::TlsMismatch,
-            format!("TLS is on at one end only ({d}): make tunnel_ssl match the proxy port."),
+            format!(
+                "TLS is on at one end only ({d}): {}.",
+                advice::tls_mismatch()
+            ),
         ),
         Reach::TlsFailed(d) => (
             Verdict::TlsFailed,
@@ -329,14 +336,15 @@ pub fn decide(f: &Findings) -> (Verdict, String) {
         Reach::Replied(Handshake::TlsOnPlain) => (
             Verdict::TlsMismatch,
             format!(
-                "The proxy port {proxy} speaks TLS but the agent does not: set tunnel_ssl to true."
+                "The proxy port {proxy} speaks TLS but the agent does not: {}.",
+                advice::tls_on_plain()
             ),
         ),
         Reach::Replied(Handshake::NotMeeting(first)) => (
             Verdict::NotMeetingProxy,
             format!(
-                "{proxy} is not a Meeting proxy (it answered \"{first}\"): check tunnel_host and \
-                 tunnel_port."
+                "{proxy} is not a Meeting proxy (it answered \"{first}\"): {}.",
+                advice::not_meeting()
             ),
         ),
         Reach::Replied(Handshake::Refused(reason)) => api_refusal().unwrap_or_else(|| {

@@ -1,6 +1,6 @@
 //! Agent configuration: command-line flags, then environment, then a JSON file, then defaults;
 //! every value remembers where it came from. The settings themselves are declared once, in
-//! [`settings`]; this module finds their values and builds the [`Config`] the roles read.
+//! `settings.rs`; this module finds their values and builds the [`Config`] the roles read.
 
 mod settings;
 
@@ -457,9 +457,9 @@ impl FileValues {
                 "expected a list like [22, 5900], found {}",
                 json_kind(other)
             ))),
-            (Some(v), false) => scalar(v).map(Some).map_err(|other| {
-                invalid(format!("expected a string, found {}", json_kind(other)))
-            }),
+            (Some(v), false) => scalar(v)
+                .map(Some)
+                .map_err(|other| invalid(format!("expected a string, found {}", json_kind(other)))),
         }
     }
 }

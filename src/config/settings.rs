@@ -432,7 +432,10 @@ mod tests {
             .iter()
             .filter(|s| matches!(s.default, Fallback::Value(_)))
             .count();
-        assert_eq!(values, 25, "a setting with a default value is missing above");
+        assert_eq!(
+            values, 25,
+            "a setting with a default value is missing above"
+        );
         for (i, a) in SETTINGS.iter().enumerate() {
             for b in &SETTINGS[i + 1..] {
                 assert_ne!(a.key, b.key);
@@ -461,10 +464,18 @@ mod tests {
                 .find(|l| l.starts_with('|') && l.contains(&format!("| `{}` ", s.key)))
                 .unwrap_or_else(|| panic!("no README row for {}", s.key));
             for part in [s.flag, s.env].into_iter().flatten() {
-                assert!(row.contains(&format!("`{part}")), "{}: {part} missing: {row}", s.key);
+                assert!(
+                    row.contains(&format!("`{part}")),
+                    "{}: {part} missing: {row}",
+                    s.key
+                );
             }
             if let Fallback::Value(text) = s.default {
-                assert!(row.contains(text), "{}: default {text} missing: {row}", s.key);
+                assert!(
+                    row.contains(text),
+                    "{}: default {text} missing: {row}",
+                    s.key
+                );
             }
         }
     }

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 struct Tmp(PathBuf);
 impl Tmp {
     fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir()
-            .join(format!("tunnel-agent-config-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tunnel-agent-config-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Tmp(dir)
@@ -193,7 +193,10 @@ fn allowed_ports_from_file_or_flags() {
         &t.paths(),
     )
     .unwrap_err();
-    assert!(e.to_string().contains("expected a list like [22, 5900]"), "{e}");
+    assert!(
+        e.to_string().contains("expected a list like [22, 5900]"),
+        "{e}"
+    );
 }
 
 #[test]

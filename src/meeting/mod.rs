@@ -82,8 +82,8 @@ pub enum ApiError {
     Unreachable {
         /// The URL asked.
         url: String,
-        /// What the HTTP client said (never contains header values, so never the token).
-        why: String,
+        /// What failed on the way (never contains header values, so never the token).
+        cause: Unreached,
     },
     /// An HTTP status this call does not expect, with the first bytes of the body.
     Status {
@@ -103,24 +103,74 @@ pub enum ApiError {
     },
 }
 
+/// What stopped a request before an HTTP answer came.
+#[derive(Debug)]
+pub enum Unreached {
+    /// The TLS session failed.
+    #[cfg(feature = "tls")]
+    Tls(crate::transport::tls::TlsError),
+    /// The host name does not resolve.
+    Dns,
+    /// Nothing listens at that address and port.
+    Refused,
+    /// No answer within the bound.
+    Timeout(String),
+    /// The TCP connection failed otherwise.
+    Connect,
+    /// An answer came but its body could not be read.
+    Body {
+        /// The HTTP status of the answer.
+        status: u16,
+        /// The most that is taken, KiB.
+        limit_kib: u64,
+        /// What failed while reading it.
+        cause: Box<Unreached>,
+    },
+    /// Anything else the HTTP client said.
+    Other(String),
+}
+
+impl fmt::Display for Unreached {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            #[cfg(feature = "tls")]
+            Unreached::Tls(e) => e.fmt(f),
+            Unreached::Dns => f.write_str("the host name does not resolve"),
+            Unreached::Refused => {
+                f.write_str("connection refused: nothing listens at that address and port")
+            }
+            Unreached::Timeout(t) => write!(f, "no answer in time ({t})"),
+            Unreached::Connect => f.write_str("the TCP connection failed"),
+            Unreached::Body {
+                status,
+                limit_kib,
+                cause,
+            } => write!(
+                f,
+                "HTTP {status}, but its body could not be read (at most {limit_kib} KiB taken): \
+                 {cause}"
+            ),
+            Unreached::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+/// What happened, without advice: `advice::api` says what to do.
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             #[cfg(not(feature = "tls"))]
             ApiError::NoClient => f.write_str(
-                "this binary was built without TLS, so it cannot ask the Meeting API (HTTPS); \
-                 install a build with TLS",
+                "this binary was built without TLS, so it cannot ask the Meeting API (HTTPS)",
             ),
             ApiError::CaFile { path, why } => write!(
                 f,
                 "cannot use the CA file {} for the Meeting API: {why}",
                 path.display()
             ),
-            ApiError::Unreachable { url, why } => write!(
-                f,
-                "the Meeting API at {url} did not answer: {why}; check api_url, the network \
-                 and the device's clock (TLS)"
-            ),
+            ApiError::Unreachable { url, cause } => {
+                write!(f, "the Meeting API at {url} did not answer: {cause}")
+            }
             ApiError::Status { url, code, body } => {
                 write!(
                     f,
@@ -129,8 +179,7 @@ impl fmt::Display for ApiError {
             }
             ApiError::BadAnswer { url, why } => write!(
                 f,
-                "the Meeting API's answer to {url} is not what Meeting sends: {why}; is api_url \
-                 really the Meeting API?"
+                "the Meeting API's answer to {url} is not what Meeting sends: {why}"
             ),
         }
     }
@@ -377,7 +426,7 @@ impl Client {
         let agent = self.agent()?;
         let unreachable = |e: ureq::Error| ApiError::Unreachable {
             url: url.to_owned(),
-            why: describe(e, self.ca_file.as_deref()),
+            cause: describe(e, self.ca_file.as_deref()),
         };
         fn with<B>(
             mut req: ureq::RequestBuilder<B>,
@@ -406,11 +455,11 @@ impl Client {
             .read_to_string()
             .map_err(|e| ApiError::Unreachable {
                 url: url.to_owned(),
-                why: format!(
-                    "HTTP {status}, but its body could not be read (at most {} KiB taken): {}",
-                    limit / 1024,
-                    describe(e, self.ca_file.as_deref())
-                ),
+                cause: Unreached::Body {
+                    status,
+                    limit_kib: limit / 1024,
+                    cause: Box::new(describe(e, self.ca_file.as_deref())),
+                },
             })?;
         Ok((status, body))
     }
@@ -461,7 +510,7 @@ impl Client {
 /// What went wrong on the way to the API, as precisely as the proxy connection says it: TLS
 /// failures go through the same diagnosis. ureq's errors never contain header values.
 #[cfg(feature = "tls")]
-fn describe(e: ureq::Error, ca_file: Option<&std::path::Path>) -> String {
+fn describe(e: ureq::Error, ca_file: Option<&std::path::Path>) -> Unreached {
     match e {
         ureq::Error::Rustls(e) => {
             let trusted = crate::transport::TlsTarget {
@@ -469,26 +518,20 @@ fn describe(e: ureq::Error, ca_file: Option<&std::path::Path>) -> String {
                 ca_file,
             }
             .trusted();
-            // The same diagnosis as for the proxy, worded for the API and its setting.
-            crate::transport::tls::diagnose(e, &trusted)
-                .to_string()
-                .replace("proxy", "API")
-                .replace("set ca_file", "set api_ca_file")
+            Unreached::Tls(crate::transport::tls::diagnose(e, &trusted))
         }
         ureq::Error::Io(e) => match e
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
             Some(tls) => describe(ureq::Error::Rustls(tls.clone()), ca_file),
-            None if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                "connection refused: nothing listens at that address and port".to_owned()
-            }
-            None => e.to_string(),
+            None if e.kind() == std::io::ErrorKind::ConnectionRefused => Unreached::Refused,
+            None => Unreached::Other(e.to_string()),
         },
-        ureq::Error::Timeout(t) => format!("no answer in time ({t})"),
-        ureq::Error::HostNotFound => "the host name does not resolve".to_owned(),
-        ureq::Error::ConnectionFailed => "the TCP connection failed".to_owned(),
-        other => other.to_string(),
+        ureq::Error::Timeout(t) => Unreached::Timeout(t.to_string()),
+        ureq::Error::HostNotFound => Unreached::Dns,
+        ureq::Error::ConnectionFailed => Unreached::Connect,
+        other => Unreached::Other(other.to_string()),
     }
 }
 

@@ -281,7 +281,7 @@ mod tests {
     fn rsa(bytes: usize) -> String {
         let mut n = vec![0u8];
         n.push(0xC5);
-        n.extend(std::iter::repeat(0x11).take(bytes - 1));
+        n.extend(std::iter::repeat_n(0x11, bytes - 1));
         format!("ssh-rsa {}", blob(&[b"ssh-rsa", &[1, 0, 1], &n]))
     }
 

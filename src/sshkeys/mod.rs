@@ -119,7 +119,7 @@ impl fmt::Display for KeysError {
             KeysError::PlainHttp(url) => write!(
                 f,
                 "the Meeting API {url} is plain http, so a key from it could come from anyone on \
-                 the path; nothing was installed. Use the https API URL"
+                 the path; nothing was installed"
             ),
             KeysError::Api(e) => write!(f, "{e}"),
             KeysError::BadKey { what, why } => {
@@ -134,8 +134,7 @@ impl fmt::Display for KeysError {
             KeysError::Pin { pinned, computed } => write!(
                 f,
                 "refusing Meeting's key: its fingerprint is {computed} but \
-                 meeting_key_fingerprint pins {pinned}; if Meeting rotated its key on purpose, \
-                 update the pin; nothing was written"
+                 meeting_key_fingerprint pins {pinned}; nothing was written"
             ),
             KeysError::BadPin(p) => write!(
                 f,
@@ -144,19 +143,14 @@ impl fmt::Display for KeysError {
             ),
             KeysError::NoUser(u) => write!(
                 f,
-                "meeting_ssh_user \"{u}\" does not exist on this device (not in {}); create the \
-                 user or correct the setting",
+                "meeting_ssh_user \"{u}\" does not exist on this device (not in {})",
                 users::PASSWD
             ),
             KeysError::Fs(e) => write!(f, "{e}"),
             KeysError::Edit { path, why } => write!(f, "cannot edit {}: {why}", path.display()),
-            KeysError::NoDeviceKey { path, why } => write!(
-                f,
-                "the device key {} {why}; create it (ssh-keygen -t ed25519 -f {}) or set \
-                 generate_device_key to true",
-                path.display(),
-                path.display()
-            ),
+            KeysError::NoDeviceKey { path, why } => {
+                write!(f, "the device key {} {why}", path.display())
+            }
             KeysError::NoRandom => {
                 f.write_str("the system gave no randomness to make the device key with")
             }

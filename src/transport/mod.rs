@@ -69,7 +69,7 @@ impl TlsTarget<'_> {
     /// What this target trusts, for messages.
     pub fn trusted(&self) -> String {
         match self.ca_file {
-            Some(ca) => format!("the CA in ca_file {}", ca.display()),
+            Some(ca) => format!("the CA in {}", ca.display()),
             None => "any public certificate authority (webpki-roots)".to_owned(),
         }
     }
@@ -90,6 +90,7 @@ pub enum TransportError {
     Split(io::Error),
 }
 
+/// What happened, without advice: `advice::transport` says what to do.
 impl fmt::Display for TransportError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -97,14 +98,9 @@ impl fmt::Display for TransportError {
             #[cfg(feature = "tls")]
             TransportError::Tls(e) => write!(f, "TLS to the proxy: {e}"),
             TransportError::TlsUnavailable => f.write_str(
-                "TLS is configured but this tunnel-agent was built without the tls feature: \
-                 install a build with TLS or set tunnel_ssl to false",
+                "TLS is configured but this tunnel-agent was built without the tls feature",
             ),
-            TransportError::Split(e) => write!(
-                f,
-                "cannot duplicate the control socket: {e}; the process is probably out of file \
-                 descriptors (check ulimit -n and max_channels)"
-            ),
+            TransportError::Split(e) => write!(f, "cannot duplicate the control socket: {e}"),
         }
     }
 }

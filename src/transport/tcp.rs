@@ -61,51 +61,41 @@ pub enum TcpError {
 }
 
 impl TcpError {
-    /// True when the proxy host answered with a refusal (nothing listens on the port).
+    /// True when the peer answered with a refusal (nothing listens on the port).
     pub fn is_refused(&self) -> bool {
         matches!(self, TcpError::Connect { err, .. } if err.kind() == io::ErrorKind::ConnectionRefused)
     }
+
+    /// True when nothing answered within the bound.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, TcpError::Connect { err, .. }
+            if matches!(err.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock))
+    }
 }
 
+/// What happened, without advice: `advice::tcp` says what to do.
 impl fmt::Display for TcpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TcpError::Resolve { target, err } => write!(
-                f,
-                "cannot resolve the proxy host of {target}: {err}; check the tunnel_host setting \
-                 and the device's DNS (/etc/resolv.conf)"
-            ),
-            TcpError::Connect {
-                target, addr, err, ..
-            } if err.kind() == io::ErrorKind::ConnectionRefused => write!(
-                f,
-                "the proxy {target} ({addr}) refused the TCP connection: the proxy is down or \
-                 tunnel_port is wrong"
-            ),
+            TcpError::Resolve { target, err } => {
+                write!(f, "cannot resolve the proxy host of {target}: {err}")
+            }
+            TcpError::Connect { target, addr, .. } if self.is_refused() => {
+                write!(f, "the proxy {target} ({addr}) refused the TCP connection")
+            }
             TcpError::Connect {
                 target,
                 addr,
-                err,
                 timeout,
-            } if matches!(
-                err.kind(),
-                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-            ) =>
-            {
-                write!(
-                    f,
-                    "no answer from the proxy {target} ({addr}) within {} s: a firewall drops \
-                     the traffic or the network is down",
-                    timeout.as_secs()
-                )
-            }
+                ..
+            } if self.is_timeout() => write!(
+                f,
+                "no answer from the proxy {target} ({addr}) within {} s",
+                timeout.as_secs()
+            ),
             TcpError::Connect {
                 target, addr, err, ..
-            } => write!(
-                f,
-                "cannot connect to the proxy {target} ({addr}): {err}; check the network \
-                 (ip route) and tunnel_host"
-            ),
+            } => write!(f, "cannot connect to the proxy {target} ({addr}): {err}"),
         }
     }
 }
@@ -367,10 +357,14 @@ mod tests {
         assert!(std::error::Error::source(&e).is_some());
     }
 
+    /// A label over 63 characters fails in the resolver itself: no query leaves the machine.
     #[test]
-    fn unresolvable_name_says_what_to_check() {
-        let e = resolve("no-such-host.invalid", 9001).unwrap_err();
-        assert!(e.to_string().contains("tunnel_host"), "{e}");
+    fn an_unresolvable_name_is_named_with_the_resolver_error() {
+        let host = format!("{}.invalid", "x".repeat(64));
+        let e = resolve(&host, 9001).unwrap_err();
+        assert!(matches!(e, TcpError::Resolve { .. }));
+        assert!(e.to_string().contains(&format!("{host}:9001")), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
     }
 
     #[test]

@@ -83,49 +83,48 @@ impl TlsError {
     }
 }
 
+/// What happened, without advice and without naming the peer: the same failure reads the
+/// same for the proxy and the Meeting API; `advice::tls` says what to do about each.
 impl fmt::Display for TlsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TlsError::CaFile { path, why } => write!(f, "cannot use ca_file {}: {why}", path.display()),
-            TlsError::BadServerName(n) => write!(
-                f,
-                "\"{n}\" is not a valid TLS server name (set tls_server_name to the name in the proxy's certificate)"
-            ),
+            TlsError::CaFile { path, why } => {
+                write!(f, "cannot use the CA file {}: {why}", path.display())
+            }
+            TlsError::BadServerName(n) => write!(f, "\"{n}\" is not a valid TLS server name"),
             TlsError::Untrusted { trusted } => write!(
                 f,
-                "certificate not trusted: the proxy's certificate is not signed by {trusted}; \
-                 for a self-hosted proxy set ca_file to its CA certificate"
+                "certificate not trusted: the server's certificate is not signed by {trusted}"
             ),
-            TlsError::NameMismatch { expected, presented } => write!(
+            TlsError::NameMismatch {
+                expected,
+                presented,
+            } => write!(
                 f,
-                "name mismatch: the proxy's certificate is for [{}], not \"{expected}\"; fix \
-                 tunnel_host, or set tls_server_name to a name the certificate carries",
+                "name mismatch: the server's certificate is for [{}], not \"{expected}\"",
                 presented.join(", ")
             ),
-            TlsError::Expired(d) => write!(f, "the proxy's certificate has expired ({d}); the proxy must renew it"),
-            TlsError::NotYetValid(d) => write!(
-                f,
-                "the proxy's certificate is not valid yet ({d}): check the device's clock (date -u; NTP)"
-            ),
-            TlsError::Certificate(d) => write!(f, "the proxy's certificate was rejected: {d}"),
+            TlsError::Expired(d) => write!(f, "the server's certificate has expired ({d})"),
+            TlsError::NotYetValid(d) => {
+                write!(f, "the server's certificate is not valid yet ({d})")
+            }
+            TlsError::Certificate(d) => write!(f, "the server's certificate was rejected: {d}"),
             TlsError::NotTls { raw } => write!(
                 f,
-                "the server does not speak TLS on this port: it answered plain text \"{}\"; \
-                 disable TLS (tunnel_ssl false) or use the proxy's TLS port",
+                "the server does not speak TLS on this port: it answered plain text \"{}\"",
                 printable(raw, 64)
             ),
             TlsError::ClosedAfterHello => write!(
                 f,
                 "the server closed the connection after our TLS ClientHello: it does not speak \
-                 TLS on this port; disable TLS (tunnel_ssl false) or use the proxy's TLS port"
+                 TLS on this port"
             ),
             TlsError::Alert(a) => write!(f, "the server refused the TLS handshake with alert {a}"),
             TlsError::Timeout => write!(f, "no TLS answer from the server in time"),
             TlsError::Other(e) => write!(f, "TLS handshake failed: {e}"),
             TlsError::ServerKeys { cert, key, why } => write!(
                 f,
-                "cannot use the TLS certificate {} with key {}: {why}; both must be PEM, the \
-                 key matching the certificate",
+                "cannot use the TLS certificate {} with key {}: {why}",
                 cert.display(),
                 key.display()
             ),

@@ -169,17 +169,14 @@ impl Shared {
         (id, room)
     }
 
-    /// Sends `frame` on lane `id`: directly when allowed (`direct`) and nothing is queued or
-    /// being written, else queued behind the lane's earlier frames (waiting for room when
-    /// `bounded`).
-    fn send(
-        &self,
-        id: usize,
-        room: &Condvar,
-        frame: Frame,
-        direct: bool,
-        bounded: bool,
-    ) -> Result<(), WriterGone> {
+    /// Sends `frame` on lane `id` the `way` it asks: written by this thread when allowed and
+    /// nothing is queued or being written, else queued behind the lane's earlier frames.
+    fn send(&self, id: usize, room: &Condvar, frame: Frame, way: Way) -> Result<(), WriterGone> {
+        let (direct, bounded) = match way {
+            Way::Direct => (true, true),
+            Way::Queued => (false, true),
+            Way::Last => (true, false),
+        };
         let mut s = self.sched();
         loop {
             if s.gone {
@@ -276,6 +273,18 @@ impl Drop for FrameSender {
     }
 }
 
+/// How a frame goes to the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// Written by the sending thread when the connection is free, else queued; the sender
+    /// waits while its lane is full.
+    Direct,
+    /// Always queued for the writer thread; the sender waits while its lane is full.
+    Queued,
+    /// A stream's close: like `Direct`, but never waits for room.
+    Last,
+}
+
 /// The writer has stopped (the connection failed or was finished).
 #[derive(Debug)]
 pub struct WriterGone;
@@ -286,7 +295,7 @@ impl FrameSender {
     pub fn send(&self, frame: Vec<u8>) -> Result<(), WriterGone> {
         let len = frame.len();
         self.shared
-            .send(self.control, &self.control_room, (frame, len), true, true)
+            .send(self.control, &self.control_room, (frame, len), Way::Direct)
     }
 
     /// A buffer of `size` bytes to build a frame in (reused, so its contents are old bytes).
@@ -372,10 +381,11 @@ impl Lane {
     /// Sends the first `len` bytes of `buf` (from [`FrameSender::buffer`]) as one frame; the
     /// buffer goes back to the pool once written.
     pub fn send_buffer(&self, buf: Vec<u8>, len: usize) -> Result<(), WriterGone> {
-        let direct = len <= self.direct_max;
-        self.tx
-            .shared
-            .send(self.id, &self.room, (buf, len), direct, true)
+        let way = match len <= self.direct_max {
+            true => Way::Direct,
+            false => Way::Queued,
+        };
+        self.tx.shared.send(self.id, &self.room, (buf, len), way)
     }
 
     /// Sends one encoded frame in this lane's order.
@@ -390,7 +400,7 @@ impl Lane {
         let len = frame.len();
         self.tx
             .shared
-            .send(self.id, &self.room, (frame, len), true, false)
+            .send(self.id, &self.room, (frame, len), Way::Last)
     }
 }
 

@@ -1,7 +1,20 @@
-//! Helpers shared by the tests (`tests/common`), the examples and the benchmark
-//! (`examples/support`): test data, loopback ports and services, and readers of `/proc`.
-//! Both include this file (`#[path]`), so each helper exists once.
-#![allow(dead_code)]
+//! The one support module of the tests, the examples and the benchmark: running the real
+//! binaries and reading their logs (`process`), the tunnel on loopback (`harness`), the fake
+//! Meeting API (`fake_api`), the peers the benchmark compares with (`peers`), what a test needs
+//! of the machine (`need`), test data, loopback services and readers of `/proc`. Tests say
+//! `mod support;`; examples include it with `#[path]`.
+#![allow(dead_code, unused_imports)]
+
+pub mod fake_api;
+pub mod harness;
+pub mod need;
+pub mod peers;
+pub mod process;
+
+pub use fake_api::FakeApi;
+pub use harness::*;
+pub use need::{may_run, tool, Need};
+pub use process::{bin, Launch, Proc, SOON};
 
 use std::net::{Shutdown, TcpListener};
 use std::thread;
@@ -129,5 +142,3 @@ pub fn wchans(pid: u32, prefix: &str) -> Vec<String> {
         })
         .unwrap_or_default()
 }
-
-pub mod fake_api;

@@ -254,7 +254,7 @@ fn judge(answer: Result<DeviceRecord, ApiError>, token: &str) -> Result<(), Refu
         Err(ApiError::Status { code, body, .. }) => {
             Err(Refusal::Unverified(format!("HTTP {code}: \"{body}\"")))
         }
-        Err(ApiError::Unreachable { why, .. }) => Err(Refusal::Unverified(why)),
+        Err(ApiError::Unreachable { cause, .. }) => Err(Refusal::Unverified(cause.to_string())),
         Err(e) => Err(Refusal::Unverified(e.to_string())),
     }
 }

@@ -120,42 +120,79 @@ impl Poller {
         self.apply(clock::now());
     }
 
-    /// Makes the open ports match the last list at `now` (seconds since the epoch).
+    /// Makes the open ports match the last list at `now` (seconds since the epoch): what may
+    /// be open, then close what is not, open what is new, and say each problem once.
     fn apply(&mut self, now: u64) {
-        let mut wanted: HashMap<u16, &ApiTunnel> = HashMap::new();
-        let mut why_not: Vec<(String, String)> = Vec::new();
-        for t in &self.last {
-            let label = describe(t);
-            if t.expires_at.is_some_and(|at| at <= now) {
-                continue; // expired: closed below if open, never opened otherwise
+        let (wanted, mut problems) = self.wanted(now);
+        self.close_unwanted(&wanted);
+        for (port, t) in wanted {
+            if self.open.contains_key(&port) {
+                continue;
             }
-            if self.static_ports.contains(&t.port) {
-                why_not.push((label, "the port is a --tunnel of this proxy".into()));
-            } else if self
-                .ports
-                .is_some_and(|(lo, hi)| !(lo..=hi).contains(&t.port))
-            {
-                let (lo, hi) = self.ports.unwrap_or_default();
-                why_not.push((label, format!("port outside --public-ports {lo}-{hi}")));
-            } else if let Some(first) = wanted.get(&t.port) {
-                why_not.push((label, format!("port already given to {}", describe(first))));
-            } else {
-                wanted.insert(t.port, t);
+            match self.open_one(port, &t) {
+                Ok(open) => {
+                    self.open.insert(port, open);
+                }
+                Err(why) => problems.push((
+                    Level::Error,
+                    format!("tunnel not opened, {}: {why}", describe(&t)),
+                )),
             }
         }
-        // Close what is gone, expired or changed.
+        self.say_once(problems);
+    }
+
+    /// The entries of the last list that may be open at `now`, by public port, and why each
+    /// other one is left out (expired entries are simply not wanted).
+    fn wanted(&self, now: u64) -> (HashMap<u16, ApiTunnel>, Vec<(Level, String)>) {
+        let mut wanted: HashMap<u16, ApiTunnel> = HashMap::new();
+        let mut problems: Vec<(Level, String)> = self
+            .skipped
+            .iter()
+            .map(|why| {
+                (
+                    Level::Warn,
+                    format!("Meeting API tunnel list: {why}; left out"),
+                )
+            })
+            .collect();
+        for t in &self.last {
+            if t.expires_at.is_some_and(|at| at <= now) {
+                continue; // expired: closed if open, never opened otherwise
+            }
+            let why = if self.static_ports.contains(&t.port) {
+                "the port is a --tunnel of this proxy".to_owned()
+            } else if let Some((lo, hi)) =
+                self.ports.filter(|(lo, hi)| !(lo..=hi).contains(&&t.port))
+            {
+                format!("port outside --public-ports {lo}-{hi}")
+            } else if let Some(first) = wanted.get(&t.port) {
+                format!("port already given to {}", describe(first))
+            } else {
+                wanted.insert(t.port, t.clone());
+                continue;
+            };
+            problems.push((
+                Level::Warn,
+                format!("tunnel left out, {}: {why}", describe(t)),
+            ));
+        }
+        (wanted, problems)
+    }
+
+    /// Closes each open tunnel that is gone, expired or changed, saying why.
+    fn close_unwanted(&mut self, wanted: &HashMap<u16, ApiTunnel>) {
         let gone: Vec<u16> = self
             .open
             .iter()
-            .filter(|(port, o)| !matches!(wanted.get(port), Some(w) if **w == o.entry))
+            .filter(|(port, o)| wanted.get(port) != Some(&o.entry))
             .map(|(port, _)| *port)
             .collect();
         for port in gone {
             let Some(o) = self.open.remove(&port) else {
                 continue;
             };
-            let now_listed = self.last.iter().find(|t| t.port == port);
-            let why = match now_listed {
+            let why = match self.last.iter().find(|t| t.port == port) {
                 Some(t) if *t == o.entry => match t.expires_at {
                     Some(at) => format!("expired at {}", clock::utc(at)),
                     None => "no longer usable".into(),
@@ -163,74 +200,44 @@ impl Poller {
                 Some(_) => "changed in Meeting".into(),
                 None => "removed from Meeting".into(),
             };
-            let live = o.gate.close(self.close_expired);
-            let after = match (live, self.close_expired) {
+            let after = match (o.gate.close(self.close_expired), self.close_expired) {
                 (0, _) => String::new(),
                 (n, true) => format!("; {n} open connection(s) cut (--close-expired)"),
                 (n, false) => format!("; {n} open connection(s) go on until they end"),
             };
             info!("tunnel closed, {why}: {}{after}", describe(&o.entry));
         }
-        // Open what is new.
-        let mut failed: Vec<(String, String)> = Vec::new();
-        for (port, t) in wanted {
-            if self.open.contains_key(&port) {
-                continue;
-            }
-            let listen = join(&self.bind, port);
-            match TcpListener::bind(&listen) {
-                Ok(listener) => {
-                    let gate = Arc::new(Gate::new(&listener));
-                    let tunnel = Tunnel {
-                        listen: listen.clone(),
-                        device: t.device_key.clone(),
-                        port: t.local_port,
-                    };
-                    let (r, g) = (self.registry.clone(), gate.clone());
-                    let spawned = thread::Builder::new()
-                        .name("tunnel".into())
-                        .stack_size(public::THREAD_STACK)
-                        .spawn(move || public::serve(listener, tunnel, r, g));
-                    if let Err(e) = spawned {
-                        failed.push((describe(t), format!("no thread for it: {e}")));
-                        continue;
-                    }
-                    let expiry = t.expires_at.map_or("no expiry".into(), |at| {
-                        format!("expires {}", clock::utc(at))
-                    });
-                    info!("tunnel opened: {} ({expiry}) on {listen}", describe(t));
-                    self.open.insert(
-                        port,
-                        Open {
-                            entry: t.clone(),
-                            gate,
-                        },
-                    );
-                }
-                Err(e) => failed.push((
-                    describe(t),
-                    format!("cannot listen on {listen}: {e}; retried at the next poll"),
-                )),
-            }
-        }
-        // Each problem is logged once, and again only if it goes away and comes back.
-        let problems =
-            self.skipped
-                .iter()
-                .map(|why| {
-                    (
-                        Level::Warn,
-                        format!("Meeting API tunnel list: {why}; left out"),
-                    )
-                })
-                .chain(
-                    why_not.into_iter().map(|(label, why)| {
-                        (Level::Warn, format!("tunnel left out, {label}: {why}"))
-                    }),
-                )
-                .chain(failed.into_iter().map(|(label, why)| {
-                    (Level::Error, format!("tunnel not opened, {label}: {why}"))
-                }));
+    }
+
+    /// Opens the public port of `t`, served on a thread of its own.
+    fn open_one(&self, port: u16, t: &ApiTunnel) -> Result<Open, String> {
+        let listen = join(&self.bind, port);
+        let listener = TcpListener::bind(&listen)
+            .map_err(|e| format!("cannot listen on {listen}: {e}; retried at the next poll"))?;
+        let gate = Arc::new(Gate::new(&listener));
+        let tunnel = Tunnel {
+            listen: listen.clone(),
+            device: t.device_key.clone(),
+            port: t.local_port,
+        };
+        let (r, g) = (self.registry.clone(), gate.clone());
+        thread::Builder::new()
+            .name("tunnel".into())
+            .stack_size(public::THREAD_STACK)
+            .spawn(move || public::serve(listener, tunnel, r, g))
+            .map_err(|e| format!("no thread for it: {e}"))?;
+        let expiry = t.expires_at.map_or("no expiry".into(), |at| {
+            format!("expires {}", clock::utc(at))
+        });
+        info!("tunnel opened: {} ({expiry}) on {listen}", describe(t));
+        Ok(Open {
+            entry: t.clone(),
+            gate,
+        })
+    }
+
+    /// Logs each problem once, and again only if it goes away and comes back.
+    fn say_once(&mut self, problems: Vec<(Level, String)>) {
         let mut said = HashSet::new();
         for (level, line) in problems {
             if !self.said.contains(&line) {

@@ -303,9 +303,18 @@ mod tests {
         )) else {
             panic!()
         };
-        assert_eq!(flags.given(&config::TUNNEL_HOST.spec).last().copied(), Some("h"));
-        assert_eq!(flags.given(&config::TUNNEL_PORT.spec).last().copied(), Some("9100"));
-        assert_eq!(flags.given(&config::DEVICE_KEY.spec).last().copied(), Some("K"));
+        assert_eq!(
+            flags.given(&config::TUNNEL_HOST.spec).last().copied(),
+            Some("h")
+        );
+        assert_eq!(
+            flags.given(&config::TUNNEL_PORT.spec).last().copied(),
+            Some("9100")
+        );
+        assert_eq!(
+            flags.given(&config::DEVICE_KEY.spec).last().copied(),
+            Some("K")
+        );
         assert_eq!(
             flags.config.as_deref(),
             Some(std::path::Path::new("/c.json"))

@@ -250,7 +250,11 @@ fn keys_round(cfg: &config::Config) -> ExitCode {
             Ok(Done::Unchanged(m)) => outln!("{}: ok: {m}", o.job),
             Ok(Done::Off(why)) => outln!("{}: off: {why}", o.job),
             Err(e) => {
-                eprintln!("{}: FAILED: {e}", o.job);
+                eprintln!(
+                    "{}: FAILED: {}",
+                    o.job,
+                    tunnel_agent::advice::explained(e, tunnel_agent::advice::keys(e))
+                );
                 worst = worst.max(if e.is_refusal() { 3 } else { 1 });
             }
         }

@@ -5,17 +5,16 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc::Receiver;
 
-use crate::support::{try_wait_for, Running};
+use super::process::{Launch, Proc};
 
 /// A peer's server and client, running; the public port reaches the local service.
 pub struct Peer {
     /// Where a client of the tunnel connects.
     pub public: u16,
     /// The peer's client process: the counterpart of the agent, whose CPU and memory count.
-    pub client: Running,
-    _server: Running,
+    pub client: Proc,
+    _server: Proc,
 }
 
 /// Why a peer is missing from the table.
@@ -31,39 +30,13 @@ pub fn installed(program: &str) -> bool {
         .is_ok()
 }
 
-/// Starts `program` with its log (stdout and stderr, both) on a channel.
-pub fn start_logged(program: &str, args: &[&str]) -> Result<(Running, Receiver<String>), String> {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(program)
+/// Starts `program` with its log (stdout and stderr, both) read.
+pub fn start_logged(program: &str, args: &[&str]) -> Result<Proc, String> {
+    Launch::new(program)
         .args(args)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start {program}: {e}"))?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(format!("{program}: no output pipes"));
-    };
-    for pipe in [
-        Box::new(out) as Box<dyn std::io::Read + Send>,
-        Box::new(err),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-    }
-    Ok((Running(child), rx))
-}
-
-/// Keeps reading a log so the process never blocks on a full pipe.
-pub fn drain(rx: Receiver<String>) {
-    std::thread::spawn(move || for _ in rx.iter() {});
+        .envs(&[("NO_COLOR", "1"), ("RUST_LOG", "info")])
+        .with_stdout()
+        .try_start()
 }
 
 /// rathole server and client carrying `service`; `control` and `public` are free ports.
@@ -89,13 +62,11 @@ pub fn rathole(service: u16, control: u16, public: u16, dir: &Path) -> Result<Pe
         ),
     )
     .map_err(|e| format!("writing {}: {e}", client.display()))?;
-    let (srv, slog) = start_logged("rathole", &["--server", &server.display().to_string()])?;
-    try_wait_for(&slog, &format!("Listening at 127.0.0.1:{control}"))?;
-    let (cli, clog) = start_logged("rathole", &["--client", &client.display().to_string()])?;
+    let srv = start_logged("rathole", &["--server", &server.display().to_string()])?;
+    srv.try_next_after(&format!("Listening at 127.0.0.1:{control}"))?;
+    let cli = start_logged("rathole", &["--client", &client.display().to_string()])?;
     // The server opens the public port once the client's control channel is up.
-    try_wait_for(&slog, &format!("Listening at 127.0.0.1:{public}"))?;
-    drain(slog);
-    drain(clog);
+    srv.try_next_after(&format!("Listening at 127.0.0.1:{public}"))?;
     Ok(Peer {
         public,
         client: cli,
@@ -113,7 +84,7 @@ pub fn bore(service: u16, public: u16) -> Result<Peer, String> {
         return Err("its fixed control port 127.0.0.1:7835 is taken".into());
     }
     let p = public.to_string();
-    let (srv, slog) = start_logged(
+    let srv = start_logged(
         "bore",
         &[
             "server",
@@ -125,8 +96,8 @@ pub fn bore(service: u16, public: u16) -> Result<Peer, String> {
             &p,
         ],
     )?;
-    try_wait_for(&slog, "server listening")?;
-    let (cli, clog) = start_logged(
+    srv.try_next_after("server listening")?;
+    let cli = start_logged(
         "bore",
         &[
             "local",
@@ -139,9 +110,7 @@ pub fn bore(service: u16, public: u16) -> Result<Peer, String> {
             &p,
         ],
     )?;
-    try_wait_for(&clog, "listening at")?;
-    drain(slog);
-    drain(clog);
+    cli.try_next_after("listening at")?;
     Ok(Peer {
         public,
         client: cli,

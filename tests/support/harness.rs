@@ -1,186 +1,20 @@
-//! Test harness: runs the real binaries, reads their logs as readiness signals, and provides
-//! loopback services (echo, a scriptable fake proxy).
-#![allow(dead_code)]
-
-#[path = "../support/mod.rs"]
-mod support;
-#[allow(unused_imports)]
-pub use support::fake_api::FakeApi;
-pub use support::*;
+//! The tunnel on loopback, as the tests and examples drive it: `meeting-proxy` with its bound
+//! addresses read from its log, agents for a device, a scriptable fake proxy, echoes through a
+//! tunnel.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+
+use super::fake_api::FakeApi;
+use super::free_port;
+use super::process::{bin, Launch, Proc, SOON};
 
 /// A device key as in the field report.
 pub const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
 /// A token that is easy to search for in logs; it must never appear there.
 pub const TOKEN: &str = "7e57c0de";
-/// Generous bound for anything that should happen "at once" (never a performance assertion).
-pub const SOON: Duration = Duration::from_secs(20);
-
-/// Path of one of the crate's binaries.
-pub fn bin(name: &str) -> &'static str {
-    match name {
-        "tunnel-agent" => env!("CARGO_BIN_EXE_tunnel-agent"),
-        "meeting-proxy" => env!("CARGO_BIN_EXE_meeting-proxy"),
-        other => panic!("no binary {other}"),
-    }
-}
-
-type Lines = Arc<(Mutex<(Vec<String>, bool)>, Condvar)>;
-
-/// A running process whose stderr is collected line by line.
-pub struct Proc {
-    pub name: String,
-    child: Child,
-    lines: Lines,
-}
-
-impl Proc {
-    /// Starts `bin` with `args` and extra environment.
-    pub fn spawn(bin_path: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut cmd = Command::new(bin_path);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env_remove("RUST_LOG")
-            .env_remove("MEETING_DEVICE_KEY")
-            .env_remove("MEETING_TOKEN")
-            .env_remove("MEETING_TUNNEL_HOST")
-            .env_remove("MEETING_TUNNEL_PORT")
-            .env_remove("MEETING_TUNNEL_TLS")
-            // The agent never touches this machine's SSH keys (/root/.ssh) unless a test asks
-            // for it, with paths of its own (--ssh-keys true or MEETING_SSH_KEYS in `env`).
-            .env("MEETING_SSH_KEYS", "false");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {bin_path}: {e}"));
-        let lines: Lines = Arc::new((Mutex::new((Vec::new(), false)), Condvar::new()));
-        let stderr = child.stderr.take().unwrap();
-        let l = lines.clone();
-        let name = bin_path.rsplit('/').next().unwrap().to_owned();
-        let echo = std::env::var_os("TEST_ECHO_LOGS").is_some();
-        let tag = name.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if echo {
-                    eprintln!("[{tag}] {line}");
-                }
-                let mut g = l.0.lock().unwrap();
-                g.0.push(line);
-                l.1.notify_all();
-            }
-            l.0.lock().unwrap().1 = true;
-            l.1.notify_all();
-        });
-        Proc { name, child, lines }
-    }
-
-    /// Everything logged so far.
-    pub fn output(&self) -> String {
-        self.lines.0.lock().unwrap().0.join("\n")
-    }
-
-    /// Number of lines containing `pat`.
-    pub fn count(&self, pat: &str) -> usize {
-        self.lines
-            .0
-            .lock()
-            .unwrap()
-            .0
-            .iter()
-            .filter(|l| l.contains(pat))
-            .count()
-    }
-
-    /// Waits for the `n`-th line (1-based) containing `pat`; panics with the log on timeout.
-    pub fn wait_for_nth(&self, pat: &str, n: usize, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        let mut g = self.lines.0.lock().unwrap();
-        loop {
-            if let Some(l) = g.0.iter().filter(|l| l.contains(pat)).nth(n - 1) {
-                return l.clone();
-            }
-            let now = Instant::now();
-            if now >= deadline || g.1 {
-                let log = g.0.join("\n");
-                drop(g);
-                panic!(
-                    "{}: no line #{n} containing {pat:?} (ended: {}). Log:\n{log}",
-                    self.name,
-                    now < deadline
-                );
-            }
-            g = self.lines.1.wait_timeout(g, deadline - now).unwrap().0;
-        }
-    }
-
-    /// Waits for the first line containing `pat`.
-    pub fn wait_for(&self, pat: &str, timeout: Duration) -> String {
-        self.wait_for_nth(pat, 1, timeout)
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends a signal by name (TERM, INT, ...).
-    pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} failed");
-    }
-
-    /// Waits for the process to exit.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                // Let the log reader drain.
-                let mut g = self.lines.0.lock().unwrap();
-                while !g.1 {
-                    g = self
-                        .lines
-                        .1
-                        .wait_timeout(g, Duration::from_secs(5))
-                        .unwrap()
-                        .0;
-                }
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(10)); // polling a child has no readiness signal
-        }
-    }
-
-    /// Kills the process.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// A running `meeting-proxy` and the addresses it bound.
 pub struct Proxy {
@@ -260,10 +94,15 @@ fn addr_after(line: &str, marker: &str) -> SocketAddr {
 /// The arguments of an agent for [`KEY`] against `proxy`, with no status file unless the
 /// test names one (a later `--status-file` wins).
 pub fn agent_args(proxy: SocketAddr) -> Vec<String> {
+    device_args(proxy, KEY)
+}
+
+/// The arguments of an agent for device `key` against `proxy`, without a status file.
+pub fn device_args(proxy: SocketAddr, key: &str) -> Vec<String> {
     let port = proxy.port().to_string();
     [
         "--device-key",
-        KEY,
+        key,
         "--host",
         "127.0.0.1",
         "--port",
@@ -273,6 +112,51 @@ pub fn agent_args(proxy: SocketAddr) -> Vec<String> {
     ]
     .map(str::to_owned)
     .to_vec()
+}
+
+/// An agent as device `key` with `token` against the proxy at `control` (`host:port`, as the
+/// proxy logs it), allowed to open `ports`; `extra` arguments follow. Not started yet.
+pub fn device_agent(
+    control: &str,
+    key: &str,
+    token: &str,
+    ports: &[u16],
+    extra: &[&str],
+) -> Result<Launch, String> {
+    let proxy: SocketAddr = control
+        .parse()
+        .map_err(|e| format!("proxy address {control:?}: {e}"))?;
+    let mut args = device_args(proxy, key);
+    for p in ports {
+        args.extend(["--allow-port".to_owned(), p.to_string()]);
+    }
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Ok(Launch::new(bin("tunnel-agent"))
+        .args(&args)
+        .envs(&[("MEETING_TOKEN", token)]))
+}
+
+/// Starts meeting-proxy backed by the fake Meeting API `api`: agents on any free loopback
+/// port, the API's tunnels on 127.0.0.1, the tunnel list fetched every second.
+pub fn api_proxy(api: &FakeApi) -> Launch {
+    let ca = api.ca_file.display().to_string();
+    Launch::new(bin("meeting-proxy")).args(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--api-url",
+        &api.url,
+        "--api-ca-file",
+        &ca,
+        "--public-bind",
+        "127.0.0.1",
+        "--tunnels-interval",
+        "1",
+    ])
+}
+
+/// The first word of `s`.
+pub fn first_word(s: &str) -> String {
+    s.split_whitespace().next().unwrap_or_default().to_owned()
 }
 
 /// Starts `tunnel-agent` against `proxy` for [`KEY`]/[`TOKEN`], with `extra` arguments.

@@ -1,0 +1,414 @@
+//! What the operator should do about a failure: worded once per situation, by the one place
+//! that knows the peer (the Meeting proxy, the Meeting API) and the setting that applies.
+//!
+//! Errors only state what happened (`Display` of each layer's error type); the agent's log,
+//! `check`'s hints and its verdicts all take the advice from here, so a situation reads the
+//! same everywhere. Owns wording only: no sockets, no state.
+
+use std::fmt;
+
+use crate::bytes::printable::printable;
+use crate::config::{
+    API_CA_FILE, API_URL, DEVICE_KEY, MEETING_SSH_USER, TUNNEL_HOST, TUNNEL_PORT, TUNNEL_SSL,
+};
+use crate::meeting::{ApiError, Unreached};
+use crate::protocol::handshake::{ReplyError, MAX_REPLY_LINE, QUOTE, UNVERIFIED};
+use crate::transport::tcp::TcpError;
+use crate::transport::TransportError;
+
+/// Who the device was talking to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// The Meeting proxy (`tunnel_host`, `tunnel_port`, `tunnel_ssl`, `ca_file`).
+    Proxy,
+    /// The Meeting REST API (`api_url`, `api_ca_file`).
+    Api,
+}
+
+/// `fact; advice`, or the fact alone when there is nothing to add.
+pub fn explained(fact: impl fmt::Display, advice: Option<String>) -> String {
+    match advice {
+        Some(a) => format!("{fact}; {a}"),
+        None => fact.to_string(),
+    }
+}
+
+/// The host name did not resolve.
+pub fn dns(peer: Peer) -> String {
+    let setting = match peer {
+        Peer::Proxy => TUNNEL_HOST.spec.key,
+        Peer::Api => API_URL.spec.key,
+    };
+    format!("check the device's DNS (/etc/resolv.conf) and {setting}")
+}
+
+/// Nothing listens at the address: the TCP connection was refused.
+pub fn refused(peer: Peer) -> String {
+    match peer {
+        Peer::Proxy => format!("the proxy is down or {} is wrong", TUNNEL_PORT.spec.key),
+        Peer::Api => format!("the Meeting API is down or {} is wrong", API_URL.spec.key),
+    }
+}
+
+/// No answer at all to the TCP connection.
+pub fn no_answer(port: u16) -> String {
+    format!("a firewall drops outgoing traffic to port {port}, or the device's network is down")
+}
+
+/// Another failure to connect.
+pub fn cannot_connect(peer: Peer) -> String {
+    let setting = match peer {
+        Peer::Proxy => TUNNEL_HOST.spec.key,
+        Peer::Api => API_URL.spec.key,
+    };
+    format!("check the network (ip route) and {setting}")
+}
+
+/// A TCP failure on the way to the proxy.
+pub fn tcp(e: &TcpError) -> String {
+    match e {
+        TcpError::Resolve { .. } => dns(Peer::Proxy),
+        _ if e.is_refused() => refused(Peer::Proxy),
+        TcpError::Connect { addr, .. } if e.is_timeout() => no_answer(addr.port()),
+        TcpError::Connect { .. } => cannot_connect(Peer::Proxy),
+    }
+}
+
+/// A failed TLS session with `peer`.
+#[cfg(feature = "tls")]
+pub fn tls(peer: Peer, e: &crate::transport::tls::TlsError) -> Option<String> {
+    use crate::config::{CA_FILE, TLS_SERVER_NAME};
+    use crate::transport::tls::TlsError as T;
+    let (ca, proxy) = (CA_FILE.spec.key, peer == Peer::Proxy);
+    Some(match e {
+        T::CaFile { .. } if proxy => format!("fix {ca}"),
+        T::CaFile { .. } => format!("fix {}", API_CA_FILE.spec.key),
+        T::BadServerName(_) if proxy => format!(
+            "set {} to the name in the proxy's certificate",
+            TLS_SERVER_NAME.spec.key
+        ),
+        T::BadServerName(_) => format!(
+            "{} must name the API by a valid host name",
+            API_URL.spec.key
+        ),
+        T::Untrusted { .. } if proxy => {
+            format!("for a self-hosted proxy set {ca} to its CA certificate")
+        }
+        T::Untrusted { .. } => format!(
+            "for a self-hosted Meeting API set {} to its CA certificate",
+            API_CA_FILE.spec.key
+        ),
+        T::NameMismatch { .. } if proxy => format!(
+            "fix {}, or set {} to a name the certificate carries",
+            TUNNEL_HOST.spec.key, TLS_SERVER_NAME.spec.key
+        ),
+        T::NameMismatch { .. } => format!(
+            "fix the host in {} (it must be a name the certificate carries), or {} if the API \
+             has a CA of its own",
+            API_URL.spec.key, API_CA_FILE.spec.key
+        ),
+        T::Expired(_) if proxy => "the proxy must renew it".to_owned(),
+        T::Expired(_) => "the Meeting API's operator must renew it".to_owned(),
+        T::NotYetValid(_) => "check the device's clock (date -u; NTP)".to_owned(),
+        T::NotTls { .. } | T::ClosedAfterHello if proxy => format!(
+            "disable TLS ({} false) or use the proxy's TLS port",
+            TUNNEL_SSL.spec.key
+        ),
+        T::NotTls { .. } | T::ClosedAfterHello => {
+            format!("{} must be the API's https:// address", API_URL.spec.key)
+        }
+        T::ServerKeys { .. } => {
+            "both must be PEM files, the key matching the certificate".to_owned()
+        }
+        T::Certificate(_) | T::Alert(_) | T::Timeout | T::Other(_) => return None,
+    })
+}
+
+/// A connection to the proxy that could not be set up.
+pub fn transport(e: &TransportError) -> Option<String> {
+    match e {
+        TransportError::Tcp(e) => Some(tcp(e)),
+        #[cfg(feature = "tls")]
+        TransportError::Tls(e) => tls(Peer::Proxy, e),
+        TransportError::TlsUnavailable => Some(format!(
+            "install a build with TLS, or set {} to false if the proxy port is plain TCP",
+            TUNNEL_SSL.spec.key
+        )),
+        TransportError::Split(_) => Some(
+            "the process is probably out of file descriptors (check ulimit -n and max_channels)"
+                .to_owned(),
+        ),
+    }
+}
+
+/// A Meeting API call that failed.
+pub fn api(e: &ApiError) -> Option<String> {
+    match e {
+        #[cfg(not(feature = "tls"))]
+        ApiError::NoClient => Some("install a build with TLS".to_owned()),
+        ApiError::CaFile { .. } => Some(format!("fix {}", API_CA_FILE.spec.key)),
+        ApiError::Unreachable { cause, .. } => unreached(cause),
+        ApiError::Status { .. } => None,
+        ApiError::BadAnswer { .. } => {
+            Some(format!("is {} really the Meeting API?", API_URL.spec.key))
+        }
+    }
+}
+
+/// The Meeting API does not know the device.
+pub fn device_unknown() -> String {
+    format!(
+        "register the device in Meeting, or correct {} in the agent's configuration",
+        DEVICE_KEY.spec.key
+    )
+}
+
+/// The device exists in Meeting but may not open tunnels.
+pub fn not_authorized() -> String {
+    "ask a Meeting administrator to authorize the device for tunnels".to_owned()
+}
+
+/// Meeting refused the device's token or rights (HTTP 401 or 403).
+pub fn api_refused() -> String {
+    format!(
+        "check {} and the device's registration in Meeting",
+        API_URL.spec.key
+    )
+}
+
+/// The login user of Meeting's terminal does not exist on the device.
+pub fn no_user(user: &str) -> String {
+    format!(
+        "create the user (adduser {user}), or set {} to the user Meeting logs in as",
+        MEETING_SSH_USER.spec.key
+    )
+}
+
+/// The SSH key work failed.
+#[cfg(feature = "tls")]
+pub fn keys(e: &crate::sshkeys::KeysError) -> Option<String> {
+    use crate::config::{GENERATE_DEVICE_KEY, MEETING_KEY_FINGERPRINT};
+    use crate::sshkeys::KeysError as K;
+    match e {
+        K::PlainHttp(_) => Some(format!("set {} to the https API URL", API_URL.spec.key)),
+        K::Api(e) => api(e),
+        K::Pin { .. } => Some(format!(
+            "if Meeting rotated its key on purpose, update {}",
+            MEETING_KEY_FINGERPRINT.spec.key
+        )),
+        K::NoUser(u) => Some(no_user(u)),
+        K::NoDeviceKey { path, .. } => Some(format!(
+            "create it (ssh-keygen -t ed25519 -f {}) or set {} to true",
+            path.display(),
+            GENERATE_DEVICE_KEY.spec.key
+        )),
+        _ => None,
+    }
+}
+
+/// What stopped a request to the Meeting API.
+fn unreached(cause: &Unreached) -> Option<String> {
+    match cause {
+        #[cfg(feature = "tls")]
+        Unreached::Tls(e) => tls(Peer::Api, e),
+        Unreached::Dns => Some(dns(Peer::Api)),
+        Unreached::Refused => Some(refused(Peer::Api)),
+        Unreached::Body { cause, .. } => unreached(cause),
+        Unreached::Timeout(_) | Unreached::Connect | Unreached::Other(_) => Some(format!(
+            "check {}, the network and the device's clock (TLS)",
+            API_URL.spec.key
+        )),
+    }
+}
+
+/// One paragraph for the operator about the proxy's answer to the handshake: what happened,
+/// the likely cause, what to check. Names the device key, never the token.
+pub fn reply(e: &ReplyError, device_key: &str, proxy: &str) -> String {
+    match e {
+        ReplyError::Refused { reason, .. } if reason.starts_with(UNVERIFIED) => format!(
+            "the proxy {proxy} could not verify device {device_key}: \"{}\". The proxy could not \
+             ask the Meeting API; nothing needs changing on the device, which retries soon. If \
+             it lasts, the proxy's operator should check its link to the Meeting API",
+            printable(reason.as_bytes(), 512)
+        ),
+        ReplyError::Refused { reason, code } => {
+            let code = code
+                .as_deref()
+                .map(|c| format!(" [{}]", printable(c.as_bytes(), QUOTE)))
+                .unwrap_or_default();
+            format!(
+                "the proxy {proxy} refused device {device_key}: \"{}\"{code}. Check that the \
+                 device key and token in the configuration match what the Meeting server has \
+                 for this device, and that the device is authorized for tunnels",
+                printable(reason.as_bytes(), 512)
+            )
+        }
+        ReplyError::ClosedWithoutReply => format!(
+            "the proxy {proxy} closed the connection without answering the handshake (0 bytes \
+             received): it refused device {device_key} without giving a reason. Check: (1) the \
+             device key and the token in the configuration are the ones the Meeting server has \
+             for this device; (2) the device exists and is registered in the Meeting API the \
+             proxy consults; (3) the device is authorized for tunnels (`authorized: true`); (4) \
+             if all of that holds, ask the Meeting team what their proxy logged for device \
+             {device_key} at this time"
+        ),
+        ReplyError::TlsOnPlainAgent { raw } => format!(
+            "the proxy port {proxy} answered with TLS bytes ({}) but the agent connected without \
+             TLS: {}",
+            printable(raw, 16),
+            tls_on_plain()
+        ),
+        ReplyError::NotMeetingProxy { raw, http: true } => format!(
+            "{proxy} answered like a web server, not a Meeting proxy (reply begins \"{}\"): \
+             wrong port or wrong host; the Meeting tunnel port is usually 9001",
+            printable(raw, QUOTE)
+        ),
+        ReplyError::NotMeetingProxy { raw, http: false } => format!(
+            "{proxy} is not speaking the Meeting protocol (reply begins \"{}\"): {}",
+            printable(raw, QUOTE),
+            not_meeting()
+        ),
+        ReplyError::LineTooLong { raw } => format!(
+            "protocol error: {proxy} sent a reply line longer than {MAX_REPLY_LINE} bytes \
+             (begins \"{}\"); this is not a Meeting proxy or it is broken",
+            printable(raw, QUOTE)
+        ),
+        ReplyError::NotAnObject { raw } => format!(
+            "protocol error: {proxy} replied with JSON that is not an object (\"{}\"); a \
+             Meeting proxy answers {{\"status\": ...}}",
+            printable(raw, QUOTE)
+        ),
+        ReplyError::UnexpectedObject { raw } => format!(
+            "protocol error: {proxy} replied with a JSON object that is neither an acceptance \
+             nor a refusal (\"{}\")",
+            printable(raw, QUOTE)
+        ),
+        ReplyError::Io(e) => format!(
+            "reading the handshake reply from {proxy} failed: {e}; the network dropped the \
+             connection"
+        ),
+    }
+}
+
+/// The proxy port speaks TLS and the agent does not.
+pub fn tls_on_plain() -> String {
+    format!(
+        "enable TLS (`\"{0}\": true` in the configuration or MEETING_TUNNEL_TLS=1)",
+        TUNNEL_SSL.spec.key
+    )
+}
+
+/// TLS at one end only, seen from the agent's TLS side.
+pub fn tls_mismatch() -> String {
+    format!("make {} match the proxy port", TUNNEL_SSL.spec.key)
+}
+
+/// The proxy's address answers, but not with the Meeting protocol.
+pub fn not_meeting() -> String {
+    format!(
+        "check {} and {} in the configuration",
+        TUNNEL_HOST.spec.key, TUNNEL_PORT.spec.key
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::handshake::read_reply;
+    use std::io::BufReader;
+
+    const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
+
+    fn classify(bytes: &[u8]) -> ReplyError {
+        read_reply(&mut BufReader::new(bytes)).unwrap_err()
+    }
+
+    #[test]
+    fn refusals_quote_the_reason_and_name_the_key() {
+        let e = classify(b"{\"status\":\"error\",\"message\":\"Invalid token\"}\n");
+        assert!(reply(&e, KEY, "p:1").contains("\"Invalid token\""));
+        let e = classify(b"");
+        let d = reply(&e, KEY, "meeting.example:9001");
+        assert!(d.contains("closed the connection without answering the handshake"));
+        assert!(d.contains(KEY));
+    }
+
+    #[test]
+    fn a_proxy_that_cannot_verify_says_nothing_is_wrong_with_the_device() {
+        let e = classify(b"{\"error\":\"auth_failed\",\"reason\":\"cannot verify the device: Meeting API unreachable (HTTP 503)\"}\n");
+        let d = reply(&e, KEY, "p:1");
+        assert!(
+            d.contains("could not verify device") && d.contains("HTTP 503"),
+            "{d}"
+        );
+        assert!(!d.contains("token"), "{d}");
+    }
+
+    #[test]
+    fn wrong_services_are_quoted_and_tls_bytes_say_enable_tls() {
+        for b in [0x15u8, 0x16] {
+            let d = reply(&classify(&[b, 3, 1, 0, 2]), KEY, "p");
+            assert!(
+                d.contains("enable TLS") && d.contains("\"tunnel_ssl\": true"),
+                "{d}"
+            );
+        }
+        let e = classify(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        assert!(reply(&e, KEY, "p").contains("HTTP/1.1 400 Bad Request\\r"));
+        let e = classify(b"SSH-2.0-OpenSSH_9.2\r\n");
+        let d = reply(&e, KEY, "p");
+        assert!(
+            d.contains("SSH-2.0-OpenSSH_9.2") && d.contains("tunnel_host"),
+            "{d}"
+        );
+        assert!(reply(&classify(b"\x01\x02garbage"), KEY, "p").contains("\\x01\\x02garbage"));
+    }
+
+    /// The same certificate problem names the proxy's settings for the proxy and the API's
+    /// for the API: never the other peer's.
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_advice_names_the_peers_own_settings() {
+        use crate::transport::tls::TlsError;
+        let mismatch = TlsError::NameMismatch {
+            expected: "m.example".into(),
+            presented: vec!["other.example".into()],
+        };
+        let proxy = tls(Peer::Proxy, &mismatch).unwrap();
+        assert!(
+            proxy.contains("tunnel_host") && proxy.contains("tls_server_name"),
+            "{proxy}"
+        );
+        let api = tls(Peer::Api, &mismatch).unwrap();
+        assert!(
+            api.contains("api_url") && api.contains("api_ca_file"),
+            "{api}"
+        );
+        assert!(
+            !api.contains("tunnel_host") && !api.contains("tls_server_name"),
+            "{api}"
+        );
+        let untrusted = TlsError::Untrusted {
+            trusted: "x".into(),
+        };
+        assert!(tls(Peer::Api, &untrusted)
+            .unwrap()
+            .contains("set api_ca_file"));
+        assert!(tls(Peer::Proxy, &untrusted)
+            .unwrap()
+            .contains("set ca_file"));
+        let fact = mismatch.to_string();
+        assert!(
+            !fact.contains("proxy") && !fact.contains("tunnel_host"),
+            "{fact}"
+        );
+    }
+
+    #[test]
+    fn tcp_advice_by_situation() {
+        assert!(refused(Peer::Proxy).contains("tunnel_port"));
+        assert!(refused(Peer::Api).contains("api_url"));
+        assert!(dns(Peer::Proxy).contains("tunnel_host"));
+        assert!(no_answer(9001).contains("9001"));
+    }
+}

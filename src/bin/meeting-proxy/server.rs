@@ -1,0 +1,250 @@
+//! The proxy as a whole: built from its settings (TLS keys, the Meeting API client, the
+//! agents' listener, the static tunnels, the tunnel poller), then listening for agents.
+
+use std::fmt;
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use log::{info, warn};
+use tunnel_agent::meeting::{ApiError, ApiUrl, Client};
+
+use crate::auth::Auth;
+use crate::registry::Registry;
+use crate::settings::{ReplyMode, Settings, Tunnel};
+use crate::{control, public, tunnels};
+
+/// Why the proxy could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// `--tls-cert` without `--tls-key`, or the reverse.
+    TlsHalf,
+    /// TLS was asked of a build without it.
+    #[cfg_attr(feature = "tls", allow(dead_code))]
+    NoTls,
+    /// The certificate or key cannot be used.
+    #[cfg(feature = "tls")]
+    TlsKeys(tunnel_agent::transport::tls::TlsError),
+    /// The Meeting API's client cannot be made (its CA file).
+    Api(ApiError),
+    /// A listener could not be opened.
+    Listen {
+        /// What it is for.
+        what: &'static str,
+        /// The address.
+        addr: String,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// The tunnel poller's thread could not start.
+    Poller(std::io::Error),
+}
+
+impl StartError {
+    /// 2 for settings that cannot work, 1 for what the system refused.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Listen { .. } | StartError::Poller(_) => 1,
+            _ => 2,
+        }
+    }
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::TlsHalf => f.write_str("--tls-cert and --tls-key go together"),
+            StartError::NoTls => {
+                f.write_str("this meeting-proxy was built without the tls feature")
+            }
+            #[cfg(feature = "tls")]
+            StartError::TlsKeys(e) => write!(
+                f,
+                "cannot load the TLS certificate/key: {}",
+                tunnel_agent::advice::explained(
+                    e,
+                    tunnel_agent::advice::tls(tunnel_agent::advice::Peer::Proxy, e)
+                )
+            ),
+            StartError::Api(e) => write!(f, "{e}"),
+            StartError::Listen { what, addr, err } => {
+                write!(f, "cannot listen on {addr}{what}: {err}")
+            }
+            StartError::Poller(e) => write!(f, "cannot start the tunnel poller: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            #[cfg(feature = "tls")]
+            StartError::TlsKeys(e) => Some(e),
+            StartError::Api(e) => Some(e),
+            StartError::Listen { err, .. } | StartError::Poller(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+/// A proxy ready to accept agents.
+pub struct Server {
+    settings: Arc<Settings>,
+    tls: Arc<control::Tls>,
+    registry: Arc<Registry>,
+    auth: Arc<Auth>,
+    control: TcpListener,
+}
+
+impl Server {
+    /// Opens everything `settings` asks for; the static tunnels and the poller start here.
+    pub fn build(settings: Settings) -> Result<Server, StartError> {
+        let tls = tls_config(&settings)?;
+        let api = api_client(&settings)?;
+        match tunnel_agent::memory::raise_open_files() {
+            Ok(n) => info!("open-file limit: {n}"),
+            Err(e) => warn!("cannot raise the open-file limit: {e}"),
+        }
+        let registry = Arc::new(Registry::default());
+        let control = listen(&settings.listen, "")?;
+        for tunnel in &settings.tunnels {
+            static_tunnel(tunnel, &registry)?;
+        }
+        let auth = Arc::new(Auth::new(
+            settings.devices.clone(),
+            api.clone(),
+            Duration::from_secs_f64(settings.cache_accept),
+            Duration::from_secs_f64(settings.cache_refuse),
+        ));
+        if let Some(client) = api {
+            start_poller(client, &settings, &registry)?;
+        }
+        Ok(Server {
+            settings: Arc::new(settings),
+            tls: Arc::new(tls),
+            registry,
+            auth,
+            control,
+        })
+    }
+
+    /// Accepts agents, one thread each, until the listener fails for good.
+    pub fn listen(self) -> ExitCode {
+        match self.control.local_addr() {
+            Ok(a) => info!(
+                "listening for agents on {a} ({}, reply mode {})",
+                if self.tls.is_some() {
+                    "TLS"
+                } else {
+                    "plain TCP"
+                },
+                match self.settings.reply {
+                    ReplyMode::Normal => "normal",
+                    ReplyMode::None => "none",
+                    ReplyMode::SilentClose => "silent-close",
+                }
+            ),
+            Err(e) => warn!("listening for agents (address unknown: {e})"),
+        }
+        for conn in self.control.incoming() {
+            match conn {
+                Ok(sock) => {
+                    let (s, t) = (self.settings.clone(), self.tls.clone());
+                    let (a, r) = (self.auth.clone(), self.registry.clone());
+                    if let Err(e) = thread::Builder::new()
+                        .name("agent".into())
+                        .stack_size(public::THREAD_STACK)
+                        .spawn(move || control::serve(sock, &s, &t, &a, &r))
+                    {
+                        warn!("cannot start a thread for an agent connection: {e}");
+                    }
+                }
+                Err(e) => {
+                    warn!("accept failed: {e}");
+                    // Out of descriptors or memory: do not spin on it.
+                    thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        ExitCode::SUCCESS
+    }
+}
+
+fn tls_config(settings: &Settings) -> Result<control::Tls, StartError> {
+    match (&settings.tls_cert, &settings.tls_key) {
+        (None, None) => Ok(None),
+        #[cfg(feature = "tls")]
+        (Some(cert), Some(key)) => tunnel_agent::transport::tls::server_config(cert, key)
+            .map(Some)
+            .map_err(StartError::TlsKeys),
+        #[cfg(not(feature = "tls"))]
+        (Some(_), Some(_)) => Err(StartError::NoTls),
+        _ => Err(StartError::TlsHalf),
+    }
+}
+
+/// The Meeting API's client, when `--api-url` is given; its CA file is read now.
+fn api_client(settings: &Settings) -> Result<Option<Client>, StartError> {
+    let Some(url) = &settings.api_url else {
+        return Ok(None);
+    };
+    let client = Client::new(
+        ApiUrl::new(url),
+        settings.api_ca_file.clone(),
+        Duration::from_secs_f64(settings.api_timeout),
+    );
+    client.prepare().map_err(StartError::Api)?;
+    Ok(Some(client))
+}
+
+fn listen(addr: &str, what: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).map_err(|err| StartError::Listen {
+        what,
+        addr: addr.to_owned(),
+        err,
+    })
+}
+
+/// A `--tunnel`: its public listener, served on a thread of its own.
+fn static_tunnel(tunnel: &Tunnel, registry: &Arc<Registry>) -> Result<(), StartError> {
+    let listener = listen(&tunnel.listen, " for a tunnel")?;
+    let mut tunnel = tunnel.clone();
+    if let Ok(addr) = listener.local_addr() {
+        tunnel.listen = addr.to_string();
+    }
+    info!(
+        "tunnel {} -> device {} port {}",
+        tunnel.listen, tunnel.device, tunnel.port
+    );
+    let r = registry.clone();
+    let gate = Arc::new(public::Gate::new(&listener));
+    thread::spawn(move || public::serve(listener, tunnel, r, gate));
+    Ok(())
+}
+
+/// The thread that keeps the API's tunnels open.
+fn start_poller(
+    client: Client,
+    settings: &Settings,
+    registry: &Arc<Registry>,
+) -> Result<(), StartError> {
+    info!(
+        "devices decided by the Meeting API at {} (answers reused {} s when accepted, {} s when \
+         refused); tunnels from {}/tunnels every {} s on {}",
+        client.url,
+        settings.cache_accept,
+        settings.cache_refuse,
+        client.url,
+        settings.tunnels_interval,
+        settings.public_bind
+    );
+    let poller = tunnels::Poller::new(client, settings, registry.clone());
+    let every = Duration::from_secs_f64(settings.tunnels_interval);
+    thread::Builder::new()
+        .name("tunnels".into())
+        .spawn(move || poller.run(every))
+        .map(drop)
+        .map_err(StartError::Poller)
+}

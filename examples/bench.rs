@@ -25,7 +25,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::{
-    bin, cpu_seconds, cpu_seconds_with_children, device_agent, first_word, peers, Launch, Proc,
+    bin, cpu_seconds, cpu_seconds_with_children, device_agent, first_word, peers, proxy_args,
+    Launch, Proc,
 };
 
 const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
@@ -302,22 +303,12 @@ struct Tunnel {
 }
 
 fn tunnel(ports: &[u16], tls: Option<&(String, String, String)>) -> Res<Tunnel> {
-    let mut args: Vec<String> = vec![
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--device".into(),
-        format!("{KEY}={TOKEN}"),
-    ];
-    for p in ports {
-        args.push("--tunnel".into());
-        args.push(format!("127.0.0.1:0={KEY}:{p}"));
-    }
+    let mut args = proxy_args(KEY, TOKEN, ports);
     if let Some((_, cert, key)) = tls {
         args.extend(["--tls-cert".into(), cert.clone()]);
         args.extend(["--tls-key".into(), key.clone()]);
     }
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let proxy = Launch::new(bin("meeting-proxy")).args(&argv).try_start()?;
+    let proxy = Launch::new(bin("meeting-proxy")).args(&args).try_start()?;
     let mut public = Vec::new();
     for _ in ports {
         let addr = first_word(&proxy.try_next_after("tunnel ")?);

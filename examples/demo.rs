@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::thread;
 
-use support::{api_proxy, bin, device_agent, first_word, FakeApi, Launch, Proc, SOON};
+use support::{api_proxy, bin, device_agent, first_word, proxy_args, FakeApi, Launch, Proc, SOON};
 
 const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
 const TOKEN: &str = "41e291";
@@ -30,7 +30,7 @@ fn start_agent(control: &str, key: &str, service: u16, extra: &[&str]) -> Proc {
 }
 
 /// meeting-proxy with `args`, its log shown.
-fn start_proxy(args: &[&str]) -> Proc {
+fn start_proxy<S: AsRef<str>>(args: &[S]) -> Proc {
     Launch::new(bin("meeting-proxy"))
         .args(args)
         .echo(true)
@@ -52,16 +52,8 @@ fn main() {
     println!("    listening on 127.0.0.1:{service_port}\n");
 
     println!("== 2. meeting-proxy, the server side, with one public port for the device");
-    let tunnel = format!("127.0.0.1:0={KEY}:{service_port}");
     let device = format!("{KEY}={TOKEN}");
-    let proxy = start_proxy(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--device",
-        &device,
-        "--tunnel",
-        &tunnel,
-    ]);
+    let proxy = start_proxy(&proxy_args(KEY, TOKEN, &[service_port]));
     let public = first_word(&proxy.next_after("tunnel "));
     println!();
 

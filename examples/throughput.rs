@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{bin, cpu_seconds, device_agent, first_word, Launch};
+use support::{bin, cpu_seconds, device_agent, first_word, proxy_args, Launch};
 
 const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
 const TOKEN: &str = "7410ad";
@@ -56,17 +56,8 @@ fn main() {
         .unwrap_or(5.0);
     let service = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = service.local_addr().unwrap().port();
-    let tunnel = format!("127.0.0.1:0={KEY}:{port}");
-    let device = format!("{KEY}={TOKEN}");
     let proxy = Launch::new(bin("meeting-proxy"))
-        .args(&[
-            "--listen",
-            "127.0.0.1:0",
-            "--device",
-            &device,
-            "--tunnel",
-            &tunnel,
-        ])
+        .args(&proxy_args(KEY, TOKEN, &[port]))
         .start();
     let public = first_word(&proxy.next_after("tunnel "));
     let control = first_word(&proxy.next_after("listening for agents on "));

@@ -8,6 +8,7 @@
 use std::fmt;
 
 use crate::bytes::printable::printable;
+use crate::config::ConfigError;
 use crate::config::{
     API_CA_FILE, API_URL, DEVICE_KEY, MEETING_SSH_USER, TUNNEL_HOST, TUNNEL_PORT, TUNNEL_SSL,
 };
@@ -124,16 +125,30 @@ pub fn tls(peer: Peer, e: &crate::transport::tls::TlsError) -> Option<String> {
     })
 }
 
+/// TLS is asked of a build without it.
+fn no_tls_build() -> String {
+    format!(
+        "install a build with TLS, or set {} to false if the proxy port is plain TCP",
+        TUNNEL_SSL.spec.key
+    )
+}
+
+/// A configuration that cannot be used: the error names the setting and what it expects; a
+/// missing TLS needs a word more.
+pub fn config(e: &ConfigError) -> String {
+    match e {
+        ConfigError::TlsUnavailable { .. } => explained(e, Some(no_tls_build())),
+        _ => e.to_string(),
+    }
+}
+
 /// A connection to the proxy that could not be set up.
 pub fn transport(e: &TransportError) -> Option<String> {
     match e {
         TransportError::Tcp(e) => Some(tcp(e)),
         #[cfg(feature = "tls")]
         TransportError::Tls(e) => tls(Peer::Proxy, e),
-        TransportError::TlsUnavailable => Some(format!(
-            "install a build with TLS, or set {} to false if the proxy port is plain TCP",
-            TUNNEL_SSL.spec.key
-        )),
+        TransportError::TlsUnavailable => Some(no_tls_build()),
         TransportError::Split(_) => Some(
             "the process is probably out of file descriptors (check ulimit -n and max_channels)"
                 .to_owned(),
@@ -296,11 +311,6 @@ pub fn tls_on_plain() -> String {
         "enable TLS (`\"{0}\": true` in the configuration or MEETING_TUNNEL_TLS=1)",
         TUNNEL_SSL.spec.key
     )
-}
-
-/// TLS at one end only, seen from the agent's TLS side.
-pub fn tls_mismatch() -> String {
-    format!("make {} match the proxy port", TUNNEL_SSL.spec.key)
 }
 
 /// The proxy's address answers, but not with the Meeting protocol.

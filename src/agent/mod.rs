@@ -207,7 +207,10 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Arc<Status>) {
 /// changed connection setting reconnects; anything else applies in place.
 pub fn reload(live: &Live, shutdown: &Shutdown, loaded: Result<Config, ConfigError>) {
     match loaded {
-        Err(e) => error!("SIGHUP: the new configuration is not usable, keeping the old one: {e}"),
+        Err(e) => error!(
+            "SIGHUP: the new configuration is not usable, keeping the old one: {}",
+            crate::advice::config(&e)
+        ),
         Ok(new) => {
             warn_about(&new);
             let changed = live.replace(new);

@@ -168,7 +168,7 @@ pub fn run(
     let mut steps = Vec::new();
     let mut facts = Facts::default();
     let t = Instant::now();
-    let loaded = config::load(flags, env, paths).map_err(|e| e.to_string());
+    let loaded = config::load(flags, env, paths).map_err(|e| advice::config(&e));
     let cfg = match loaded {
         Ok(c) => c,
         Err(e) => {
@@ -504,8 +504,7 @@ fn tls_failure(e: TransportError) -> (Reach, String) {
                 TlsError::CaFile { .. } | TlsError::BadServerName(_) => {
                     Reach::ConfigError(detail.clone())
                 }
-                // The verdict says what to do about TLS at one end only.
-                e if e.is_mismatch() => Reach::TlsMismatch(e.to_string()),
+                e if e.is_mismatch() => Reach::TlsMismatch(detail.clone()),
                 _ => Reach::TlsFailed(detail.clone()),
             }
         }

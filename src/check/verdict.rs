@@ -324,10 +324,7 @@ pub fn decide(f: &Findings) -> (Verdict, String) {
         ),
         Reach::TlsMismatch(d) => (
             Verdict::TlsMismatch,
-            format!(
-                "TLS is on at one end only ({d}): {}.",
-                advice::tls_mismatch()
-            ),
+            format!("TLS is on at one end only: {d}."),
         ),
         Reach::TlsFailed(d) => (
             Verdict::TlsFailed,

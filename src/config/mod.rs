@@ -364,8 +364,7 @@ impl fmt::Display for ConfigError {
             ConfigError::TlsUnavailable { source } => write!(
                 f,
                 "TLS is requested ({source}) but this tunnel-agent was built without the tls \
-                 feature; install a build with TLS, or set tunnel_ssl to false if the proxy \
-                 port is plain TCP"
+                 feature"
             ),
             ConfigError::Invalid { what, source, why } => {
                 write!(f, "invalid {what} (from {source}): {why}")

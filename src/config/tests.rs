@@ -38,6 +38,19 @@ fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     move |k| map.get(k).cloned()
 }
 
+/// Flags that name `file` with `--config`.
+fn config_flag(file: PathBuf) -> Flags {
+    Flags {
+        config: Some(file),
+        ..Flags::default()
+    }
+}
+
+/// The configuration from `file` alone.
+fn load_file(t: &Tmp, file: PathBuf) -> Result<Config, ConfigError> {
+    load(&config_flag(file), &env_of(&[]), &t.paths())
+}
+
 const MEETING_JSON: &str = r#"{
   "device_key": "3316A52EB08837267BF6BD3E2B2E8DC7",
   "token_code": "41e291",
@@ -123,10 +136,7 @@ fn tls_settings_and_limits() {
            "ca_file":"/etc/tunnel-agent/ca.pem","tls_server_name":"proxy.example",
            "max_channels":8,"max_frame":65536,"local_write_timeout":2.5}"#,
     );
-    let flags = Flags {
-        config: Some(p),
-        ..Flags::default()
-    };
+    let flags = config_flag(p);
     let c = load(&flags, &env_of(&[]), &t.paths()).unwrap();
     assert!(c.tls.value);
     assert_eq!(
@@ -170,10 +180,7 @@ fn allowed_ports_from_file_or_flags() {
         "c.json",
         r#"{"device_key":"K","token_code":"t","allowed_ports":[22,"5900"]}"#,
     );
-    let mut flags = Flags {
-        config: Some(p),
-        ..Flags::default()
-    };
+    let mut flags = config_flag(p);
     let c = load(&flags, &env_of(&[]), &t.paths()).unwrap();
     assert_eq!(c.allowed_ports.value, vec![22, 5900]);
     flags.set(&ALLOWED_PORTS, "8080");
@@ -184,15 +191,7 @@ fn allowed_ports_from_file_or_flags() {
         "d.json",
         r#"{"device_key":"K","token_code":"t","allowed_ports":22}"#,
     );
-    let e = load(
-        &Flags {
-            config: Some(p),
-            ..Flags::default()
-        },
-        &env_of(&[]),
-        &t.paths(),
-    )
-    .unwrap_err();
+    let e = load_file(&t, p).unwrap_err();
     assert!(
         e.to_string().contains("expected a list like [22, 5900]"),
         "{e}"
@@ -235,15 +234,7 @@ fn malformed_file_names_line_and_column() {
         "meeting.json",
         "{\n  \"device_key\": \"K\",\n  \"token_code\" \"x\"\n}",
     );
-    let e = load(
-        &Flags {
-            config: Some(p.clone()),
-            ..Flags::default()
-        },
-        &env_of(&[]),
-        &t.paths(),
-    )
-    .unwrap_err();
+    let e = load_file(&t, p.clone()).unwrap_err();
     match &e {
         ConfigError::Malformed {
             path, line, column, ..
@@ -263,10 +254,7 @@ fn wrong_types_and_values_are_named() {
         "c.json",
         r#"{"device_key":"K","token_code":"t","tunnel_port":"http"}"#,
     );
-    let flags = Flags {
-        config: Some(p),
-        ..Flags::default()
-    };
+    let flags = config_flag(p);
     let e = load(&flags, &env_of(&[]), &t.paths()).unwrap_err();
     assert!(e.to_string().contains("\"http\" is not a TCP port"), "{e}");
     let e = load(
@@ -277,39 +265,20 @@ fn wrong_types_and_values_are_named() {
     .unwrap_err();
     assert!(e.to_string().contains("MEETING_TUNNEL_PORT"), "{e}");
     let p = t.file("d.json", r#"{"device_key":["K"],"token_code":"t"}"#);
-    let e = load(
-        &Flags {
-            config: Some(p),
-            ..Flags::default()
-        },
-        &env_of(&[]),
-        &t.paths(),
-    )
-    .unwrap_err();
+    let e = load_file(&t, p).unwrap_err();
     assert!(
         e.to_string().contains("expected a string, found an array"),
         "{e}"
     );
     let p = t.file("e.json", "[1]");
-    let e = load(
-        &Flags {
-            config: Some(p),
-            ..Flags::default()
-        },
-        &env_of(&[]),
-        &t.paths(),
-    )
-    .unwrap_err();
+    let e = load_file(&t, p).unwrap_err();
     assert!(e.to_string().contains("expected a JSON object"), "{e}");
 }
 
 #[test]
 fn explicit_config_that_does_not_exist_is_an_error() {
     let t = Tmp::new("absent");
-    let flags = Flags {
-        config: Some(t.0.join("nope.json")),
-        ..Flags::default()
-    };
+    let flags = config_flag(t.0.join("nope.json"));
     let e = load(&flags, &env_of(&[]), &t.paths()).unwrap_err();
     assert!(matches!(e, ConfigError::Unreadable { .. }));
     assert!(e.to_string().contains("nope.json"));

@@ -66,16 +66,9 @@ impl Proxy {
 
     /// A proxy that knows device [`KEY`] with [`TOKEN`] and one tunnel per local port.
     pub fn for_ports(ports: &[u16], extra: &[&str]) -> Proxy {
-        let device = format!("{KEY}={TOKEN}");
-        let tunnels: Vec<String> = ports
-            .iter()
-            .map(|p| format!("127.0.0.1:0={KEY}:{p}"))
-            .collect();
-        let mut args = vec!["--device", device.as_str()];
-        for t in &tunnels {
-            args.extend(["--tunnel", t.as_str()]);
-        }
-        args.extend(extra);
+        let mut args = proxy_args(KEY, TOKEN, ports);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Proxy::start(&args)
     }
 
@@ -89,6 +82,21 @@ impl Proxy {
 fn addr_after(line: &str, marker: &str) -> SocketAddr {
     let rest = &line[line.find(marker).unwrap() + marker.len()..];
     rest.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// meeting-proxy's arguments for device `key` with `token` and one public port on loopback
+/// (any free one) for each of the device's `ports`, agents on any free loopback port.
+pub fn proxy_args(key: &str, token: &str, ports: &[u16]) -> Vec<String> {
+    let mut args = vec![
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--device".to_owned(),
+        format!("{key}={token}"),
+    ];
+    for p in ports {
+        args.extend(["--tunnel".to_owned(), format!("127.0.0.1:0={key}:{p}")]);
+    }
+    args
 }
 
 /// The arguments of an agent for [`KEY`] against `proxy`, with no status file unless the

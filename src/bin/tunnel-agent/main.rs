@@ -13,6 +13,7 @@ use log::{info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use tunnel_agent::advice;
 use tunnel_agent::agent::channels::Totals;
 use tunnel_agent::agent::status::Status;
 use tunnel_agent::agent::{self, shutdown::Shutdown, Live, VERSION};
@@ -81,7 +82,7 @@ fn main() -> ExitCode {
     let cfg = match config::load(&flags, &env, &SearchPaths::default()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("tunnel-agent: configuration error: {e}");
+            eprintln!("tunnel-agent: configuration error: {}", advice::config(&e));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -232,7 +233,10 @@ fn keys(flags: &config::Flags, verbosity: i32) -> ExitCode {
     let cfg = match config::load(flags, &env, &SearchPaths::default()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("tunnel-agent keys: configuration error: {e}");
+            eprintln!(
+                "tunnel-agent keys: configuration error: {}",
+                advice::config(&e)
+            );
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -253,7 +257,7 @@ fn keys_round(cfg: &config::Config) -> ExitCode {
                 eprintln!(
                     "{}: FAILED: {}",
                     o.job,
-                    tunnel_agent::advice::explained(e, tunnel_agent::advice::keys(e))
+                    advice::explained(e, advice::keys(e))
                 );
                 worst = worst.max(if e.is_refusal() { 3 } else { 1 });
             }

@@ -304,6 +304,54 @@ fn sighup_applies_changed_heartbeat_settings() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A certificate made out to another name: the advice names the API's settings, never the
+/// proxy's (`tunnel_host`, `tls_server_name`), in the log and in `check`.
+#[test]
+fn an_api_certificate_for_another_name_names_api_url_and_api_ca_file() {
+    let proxy = Proxy::for_ports(&[], &[]);
+    let api = FakeApi::with_certificate_for(&[KEY], &["meeting.example"]);
+    let ca = api.ca_file.display().to_string();
+    let lan = LanFile::new("mismatch", "192.0.2.71");
+    let args = ["--api-url", api.url.as_str(), "--api-ca-file", ca.as_str()];
+    let agent = agent_with_env(proxy.control, &args, &[(LAN_ENV, lan.path())]);
+    let line = agent.wait_for("heartbeat failed", SOON);
+    assert!(line.contains("name mismatch"), "{line}");
+    assert!(line.contains("meeting.example"), "{line}");
+    assert!(
+        line.contains("api_url") && line.contains("api_ca_file"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("tunnel_host") && !line.contains("tls_server_name"),
+        "{line}"
+    );
+    let mut all = agent_args(proxy.control);
+    all.extend(["--timeout", "5"].map(str::to_owned));
+    all.extend(args.map(str::to_owned));
+    let mut cmd = std::process::Command::new(bin("tunnel-agent"));
+    cmd.arg("check")
+        .arg("--json")
+        .args(&all)
+        .env("MEETING_TOKEN", TOKEN);
+    let out = cmd.output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let step = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "api")
+        .unwrap()
+        .clone();
+    let (detail, hint) = (step["detail"].to_string(), step["hint"].to_string());
+    assert!(detail.contains("name mismatch"), "{step}");
+    assert!(
+        hint.contains("api_url") && hint.contains("api_ca_file"),
+        "{step}"
+    );
+    assert!(!hint.contains("tunnel_host"), "{step}");
+    assert!(api.requests().is_empty(), "{:?}", api.requests());
+}
+
 #[test]
 fn an_api_certificate_nobody_trusts_is_named_and_nothing_is_sent_in_clear() {
     let proxy = Proxy::for_ports(&[], &[]);

@@ -659,15 +659,20 @@ fn api_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Api {
             Some(advice::api_refused()),
             Api::Unknown,
         ),
-        Err(e) => (
-            Status::Warn,
-            format!("GET {full} failed: {e}"),
-            advice::api(&e),
-            Api::Unknown,
-        ),
+        Err(e) => unanswered(format!("GET {full} failed: {e}"), &e, Api::Unknown),
     };
     steps.push(step("api", status, detail, hint, t));
     api
+}
+
+/// A step whose Meeting API call got no answer it can use: a warning with `detail`, what to
+/// do about `e`, and no finding (`unknown`).
+fn unanswered<F>(
+    detail: String,
+    e: &meeting::ApiError,
+    unknown: F,
+) -> (Status, String, Option<String>, F) {
+    (Status::Warn, detail, advice::api(e), unknown)
 }
 
 /// Meeting presence: what Meeting shows (`GET {api}/devices/{key}/availability`), and what the
@@ -741,12 +746,7 @@ fn presence_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Presenc
                 )
             }
         }
-        Err(e) => (
-            Status::Warn,
-            format!("{e}; {ours}"),
-            advice::api(&e),
-            Presence::Unknown,
-        ),
+        Err(e) => unanswered(format!("{e}; {ours}"), &e, Presence::Unknown),
     };
     steps.push(step("presence", status, detail, hint, t));
     found

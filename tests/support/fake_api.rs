@@ -78,13 +78,19 @@ pub struct FakeApi {
 impl FakeApi {
     /// Starts it. `devices` are the keys it knows (others get 404).
     pub fn start(devices: &[&str]) -> FakeApi {
+        FakeApi::with_certificate_for(devices, &["127.0.0.1", "localhost"])
+    }
+
+    /// The same, its certificate made out to `names` (still served on 127.0.0.1): with
+    /// another name, a client checking 127.0.0.1 finds a name mismatch.
+    pub fn with_certificate_for(devices: &[&str], names: &[&str]) -> FakeApi {
         let dir = std::env::temp_dir().join(format!(
             "tunnel-agent-fake-api-{}-{}",
             std::process::id(),
             next_id()
         ));
         std::fs::create_dir_all(&dir).expect("temporary folder");
-        let (ca_file, cert, key) = certificates(&dir);
+        let (ca_file, cert, key) = certificates(&dir, names);
         let shared: Shared = Arc::default();
         {
             let mut st = shared.0.lock().unwrap();
@@ -233,8 +239,8 @@ fn next_id() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A CA and a certificate for 127.0.0.1 and localhost signed by it: (ca.pem, cert, key).
-fn certificates(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+/// A CA and a certificate for `names` signed by it: (ca.pem, cert, key).
+fn certificates(dir: &std::path::Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.distinguished_name
@@ -242,7 +248,7 @@ fn certificates(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
     let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
     let key = KeyPair::generate().unwrap();
     let mut params =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
     params
         .distinguished_name
         .push(DnType::CommonName, "fake Meeting API");

@@ -108,9 +108,18 @@ pub fn tls(peer: Peer, e: &crate::transport::tls::TlsError) -> Option<String> {
              has a CA of its own",
             API_URL.spec.key, API_CA_FILE.spec.key
         ),
-        T::Expired(_) if proxy => "the proxy must renew it".to_owned(),
-        T::Expired(_) => "the Meeting API's operator must renew it".to_owned(),
-        T::NotYetValid(_) => "check the device's clock (date -u; NTP)".to_owned(),
+        T::Expired { now, .. } | T::NotYetValid { now, .. } if crate::clock::unset(*now) => {
+            clock_unset()
+        }
+        T::Expired { .. } if proxy => {
+            "the proxy must renew it, unless the device's clock is ahead (date -u; NTP)".to_owned()
+        }
+        T::Expired { .. } => {
+            "the Meeting API's operator must renew it, unless the device's clock is ahead (date \
+             -u; NTP)"
+                .to_owned()
+        }
+        T::NotYetValid { .. } => "check the device's clock (date -u; NTP)".to_owned(),
         T::NotTls { .. } | T::ClosedAfterHello if proxy => format!(
             "disable TLS ({} false) or use the proxy's TLS port",
             TUNNEL_SSL.spec.key
@@ -140,6 +149,18 @@ pub fn config(e: &ConfigError) -> String {
         ConfigError::TlsUnavailable { .. } => explained(e, Some(no_tls_build())),
         _ => e.to_string(),
     }
+}
+
+/// A certificate refused by a device clock that reads a time before this binary was built:
+/// the clock was never set.
+pub fn clock_unset() -> String {
+    format!(
+        "the device's clock is probably not set: it reads a time before this tunnel-agent was \
+         built ({}), as a board without a real-time clock does until NTP has synchronised; \
+         nothing needs changing if NTP runs: the agent tries again and connects once the clock \
+         is right",
+        crate::clock::utc(crate::clock::built())
+    )
 }
 
 /// A connection to the proxy that could not be set up.
@@ -412,6 +433,51 @@ mod tests {
             !fact.contains("proxy") && !fact.contains("tunnel_host"),
             "{fact}"
         );
+    }
+
+    /// A certificate refused by a clock set before this binary was built says the clock is not
+    /// set; by a clock that looks right, it says to check the clock. Both show the device's
+    /// time next to the certificate's validity.
+    #[cfg(feature = "tls")]
+    #[test]
+    fn certificate_dates_show_the_device_clock_and_a_clock_never_set_is_named() {
+        use crate::transport::tls::TlsError;
+        let built = crate::clock::built();
+        assert!(built > 1_700_000_000, "build time {built}");
+        let boot = TlsError::NotYetValid {
+            now: 131,
+            not_before: Some(built - 86_400),
+        };
+        let fact = boot.to_string();
+        assert!(
+            fact.contains("the device's clock reads 1970-01-01 00:02:11 UTC")
+                && fact.contains(&format!("valid from {}", crate::clock::utc(built - 86_400))),
+            "{fact}"
+        );
+        for peer in [Peer::Proxy, Peer::Api] {
+            let a = tls(peer, &boot).unwrap();
+            assert!(
+                a.contains("clock is probably not set") && a.contains("NTP"),
+                "{a}"
+            );
+        }
+        let late = TlsError::NotYetValid {
+            now: built + 3_600,
+            not_before: Some(built + 86_400 * 30),
+        };
+        let a = tls(Peer::Proxy, &late).unwrap();
+        assert!(
+            !a.contains("probably not set") && a.contains("date -u"),
+            "{a}"
+        );
+        let expired = TlsError::Expired {
+            now: built + 3_600,
+            not_after: Some(built - 86_400),
+        };
+        assert!(expired.to_string().contains("valid until"), "{expired}");
+        assert!(tls(Peer::Api, &expired)
+            .unwrap()
+            .contains("Meeting API's operator"));
     }
 
     #[test]

@@ -10,6 +10,18 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// When this binary was built, seconds since the epoch (`SOURCE_DATE_EPOCH` where the build
+/// system set it; see `build.rs`). A clock that reads earlier than this was never set.
+pub fn built() -> u64 {
+    env!("TUNNEL_AGENT_BUILD_EPOCH").parse().unwrap_or(0)
+}
+
+/// Whether a device clock reading `now` is certainly wrong: before this binary was built, as a
+/// board without a real-time clock reads until NTP has synchronised.
+pub fn unset(now: u64) -> bool {
+    now < built()
+}
+
 /// Now as RFC 3339 with milliseconds, `YYYY-MM-DDTHH:MM:SS.mmmZ`, for log lines.
 pub fn rfc3339_millis_now() -> String {
     let d = SystemTime::now()

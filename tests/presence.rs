@@ -352,6 +352,37 @@ fn an_api_certificate_for_another_name_names_api_url_and_api_ca_file() {
     assert!(api.requests().is_empty(), "{:?}", api.requests());
 }
 
+/// A Meeting API whose certificate starts in the future: the heartbeat says so with the
+/// device's time next to the certificate's validity, and the device comes online by itself
+/// once the API has a valid certificate.
+#[test]
+fn an_api_certificate_not_valid_yet_then_valid_the_device_comes_online_by_itself() {
+    let proxy = Proxy::for_ports(&[], &[]);
+    let api = FakeApi::with_future_certificate(&[KEY]);
+    let ca = api.ca_file.display().to_string();
+    let lan = LanFile::new("future", "192.0.2.72");
+    let args = [
+        "--api-url",
+        api.url.as_str(),
+        "--api-ca-file",
+        ca.as_str(),
+        "--heartbeat-interval",
+        "5",
+    ];
+    let agent = agent_with_env(proxy.control, &args, &[(LAN_ENV, lan.path())]);
+    let line = agent.wait_for("heartbeat failed", SOON);
+    assert!(
+        line.contains("not valid yet")
+            && line.contains("valid from 2099-01-01 00:00:00 UTC")
+            && line.contains("the device's clock reads"),
+        "{line}"
+    );
+    assert!(api.requests().is_empty(), "{:?}", api.requests());
+    api.renew_certificate();
+    agent.wait_for("the device is online in Meeting", SOON);
+    api.wait_for("POST", &online_path(), 1, SOON);
+}
+
 #[test]
 fn an_api_certificate_nobody_trusts_is_named_and_nothing_is_sent_in_clear() {
     let proxy = Proxy::for_ports(&[], &[]);

@@ -15,6 +15,17 @@ use rcgen::{
 use serde_json::Value;
 use support::*;
 
+/// When a server certificate is valid.
+#[derive(Clone, Copy)]
+enum Validity {
+    /// From now on (rcgen's default).
+    Now,
+    /// 2020 to 2021.
+    Expired,
+    /// From 2099: not valid yet.
+    Future,
+}
+
 /// Certificates for one test, as PEM files in a temporary folder.
 struct Pki {
     dir: PathBuf,
@@ -49,15 +60,22 @@ impl Pki {
         ca: &CertifiedIssuer<'static, KeyPair>,
         file: &str,
         names: &[&str],
-        expired: bool,
+        validity: Validity,
     ) {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .unwrap();
         p.distinguished_name.push(DnType::CommonName, names[0]);
-        if expired {
-            p.not_before = date_time_ymd(2020, 1, 1);
-            p.not_after = date_time_ymd(2021, 1, 1);
+        match validity {
+            Validity::Now => {}
+            Validity::Expired => {
+                p.not_before = date_time_ymd(2020, 1, 1);
+                p.not_after = date_time_ymd(2021, 1, 1);
+            }
+            Validity::Future => {
+                p.not_before = date_time_ymd(2099, 1, 1);
+                p.not_after = date_time_ymd(2100, 1, 1);
+            }
         }
         let cert = p.signed_by(&key, ca).unwrap();
         std::fs::write(self.dir.join(format!("{file}.pem")), cert.pem()).unwrap();
@@ -66,6 +84,11 @@ impl Pki {
 
     /// A TLS meeting-proxy using `<file>.pem`/`<file>.key`, one tunnel to `port`.
     fn proxy(&self, file: &str, port: u16) -> Proxy {
+        self.proxy_on(file, port, "127.0.0.1:0")
+    }
+
+    /// The same, agents connecting on `listen`.
+    fn proxy_on(&self, file: &str, port: u16, listen: &str) -> Proxy {
         let (cert, key) = (
             self.path(&format!("{file}.pem")),
             self.path(&format!("{file}.key")),
@@ -73,6 +96,8 @@ impl Pki {
         let device = format!("{KEY}={TOKEN}");
         let tunnel = format!("127.0.0.1:0={KEY}:{port}");
         Proxy::start(&[
+            "--listen",
+            listen,
             "--tls-cert",
             &cert,
             "--tls-key",
@@ -136,7 +161,7 @@ fn tls_step(v: &Value) -> String {
 fn trusted_tls_session_carries_data() {
     let pki = Pki::new("trusted");
     let ca = pki.ca("ca");
-    pki.server(&ca, "server", &["proxy.test", "localhost"], false);
+    pki.server(&ca, "server", &["proxy.test", "localhost"], Validity::Now);
     let echo = echo_server();
     let proxy = pki.proxy("server", echo);
     let ca_file = pki.path("ca.pem");
@@ -186,7 +211,7 @@ fn untrusted_ca_is_named_as_such() {
     let pki = Pki::new("untrusted");
     let ca = pki.ca("ca");
     pki.ca("other");
-    pki.server(&ca, "server", &["proxy.test"], false);
+    pki.server(&ca, "server", &["proxy.test"], Validity::Now);
     let proxy = pki.proxy("server", 22);
     let other = pki.path("other.pem");
     let agent = agent(
@@ -226,7 +251,7 @@ fn untrusted_ca_is_named_as_such() {
 fn name_mismatch_says_which_names_the_certificate_has() {
     let pki = Pki::new("name");
     let ca = pki.ca("ca");
-    pki.server(&ca, "server", &["proxy.test"], false);
+    pki.server(&ca, "server", &["proxy.test"], Validity::Now);
     let proxy = pki.proxy("server", 22);
     let ca_file = pki.path("ca.pem");
     let agent = agent(
@@ -261,11 +286,49 @@ fn name_mismatch_says_which_names_the_certificate_has() {
     );
 }
 
+/// A proxy whose certificate starts in the future: the agent says so with the device's time
+/// next to the certificate's validity, and connects by itself, without a restart, once the
+/// proxy has a valid certificate.
+#[test]
+fn a_certificate_not_valid_yet_shows_both_times_and_the_agent_recovers_by_itself() {
+    let pki = Pki::new("future");
+    let ca = pki.ca("ca");
+    pki.server(&ca, "future", &["proxy.test"], Validity::Future);
+    pki.server(&ca, "server", &["proxy.test"], Validity::Now);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let early = pki.proxy_on("future", 22, &listen);
+    let ca_file = pki.path("ca.pem");
+    let args = [
+        "--tls",
+        "--ca-file",
+        &ca_file,
+        "--tls-server-name",
+        "proxy.test",
+    ];
+    let agent = agent(early.control, &args);
+    let line = agent.wait_for("not valid yet", SOON);
+    let today = &tunnel_agent::clock::utc(tunnel_agent::clock::now())[..10];
+    assert!(
+        line.contains("valid from 2099-01-01 00:00:00 UTC")
+            && line.contains(&format!("the device's clock reads {today}")),
+        "{line}"
+    );
+    // This clock is after the build, so the advice is to check it, not that it is unset.
+    assert!(
+        line.contains("date -u") && !line.contains("probably not set"),
+        "{line}"
+    );
+    drop(early);
+    let proxy = pki.proxy_on("server", 22, &listen);
+    agent.wait_for("tunnel ready", SOON);
+    proxy.wait_agent(1);
+}
+
 #[test]
 fn expired_certificate_is_named_as_expired() {
     let pki = Pki::new("expired");
     let ca = pki.ca("ca");
-    pki.server(&ca, "server", &["proxy.test"], true);
+    pki.server(&ca, "server", &["proxy.test"], Validity::Expired);
     let proxy = pki.proxy("server", 22);
     let ca_file = pki.path("ca.pem");
     let agent = agent(
@@ -337,7 +400,7 @@ fn tls_agent_against_a_server_that_closes_after_client_hello() {
 fn plain_agent_against_a_tls_proxy_says_enable_tls() {
     let pki = Pki::new("plainagent");
     let ca = pki.ca("ca");
-    pki.server(&ca, "server", &["proxy.test"], false);
+    pki.server(&ca, "server", &["proxy.test"], Validity::Now);
     let proxy = pki.proxy("server", 22);
     let agent = agent(proxy.control, &[]);
     agent.wait_for("enable TLS", SOON);

@@ -20,6 +20,7 @@ use rustls::{ServerConfig, ServerConnection};
 use super::{Control, TlsInfo};
 use crate::bytes::printable::printable;
 use crate::bytes::recorded::Recorded;
+use crate::clock;
 
 /// Why a TLS session could not be set up.
 #[derive(Debug)]
@@ -45,10 +46,20 @@ pub enum TlsError {
         /// Names the certificate has.
         presented: Vec<String>,
     },
-    /// The certificate has expired.
-    Expired(String),
-    /// The certificate is not valid yet (often a device clock that is wrong).
-    NotYetValid(String),
+    /// The certificate has expired, by the device's clock.
+    Expired {
+        /// The device's clock at the check, seconds since the epoch.
+        now: u64,
+        /// The end of the certificate's validity, when rustls said it.
+        not_after: Option<u64>,
+    },
+    /// The certificate is not valid yet, by the device's clock (often a clock never set).
+    NotYetValid {
+        /// The device's clock at the check, seconds since the epoch.
+        now: u64,
+        /// The start of the certificate's validity, when rustls said it.
+        not_before: Option<u64>,
+    },
     /// Another certificate problem.
     Certificate(String),
     /// The server answered something that is not TLS: the port is plain.
@@ -104,10 +115,21 @@ impl fmt::Display for TlsError {
                 "name mismatch: the server's certificate is for [{}], not \"{expected}\"",
                 presented.join(", ")
             ),
-            TlsError::Expired(d) => write!(f, "the server's certificate has expired ({d})"),
-            TlsError::NotYetValid(d) => {
-                write!(f, "the server's certificate is not valid yet ({d})")
-            }
+            TlsError::Expired { now, not_after } => write!(
+                f,
+                "the server's certificate has expired ({}the device's clock reads {})",
+                not_after.map_or(String::new(), |t| format!(
+                    "valid until {}; ",
+                    clock::utc(t)
+                )),
+                clock::utc(*now)
+            ),
+            TlsError::NotYetValid { now, not_before } => write!(
+                f,
+                "the server's certificate is not valid yet ({}the device's clock reads {})",
+                not_before.map_or(String::new(), |t| format!("valid from {}; ", clock::utc(t))),
+                clock::utc(*now)
+            ),
             TlsError::Certificate(d) => write!(f, "the server's certificate was rejected: {d}"),
             TlsError::NotTls { raw } => write!(
                 f,
@@ -364,18 +386,22 @@ fn classify(e: rustls::Error, seen: &[u8], trusted: &str) -> TlsError {
                 expected: server_name_text(&expected),
                 presented,
             },
-            CertificateError::Expired => TlsError::Expired("expired".into()),
-            CertificateError::ExpiredContext { time, not_after } => TlsError::Expired(format!(
-                "it expired {} days ago",
-                time.as_secs().saturating_sub(not_after.as_secs()) / 86_400
-            )),
-            CertificateError::NotValidYet => TlsError::NotYetValid("not valid yet".into()),
-            CertificateError::NotValidYetContext { time, not_before } => {
-                TlsError::NotYetValid(format!(
-                    "valid only in {} days",
-                    not_before.as_secs().saturating_sub(time.as_secs()) / 86_400
-                ))
-            }
+            CertificateError::Expired => TlsError::Expired {
+                now: clock::now(),
+                not_after: None,
+            },
+            CertificateError::ExpiredContext { time, not_after } => TlsError::Expired {
+                now: time.as_secs(),
+                not_after: Some(not_after.as_secs()),
+            },
+            CertificateError::NotValidYet => TlsError::NotYetValid {
+                now: clock::now(),
+                not_before: None,
+            },
+            CertificateError::NotValidYetContext { time, not_before } => TlsError::NotYetValid {
+                now: time.as_secs(),
+                not_before: Some(not_before.as_secs()),
+            },
             other => TlsError::Certificate(E::InvalidCertificate(other).to_string()),
         },
         // Bytes that are not TLS records: a plain-text service.

@@ -73,24 +73,46 @@ pub struct FakeApi {
     pub ca_file: PathBuf,
     shared: Shared,
     dir: PathBuf,
+    /// The CA, to sign a renewed certificate with.
+    ca: CertifiedIssuer<'static, KeyPair>,
+    /// The TLS front's settings, swapped by [`FakeApi::renew_certificate`].
+    tls: Arc<Mutex<Arc<rustls::ServerConfig>>>,
 }
 
 impl FakeApi {
     /// Starts it. `devices` are the keys it knows (others get 404).
     pub fn start(devices: &[&str]) -> FakeApi {
-        FakeApi::with_certificate_for(devices, &["127.0.0.1", "localhost"])
+        FakeApi::with_certificate(devices, &["127.0.0.1", "localhost"], false)
     }
 
     /// The same, its certificate made out to `names` (still served on 127.0.0.1): with
     /// another name, a client checking 127.0.0.1 finds a name mismatch.
     pub fn with_certificate_for(devices: &[&str], names: &[&str]) -> FakeApi {
+        FakeApi::with_certificate(devices, names, false)
+    }
+
+    /// The same with a certificate valid only from 2099: not valid yet for any client.
+    pub fn with_future_certificate(devices: &[&str]) -> FakeApi {
+        FakeApi::with_certificate(devices, &["127.0.0.1", "localhost"], true)
+    }
+
+    /// From now on, a certificate for 127.0.0.1 valid from now, by the same CA.
+    pub fn renew_certificate(&self) {
+        let (cert, key) =
+            server_certificate(&self.dir, &self.ca, &["127.0.0.1", "localhost"], false);
+        let config = tunnel_agent::transport::tls::server_config(&cert, &key).expect("TLS config");
+        *self.tls.lock().unwrap() = config;
+    }
+
+    fn with_certificate(devices: &[&str], names: &[&str], future: bool) -> FakeApi {
         let dir = std::env::temp_dir().join(format!(
             "tunnel-agent-fake-api-{}-{}",
             std::process::id(),
             next_id()
         ));
         std::fs::create_dir_all(&dir).expect("temporary folder");
-        let (ca_file, cert, key) = certificates(&dir, names);
+        let (ca, ca_file) = authority(&dir);
+        let (cert, key) = server_certificate(&dir, &ca, names, future);
         let shared: Shared = Arc::default();
         {
             let mut st = shared.0.lock().unwrap();
@@ -128,21 +150,27 @@ impl FakeApi {
                 }
             });
         }
-        let tls = tunnel_agent::transport::tls::server_config(&cert, &key).expect("TLS config");
+        let config = tunnel_agent::transport::tls::server_config(&cert, &key).expect("TLS config");
+        let tls = Arc::new(Mutex::new(config));
         let front = TcpListener::bind("127.0.0.1:0").expect("bind the HTTPS port");
         let port = front.local_addr().unwrap().port();
-        thread::spawn(move || {
-            for sock in front.incoming().map_while(Result::ok) {
-                let tls = tls.clone();
-                thread::spawn(move || terminate(sock, tls, backend));
-            }
-        });
+        {
+            let tls = tls.clone();
+            thread::spawn(move || {
+                for sock in front.incoming().map_while(Result::ok) {
+                    let config = tls.lock().unwrap().clone();
+                    thread::spawn(move || terminate(sock, config, backend));
+                }
+            });
+        }
         FakeApi {
             url: format!("https://127.0.0.1:{port}/api"),
             http_url: format!("http://{backend}/api"),
             ca_file,
             shared,
             dir,
+            ca,
+            tls,
         }
     }
 
@@ -239,30 +267,45 @@ fn next_id() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A CA and a certificate for `names` signed by it: (ca.pem, cert, key).
-fn certificates(dir: &std::path::Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+/// The fake's CA, and its certificate written to `ca.pem`.
+fn authority(dir: &std::path::Path) -> (CertifiedIssuer<'static, KeyPair>, PathBuf) {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.distinguished_name
         .push(DnType::CommonName, "fake Meeting API CA");
     let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+    let path = dir.join("ca.pem");
+    std::fs::write(&path, ca.pem()).unwrap();
+    (ca, path)
+}
+
+/// A certificate for `names` signed by `ca` (valid from 2099 when `future`), written as
+/// (certificate, key) files.
+fn server_certificate(
+    dir: &std::path::Path,
+    ca: &CertifiedIssuer<'static, KeyPair>,
+    names: &[&str],
+    future: bool,
+) -> (PathBuf, PathBuf) {
     let key = KeyPair::generate().unwrap();
     let mut params =
         CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
     params
         .distinguished_name
         .push(DnType::CommonName, "fake Meeting API");
-    let cert = params.signed_by(&key, &ca).unwrap();
-    let write = |name: &str, text: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    (
-        write("ca.pem", ca.pem()),
-        write("api.pem", cert.pem()),
-        write("api.key", key.serialize_pem()),
-    )
+    if future {
+        params.not_before = rcgen::date_time_ymd(2099, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+    }
+    let cert = params.signed_by(&key, ca).unwrap();
+    let n = next_id();
+    let (cert_path, key_path) = (
+        dir.join(format!("api-{n}.pem")),
+        dir.join(format!("api-{n}.key")),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
 }
 
 /// TLS in front of the plain HTTP server: decrypts one connection and relays it both ways.

@@ -611,3 +611,59 @@ fn an_agent_without_the_rights_says_so_once_and_carries_the_tunnel() {
     );
     assert!(!Path::new(&ak).exists());
 }
+
+/// At boot the Meeting API is often not reachable yet (Wi-Fi, DHCP): an agent that does the key
+/// work (as root under BusyBox init) tries again 5 s later, doubling, not an hour later, and
+/// installs Meeting's key as soon as the API answers.
+#[test]
+fn a_failed_key_round_is_retried_soon_until_meetings_key_is_installed() {
+    if !may_run(
+        "a_failed_key_round_is_retried_soon_until_meetings_key_is_installed",
+        &[SSH_KEYGEN],
+    ) {
+        return;
+    }
+    let s = Setup::new("retry");
+    s.api
+        .answer("GET", "/api/ssh/pubkey", 503, r#"{"error": "starting"}"#);
+    let proxy = Proxy::for_ports(&[], &[]);
+    let p = |rel: &str| s.path(rel).display().to_string();
+    let ca = s.api.ca_file.display().to_string();
+    let me = me();
+    let (ak, dev, kh, state) = (
+        p("ssh/authorized_keys"),
+        p("device/id_ed25519"),
+        p("device/known_hosts"),
+        p("state"),
+    );
+    let agent = proxy.agent(&[
+        "--ssh-keys",
+        "true",
+        "--api-url",
+        &s.api.url,
+        "--api-ca-file",
+        &ca,
+        "--meeting-ssh-user",
+        &me,
+        "--authorized-keys-file",
+        &ak,
+        "--device-ssh-key",
+        &dev,
+        "--known-hosts-file",
+        &kh,
+        "--state-dir",
+        &state,
+    ]);
+    agent.wait_for("SSH keys (meeting key): the Meeting API", SOON);
+    let line = agent.wait_for("SSH keys: trying the failed work again in", SOON);
+    let secs: f64 = line
+        .rsplit("again in ")
+        .next()
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(f64::MAX);
+    assert!(secs <= 6.0, "{line}");
+    s.api.serve_meeting_key(&s.meeting.1, Some(&s.meeting.2));
+    agent.wait_for("SSH keys (meeting key): installed Meeting's key", SOON);
+    assert!(std::fs::read_to_string(&ak).unwrap().contains(&s.meeting.1));
+}

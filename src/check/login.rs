@@ -1,9 +1,12 @@
-//! The `ssh-login` step: will Meeting's terminal be able to log in? Something answers on the
-//! SSH port with an SSH banner; the login user exists; its `authorized_keys` holds Meeting's
-//! current key (by fingerprint, asked of the API); the file and the directories up to the
-//! user's home have owners and modes sshd's StrictModes accepts. Reads only.
+//! The `ssh-login` step: will Meeting's terminal be able to log in? An SSH server answers on
+//! the SSH port (named from its banner: OpenSSH, Dropbear); the login user exists; its
+//! `authorized_keys` holds Meeting's current key (by fingerprint, asked of the API) in a line
+//! that server accepts as written (Dropbear refuses an option it does not know, `from=`
+//! among them); the file and the directories up to the user's home have owners and modes
+//! sshd's StrictModes accepts. Reads only.
 
 use std::path::Path;
+#[cfg(feature = "tls")]
 use std::time::Duration;
 
 use super::verdict::Login;
@@ -26,6 +29,7 @@ pub(super) fn login_step(_cfg: &Config, _opts: &Options) -> (Step, Login) {
 #[cfg(feature = "tls")]
 pub(super) fn login_step(cfg: &Config, opts: &Options) -> (Step, Login) {
     use super::{step, Status};
+    use crate::sshkeys::server::SshServer;
     use crate::sshkeys::{self, edit};
     let t = std::time::Instant::now();
     let fail = |detail: String, hint: &str, login: Login| {
@@ -55,13 +59,17 @@ pub(super) fn login_step(cfg: &Config, opts: &Options) -> (Step, Login) {
         }
     };
     let port = cfg.ssh.ssh_port;
-    if let Err(seen) = ssh_banner(port, opts.timeout) {
-        return fail(
-            format!("127.0.0.1:{port}: {seen}"),
-            "start sshd (or set ssh_port to the port it listens on)",
-            Login::NoSsh(format!("127.0.0.1:{port}: {seen}")),
-        );
-    }
+    let banner = sshkeys::server::banner(port, opts.timeout.min(Duration::from_secs(5)));
+    let server = match banner {
+        Ok(line) => SshServer::from_banner(&line).unwrap_or(SshServer::Other(line)),
+        Err(seen) => {
+            return fail(
+                seen.clone(),
+                "start sshd (or set ssh_port to the port it listens on)",
+                Login::NoSsh(seen.clone()),
+            )
+        }
+    };
     let (path, _) = sshkeys::authorized_keys_path(cfg, &user);
     if let Err(why) = strict_modes(&path, user.uid, &user.home) {
         return fail(
@@ -71,15 +79,16 @@ pub(super) fn login_step(cfg: &Config, opts: &Options) -> (Step, Login) {
         );
     }
     let bytes = std::fs::read(&path).unwrap_or_default();
-    let installed = edit::authorized_keys(&bytes);
+    let installed = edit::authorized_lines(&bytes);
     let Some(client) = sshkeys::client(cfg) else {
         return (
             step(
                 "ssh-login",
                 Status::Warn,
                 format!(
-                    "sshd answers and {} has {} keys, but without api_url which key Meeting uses \
+                    "{} answers and {} has {} keys, but without api_url which key Meeting uses \
                      is unknown",
+                    server.name(),
                     path.display(),
                     installed.len()
                 ),
@@ -93,15 +102,31 @@ pub(super) fn login_step(cfg: &Config, opts: &Options) -> (Step, Login) {
     match sshkeys::fetch_meeting_key(cfg, &client) {
         Ok(key) => {
             let fp = key.fingerprint();
-            if installed.iter().any(|k| k.fingerprint() == fp) {
+            let line = installed.iter().find(|(_, k)| k.fingerprint() == fp);
+            if let Some((options, _)) = line {
+                if let Some(why) = line_refused(&server, options) {
+                    let why = format!("{why} ({}, user {})", path.display(), user.name);
+                    return fail(
+                        why.clone(),
+                        "run `tunnel-agent keys` as root: it writes the line this server accepts",
+                        Login::LineRefused(why),
+                    );
+                }
                 (
                     step(
                         "ssh-login",
                         Status::Pass,
                         format!(
-                            "sshd answers on 127.0.0.1:{port}; {} holds Meeting's key {fp} for {}",
+                            "{} answers on 127.0.0.1:{port}; {} holds Meeting's key {fp} for {} \
+                             in a line it accepts ({})",
+                            server.name(),
                             path.display(),
-                            user.name
+                            user.name,
+                            if options.is_empty() {
+                                "no options"
+                            } else {
+                                options
+                            }
                         ),
                         None,
                         t,
@@ -134,25 +159,24 @@ pub(super) fn login_step(cfg: &Config, opts: &Options) -> (Step, Login) {
     }
 }
 
-/// `Ok` when an SSH banner comes from 127.0.0.1:`port`; else what was seen.
-#[cfg_attr(not(feature = "tls"), allow(dead_code))]
-fn ssh_banner(port: u16, timeout: Duration) -> Result<(), String> {
-    use std::io::Read;
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut sock = std::net::TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(5)))
-        .map_err(|e| format!("nothing accepts connections ({e})"))?;
-    let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut buf = [0u8; 64];
-    let n = sock.read(&mut buf).unwrap_or(0);
-    if buf[..n].starts_with(b"SSH-") {
-        Ok(())
-    } else if n == 0 {
-        Err("it accepts connections but sends no SSH banner".into())
-    } else {
-        Err(format!(
-            "it answers \"{}\", not an SSH banner",
-            crate::bytes::printable::printable(&buf[..n], 40)
-        ))
+/// Why `server` would not accept Meeting's key line with `options`: an option it does not
+/// know, or a forced command (the Dropbear gate) that cannot run.
+#[cfg(feature = "tls")]
+fn line_refused(server: &crate::sshkeys::server::SshServer, options: &str) -> Option<String> {
+    if let Some(why) = server.refuses(options) {
+        return Some(why);
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let command = options.split("command=\"").nth(1)?.split('"').next()?;
+    let program = command.split_whitespace().next()?;
+    match std::fs::metadata(program) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => None,
+        Ok(_) => Some(format!(
+            "the key's forced command {program} is not an executable file"
+        )),
+        Err(e) => Some(format!(
+            "the key's forced command {program} cannot be run: {e}"
+        )),
     }
 }
 

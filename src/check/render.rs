@@ -173,6 +173,7 @@ fn questions(r: &Report) -> Vec<String> {
         Verdict::SshNotAnswering
         | Verdict::LoginUserMissing
         | Verdict::MeetingKeyMissing
+        | Verdict::MeetingKeyRefused
         | Verdict::LoginFileModes => vec![on_device(
             "Meeting's terminal login, see the ssh-login step",
         )],

@@ -80,6 +80,9 @@ pub enum Login {
     NoUser(String),
     /// Meeting's current key is not in the user's `authorized_keys`; where and which.
     KeyMissing(String),
+    /// Meeting's key is there, but the SSH server that answers would refuse its line as
+    /// written (an option it does not know, a gate that is not there); why.
+    LineRefused(String),
     /// sshd's StrictModes would refuse the file; which path and why.
     Modes(String),
 }
@@ -149,6 +152,8 @@ pub enum Verdict {
     LoginUserMissing,
     /// Meeting's key is not in the login user's authorized_keys.
     MeetingKeyMissing,
+    /// The SSH server would refuse Meeting's key line as written.
+    MeetingKeyRefused,
     /// sshd's StrictModes would refuse the login user's authorized_keys.
     LoginFileModes,
 }
@@ -175,6 +180,7 @@ impl Verdict {
             Verdict::SshNotAnswering => "ssh_not_answering",
             Verdict::LoginUserMissing => "login_user_missing",
             Verdict::MeetingKeyMissing => "meeting_key_missing",
+            Verdict::MeetingKeyRefused => "meeting_key_refused",
             Verdict::LoginFileModes => "login_file_modes",
         }
     }
@@ -200,6 +206,7 @@ impl Verdict {
             Verdict::SshNotAnswering
             | Verdict::LoginUserMissing
             | Verdict::MeetingKeyMissing
+            | Verdict::MeetingKeyRefused
             | Verdict::LoginFileModes => 7,
         }
     }
@@ -286,6 +293,13 @@ pub fn decide(f: &Findings) -> (Verdict, String) {
             format!(
                 "Meeting's terminal cannot log in: {what}; run `tunnel-agent keys` as root (the \
                  service does at each start) and read what it says."
+            ),
+        )),
+        Login::LineRefused(why) => Some((
+            Verdict::MeetingKeyRefused,
+            format!(
+                "Meeting's key is installed, but {why}, so Meeting's terminal cannot log in: run \
+                 `tunnel-agent keys` as root, which writes the line this server accepts."
             ),
         )),
         Login::Modes(what) => Some((
@@ -485,6 +499,11 @@ mod tests {
                 Login::Modes("y".into()),
                 Verdict::LoginFileModes,
                 "StrictModes",
+            ),
+            (
+                Login::LineRefused("Dropbear 2022.83 does not know the option from".into()),
+                Verdict::MeetingKeyRefused,
+                "writes the line this server accepts",
             ),
             (
                 Login::NoSsh("z".into()),

@@ -206,7 +206,8 @@ settings! {
     /// `from=` option put on Meeting's key (`None`: none).
     MEETING_KEY_FROM: Option<String> = "meeting_key_from", flag None, env None, arg "",
         default Value("127.0.0.1,::1"), parse from_patterns,
-        "from= option put on Meeting's key ('' puts none)", empty_is_off: true;
+        "addresses Meeting's key is accepted from: from= under OpenSSH, tunnel-agent ssh-gate under Dropbear ('' puts none)",
+        empty_is_off: true;
     /// Time between two rounds of key work.
     SSH_KEYS_INTERVAL: Duration = "ssh_keys_interval", flag None, env None, arg "",
         default Value("3600"), parse seconds, "seconds between two rounds of key work";

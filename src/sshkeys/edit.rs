@@ -113,6 +113,14 @@ pub fn block_keys(existing: &[u8]) -> Vec<String> {
 
 /// Every key of an `authorized_keys` file (options skipped), for `check`.
 pub fn authorized_keys(existing: &[u8]) -> Vec<PublicKey> {
+    authorized_lines(existing)
+        .into_iter()
+        .map(|(_, k)| k)
+        .collect()
+}
+
+/// Every key of an `authorized_keys` file with the options written before it (`""`: none).
+pub fn authorized_lines(existing: &[u8]) -> Vec<(String, PublicKey)> {
     lines(existing)
         .into_iter()
         .filter_map(|l| std::str::from_utf8(l).ok())
@@ -125,7 +133,8 @@ pub fn authorized_keys(existing: &[u8]) -> Vec<PublicKey> {
                 .chain([0])
                 .filter(|&i| super::key::ALGORITHMS.iter().any(|a| l[i..].starts_with(a)))
                 .min()?;
-            PublicKey::parse(&l[start..]).ok()
+            let key = PublicKey::parse(&l[start..]).ok()?;
+            Some((l[..start].trim().to_owned(), key))
         })
         .collect()
 }

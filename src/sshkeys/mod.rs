@@ -12,6 +12,7 @@ pub mod devkey;
 pub mod edit;
 pub mod fs;
 pub mod key;
+pub mod server;
 pub mod users;
 
 use std::ffi::OsStr;
@@ -22,6 +23,10 @@ use crate::config::{Choice, Config};
 use crate::meeting::{ApiError, Client};
 use fs::{FsError, Owner, SafeDir};
 use key::{KeyError, PublicKey};
+use server::SshServer;
+
+/// How long the SSH server on `ssh_port` may take to send its banner.
+const BANNER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 use users::User;
 
 /// The login user Meeting's terminal uses when `meeting_ssh_user` is not set.
@@ -90,6 +95,9 @@ pub enum KeysError {
     },
     /// No randomness to make a key with.
     NoRandom,
+    /// Dropbear needs the gate (a forced command naming this binary), which cannot be
+    /// written; nothing was written rather than a key line the LAN could use.
+    Gate(String),
 }
 
 impl KeysError {
@@ -103,6 +111,7 @@ impl KeysError {
                 | KeysError::Fingerprint { .. }
                 | KeysError::Pin { .. }
                 | KeysError::Edit { .. }
+                | KeysError::Gate(_)
                 | KeysError::Fs(FsError::Unsafe { .. })
         )
     }
@@ -151,6 +160,11 @@ impl fmt::Display for KeysError {
             KeysError::NoDeviceKey { path, why } => {
                 write!(f, "the device key {} {why}", path.display())
             }
+            KeysError::Gate(why) => write!(
+                f,
+                "refusing to install Meeting's key for Dropbear, which has no from= option: the \
+                 agent cannot name itself as the key's gate ({why}); nothing was written"
+            ),
             KeysError::NoRandom => {
                 f.write_str("the system gave no randomness to make the device key with")
             }
@@ -297,11 +311,43 @@ pub fn authorized_keys_path(cfg: &Config, user: &User) -> (PathBuf, bool) {
     }
 }
 
-/// The line installed for Meeting's key: its `from=` option, then the key.
-fn installed_line(cfg: &Config, key: &PublicKey) -> String {
-    match &cfg.ssh.from {
-        Some(from) => format!("from=\"{from}\" {}", key.line()),
-        None => key.line(),
+/// The line installed for Meeting's key, in the form the SSH server on `ssh_port` accepts,
+/// keeping the key useless from the LAN either way: `from="…"` for OpenSSH (and while no
+/// server answers); for Dropbear, which refuses a line with `from=`, a forced command,
+/// `tunnel-agent ssh-gate`, that lets in only the addresses `from=` would, then runs what
+/// the client asked. Also what the line's form is, for the outcome's message.
+fn installed_line(
+    cfg: &Config,
+    key: &PublicKey,
+    server: Option<&SshServer>,
+) -> Result<(String, String), KeysError> {
+    let Some(from) = &cfg.ssh.from else {
+        return Ok((key.line(), "no options (meeting_key_from is empty)".into()));
+    };
+    match server {
+        Some(s @ SshServer::Dropbear(_)) => {
+            let exe = std::env::current_exe().map_err(|e| KeysError::Gate(e.to_string()))?;
+            let shown = exe.display().to_string();
+            if !shown
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/._-+".contains(&b))
+            {
+                return Err(KeysError::Gate(format!(
+                    "its path {shown} cannot stand in a command= option"
+                )));
+            }
+            Ok((
+                format!("command=\"{shown} ssh-gate {from}\" {}", key.line()),
+                format!("{}: only from {from}, through {shown} ssh-gate", s.name()),
+            ))
+        }
+        other => Ok((
+            format!("from=\"{from}\" {}", key.line()),
+            match other {
+                Some(s) => format!("{}: from=\"{from}\"", s.name()),
+                None => format!("no SSH server answers yet: from=\"{from}\""),
+            },
+        )),
     }
 }
 
@@ -365,14 +411,16 @@ fn meeting_key(cfg: &Config, client: &Client) -> Result<Done, KeysError> {
     let dir = SafeDir::open(dir, &owners, default.then_some((user.uid, user.gid)))?;
     let existing = dir.read(name, &owners)?;
     let before = existing.as_ref().map(|e| edit::block_keys(&e.bytes));
-    let new = edit::with_block(
-        existing.as_ref().map_or(&[][..], |e| &e.bytes),
-        &[installed_line(cfg, &key)],
-    )
-    .map_err(|why| KeysError::Edit {
-        path: path.clone(),
-        why,
-    })?;
+    let server = server::banner(cfg.ssh.ssh_port, BANNER_WAIT)
+        .ok()
+        .and_then(|b| SshServer::from_banner(&b));
+    let (line, form) = installed_line(cfg, &key, server.as_ref())?;
+    let new = edit::with_block(existing.as_ref().map_or(&[][..], |e| &e.bytes), &[line]).map_err(
+        |why| KeysError::Edit {
+            path: path.clone(),
+            why,
+        },
+    )?;
     let fresh = Owner {
         uid: user.uid,
         gid: user.gid,
@@ -380,7 +428,7 @@ fn meeting_key(cfg: &Config, client: &Client) -> Result<Done, KeysError> {
     };
     if !write_if_changed(&dir, name, existing.as_ref(), &new, fresh)? {
         return Ok(Done::Unchanged(format!(
-            "Meeting's key {fp} is in place for {} in {}",
+            "Meeting's key {fp} is in place for {} in {} ({form})",
             user.name,
             path.display()
         )));
@@ -390,7 +438,7 @@ fn meeting_key(cfg: &Config, client: &Client) -> Result<Done, KeysError> {
         _ => "installed",
     };
     Ok(Done::Changed(format!(
-        "{what} Meeting's key {fp} for {} in {}",
+        "{what} Meeting's key {fp} for {} in {} ({form})",
         user.name,
         path.display()
     )))

@@ -11,6 +11,8 @@ use std::process::{Command, Stdio};
 pub enum Need {
     /// To run as root (network namespaces, chown, setpriv).
     Root,
+    /// A local user (`.ci/run` creates the ones the tests log in as).
+    User(&'static str),
     /// A program on PATH (or at that path), from that Debian package.
     Tool {
         /// The command.
@@ -28,6 +30,13 @@ impl Need {
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
                 .unwrap_or(false),
+            Need::User(name) => Command::new("id")
+                .arg(name)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false),
             Need::Tool { program, .. } => Command::new("sh")
                 .args(["-c", &format!("command -v {program}")])
                 .stdout(Stdio::null())
@@ -41,6 +50,7 @@ impl Need {
     fn says(&self) -> String {
         match self {
             Need::Root => "needs root".to_owned(),
+            Need::User(name) => format!("needs the user {name} (useradd -m {name})"),
             Need::Tool { program, package } => {
                 format!("needs {program} (Debian package {package})")
             }

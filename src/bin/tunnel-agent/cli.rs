@@ -52,6 +52,11 @@ pub enum Command {
         /// `--json`: the file as is.
         json: bool,
     },
+    /// `ssh-gate PATTERNS`: the forced command of Meeting's key under Dropbear.
+    Gate {
+        /// The `from=` patterns a client must match.
+        patterns: String,
+    },
     /// Print the help of a command.
     Help(Topic),
     /// Print the version.
@@ -187,6 +192,14 @@ Exit status of run: 0 stopped by SIGINT/SIGTERM; 2 bad command line or configura
 pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut flags = Flags::default();
     let mut verbosity = 0;
+    if args.first().map(String::as_str) == Some("ssh-gate") {
+        return match &args[1..] {
+            [patterns] => Ok(Command::Gate {
+                patterns: patterns.clone(),
+            }),
+            _ => Err("ssh-gate takes one argument: the from= patterns (127.0.0.1,::1)".into()),
+        };
+    }
     if args.first().map(String::as_str) == Some("status") {
         let mut path = None;
         let mut config = None;

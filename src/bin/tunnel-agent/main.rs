@@ -65,6 +65,7 @@ fn main() -> ExitCode {
         }) => return check(&flags, format, timeout, handshake),
         Ok(cli::Command::Status { path, config, json }) => return status(path, config, json),
         Ok(cli::Command::Keys { flags, verbosity }) => return keys(&flags, verbosity),
+        Ok(cli::Command::Gate { patterns }) => return ssh_gate(&patterns),
         Ok(cli::Command::Help(topic)) => {
             outln!("{}", cli::help(topic));
             return ExitCode::SUCCESS;
@@ -363,4 +364,50 @@ fn watch_signals(shutdown: Arc<Shutdown>, live: Arc<Live>, reload: Reload) -> st
             }
         })?;
     Ok(())
+}
+
+/// `tunnel-agent ssh-gate PATTERNS`, the forced command of Meeting's key where the SSH server
+/// (Dropbear) has no `from=`: the client's address (`SSH_CLIENT`, set by the server) must
+/// match PATTERNS as `from=` would; then it runs what the client asked
+/// (`SSH_ORIGINAL_COMMAND`) with the user's shell, or that shell as a login shell. Otherwise it
+/// says why on stderr and exits 1, having run nothing.
+#[cfg(feature = "tls")]
+fn ssh_gate(patterns: &str) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let client = std::env::var("SSH_CLIENT").unwrap_or_default();
+    let ip = client.split_whitespace().next().unwrap_or("");
+    if !tunnel_agent::sshkeys::server::client_allowed(ip, patterns) {
+        eprintln!(
+            "tunnel-agent ssh-gate: Meeting's key is for the tunnel only (connections from {patterns}); \
+             this one comes from {}",
+            if ip.is_empty() { "an unknown address (no SSH_CLIENT)" } else { ip }
+        );
+        return ExitCode::from(1);
+    }
+    let shell = std::env::var("SHELL")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "/bin/sh".into());
+    let mut cmd = std::process::Command::new(&shell);
+    match std::env::var("SSH_ORIGINAL_COMMAND") {
+        Ok(asked) if !asked.is_empty() => {
+            cmd.arg("-c").arg(asked);
+        }
+        // An interactive login: the shell as a login shell, as the server would start it.
+        _ => {
+            let base = shell.rsplit('/').next().unwrap_or("sh");
+            cmd.arg0(format!("-{base}"));
+        }
+    }
+    cmd.env_remove("SSH_ORIGINAL_COMMAND");
+    let e = cmd.exec();
+    eprintln!("tunnel-agent ssh-gate: cannot run {shell}: {e}");
+    ExitCode::from(1)
+}
+
+/// A build without TLS does no key work, so it never writes the gate.
+#[cfg(not(feature = "tls"))]
+fn ssh_gate(_patterns: &str) -> ExitCode {
+    eprintln!("tunnel-agent ssh-gate: this build has no SSH key work (it was built without TLS)");
+    ExitCode::from(1)
 }

@@ -91,28 +91,6 @@ fn start_dropbear(dir: &Path) -> (Proc, u16) {
     }
 }
 
-fn client_opts(key: &Path) -> Vec<String> {
-    [
-        "-F",
-        "/dev/null",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-i",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([key.display().to_string()])
-    .collect()
-}
-
 /// The configuration the device runs with: the fake API, Dropbear's port as `ssh_port`,
 /// Meeting's key for `tunnel-test`, nothing else of the key work; the heartbeat on, so Meeting
 /// shows the device online and the verdict is about the login.
@@ -215,7 +193,7 @@ fn meetings_terminal_logs_in_to_dropbear_and_check_tells_the_truth() {
     agent.wait_for("Meeting presence: online", SOON);
     let public = proxy.tunnels[0].port().to_string();
     let login = |cmd: &str| {
-        run(Command::new("ssh").args(client_opts(&meeting)).args([
+        run(Command::new("ssh").args(ssh_client_opts(&meeting)).args([
             "-p",
             &public,
             &format!("{USER}@127.0.0.1"),
@@ -235,7 +213,7 @@ fn meetings_terminal_logs_in_to_dropbear_and_check_tells_the_truth() {
     std::fs::write(d.join("up.bin"), &payload).unwrap();
     let out = run(Command::new("scp")
         .arg("-O")
-        .args(client_opts(&meeting))
+        .args(ssh_client_opts(&meeting))
         .args(["-P", &public])
         .arg(d.join("up.bin"))
         .arg(format!(
@@ -273,7 +251,7 @@ fn meetings_terminal_logs_in_to_dropbear_and_check_tells_the_truth() {
     .unwrap();
     // Straight to Dropbear: check's handshake above took the device's session from the agent
     // for a moment, and the refusal is Dropbear's own anyway.
-    let out = run(Command::new("ssh").args(client_opts(&meeting)).args([
+    let out = run(Command::new("ssh").args(ssh_client_opts(&meeting)).args([
         "-p",
         &port.to_string(),
         &format!("{USER}@127.0.0.1"),

@@ -125,26 +125,37 @@ impl Setup {
         self.path("ssh/authorized_keys")
     }
 
+    /// The key work's settings on the command line: the API at `api_url`, this user as the
+    /// login user, every file in the setup's folder.
+    fn key_args(&self, api_url: &str) -> Vec<String> {
+        let p = |rel: &str| self.path(rel).display().to_string();
+        [
+            "--ssh-keys",
+            "true",
+            "--api-url",
+            api_url,
+            "--api-ca-file",
+            &self.api.ca_file.display().to_string(),
+            "--meeting-ssh-user",
+            &me(),
+            "--authorized-keys-file",
+            &p("ssh/authorized_keys"),
+            "--device-ssh-key",
+            &p("device/id_ed25519"),
+            "--known-hosts-file",
+            &p("device/known_hosts"),
+            "--state-dir",
+            &p("state"),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
     /// Runs `tunnel-agent keys` with the setup's paths and `extra`: (exit code, stdout, stderr).
     fn keys_with(&self, api_url: &str, extra: &[&str]) -> (i32, String, String) {
-        let p = |rel: &str| self.path(rel).display().to_string();
         let out = Command::new(bin("tunnel-agent"))
-            .args([
-                "keys",
-                "--device-key",
-                KEY,
-                "--host",
-                "127.0.0.1",
-                "--ssh-keys",
-                "true",
-            ])
-            .args(["--api-url", api_url, "--api-ca-file"])
-            .arg(&self.api.ca_file)
-            .args(["--meeting-ssh-user", &me()])
-            .args(["--authorized-keys-file", &p("ssh/authorized_keys")])
-            .args(["--device-ssh-key", &p("device/id_ed25519")])
-            .args(["--known-hosts-file", &p("device/known_hosts")])
-            .args(["--state-dir", &p("state")])
+            .args(["keys", "--device-key", KEY, "--host", "127.0.0.1"])
+            .args(self.key_args(api_url))
             .args(extra)
             .env("MEETING_TOKEN", TOKEN)
             .env_remove("RUST_LOG")
@@ -627,33 +638,8 @@ fn a_failed_key_round_is_retried_soon_until_meetings_key_is_installed() {
     s.api
         .answer("GET", "/api/ssh/pubkey", 503, r#"{"error": "starting"}"#);
     let proxy = Proxy::for_ports(&[], &[]);
-    let p = |rel: &str| s.path(rel).display().to_string();
-    let ca = s.api.ca_file.display().to_string();
-    let me = me();
-    let (ak, dev, kh, state) = (
-        p("ssh/authorized_keys"),
-        p("device/id_ed25519"),
-        p("device/known_hosts"),
-        p("state"),
-    );
-    let agent = proxy.agent(&[
-        "--ssh-keys",
-        "true",
-        "--api-url",
-        &s.api.url,
-        "--api-ca-file",
-        &ca,
-        "--meeting-ssh-user",
-        &me,
-        "--authorized-keys-file",
-        &ak,
-        "--device-ssh-key",
-        &dev,
-        "--known-hosts-file",
-        &kh,
-        "--state-dir",
-        &state,
-    ]);
+    let args = s.key_args(&s.api.url);
+    let agent = proxy.agent(&args.iter().map(String::as_str).collect::<Vec<_>>());
     agent.wait_for("SSH keys (meeting key): the Meeting API", SOON);
     let line = agent.wait_for("SSH keys: trying the failed work again in", SOON);
     let secs: f64 = line
@@ -665,5 +651,6 @@ fn a_failed_key_round_is_retried_soon_until_meetings_key_is_installed() {
     assert!(secs <= 6.0, "{line}");
     s.api.serve_meeting_key(&s.meeting.1, Some(&s.meeting.2));
     agent.wait_for("SSH keys (meeting key): installed Meeting's key", SOON);
-    assert!(std::fs::read_to_string(&ak).unwrap().contains(&s.meeting.1));
+    let text = std::fs::read_to_string(s.authorized_keys()).unwrap();
+    assert!(text.contains(&s.meeting.1), "{text}");
 }

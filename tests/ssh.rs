@@ -74,25 +74,7 @@ fn start_sshd(dir: &Path, authorized_keys: &Path) -> (Proc, u16) {
 }
 
 fn client_opts(dir: &Path) -> Vec<String> {
-    [
-        "-F",
-        "/dev/null",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-i",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([dir.join("client").display().to_string()])
-    .collect()
+    ssh_client_opts(&dir.join("client"))
 }
 
 #[test]

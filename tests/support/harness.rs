@@ -265,3 +265,27 @@ pub fn reconnect_delay(agent: &Proc) -> f64 {
     let rest = &line[line.find("reconnecting in ").unwrap() + 16..];
     rest.split_whitespace().next().unwrap().parse().unwrap()
 }
+
+/// OpenSSH client options for a test login with `key` alone: no configuration file, no host
+/// key checks (a server made for the test), no prompt.
+pub fn ssh_client_opts(key: &std::path::Path) -> Vec<String> {
+    [
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-i",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([key.display().to_string()])
+    .collect()
+}

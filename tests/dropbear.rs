@@ -143,7 +143,7 @@ fn meetings_terminal_logs_in_to_dropbear_and_check_tells_the_truth() {
     std::fs::create_dir_all(d.join("state")).unwrap();
     let ssh_dir = home(USER).join(".ssh");
     let _ = std::fs::remove_dir_all(&ssh_dir);
-    let (dropbear, port) = start_dropbear(d);
+    let (mut dropbear, port) = start_dropbear(d);
     // Meeting's key: made here, served by the fake API.
     let meeting = d.join("meeting");
     let out = run(Command::new("ssh-keygen")
@@ -272,6 +272,23 @@ fn meetings_terminal_logs_in_to_dropbear_and_check_tells_the_truth() {
     );
     let detail = step["detail"].as_str().unwrap();
     assert!(detail.contains("does not know the option from"), "{detail}");
+
+    // The next key round puts the line Dropbear accepts back.
+    let keys = || {
+        run(Command::new(bin("tunnel-agent"))
+            .arg("keys")
+            .arg("--config")
+            .arg(&cfg))
+    };
+    let out = keys();
+    assert!(out.status.success(), "{out:?}");
+    assert!(std::fs::read_to_string(&ak).unwrap().contains(&gate));
+    // A round while Dropbear is down (restarting) keeps the line as written for it.
+    dropbear.kill();
+    let out = keys();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("no SSH server answers"), "{said}");
+    assert!(std::fs::read_to_string(&ak).unwrap().contains(&gate));
     let _ = std::fs::remove_dir_all(&ssh_dir);
 }
 

@@ -414,6 +414,34 @@ fn meeting_key(cfg: &Config, client: &Client) -> Result<Done, KeysError> {
     let server = server::banner(cfg.ssh.ssh_port, BANNER_WAIT)
         .ok()
         .and_then(|b| SshServer::from_banner(&b));
+    // No server answers now (restarting, not up yet): a line already in place in a form this
+    // configuration writes for some server stays as it is, rather than flip to OpenSSH's.
+    let forms: Vec<String> = match server {
+        Some(_) => Vec::new(),
+        None => [
+            SshServer::OpenSsh(String::new()),
+            SshServer::Dropbear(String::new()),
+        ]
+        .iter()
+        .filter_map(|s| installed_line(cfg, &key, Some(s)).ok().map(|(l, _)| l))
+        .collect(),
+    };
+    let kept = before
+        .as_ref()
+        .and_then(|lines| lines.iter().find(|l| forms.contains(l)));
+    if let Some(line) = kept {
+        return Ok(Done::Unchanged(format!(
+            "Meeting's key {fp} is in place for {} in {} (no SSH server answers on port {} now; \
+             the line is kept as written: {})",
+            user.name,
+            path.display(),
+            cfg.ssh.ssh_port,
+            match line.strip_suffix(&key.line()).unwrap_or("").trim() {
+                "" => "no options",
+                options => options,
+            }
+        )));
+    }
     let (line, form) = installed_line(cfg, &key, server.as_ref())?;
     let new = edit::with_block(existing.as_ref().map_or(&[][..], |e| &e.bytes), &[line]).map_err(
         |why| KeysError::Edit {

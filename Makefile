@@ -23,7 +23,7 @@ help:
 	@echo "              the same with that cross build (built first if needed; FEATURES=--no-default-features: no TLS)"
 	@echo "make yocto-crates  regenerate the Yocto crates include from Cargo.lock"
 	@echo "make static   fully static x86_64 musl binary"
-	@echo "make cross TARGET=aarch64-unknown-linux-musl|armv7-unknown-linux-musleabihf"
+	@echo "make cross TARGET=aarch64-unknown-linux-musl|armv7-unknown-linux-musleabihf|arm-unknown-linux-musleabi (ARMv6)"
 	@echo "make cross-all    every target; make size: their stripped sizes, with and without TLS"
 	@echo "make test-cross   the cross binaries under qemu-user: --version and a real tunnel"
 	@echo "make bench    throughput, CPU/GB, latency, memory vs direct, a socat relay hop and peers"

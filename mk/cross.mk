@@ -1,12 +1,14 @@
 # Static and cross builds: each target's toolchain, installed when missing, and the builds.
 
 # Each target: how to get its toolchain, its compiler for ring's C code, its linker.
-CROSS_TARGETS = x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf
+CROSS_TARGETS = x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf \
+	arm-unknown-linux-musleabi
 TARGET ?= aarch64-unknown-linux-musl
 # Extra cargo flags, e.g. FEATURES=--no-default-features for a build without TLS.
 FEATURES ?=
 CROSS_DIR = target/cross$(if $(FEATURES),-notls)
 UNWIND_DIR = $(CURDIR)/target/armv7-unwind
+UNWIND_DIR_ARMV6 = $(CURDIR)/target/armv6-unwind
 
 # x86_64: Rust ships musl's C runtime; ring's C is compiled with musl-gcc (musl-tools).
 APT_x86_64-unknown-linux-musl = musl-tools
@@ -34,10 +36,27 @@ ENV_armv7-unknown-linux-musleabihf = CC_armv7_unknown_linux_musleabihf=arm-linux
 TOOLCHAIN_armv7-unknown-linux-musleabihf = +nightly
 BUILD_STD_armv7-unknown-linux-musleabihf = -Zbuild-std=std,panic_abort -Zbuild-std-features=
 
+# ARMv6 (Pi Zero, Zero W, Pi 1; runs on every later Pi too): the soft-float musl target, since
+# Debian's armhf musl and libgcc are ARMv7 Thumb-2 code an ARMv6 CPU cannot run, while its
+# armel ones are ARMv5TE ARM code. A static binary does not care about the userland's float
+# ABI, so it runs on 32-bit Raspberry Pi OS (armhf) as well. Built like armv7 (nightly,
+# -Zbuild-std, Debian's musl-gcc wrapper, armel's libgcc_eh.a as libunwind), tuned for the
+# Pi's ARM1176JZF-S, without position-independent code (the binary is a plain static
+# executable, like every other build here), and with rustls optimised for size: together
+# that keeps it within the 1.5 MB budget (figures in the README's size section).
+APT_arm-unknown-linux-musleabi = gcc-arm-linux-gnueabi libc6-dev-armel-cross musl-dev:armel
+CC_arm-unknown-linux-musleabi = arm-linux-musleabi-gcc
+ENV_arm-unknown-linux-musleabi = CC_arm_unknown_linux_musleabi=arm-linux-musleabi-gcc \
+	CARGO_TARGET_ARM_UNKNOWN_LINUX_MUSLEABI_LINKER=arm-linux-musleabi-gcc \
+	CARGO_TARGET_ARM_UNKNOWN_LINUX_MUSLEABI_RUSTFLAGS="-C link-self-contained=no -L $(UNWIND_DIR_ARMV6) -C target-cpu=arm1176jzf-s -C relocation-model=static"
+TOOLCHAIN_arm-unknown-linux-musleabi = +nightly
+BUILD_STD_arm-unknown-linux-musleabi = -Zbuild-std=std,panic_abort -Zbuild-std-features= \
+	--config 'profile.release.package.rustls.opt-level="z"'
+
 # Installs what TARGET needs when it is missing: rustup target or rust-src, Debian packages.
 cross-setup:
 	@case "$(TARGET)" in \
-	  armv7-unknown-linux-musleabihf) \
+	  armv7-unknown-linux-musleabihf|arm-unknown-linux-musleabi) \
 	    rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal; \
 	    rustup component list --toolchain nightly --installed | grep -q '^rust-src' \
 	      || rustup component add rust-src --toolchain nightly;; \
@@ -46,11 +65,14 @@ cross-setup:
 	@# Every package, not only the compiler: a gcc installed without its recommended C library
 	@# headers (seen here: --no-install-recommends) fails in ring's C code.
 	@command -v $(CC_$(TARGET)) >/dev/null && dpkg -s $(APT_$(TARGET)) >/dev/null 2>&1 || { \
-	  case "$(TARGET)" in armv7-*) $(AS_ROOT) dpkg --add-architecture armhf;; esac; \
+	  case "$(TARGET)" in armv7-*) $(AS_ROOT) dpkg --add-architecture armhf;; \
+	    arm-*) $(AS_ROOT) dpkg --add-architecture armel;; esac; \
 	  $(AS_ROOT) apt-get update -qq || echo "apt-get update failed in part (mirror sync?); installing from the lists there are"; \
 	  $(AS_ROOT) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_$(TARGET)); }
 	@case "$(TARGET)" in armv7-*) mkdir -p $(UNWIND_DIR) && \
-	  ln -sf "$$(arm-linux-gnueabihf-gcc -print-file-name=libgcc_eh.a)" $(UNWIND_DIR)/libunwind.a;; esac
+	  ln -sf "$$(arm-linux-gnueabihf-gcc -print-file-name=libgcc_eh.a)" $(UNWIND_DIR)/libunwind.a;; \
+	  arm-*) mkdir -p $(UNWIND_DIR_ARMV6) && \
+	  ln -sf "$$(arm-linux-gnueabi-gcc -print-file-name=libgcc_eh.a)" $(UNWIND_DIR_ARMV6)/libunwind.a;; esac
 
 cross: cross-setup
 	env $(ENV_$(TARGET)) $(CARGO) $(TOOLCHAIN_$(TARGET)) build --locked --release \
@@ -76,7 +98,7 @@ size:
 # The aarch64 and armv7 agents under qemu-user. A toolchain piece that cannot be installed is
 # the tests' one policy (tests/support/need.rs): under CI a failure, elsewhere a loud
 # "skipped:" line for that target. A build or test failure fails.
-CROSS_TEST_TARGETS = aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf
+CROSS_TEST_TARGETS = aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf arm-unknown-linux-musleabi
 
 test-cross:
 	@command -v qemu-aarch64 >/dev/null && command -v qemu-arm >/dev/null || { \

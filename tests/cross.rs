@@ -1,5 +1,6 @@
-//! The cross-built agent under Debian's qemu-user: `--version`, and a real tunnel session
-//! against the native meeting-proxy on loopback, echoing data byte-exact.
+//! The cross-built agent under Debian's qemu-user (the ARMv6 build on qemu's ARM1176, the Pi
+//! Zero's CPU): `--version`, and a real tunnel session against the native meeting-proxy on
+//! loopback, echoing data byte-exact.
 //! Run by `make test-cross`, which builds the binary and sets CROSS_TARGET and CROSS_AGENT.
 
 mod support;
@@ -8,6 +9,9 @@ use std::process::Command;
 
 use support::*;
 
+/// The qemu-user to run the target's agent with, and the CPU it emulates by default: the
+/// ARMv6 build runs on the Pi Zero's and Pi 1's ARM1176, where an ARMv7 instruction would
+/// stop it with "Illegal instruction".
 fn qemu_and_agent() -> (&'static str, String) {
     let target =
         std::env::var("CROSS_TARGET").expect("run with `make test-cross` (CROSS_TARGET unset)");
@@ -15,10 +19,30 @@ fn qemu_and_agent() -> (&'static str, String) {
         std::env::var("CROSS_AGENT").expect("run with `make test-cross` (CROSS_AGENT unset)");
     let qemu = match target.split('-').next() {
         Some("aarch64") => "qemu-aarch64",
-        Some("armv7") => "qemu-arm",
+        Some("armv7") | Some("arm") => "qemu-arm",
         other => panic!("no qemu for {other:?}"),
     };
     (qemu, agent)
+}
+
+/// `QEMU_CPU` for the target: `arm1176` for the ARMv6 build, qemu's default otherwise.
+fn cpu_env() -> Vec<(&'static str, &'static str)> {
+    match std::env::var("CROSS_TARGET")
+        .unwrap_or_default()
+        .split('-')
+        .next()
+    {
+        Some("arm") => vec![("QEMU_CPU", "arm1176")],
+        _ => Vec::new(),
+    }
+}
+
+/// The CPU without AES instructions the TLS suite test runs the 32-bit build on.
+fn cpu_without_aes() -> &'static str {
+    match cpu_env().first() {
+        Some((_, cpu)) => cpu,
+        None => "cortex-a7",
+    }
 }
 
 #[test]
@@ -26,6 +50,7 @@ fn qemu_and_agent() -> (&'static str, String) {
 fn cross_agent_version_under_qemu() {
     let (qemu, agent) = qemu_and_agent();
     let out = Command::new(qemu)
+        .envs(cpu_env())
         .arg(&agent)
         .arg("--version")
         .output()
@@ -59,7 +84,9 @@ fn cross_agent_carries_a_tunnel_under_qemu() {
         "--status-file",
         "",
     ];
-    let p = Proc::spawn(qemu, &args, &[("MEETING_TOKEN", TOKEN)]);
+    let mut env = vec![("MEETING_TOKEN", TOKEN)];
+    env.extend(cpu_env());
+    let p = Proc::spawn(qemu, &args, &env);
     proxy.wait_agent(1);
     let data = random_bytes(4 << 20, 77);
     assert!(
@@ -71,8 +98,8 @@ fn cross_agent_carries_a_tunnel_under_qemu() {
 }
 
 /// On a CPU without AES instructions the agent offers ChaCha20-Poly1305 first and the proxy
-/// takes it; with them, AES-GCM. qemu-arm's cortex-a7 (ARMv7) has no AES instructions, its
-/// `max` CPU has the ARMv8 crypto extension. qemu has no aarch64 CPU model without them, so
+/// takes it; with them, AES-GCM. qemu-arm's cortex-a7 (ARMv7) and arm1176 (ARMv6, the Pi
+/// Zero's) have no AES instructions, its `max` CPU has the ARMv8 crypto extension. qemu has no aarch64 CPU model without them, so
 /// the aarch64 run checks only that the suite is AES-GCM there.
 #[test]
 #[ignore = "needs a cross-built agent: make test-cross"]
@@ -114,7 +141,7 @@ fn the_tls_suite_follows_the_cpu_under_qemu() {
     let with_aes = suite_on("max");
     assert!(with_aes.contains("TLS13_AES_"), "{with_aes}");
     if qemu == "qemu-arm" {
-        let without = suite_on("cortex-a7");
+        let without = suite_on(cpu_without_aes());
         assert!(without.contains("TLS13_CHACHA20_POLY1305"), "{without}");
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -10,7 +10,8 @@ use std::fmt;
 use crate::bytes::printable::printable;
 use crate::config::ConfigError;
 use crate::config::{
-    API_CA_FILE, API_URL, DEVICE_KEY, MEETING_SSH_USER, TUNNEL_HOST, TUNNEL_PORT, TUNNEL_SSL,
+    API_CA_FILE, API_URL, DEVICE_KEY, MEETING_SSH_USER, SSH_PORT, TUNNEL_HOST, TUNNEL_PORT,
+    TUNNEL_SSL,
 };
 use crate::meeting::{ApiError, Unreached};
 use crate::protocol::handshake::{ReplyError, MAX_REPLY_LINE, QUOTE, UNVERIFIED};
@@ -26,6 +27,16 @@ pub enum Peer {
     Api,
 }
 
+impl Peer {
+    /// The setting that names the peer's host.
+    fn host_setting(self) -> &'static str {
+        match self {
+            Peer::Proxy => TUNNEL_HOST.spec.key,
+            Peer::Api => API_URL.spec.key,
+        }
+    }
+}
+
 /// `fact; advice`, or the fact alone when there is nothing to add.
 pub fn explained(fact: impl fmt::Display, advice: Option<String>) -> String {
     match advice {
@@ -36,11 +47,10 @@ pub fn explained(fact: impl fmt::Display, advice: Option<String>) -> String {
 
 /// The host name did not resolve.
 pub fn dns(peer: Peer) -> String {
-    let setting = match peer {
-        Peer::Proxy => TUNNEL_HOST.spec.key,
-        Peer::Api => API_URL.spec.key,
-    };
-    format!("check the device's DNS (/etc/resolv.conf) and {setting}")
+    format!(
+        "check the device's DNS (/etc/resolv.conf) and {}",
+        peer.host_setting()
+    )
 }
 
 /// Nothing listens at the address: the TCP connection was refused.
@@ -57,12 +67,8 @@ pub fn no_answer(port: u16) -> String {
 }
 
 /// Another failure to connect.
-pub fn cannot_connect(peer: Peer) -> String {
-    let setting = match peer {
-        Peer::Proxy => TUNNEL_HOST.spec.key,
-        Peer::Api => API_URL.spec.key,
-    };
-    format!("check the network (ip route) and {setting}")
+fn cannot_connect(peer: Peer) -> String {
+    format!("check the network (ip route) and {}", peer.host_setting())
 }
 
 /// A TCP failure on the way to the proxy.
@@ -153,7 +159,8 @@ pub fn config(e: &ConfigError) -> String {
 
 /// A certificate refused by a device clock that reads a time before this binary was built:
 /// the clock was never set.
-pub fn clock_unset() -> String {
+#[cfg(feature = "tls")]
+fn clock_unset() -> String {
     format!(
         "the device's clock is probably not set: it reads a time before this tunnel-agent was \
          built ({}), as a board without a real-time clock does until NTP has synchronised; \
@@ -220,6 +227,35 @@ pub fn no_user(user: &str) -> String {
     )
 }
 
+/// No SSH server answers on `ssh_port`.
+pub fn ssh_not_answering() -> String {
+    format!(
+        "start sshd, or set {} to the port it listens on",
+        SSH_PORT.spec.key
+    )
+}
+
+/// Meeting's current key is not in the login user's `authorized_keys`.
+pub fn key_missing() -> String {
+    "run `tunnel-agent keys` as root (the service does at each start) and read what it says"
+        .to_owned()
+}
+
+/// The SSH server would refuse Meeting's key line as written.
+pub fn line_refused() -> String {
+    "run `tunnel-agent keys` as root: it writes the line this server accepts".to_owned()
+}
+
+/// sshd's StrictModes would refuse the login user's `authorized_keys`.
+pub fn login_modes() -> String {
+    "chmod go-w the path named, and chown it to the user or root".to_owned()
+}
+
+/// A thread could not be started.
+pub fn no_thread() -> String {
+    "the system is out of threads or memory (check ulimit -u and free memory)".to_owned()
+}
+
 /// The SSH key work failed.
 #[cfg(feature = "tls")]
 pub fn keys(e: &crate::sshkeys::KeysError) -> Option<String> {
@@ -233,6 +269,11 @@ pub fn keys(e: &crate::sshkeys::KeysError) -> Option<String> {
             MEETING_KEY_FINGERPRINT.spec.key
         )),
         K::NoUser(u) => Some(no_user(u)),
+        K::Fs(e) if e.is_permission() => Some(
+            "the agent lacks the rights: run `tunnel-agent keys` as root, as the systemd unit and \
+             the init script do before starting the agent"
+                .to_owned(),
+        ),
         K::NoDeviceKey { path, .. } => Some(format!(
             "create it (ssh-keygen -t ed25519 -f {}) or set {} to true",
             path.display(),

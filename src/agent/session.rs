@@ -119,13 +119,7 @@ impl SessionError {
         match &self.ending {
             Ending::Transport(e) => advice::explained(e, advice::transport(e)),
             Ending::Reply(e) => advice::reply(e, &self.device_key, &self.proxy),
-            Ending::WriterSpawn(_) => advice::explained(
-                self,
-                Some(
-                    "the system is out of threads or memory (check ulimit -u and free memory)"
-                        .into(),
-                ),
-            ),
+            Ending::WriterSpawn(_) => advice::explained(self, Some(advice::no_thread())),
             _ => self.to_string(),
         }
     }

@@ -65,7 +65,7 @@ pub(super) fn login_step(cfg: &Config, opts: &Options) -> (Step, Login) {
         Err(seen) => {
             return fail(
                 seen.clone(),
-                "start sshd (or set ssh_port to the port it listens on)",
+                &crate::advice::ssh_not_answering(),
                 Login::NoSsh(seen.clone()),
             )
         }
@@ -74,7 +74,7 @@ pub(super) fn login_step(cfg: &Config, opts: &Options) -> (Step, Login) {
     if let Err(why) = strict_modes(&path, user.uid, &user.home) {
         return fail(
             why.clone(),
-            "chmod go-w the path named, and chown it to the user or root",
+            &crate::advice::login_modes(),
             Login::Modes(why),
         );
     }
@@ -108,7 +108,7 @@ pub(super) fn login_step(cfg: &Config, opts: &Options) -> (Step, Login) {
                     let why = format!("{why} ({}, user {})", path.display(), user.name);
                     return fail(
                         why.clone(),
-                        "run `tunnel-agent keys` as root: it writes the line this server accepts",
+                        &crate::advice::line_refused(),
                         Login::LineRefused(why),
                     );
                 }
@@ -141,7 +141,7 @@ pub(super) fn login_step(cfg: &Config, opts: &Options) -> (Step, Login) {
                 );
                 fail(
                     what.clone(),
-                    "run `tunnel-agent keys` as root",
+                    &crate::advice::key_missing(),
                     Login::KeyMissing(what),
                 )
             }
@@ -167,9 +167,8 @@ fn line_refused(server: &crate::sshkeys::server::SshServer, options: &str) -> Op
         return Some(why);
     }
     use std::os::unix::fs::PermissionsExt;
-    let command = options.split("command=\"").nth(1)?.split('"').next()?;
-    let program = command.split_whitespace().next()?;
-    match std::fs::metadata(program) {
+    let program = crate::sshkeys::server::forced_program(options)?;
+    match std::fs::metadata(&program) {
         Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => None,
         Ok(_) => Some(format!(
             "the key's forced command {program} is not an executable file"

@@ -277,7 +277,8 @@ pub fn decide(f: &Findings) -> (Verdict, String) {
             Verdict::SshNotAnswering,
             format!(
                 "The tunnel works but no SSH server answers on the device ({seen}), so Meeting's \
-                 terminal cannot log in: start sshd, or set ssh_port to its port."
+                 terminal cannot log in: {}.",
+                advice::ssh_not_answering()
             ),
         )),
         Login::NoUser(user) => Some((
@@ -291,22 +292,23 @@ pub fn decide(f: &Findings) -> (Verdict, String) {
         Login::KeyMissing(what) => Some((
             Verdict::MeetingKeyMissing,
             format!(
-                "Meeting's terminal cannot log in: {what}; run `tunnel-agent keys` as root (the \
-                 service does at each start) and read what it says."
+                "Meeting's terminal cannot log in: {what}; {}.",
+                advice::key_missing()
             ),
         )),
         Login::LineRefused(why) => Some((
             Verdict::MeetingKeyRefused,
             format!(
-                "Meeting's key is installed, but {why}, so Meeting's terminal cannot log in: run \
-                 `tunnel-agent keys` as root, which writes the line this server accepts."
+                "Meeting's key is installed, but {why}, so Meeting's terminal cannot log in: {}.",
+                advice::line_refused()
             ),
         )),
         Login::Modes(what) => Some((
             Verdict::LoginFileModes,
             format!(
                 "sshd will refuse Meeting's key because of file ownership or modes \
-                 (StrictModes): {what}."
+                 (StrictModes): {what}; {}.",
+                advice::login_modes()
             ),
         )),
     };

@@ -542,10 +542,14 @@ impl Places<'_> {
         if let Some(v) = self.given(setting)? {
             return Ok(v);
         }
-        let text = match setting.spec.default {
-            Fallback::Value(text) => text,
-            // A declaration bug, said rather than panicked on (a unit test keeps it away).
-            _ => "",
+        let Fallback::Value(text) = setting.spec.default else {
+            // A declaration bug (a setting without a default value read as one), said rather
+            // than panicked on.
+            return Err(ConfigError::Invalid {
+                what: setting.spec.key,
+                source: Source::Default,
+                why: "it has no default value and was not given".to_owned(),
+            });
         };
         (setting.parse)(text)
             .map(|value| Sourced {

@@ -60,14 +60,7 @@ impl fmt::Display for FsError {
                 path.display()
             ),
             FsError::Io { path, doing, err } => {
-                write!(f, "cannot {doing} {}: {err}", path.display())?;
-                if self.is_permission() {
-                    f.write_str(
-                        " (the agent lacks the rights: run `tunnel-agent keys` as root, as the \
-                         systemd unit and the init script do before starting the agent)",
-                    )?;
-                }
-                Ok(())
+                write!(f, "cannot {doing} {}: {err}", path.display())
             }
         }
     }

@@ -108,30 +108,49 @@ impl SshServer {
     }
 }
 
-/// The names of the options in an `authorized_keys` options field (`from="a,b",no-pty` gives
-/// `from`, `no-pty`): commas inside quotes do not separate.
-pub fn option_names(options: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut current = String::new();
-    let (mut quoted, mut in_name) = (false, true);
-    for c in options.trim().chars() {
-        match c {
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                if !current.is_empty() {
-                    names.push(std::mem::take(&mut current));
-                }
-                in_name = true;
+/// The options of an `authorized_keys` options field, as (name, value without its quotes):
+/// `from="a,b",no-pty` gives (`from`, `a,b`), (`no-pty`, none). Commas inside quotes do not
+/// separate, and `\"` inside quotes is a quote.
+pub fn options(field: &str) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    let (mut name, mut value): (String, Option<String>) = (String::new(), None);
+    let (mut quoted, mut escaped) = (false, false);
+    for c in field.trim().chars() {
+        match (c, value.as_mut()) {
+            (_, Some(v)) if escaped => {
+                v.push(c);
+                escaped = false;
             }
-            '=' if !quoted => in_name = false,
-            c if in_name && !quoted => current.push(c),
-            _ => {}
+            ('\\', Some(_)) if quoted => escaped = true,
+            ('"', _) => quoted = !quoted,
+            (',', _) if !quoted => {
+                if !name.is_empty() {
+                    out.push((std::mem::take(&mut name), value.take()));
+                }
+                value = None;
+            }
+            ('=', None) if !quoted => value = Some(String::new()),
+            (_, Some(v)) => v.push(c),
+            (_, None) => name.push(c),
         }
     }
-    if !current.is_empty() {
-        names.push(current);
+    if !name.is_empty() {
+        out.push((name, value));
     }
-    names
+    out
+}
+
+/// The names of the options in an `authorized_keys` options field.
+pub fn option_names(field: &str) -> Vec<String> {
+    options(field).into_iter().map(|(n, _)| n).collect()
+}
+
+/// The program a `command="…"` option forces, if the field has one.
+pub fn forced_program(field: &str) -> Option<String> {
+    let (_, command) = options(field)
+        .into_iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("command"))?;
+    command?.split_whitespace().next().map(str::to_owned)
 }
 
 /// The first line the SSH server on 127.0.0.1:`port` sends, or what was seen instead.
@@ -275,6 +294,15 @@ mod tests {
             option_names("from=\"a,b\",no-pty,command=\"x, y\""),
             vec!["from", "no-pty", "command"]
         );
+        assert_eq!(
+            options("from=\"a,b\",no-pty")[0],
+            ("from".to_owned(), Some("a,b".to_owned()))
+        );
+        assert_eq!(
+            forced_program("no-pty,command=\"/usr/bin/tunnel-agent ssh-gate 127.0.0.1,::1\""),
+            Some("/usr/bin/tunnel-agent".to_owned())
+        );
+        assert_eq!(forced_program("from=\"command=x\""), None);
     }
 
     #[test]

@@ -43,9 +43,10 @@ install: $(if $(filter file,$(origin INSTALL_BIN)),$(INSTALL_DEP))
 	sed -e 's|/usr/bin/|$(BINDIR)/|g' -e 's|/etc/default/|$(SYSCONFDIR)/default/|g' \
 	  $(PKG)/S95tunnel-agent > $(DESTDIR)$(SYSCONFDIR)/init.d/S95tunnel-agent
 	chmod 0755 $(DESTDIR)$(SYSCONFDIR)/init.d/S95tunnel-agent
-	sed 's|/usr/bin/tunnel-agent|$(BINDIR)/tunnel-agent|' $(PKG)/tunnel-agent.service \
-	  > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/tunnel-agent.service
-	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/tunnel-agent.service
+	for u in tunnel-agent.service tunnel-agent-keys.service tunnel-agent-keys.timer; do \
+	  sed 's|/usr/bin/tunnel-agent|$(BINDIR)/tunnel-agent|' $(PKG)/$$u > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/$$u && \
+	  chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/$$u || exit 1; \
+	done
 	install -m 0600 $(PKG)/config.json.example $(DESTDIR)$(SYSCONFDIR)/tunnel-agent/config.json.example
 
 # One implementation: the test that checks the include is in sync also writes it.

@@ -270,8 +270,8 @@ pub fn keys(e: &crate::sshkeys::KeysError) -> Option<String> {
         )),
         K::NoUser(u) => Some(no_user(u)),
         K::Fs(e) if e.is_permission() => Some(
-            "the agent lacks the rights: run `tunnel-agent keys` as root, as the systemd unit and \
-             the init script do before starting the agent"
+            "the agent lacks the rights: run `tunnel-agent keys` as root, as the init script does \
+             before starting the agent and tunnel-agent-keys.service does under systemd"
                 .to_owned(),
         ),
         K::NoDeviceKey { path, .. } => Some(format!(

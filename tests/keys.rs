@@ -172,6 +172,23 @@ impl Setup {
         self.keys_with(&self.api.url.clone(), extra)
     }
 
+    /// `tunnel-agent keys --retry` with the setup's paths, running: its stdout and stderr.
+    fn keys_retry(&self, api_url: &str) -> Proc {
+        Launch::new(bin("tunnel-agent"))
+            .args(&[
+                "keys",
+                "--retry",
+                "--device-key",
+                KEY,
+                "--host",
+                "127.0.0.1",
+            ])
+            .args(&self.key_args(api_url))
+            .envs(&[("MEETING_TOKEN", TOKEN)])
+            .with_stdout()
+            .start()
+    }
+
     fn puts(&self) -> Vec<fake_api::Request> {
         self.api
             .requests_to("PUT", &format!("/api/devices/{KEY}/ssh-key"))
@@ -653,4 +670,47 @@ fn a_failed_key_round_is_retried_soon_until_meetings_key_is_installed() {
     agent.wait_for("SSH keys (meeting key): installed Meeting's key", SOON);
     let text = std::fs::read_to_string(s.authorized_keys()).unwrap();
     assert!(text.contains(&s.meeting.1), "{text}");
+}
+
+#[test]
+fn keys_retry_runs_until_the_api_answers_and_stops_at_an_answer_that_will_not_change() {
+    if !may_run(
+        "keys_retry_runs_until_the_api_answers_and_stops_at_an_answer_that_will_not_change",
+        &[SSH_KEYGEN],
+    ) {
+        return;
+    }
+    // Unreachable at first (nothing listens), as at boot before the network: --retry waits
+    // and tries again; once the API answers, the work is done and it exits 0.
+    let s = Setup::new("retry-cmd");
+    let api: std::net::SocketAddr = s.api.url[8..s.api.url.len() - 4].parse().unwrap();
+    let relay = support::relay::Relay::closed(api);
+    let url = format!("https://127.0.0.1:{}/api", relay.port);
+    let keys = s.keys_retry(&url);
+    keys.wait_for("meeting key: FAILED: ", SOON);
+    let line = keys.wait_for("tunnel-agent keys: trying the failed work again in ", SOON);
+    assert!(
+        ["4 s", "5 s", "6 s"].iter().any(|d| line.ends_with(d)),
+        "{line}"
+    );
+    relay.open();
+    keys.wait_for("meeting key: installed Meeting's key", SOON * 2);
+    let mut keys = keys;
+    assert_eq!(keys.wait_exit(SOON).map(|s| s.code()), Some(Some(0)));
+    assert!(std::fs::read_to_string(s.authorized_keys())
+        .unwrap()
+        .contains(&s.meeting.1));
+
+    // An answer the API means (404: it has no key for Meeting) would come again: no retry.
+    let s = Setup::new("retry-404");
+    s.api
+        .answer("GET", "/api/ssh/pubkey", 404, r#"{"error": "no key"}"#);
+    let mut keys = s.keys_retry(&s.api.url);
+    assert_eq!(keys.wait_exit(SOON).map(|s| s.code()), Some(Some(1)));
+    assert_eq!(
+        keys.count("trying the failed work again"),
+        0,
+        "{}",
+        keys.output()
+    );
 }

@@ -132,12 +132,23 @@ fn make_install_lays_out_the_files_and_the_unit_verifies() {
         "{text}"
     );
     assert!(
-        text.contains(&format!(
-            "ExecStartPre=-+{}/usr/bin/tunnel-agent keys",
+        text.contains("Wants=tunnel-agent-keys.timer tunnel-agent-keys.service\n")
+            && !text.contains("ExecStartPre"),
+        "the key work runs beside the agent, in its own units, and never blocks it: {text}"
+    );
+    let keys_unit = r.join("usr/lib/systemd/system/tunnel-agent-keys.service");
+    let keys_text = std::fs::read_to_string(&keys_unit).unwrap();
+    assert!(
+        keys_text.contains(&format!(
+            "ExecStart={}/usr/bin/tunnel-agent keys --retry",
             r.display()
         )),
-        "the key work runs with full privileges before the agent, and never blocks it: {text}"
+        "{keys_text}"
     );
+    let timer = r.join("usr/lib/systemd/system/tunnel-agent-keys.timer");
+    assert!(std::fs::read_to_string(&timer)
+        .unwrap()
+        .contains("OnUnitInactiveSec=1h"));
     for hardening in [
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
@@ -166,7 +177,7 @@ fn make_install_lays_out_the_files_and_the_unit_verifies() {
     ) {
         let out = Command::new("systemd-analyze")
             .arg("verify")
-            .arg(&unit)
+            .args([&unit, &keys_unit, &timer])
             .output()
             .unwrap();
         assert!(

@@ -1,21 +1,19 @@
 //! The SSH key work on the agent's schedule: a round at start, after every reload, and every
 //! `ssh_keys_interval`; after a round that failed for a passing reason (network, DNS, the API
-//! down, a clock not set yet), again 5 s later, doubling up to that interval; on its own thread, so a slow API or a refused file never touches the
-//! tunnel. What a round does is `sshkeys`'; this file decides what the log says of it: a
+//! down, a clock not set yet), again as [`sshkeys::Retry`] says (5 s, doubling to a minute);
+//! on its own thread, so a slow API or a refused file never touches the tunnel. What a round does is `sshkeys`'; this file decides what the log says of it: a
 //! change at INFO, a failure once (repeats at DEBUG), lacking rights once with what to do.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
 
 use log::{debug, error, info, warn};
 
 use super::presence::Wake;
 use super::Live;
 use crate::advice;
-use crate::backoff::{Backoff, Jitter};
-use crate::sshkeys::{self, Done, Memory};
+use crate::sshkeys::{self, Done, Memory, Retry};
 
 /// Starts the SSH key thread.
 pub fn spawn(live: Arc<Live>) -> std::io::Result<JoinHandle<()>> {
@@ -24,15 +22,11 @@ pub fn spawn(live: Arc<Live>) -> std::io::Result<JoinHandle<()>> {
         .spawn(move || run(&live))
 }
 
-/// The first retry after a failed round; it doubles up to `ssh_keys_interval`.
-const RETRY_FIRST: Duration = Duration::from_secs(5);
-
 fn run(live: &Live) {
     let mut memory = Memory::default();
     // The last thing said of each job: the same thing is not said twice at INFO and above.
     let mut said: HashMap<&'static str, String> = HashMap::new();
-    let mut retry = Backoff::new(RETRY_FIRST, Duration::MAX, Duration::ZERO, Duration::ZERO);
-    let mut jitter = Jitter::from_entropy();
+    let mut retry = Retry::new();
     loop {
         let cfg = live.get();
         let client = sshkeys::client(&cfg);
@@ -40,7 +34,7 @@ fn run(live: &Live) {
         // not set yet at boot) is tried again soon, as the heartbeat is, not an hour later.
         let mut failed = false;
         for o in sshkeys::round(&cfg, client.as_ref(), &mut memory) {
-            failed |= matches!(&o.result, Err(e) if !e.is_refusal() && !e.is_permission());
+            failed |= matches!(&o.result, Err(e) if e.passes());
             let (text, level) = match &o.result {
                 Ok(Done::Changed(m)) => (m.clone(), log::Level::Info),
                 Ok(Done::Unchanged(m)) => (m.clone(), log::Level::Info),
@@ -59,10 +53,10 @@ fn run(live: &Live) {
                 _ => warn!(
                     "SSH keys ({}): {text}; the tunnel is not affected{}",
                     o.job,
-                    if matches!(&o.result, Err(e) if e.is_permission()) {
-                        ""
-                    } else {
+                    if matches!(&o.result, Err(e) if e.passes()) {
                         ", retrying soon"
+                    } else {
+                        ""
                     }
                 ),
             }
@@ -70,7 +64,7 @@ fn run(live: &Live) {
         }
         let wait = match failed {
             true => {
-                let delay = retry.next_delay(false, jitter.unit()).min(cfg.ssh.interval);
+                let delay = retry.next_delay().min(cfg.ssh.interval);
                 info!(
                     "SSH keys: trying the failed work again in {:.0} s",
                     delay.as_secs_f64()
@@ -78,7 +72,7 @@ fn run(live: &Live) {
                 delay
             }
             false => {
-                retry = Backoff::new(RETRY_FIRST, Duration::MAX, Duration::ZERO, Duration::ZERO);
+                retry.reset();
                 cfg.ssh.interval
             }
         };

@@ -120,6 +120,66 @@ impl KeysError {
     pub fn is_permission(&self) -> bool {
         matches!(self, KeysError::Fs(e) if e.is_permission())
     }
+
+    /// Failed for a reason that passes: no answer from the API (network, DNS, TLS with a
+    /// clock not set yet at boot, a timeout) or an API that is down or busy (5xx, 408, 429).
+    /// The same round may succeed soon; a refusal, lacking rights, a missing user or an answer
+    /// the API means (4xx, a malformed body) would fail again the same way.
+    pub fn passes(&self) -> bool {
+        match self {
+            KeysError::Api(ApiError::Unreachable { .. }) => true,
+            KeysError::Api(ApiError::Status { code, .. }) => {
+                *code >= 500 || *code == 408 || *code == 429
+            }
+            _ => false,
+        }
+    }
+}
+
+/// When a round that failed for a passing reason ([`KeysError::passes`]) is tried again: 5 s,
+/// doubling to a minute, with jitter, so a device whose network or API comes late (a boot
+/// before Wi-Fi or DHCP) gets Meeting's key within a minute of the API answering. The agent's
+/// key thread and `tunnel-agent keys --retry` (the systemd unit's) both follow it.
+#[derive(Debug)]
+pub struct Retry {
+    backoff: crate::backoff::Backoff,
+    jitter: crate::backoff::Jitter,
+}
+
+impl Retry {
+    /// The first retry after a failed round.
+    pub const FIRST: std::time::Duration = std::time::Duration::from_secs(5);
+    /// The longest wait between retries.
+    pub const MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// A fresh sequence.
+    pub fn new() -> Retry {
+        Retry {
+            backoff: Self::policy(),
+            jitter: crate::backoff::Jitter::from_entropy(),
+        }
+    }
+
+    fn policy() -> crate::backoff::Backoff {
+        use std::time::Duration;
+        crate::backoff::Backoff::new(Self::FIRST, Self::MAX, Duration::ZERO, Duration::ZERO)
+    }
+
+    /// The wait before the next retry.
+    pub fn next_delay(&mut self) -> std::time::Duration {
+        self.backoff.next_delay(false, self.jitter.unit())
+    }
+
+    /// A round succeeded: the next failure starts again at [`Retry::FIRST`].
+    pub fn reset(&mut self) {
+        self.backoff = Self::policy();
+    }
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry::new()
+    }
 }
 
 impl fmt::Display for KeysError {

@@ -47,6 +47,10 @@ endef
 define TUNNEL_AGENT_INSTALL_INIT_SYSTEMD
 	$(INSTALL) -D -m 0644 $(TUNNEL_AGENT_PKGDIR)/tunnel-agent.service \
 		$(TARGET_DIR)/usr/lib/systemd/system/tunnel-agent.service
+	$(INSTALL) -D -m 0644 $(TUNNEL_AGENT_PKGDIR)/tunnel-agent-keys.service \
+		$(TARGET_DIR)/usr/lib/systemd/system/tunnel-agent-keys.service
+	$(INSTALL) -D -m 0644 $(TUNNEL_AGENT_PKGDIR)/tunnel-agent-keys.timer \
+		$(TARGET_DIR)/usr/lib/systemd/system/tunnel-agent-keys.timer
 endef
 
 $(eval $(cargo-package))

@@ -42,6 +42,8 @@ pub enum Command {
         flags: Flags,
         /// `-v` count minus `-q` count.
         verbosity: i32,
+        /// `--retry`: after a failure that passes, again with backoff until the work is done.
+        retry: bool,
     },
     /// Print the running agent's status file.
     Status {
@@ -132,14 +134,19 @@ Exit status: 0 the agent is running and connected; 1 otherwise (not connected, s
 2 bad command line.";
 
 const KEYS_HELP: &str = "\
-Usage: tunnel-agent keys [-v | -q] [OPTIONS]
+Usage: tunnel-agent keys [--retry] [-v | -q] [OPTIONS]
 
 Does the SSH key work once, then exits: installs Meeting's SSH key for the login user of
 Meeting's terminal, publishes the device's own key to Meeting and updates known_hosts with
-Meeting's host keys, over verified HTTPS only. Run it as root; the service does before starting
-the agent, and an agent running as root also does it every ssh_keys_interval.
+Meeting's host keys, over verified HTTPS only. Run it as root: the init script does before
+starting the agent, the systemd unit tunnel-agent-keys.service at boot and hourly, and an agent
+running as root also does it every ssh_keys_interval.
 
 keys options:
+  --retry                    after a failure that passes (no answer from the API: network, DNS,
+                             the clock not set yet; or an API down, 5xx), try again 5 s later,
+                             doubling to a minute, until the work is done; any other failure
+                             (a refusal, lacking rights, a 4xx answer) still ends it at once
   -v, --verbose / -q, --quiet  log detail
   -h, --help                 this text
 OPTIONS: every configuration option of run (tunnel-agent --help); those of SSH keys are
@@ -232,6 +239,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut format = Format::Text;
     let mut timeout = Duration::from_secs(10);
     let mut handshake = false;
+    let mut retry = false;
     let mut it = args.iter().peekable();
     let sub = it.peek().map(|a| a.as_str());
     let check = sub == Some("check");
@@ -268,6 +276,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--json" if check => format = Format::Json,
             "--report" if check => format = Format::Report,
             "--handshake" if check => handshake = true,
+            "--retry" if keys => retry = true,
             "--timeout" if check => {
                 timeout = config::seconds(value(name)?.trim())
                     .map_err(|why| format!("invalid --timeout: {why}"))?
@@ -296,7 +305,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         });
     }
     if keys {
-        return Ok(Command::Keys { flags, verbosity });
+        return Ok(Command::Keys {
+            flags,
+            verbosity,
+            retry,
+        });
     }
     Ok(Command::Run { flags, verbosity })
 }
@@ -350,7 +363,8 @@ mod tests {
             parse(&args("keys --meeting-ssh-user device -v")).unwrap(),
             Command::Keys {
                 flags: Flags::default().with(&config::MEETING_SSH_USER, "device"),
-                verbosity: 1
+                verbosity: 1,
+                retry: false,
             }
         );
     }

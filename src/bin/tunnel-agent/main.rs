@@ -64,7 +64,11 @@ fn main() -> ExitCode {
             handshake,
         }) => return check(&flags, format, timeout, handshake),
         Ok(cli::Command::Status { path, config, json }) => return status(path, config, json),
-        Ok(cli::Command::Keys { flags, verbosity }) => return keys(&flags, verbosity),
+        Ok(cli::Command::Keys {
+            flags,
+            verbosity,
+            retry,
+        }) => return keys(&flags, verbosity, retry),
         Ok(cli::Command::Gate { patterns }) => return ssh_gate(&patterns),
         Ok(cli::Command::Help(topic)) => {
             outln!("{}", cli::help(topic));
@@ -226,9 +230,10 @@ fn status_file_of(config: Option<std::path::PathBuf>) -> Result<std::path::PathB
         .map_or_else(|| config::DEFAULT_STATUS_FILE.into(), |f| f.value.into()))
 }
 
-/// `tunnel-agent keys`: one round of the SSH key work; a line per job on stdout (failures on
-/// stderr), exit 0 when everything is in place, 1 on a failure, 3 on a refusal.
-fn keys(flags: &config::Flags, verbosity: i32) -> ExitCode {
+/// `tunnel-agent keys`: one round of the SSH key work (with `retry`, rounds until none fails
+/// for a passing reason); a line per job on stdout (failures on stderr), exit 0 when
+/// everything is in place, 1 on a failure, 3 on a refusal.
+fn keys(flags: &config::Flags, verbosity: i32, retry: bool) -> ExitCode {
     logging::init(verbosity);
     let env = |k: &str| std::env::var(k).ok();
     let cfg = match config::load(flags, &env, &SearchPaths::default()) {
@@ -241,15 +246,41 @@ fn keys(flags: &config::Flags, verbosity: i32) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    keys_round(&cfg)
+    keys_rounds(&cfg, retry)
 }
 
 #[cfg(feature = "tls")]
-fn keys_round(cfg: &config::Config) -> ExitCode {
-    use tunnel_agent::sshkeys::{self, Done, Memory};
+fn keys_rounds(cfg: &config::Config, retry: bool) -> ExitCode {
+    use tunnel_agent::sshkeys::{self, Memory, Retry};
     let client = sshkeys::client(cfg);
+    let mut memory = Memory::default();
+    let mut again = Retry::new();
+    loop {
+        let (worst, passing) = keys_round(cfg, client.as_ref(), &mut memory);
+        if !(retry && passing) {
+            return ExitCode::from(worst);
+        }
+        let delay = again.next_delay();
+        eprintln!(
+            "tunnel-agent keys: trying the failed work again in {:.0} s",
+            delay.as_secs_f64()
+        );
+        std::thread::sleep(delay);
+    }
+}
+
+/// One round, said on stdout and stderr: the exit status, and whether a job failed for a
+/// reason that passes.
+#[cfg(feature = "tls")]
+fn keys_round(
+    cfg: &config::Config,
+    client: Option<&tunnel_agent::meeting::Client>,
+    memory: &mut tunnel_agent::sshkeys::Memory,
+) -> (u8, bool) {
+    use tunnel_agent::sshkeys::{self, Done};
     let mut worst = 0;
-    for o in sshkeys::round(cfg, client.as_ref(), &mut Memory::default()) {
+    let mut passing = false;
+    for o in sshkeys::round(cfg, client, memory) {
         match &o.result {
             Ok(Done::Changed(m)) => outln!("{}: {m}", o.job),
             Ok(Done::Unchanged(m)) => outln!("{}: ok: {m}", o.job),
@@ -261,14 +292,15 @@ fn keys_round(cfg: &config::Config) -> ExitCode {
                     advice::explained(e, advice::keys(e))
                 );
                 worst = worst.max(if e.is_refusal() { 3 } else { 1 });
+                passing |= e.passes();
             }
         }
     }
-    ExitCode::from(worst)
+    (worst, passing)
 }
 
 #[cfg(not(feature = "tls"))]
-fn keys_round(_cfg: &config::Config) -> ExitCode {
+fn keys_rounds(_cfg: &config::Config, _retry: bool) -> ExitCode {
     eprintln!(
         "tunnel-agent keys: this tunnel-agent was built without TLS, and SSH keys are only \
          taken over verified HTTPS; install a build with TLS"

@@ -32,10 +32,12 @@ CARGO_BUILD_FLAGS:append = "${@bb.utils.contains('PACKAGECONFIG', 'tls', '', ' -
 do_install:append() {
     install -d ${D}${sysconfdir}/init.d ${D}${sysconfdir}/tunnel-agent ${D}${systemd_system_unitdir}
     install -m 0755 ${S}/buildroot/package/tunnel-agent/S95tunnel-agent ${D}${sysconfdir}/init.d/tunnel-agent
-    install -m 0644 ${S}/buildroot/package/tunnel-agent/tunnel-agent.service ${D}${systemd_system_unitdir}/
+    for u in tunnel-agent.service tunnel-agent-keys.service tunnel-agent-keys.timer; do
+        install -m 0644 ${S}/buildroot/package/tunnel-agent/$u ${D}${systemd_system_unitdir}/
+    done
     install -m 0600 ${S}/buildroot/package/tunnel-agent/config.json.example ${D}${sysconfdir}/tunnel-agent/
 }
 
 INITSCRIPT_NAME = "tunnel-agent"
 INITSCRIPT_PARAMS = "defaults 95"
-SYSTEMD_SERVICE:${PN} = "tunnel-agent.service"
+SYSTEMD_SERVICE:${PN} = "tunnel-agent.service tunnel-agent-keys.timer"

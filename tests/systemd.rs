@@ -1,0 +1,277 @@
+//! The systemd units under a real systemd: a Debian bookworm root made once by debootstrap
+//! (`target/test-roots/`), the package laid in by `make install`, booted by systemd-nspawn. The
+//! container shares the machine's loopback, where the suite's fake Meeting API sits behind a
+//! relay that refuses connections at first, as a network that is late at boot does.
+//!
+//! Shown: the agent starts and its tunnel comes up while the key work is still failing (it
+//! never delays the tunnel); `tunnel-agent-keys.service` tries again 5 s later, then 10 s, …;
+//! once the API answers, Meeting's key is in the login user's `authorized_keys` on the next
+//! round; the service then ends and the timer holds the next round an hour later.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use support::relay::Relay;
+use support::*;
+
+const USER: &str = "device";
+
+fn needs(test: &str) -> bool {
+    may_run(
+        test,
+        &[
+            Need::Root,
+            tool("systemd-nspawn", "systemd-container"),
+            tool("debootstrap", "debootstrap"),
+            tool("nsenter", "util-linux"),
+            tool("make", "make"),
+            tool("ssh-keygen", "openssh-client"),
+        ],
+    )
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    ok_stdout(out, &format!("{cmd:?}"))
+}
+
+/// A Debian root with systemd, made once (about two minutes) and kept under `target/`.
+fn base_root() -> PathBuf {
+    let roots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-roots");
+    let base = roots.join("bookworm-systemd");
+    if base.join(".complete").exists() {
+        return base;
+    }
+    let making = roots.join(format!("bookworm-systemd.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&making);
+    std::fs::create_dir_all(&roots).unwrap();
+    run(Command::new("debootstrap")
+        .args([
+            "--variant=minbase",
+            "--include=systemd,systemd-sysv,dbus,passwd",
+            "bookworm",
+        ])
+        .arg(&making)
+        .arg("http://deb.debian.org/debian"));
+    std::fs::write(making.join(".complete"), "").unwrap();
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::rename(&making, &base).unwrap();
+    base
+}
+
+/// A copy of the base root for one test, removed with it.
+struct Root(PathBuf);
+
+impl Root {
+    fn new(name: &str) -> Root {
+        let base = base_root();
+        let dir = base.with_file_name(format!("{name}.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        run(Command::new("cp").arg("-a").arg(&base).arg(&dir));
+        Root(dir)
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.0.join(p.trim_start_matches('/'))
+    }
+
+    fn write(&self, p: &str, text: &str) {
+        let path = self.path(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// Runs `args` inside the root, not booted.
+    fn inside(&self, args: &[&str]) -> String {
+        run(Command::new("systemd-nspawn")
+            .args(["-q", "--register=no", "--keep-unit", "--pipe", "-D"])
+            .arg(&self.0)
+            .args(args))
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The container's init (PID 1 inside), the child of systemd-nspawn.
+fn leader(nspawn: u32) -> u32 {
+    let children = std::fs::read_to_string(format!("/proc/{nspawn}/task/{nspawn}/children"))
+        .unwrap_or_default();
+    children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("systemd-nspawn {nspawn} has no child"))
+}
+
+/// `systemctl ARGS` in the booted container.
+fn systemctl(nspawn: u32, args: &[&str]) -> String {
+    run(Command::new("nsenter")
+        .args([
+            "-t",
+            &leader(nspawn).to_string(),
+            "-m",
+            "-u",
+            "-i",
+            "-p",
+            "--",
+        ])
+        .arg("systemctl")
+        .args(args))
+}
+
+#[test]
+fn under_systemd_the_key_work_retries_until_meetings_key_is_in_then_runs_hourly() {
+    if !needs("under_systemd_the_key_work_retries_until_meetings_key_is_in_then_runs_hourly") {
+        return;
+    }
+    let root = Root::new("keys");
+    let make = Command::new("make")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["-s", "install", "PREFIX=/usr"])
+        .arg(format!("DESTDIR={}", root.0.display()))
+        .arg(format!("INSTALL_BIN={}", bin("tunnel-agent")))
+        .output()
+        .unwrap();
+    ok_stdout(make, "make install");
+    root.inside(&["useradd", "-m", "-s", "/bin/sh", USER]);
+    root.inside(&["systemctl", "enable", "tunnel-agent.service"]);
+    // The journal on the console, so the test reads what the units say as they say it.
+    root.write(
+        "/etc/systemd/journald.conf.d/console.conf",
+        "[Journal]\nForwardToConsole=yes\nTTYPath=/dev/console\nMaxLevelConsole=info\n",
+    );
+
+    let api = FakeApi::start(&[KEY]);
+    let dir = std::env::temp_dir().join(format!("tunnel-agent-systemd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("meeting")).unwrap();
+    let meeting = meeting_key(&dir.join("meeting/id_ed25519"));
+    api.serve_meeting_key(&meeting, None);
+    let host = meeting_key(&dir.join("meeting/host_ed25519"));
+    let host_key = host.trim().rsplit_once(' ').unwrap().0;
+    api.answer(
+        "GET",
+        "/api/ssh-hostkey",
+        200,
+        &format!("meeting.example {host_key}\n"),
+    );
+    let api_addr: std::net::SocketAddr = api
+        .url
+        .trim_start_matches("https://")
+        .trim_end_matches("/api")
+        .parse()
+        .unwrap();
+    let relay = Relay::closed(api_addr);
+    let proxy = Proxy::for_ports(&[], &[]);
+    std::fs::copy(&api.ca_file, root.path("/etc/tunnel-agent/meeting-ca.pem")).unwrap();
+    let config = serde_json::json!({
+        "device_key": KEY,
+        "token_code": TOKEN,
+        "tunnel_host": "127.0.0.1",
+        "tunnel_port": proxy.control.port(),
+        "api_url": format!("https://127.0.0.1:{}/api", relay.port),
+        "api_ca_file": "/etc/tunnel-agent/meeting-ca.pem",
+        "meeting_ssh_user": USER,
+        "heartbeat_interval": 30,
+    });
+    root.write("/etc/tunnel-agent/config.json", &config.to_string());
+
+    let mut container = Launch::new("systemd-nspawn")
+        .args(&["-q", "--register=no", "--keep-unit", "--boot", "-D"])
+        .args(&[root.0.to_str().unwrap()])
+        .with_stdout()
+        .start();
+    let boot = Duration::from_secs(120);
+    // The tunnel does not wait for the key work: the agent is connected while the API is
+    // still unreachable and the key work is failing.
+    const RETRY: &str = "tunnel-agent keys: trying the failed work again in ";
+    let first = container.wait_for(RETRY, boot);
+    proxy.wait_agent(1);
+    let second = container.wait_for_nth(RETRY, 2, SOON * 3);
+    // 5 s, then 10 s, each within the ±20 % jitter.
+    assert!((4.0..=6.0).contains(&secs_after(&first, RETRY)), "{first}");
+    assert!(
+        (8.0..=12.0).contains(&secs_after(&second, RETRY)),
+        "{second}"
+    );
+    assert!(!root
+        .path(&format!("/home/{USER}/.ssh/authorized_keys"))
+        .exists());
+
+    relay.open();
+    container.wait_for(
+        "meeting key: installed Meeting's key",
+        Duration::from_secs(90),
+    );
+    let ak =
+        std::fs::read_to_string(root.path(&format!("/home/{USER}/.ssh/authorized_keys"))).unwrap();
+    assert!(ak.contains(meeting.trim()), "{ak}");
+    container.wait_for(
+        "tunnel-agent-keys.service: Deactivated successfully",
+        SOON * 3,
+    );
+    let timer = systemctl(
+        container.pid(),
+        &[
+            "show",
+            "tunnel-agent-keys.timer",
+            "-p",
+            "ActiveState,NextElapseUSecMonotonic",
+        ],
+    );
+    assert!(timer.contains("ActiveState=active"), "{timer}");
+    assert!(systemctl(container.pid(), &["is-active", "tunnel-agent.service"]).trim() == "active");
+    let next = systemctl(
+        container.pid(),
+        &[
+            "list-timers",
+            "--all",
+            "--no-pager",
+            "tunnel-agent-keys.timer",
+        ],
+    );
+    assert!(next.contains("tunnel-agent-keys.timer"), "{next}");
+    assert!(
+        next.contains("59min") || next.contains("1h"),
+        "the next round is an hour after this one: {next}"
+    );
+    container.signal("TERM");
+    assert!(
+        container.wait_exit(SOON * 6).is_some(),
+        "the container did not stop"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The number of seconds after `marker` in `line`.
+fn secs_after(line: &str, marker: &str) -> f64 {
+    line.split(marker)
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {marker:?}: {line}"))
+}
+
+/// Meeting's SSH public key line, made by ssh-keygen.
+fn meeting_key(path: &Path) -> String {
+    run(Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "meeting@meeting.example",
+            "-f",
+        ])
+        .arg(path));
+    std::fs::read_to_string(path.with_extension("pub")).unwrap()
+}

@@ -157,6 +157,30 @@ pub fn config(e: &ConfigError) -> String {
     }
 }
 
+/// What to do about a configuration `check` cannot use: for a file this user may not read
+/// (it holds the token, so it is root's alone), run check as root; else fix the setting.
+pub fn config_fix(e: &ConfigError) -> String {
+    if config_not_permitted(e) {
+        config_root_only()
+    } else {
+        "fix the configuration (tunnel-agent --help lists every setting)".to_owned()
+    }
+}
+
+/// What to do when the configuration is root's alone and check runs as another user.
+pub fn config_root_only() -> String {
+    "the file holds the token and is readable by root only: run check as root (`su -c \
+     'tunnel-agent check'` on a BusyBox image, `sudo tunnel-agent check` elsewhere); \
+     `tunnel-agent status` shows the running agent's state to any user"
+        .to_owned()
+}
+
+/// The configuration exists but this user may not read it.
+pub fn config_not_permitted(e: &ConfigError) -> bool {
+    matches!(e, ConfigError::Unreadable { err, .. }
+        if err.kind() == std::io::ErrorKind::PermissionDenied)
+}
+
 /// A certificate refused by a device clock that reads a time before this binary was built:
 /// the clock was never set.
 #[cfg(feature = "tls")]

@@ -168,10 +168,10 @@ pub fn run(
     let mut steps = Vec::new();
     let mut facts = Facts::default();
     let t = Instant::now();
-    let loaded = config::load(flags, env, paths).map_err(|e| advice::config(&e));
-    let cfg = match loaded {
+    let cfg = match config::load(flags, env, paths) {
         Ok(c) => c,
-        Err(e) => {
+        Err(error) => {
+            let e = advice::config(&error);
             // What was there, so the operator sees what was fine next to what is missing.
             let found = config::found(flags, env, paths).unwrap_or_default();
             let given = |s: &config::Spec| found.iter().find(|f| f.key == s.key);
@@ -198,11 +198,14 @@ pub fn run(
                 "config",
                 Status::Fail,
                 format!("{e}\nFound: {shown}"),
-                Some("fix the configuration (tunnel-agent --help lists every setting)".into()),
+                Some(advice::config_fix(&error)),
                 t,
             );
             fail_and_skip(&mut steps, failed, "ssh-login", "no usable configuration");
-            let reach = Reach::ConfigError(e);
+            let reach = match advice::config_not_permitted(&error) {
+                true => Reach::ConfigRootOnly(e),
+                false => Reach::ConfigError(e),
+            };
             let found = (Api::Unknown, Presence::Unknown, Login::Unknown);
             return conclude(steps, facts, &reach, found, &[], &[], "", "", opts);
         }

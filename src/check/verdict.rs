@@ -9,6 +9,8 @@ use crate::advice::{self, Peer};
 pub enum Reach {
     /// The configuration could not be loaded.
     ConfigError(String),
+    /// The configuration file is there but this user may not read it (it is root's).
+    ConfigRootOnly(String),
     /// The host name did not resolve.
     DnsFailed,
     /// TCP connect refused.
@@ -313,6 +315,14 @@ pub fn decide(f: &Findings) -> (Verdict, String) {
         )),
     };
     match &f.reach {
+        Reach::ConfigRootOnly(e) => (
+            Verdict::ConfigError,
+            format!(
+                "This user cannot read the agent's configuration ({e}), so nothing was checked: \
+                 {}.",
+                advice::config_root_only()
+            ),
+        ),
         Reach::ConfigError(e) => (
             Verdict::ConfigError,
             format!("The agent's configuration is incomplete or invalid: {e}"),

@@ -50,6 +50,7 @@ pub struct Launch {
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     stdout: bool,
+    stdin: bool,
     echo: bool,
     tap: Option<Tap>,
 }
@@ -64,6 +65,7 @@ impl Launch {
             args: Vec::new(),
             env: Vec::new(),
             stdout: false,
+            stdin: false,
             echo: std::env::var_os("TEST_ECHO_LOGS").is_some(),
             tap: None,
         }
@@ -91,6 +93,12 @@ impl Launch {
         self
     }
 
+    /// Keeps a pipe to standard input, for [`Proc::send`] (a board's serial console).
+    pub fn with_stdin(mut self) -> Launch {
+        self.stdin = true;
+        self
+    }
+
     /// Prints each log line, tagged with the program's name (the demo shows its logs).
     pub fn echo(mut self, on: bool) -> Launch {
         self.echo = on;
@@ -107,7 +115,11 @@ impl Launch {
     pub fn try_start(self) -> Result<Proc, String> {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
-            .stdin(Stdio::null())
+            .stdin(if self.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(if self.stdout {
                 Stdio::piped()
             } else {
@@ -132,6 +144,7 @@ impl Launch {
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {shown}: {e}"))?;
+        let stdin = child.stdin.take();
         let name = shown.rsplit('/').next().unwrap_or(&shown).to_owned();
         let log = Arc::new(Log::default());
         let tap: Option<Arc<Tap>> = self.tap.map(Arc::new);
@@ -168,6 +181,7 @@ impl Launch {
             child,
             log,
             cursor: Mutex::new(0),
+            stdin: Mutex::new(stdin),
         })
     }
 
@@ -255,12 +269,24 @@ pub struct Proc {
     log: Arc<Log>,
     /// Where [`Proc::next_after`] goes on from.
     cursor: Mutex<usize>,
+    /// Standard input, with [`Launch::with_stdin`].
+    stdin: Mutex<Option<std::process::ChildStdin>>,
 }
 
 impl Proc {
     /// Starts `program` with `args` and extra environment; panics when it cannot.
     pub fn spawn(program: impl Into<OsString>, args: &[&str], env: &[(&str, &str)]) -> Proc {
         Launch::new(program).args(args).envs(env).start()
+    }
+
+    /// Writes `text` to its standard input ([`Launch::with_stdin`]).
+    pub fn send(&self, text: &str) {
+        use std::io::Write;
+        let mut g = self.stdin.lock().unwrap_or_else(|p| p.into_inner());
+        let pipe = g.as_mut().expect("started without with_stdin");
+        pipe.write_all(text.as_bytes())
+            .and_then(|()| pipe.flush())
+            .unwrap_or_else(|e| panic!("{}: cannot write to its input: {e}", self.name));
     }
 
     /// Everything logged so far (up to the last lines kept).

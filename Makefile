@@ -6,7 +6,7 @@ CARGO ?= cargo
 AS_ROOT = $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: help build release test test-notls test-packaging lint fmt demo capacity fuzz soak bench bench-peers bench-latency bench-tls-arm install yocto-crates \
-	static cross cross-all cross-setup size test-cross test-image clean
+	static cross cross-all cross-setup size test-cross test-image dropbear-buildroot clean
 
 help:
 	@echo "make build    debug build of tunnel-agent and meeting-proxy"

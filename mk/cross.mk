@@ -32,9 +32,10 @@ APT_armv7-unknown-linux-musleabihf = gcc-arm-linux-gnueabihf libc6-dev-armhf-cro
 CC_armv7-unknown-linux-musleabihf = arm-linux-musleabihf-gcc
 ENV_armv7-unknown-linux-musleabihf = CC_armv7_unknown_linux_musleabihf=arm-linux-musleabihf-gcc \
 	CARGO_TARGET_ARMV7_UNKNOWN_LINUX_MUSLEABIHF_LINKER=arm-linux-musleabihf-gcc \
-	CARGO_TARGET_ARMV7_UNKNOWN_LINUX_MUSLEABIHF_RUSTFLAGS="-C link-self-contained=no -L $(UNWIND_DIR)"
+	CARGO_TARGET_ARMV7_UNKNOWN_LINUX_MUSLEABIHF_RUSTFLAGS="-C link-self-contained=no -L $(UNWIND_DIR) -C relocation-model=static"
 TOOLCHAIN_armv7-unknown-linux-musleabihf = +nightly
-BUILD_STD_armv7-unknown-linux-musleabihf = -Zbuild-std=std,panic_abort -Zbuild-std-features=
+BUILD_STD_armv7-unknown-linux-musleabihf = -Zbuild-std=std,panic_abort -Zbuild-std-features= \
+	--config 'profile.release.package.rustls.opt-level="z"'
 
 # ARMv6 (Pi Zero, Zero W, Pi 1; runs on every later Pi too): the soft-float musl target, since
 # Debian's armhf musl and libgcc are ARMv7 Thumb-2 code an ARMv6 CPU cannot run, while its

@@ -4,8 +4,13 @@
 //! `check` names the server and tells whether the line as written would be accepted, the
 //! field's `from=` line included.
 //!
+//! Each login test runs against two Dropbears: Debian's `dropbear-bin` and Dropbear as
+//! Buildroot's package builds it (`make dropbear-buildroot`: Buildroot's configure options and
+//! localoptions.h with its defaults, from the newest upstream release in Debian's archive).
+//!
 //! Needs root, Dropbear, OpenSSH's client and the user `tunnel-test` (`.ci/run` creates it):
-//! Dropbear reads only `~/.ssh/authorized_keys`, so the test logs in as a user of its own.
+//! Dropbear reads only `~/.ssh/authorized_keys`, so the test logs in as a user of its own; the
+//! tests that log in take turns (one lock), as they share that file.
 
 mod support;
 
@@ -19,6 +24,37 @@ use support::*;
 
 const USER: &str = "tunnel-test";
 
+/// One Dropbear build: its server and key generator.
+struct Dropbear {
+    /// A word for file names and messages.
+    label: &'static str,
+    server: &'static str,
+    keygen: &'static str,
+}
+
+/// Debian's dropbear-bin, on PATH.
+const DEBIAN: Dropbear = Dropbear {
+    label: "debian",
+    server: "dropbear",
+    keygen: "dropbearkey",
+};
+
+/// Dropbear as Buildroot's package builds it (`make dropbear-buildroot`).
+const BUILDROOT: Dropbear = Dropbear {
+    label: "buildroot",
+    server: concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/dropbear-buildroot/dropbear"
+    ),
+    keygen: concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/dropbear-buildroot/dropbearkey"
+    ),
+};
+
+/// The login tests share the test user's authorized_keys: one at a time.
+static LOGINS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Dir(PathBuf);
 
 impl Drop for Dir {
@@ -27,14 +63,18 @@ impl Drop for Dir {
     }
 }
 
-fn needs(test: &str) -> bool {
+fn needs(test: &str, db: &Dropbear) -> bool {
+    let package = match db.label {
+        "debian" => "dropbear-bin",
+        _ => "none: `make dropbear-buildroot` builds it",
+    };
     may_run(
         test,
         &[
             Need::Root,
             Need::User(USER),
-            tool("dropbear", "dropbear-bin"),
-            tool("dropbearkey", "dropbear-bin"),
+            tool(db.server, package),
+            tool(db.keygen, package),
             tool("ssh", "openssh-client"),
             tool("scp", "openssh-client"),
             tool("ssh-keygen", "openssh-client"),
@@ -57,17 +97,17 @@ fn home(user: &str) -> PathBuf {
 
 /// Dropbear on 127.0.0.1:`port`, logging to stderr, password logins off; returns once it
 /// sends its banner (polling the port: Dropbear logs nothing when it starts to listen).
-fn start_dropbear(dir: &Path) -> (Proc, u16) {
+fn start_dropbear(db: &Dropbear, dir: &Path) -> (Proc, u16) {
     let hostkey = dir.join("dropbear_ed25519");
-    let out = run(Command::new("dropbearkey")
+    let out = run(Command::new(db.keygen)
         .args(["-t", "ed25519", "-f"])
         .arg(&hostkey));
     assert!(out.status.success(), "{out:?}");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let key = hostkey.display().to_string();
-    let db = Proc::spawn(
-        "dropbear",
+    let server = Proc::spawn(
+        db.server,
         &["-F", "-E", "-s", "-p", &listen, "-r", &key],
         &[],
     );
@@ -79,12 +119,12 @@ fn start_dropbear(dir: &Path) -> (Proc, u16) {
             s.read_exact(&mut b).map(|()| b)
         });
         if matches!(banner, Ok(b) if &b == b"SSH-") {
-            return (db, port);
+            return (server, port);
         }
         assert!(
             Instant::now() < until,
             "dropbear did not answer: {}",
-            db.output()
+            server.output()
         );
         // Polling a port: Dropbear says nothing when it starts listening.
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -133,17 +173,37 @@ fn login_step(report: &serde_json::Value) -> serde_json::Value {
 }
 
 #[test]
-fn meetings_terminal_logs_in_to_dropbear_and_check_tells_the_truth() {
-    if !needs("meetings_terminal_logs_in_to_dropbear_and_check_tells_the_truth") {
-        return;
+fn meetings_terminal_logs_in_to_debians_dropbear_and_check_tells_the_truth() {
+    if needs(
+        "meetings_terminal_logs_in_to_debians_dropbear_and_check_tells_the_truth",
+        &DEBIAN,
+    ) {
+        logs_in_and_check_tells_the_truth(&DEBIAN);
     }
-    let dir =
-        Dir(std::env::temp_dir().join(format!("tunnel-agent-dropbear-{}", std::process::id())));
+}
+
+#[test]
+fn meetings_terminal_logs_in_to_buildroots_dropbear_and_check_tells_the_truth() {
+    if needs(
+        "meetings_terminal_logs_in_to_buildroots_dropbear_and_check_tells_the_truth",
+        &BUILDROOT,
+    ) {
+        logs_in_and_check_tells_the_truth(&BUILDROOT);
+    }
+}
+
+fn logs_in_and_check_tells_the_truth(db: &Dropbear) {
+    let _turn = LOGINS.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Dir(std::env::temp_dir().join(format!(
+        "tunnel-agent-dropbear-{}-{}",
+        db.label,
+        std::process::id()
+    )));
     let d = &dir.0;
     std::fs::create_dir_all(d.join("state")).unwrap();
     let ssh_dir = home(USER).join(".ssh");
     let _ = std::fs::remove_dir_all(&ssh_dir);
-    let (mut dropbear, port) = start_dropbear(d);
+    let (mut dropbear, port) = start_dropbear(db, d);
     // Meeting's key: made here, served by the fake API.
     let meeting = d.join("meeting");
     let out = run(Command::new("ssh-keygen")
@@ -211,24 +271,20 @@ fn meetings_terminal_logs_in_to_dropbear_and_check_tells_the_truth() {
     // scp's own protocol (-O): the gate passes the client's command through.
     let payload = random_bytes(1 << 20, 7);
     std::fs::write(d.join("up.bin"), &payload).unwrap();
+    let up = format!("/tmp/tunnel-agent-dropbear-{}-up.bin", db.label);
     let out = run(Command::new("scp")
         .arg("-O")
         .args(ssh_client_opts(&meeting))
         .args(["-P", &public])
         .arg(d.join("up.bin"))
-        .arg(format!(
-            "{USER}@127.0.0.1:/tmp/tunnel-agent-dropbear-up.bin"
-        )));
+        .arg(format!("{USER}@127.0.0.1:{up}")));
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        std::fs::read("/tmp/tunnel-agent-dropbear-up.bin").unwrap(),
-        payload
-    );
-    let _ = std::fs::remove_file("/tmp/tunnel-agent-dropbear-up.bin");
+    assert_eq!(std::fs::read(&up).unwrap(), payload);
+    let _ = std::fs::remove_file(&up);
 
     // check: the server named, the line accepted.
     let (code, report) = check(&cfg);

@@ -1,7 +1,8 @@
 //! The image integrations: the Yocto crates include is in sync with Cargo.lock (`make
 //! yocto-crates` rewrites it), and the Buildroot tree follows the rules of Buildroot's manual
 //! (the ones its `utils/check-package` enforces: headers, indentation, help text, init script
-//! variables and name), with shellcheck on the init script.
+//! variables and name), with shellcheck on the init scripts (the package's, and the emulated
+//! board's image script and init files).
 
 mod support;
 
@@ -249,16 +250,26 @@ fn the_checks_catch_what_they_should() {
 }
 
 #[test]
-fn shellcheck_passes_on_the_init_script() {
+fn shellcheck_passes_on_the_init_scripts() {
     if !support::may_run(
-        "shellcheck_passes_on_the_init_script",
+        "shellcheck_passes_on_the_init_scripts",
         &[support::tool("shellcheck", "shellcheck")],
     ) {
         return;
     }
+    // The package's init script, and the emulated board's image script and init files.
+    let board = root().join("tests/board");
+    let mut scripts = vec![
+        root().join("buildroot/package/tunnel-agent/S95tunnel-agent"),
+        board.join("mkimage.sh"),
+        board.join("rootfs/init"),
+    ];
+    for e in std::fs::read_dir(board.join("rootfs/etc/init.d")).unwrap() {
+        scripts.push(e.unwrap().path());
+    }
     let out = Command::new("shellcheck")
         .args(["-s", "sh"])
-        .arg(root().join("buildroot/package/tunnel-agent/S95tunnel-agent"))
+        .args(&scripts)
         .output()
         .unwrap();
     assert!(

@@ -27,10 +27,12 @@ if [ ! -e "$out/debs/.complete" ]; then
 	[ -n "$kernel" ] || { echo "mkimage.sh: no $kernel_pkg:$arch in the apt lists (dpkg --add-architecture $arch; apt-get update)" >&2; exit 1; }
 	# apt-get download as root writes as _apt where it can: the folder is made writable for it.
 	chmod 0777 "$out/debs"
-	(cd "$out/debs" && apt-get download -q "$kernel:$arch" "busybox-static:$arch" "dropbear-bin:$arch" \
-		"libc6:$arch" "libcrypt1:$arch" "libtomcrypt1:$arch" "libtommath1:$arch" "libgmp10:$arch" \
-		"zlib1g:$arch" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
-	ls "$out"/debs/linux-image-*.deb "$out"/debs/dropbear-bin_*.deb >/dev/null
+	if ! (cd "$out/debs" && apt-get download -q "$kernel:$arch" "busybox-static:$arch" \
+		"dropbear-bin:$arch" "libc6:$arch" "libcrypt1:$arch" "libtomcrypt1:$arch" \
+		"libtommath1:$arch" "libgmp10:$arch" "zlib1g:$arch") >"$out/download.log" 2>&1; then
+		cat "$out/download.log" >&2
+		exit 1
+	fi
 	touch "$out/debs/.complete"
 fi
 
@@ -44,7 +46,7 @@ for deb in "$out"/debs/*.deb; do
 	esac
 done
 rm -rf "$root/usr/share/doc" "$root/usr/share/man" "$root/usr/share/lintian" "$root/usr/share/locale" \
-	"$root/usr/share/i18n" "$root/usr/lib/$(ls "$root/usr/lib" | grep -- -linux-gnu | head -n 1)/gconv"
+	"$root/usr/share/i18n" "$root"/usr/lib/*-linux-gnu*/gconv
 
 # BusyBox and its applets, as Buildroot installs them (the list asked of the board's own busybox).
 for applet in $("$qemu_user" "$root/bin/busybox" --list-full); do
@@ -60,6 +62,7 @@ depmod -b "$out/kernel" "$kver"
 order=""
 add() { # add MODULE_PATH: its dependencies first (modules.dep), then itself
 	case " $order " in *" $1 "*) return ;; esac
+	# shellcheck disable=SC2013 # modules.dep lists a module's dependencies as words
 	for dep in $(sed -n "s|^$1: *||p" "$mods/modules.dep"); do add "$dep"; done
 	order="$order $1"
 }

@@ -115,27 +115,6 @@ impl Drop for Dir {
     }
 }
 
-/// An ed25519 key pair made by ssh-keygen: (private key path, public key line).
-fn ssh_key(path: &Path) -> (PathBuf, String) {
-    let st = Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "meeting@meeting.test",
-            "-f",
-        ])
-        .arg(path)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let line = std::fs::read_to_string(path.with_extension("pub")).unwrap();
-    (path.to_owned(), line.trim().to_owned())
-}
-
 /// The image's root file system with the test's files appended as a second cpio archive (the
 /// kernel unpacks both into the initramfs).
 fn initrd(board: &Board, dir: &Dir) -> PathBuf {
@@ -276,9 +255,10 @@ fn prove(board: &Board) {
     // Meeting: the fake API (its certificate also names meeting.test, as the board asks for
     // it), Meeting's SSH key, and meeting-proxy deciding by the API, the ssh tunnel from it.
     let api = FakeApi::with_certificate_for(&[KEY], &["127.0.0.1", "localhost", "meeting.test"]);
-    let (meeting_key, meeting_pub) = ssh_key(&dir.0.join("meeting"));
+    let meeting_key = dir.0.join("meeting");
+    let meeting_pub = ssh_keygen_ed25519(&meeting_key, "meeting@meeting.test");
     api.serve_meeting_key(&meeting_pub, None);
-    let (_, host_pub) = ssh_key(&dir.0.join("host"));
+    let host_pub = ssh_keygen_ed25519(&dir.0.join("host"), "host");
     let host_key = host_pub.rsplit_once(' ').unwrap().0;
     api.answer(
         "GET",

@@ -25,29 +25,8 @@ fn uid() -> u32 {
 
 /// An OpenSSH key pair made by ssh-keygen: (private key path, public line, SHA256 fingerprint).
 pub fn openssh_key(path: &Path) -> (PathBuf, String, String) {
-    let _ = std::fs::remove_file(path);
-    let _ = std::fs::remove_file(path.with_extension("pub"));
-    let st = Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "meeting@meeting.example",
-            "-f",
-        ])
-        .arg(path)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let line = std::fs::read_to_string(pub_of(path)).unwrap();
-    (
-        path.to_owned(),
-        line.trim().to_owned(),
-        fingerprint(&pub_of(path)),
-    )
+    let line = ssh_keygen_ed25519(path, "meeting@meeting.example");
+    (path.to_owned(), line, fingerprint(&pub_of(path)))
 }
 
 fn pub_of(path: &Path) -> PathBuf {

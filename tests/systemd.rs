@@ -10,7 +10,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -152,9 +152,9 @@ fn under_systemd_the_key_work_retries_until_meetings_key_is_in_then_runs_hourly(
     let dir = std::env::temp_dir().join(format!("tunnel-agent-systemd-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("meeting")).unwrap();
-    let meeting = meeting_key(&dir.join("meeting/id_ed25519"));
+    let meeting = ssh_keygen_ed25519(&dir.join("meeting/id_ed25519"), "meeting@meeting.example");
     api.serve_meeting_key(&meeting, None);
-    let host = meeting_key(&dir.join("meeting/host_ed25519"));
+    let host = ssh_keygen_ed25519(&dir.join("meeting/host_ed25519"), "host");
     let host_key = host.trim().rsplit_once(' ').unwrap().0;
     api.answer(
         "GET",
@@ -257,21 +257,4 @@ fn secs_after(line: &str, marker: &str) -> f64 {
         .and_then(|t| t.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no number after {marker:?}: {line}"))
-}
-
-/// Meeting's SSH public key line, made by ssh-keygen.
-fn meeting_key(path: &Path) -> String {
-    run(Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "meeting@meeting.example",
-            "-f",
-        ])
-        .arg(path));
-    std::fs::read_to_string(path.with_extension("pub")).unwrap()
 }

@@ -65,6 +65,22 @@ pub fn try_echo_server() -> std::io::Result<u16> {
     Ok(port)
 }
 
+/// An Ed25519 key pair made by OpenSSH's ssh-keygen at `path` (replacing one there), with
+/// `comment`: the public key line, trimmed.
+pub fn ssh_keygen_ed25519(path: &std::path::Path, comment: &str) -> String {
+    let _ = std::fs::remove_file(path);
+    let mut public = path.as_os_str().to_owned();
+    public.push(".pub");
+    let _ = std::fs::remove_file(&public);
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path)
+        .output()
+        .expect("ssh-keygen");
+    ok_stdout(out, "ssh-keygen");
+    std::fs::read_to_string(public).unwrap().trim().to_owned()
+}
+
 /// The standard output of a command that must have succeeded (its stderr in the panic).
 pub fn ok_stdout(out: std::process::Output, what: &str) -> String {
     assert!(

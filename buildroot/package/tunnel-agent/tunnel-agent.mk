@@ -26,7 +26,7 @@ endif
 # Buildroot's cargo environment sets the release profile's opt-level, LTO and codegen units
 # from BR2_OPTIMIZE_* and BR2_ENABLE_LTO (opt-level 2, no LTO, 16 units by default: 2 822 464
 # bytes for aarch64 musl). Unset, the project's own profile in Cargo.toml applies: 2 101 536
-# bytes, against 2 036 000 from `make cross` (ring's C code gets Buildroot's -O2, not -Os).
+# bytes, against 2 036 000 from `make cross` at the time (ring's C code gets Buildroot's -O2, not -Os).
 TUNNEL_AGENT_CARGO_ENV = \
 	env -u CARGO_PROFILE_RELEASE_OPT_LEVEL -u CARGO_PROFILE_RELEASE_LTO \
 	-u CARGO_PROFILE_RELEASE_CODEGEN_UNITS

@@ -1,9 +1,11 @@
-//! One agent's control connection: the handshake decision, then frames from the agent.
+//! One agent's control connection: the handshake decision, then frames from the agent. The
+//! whole handshake (TLS included) must arrive within `handshake_timeout` of the accept, however
+//! it trickles in (OpenSSH's `LoginGraceTime`, nginx's `client_header_timeout`).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use serde_json::{json, Value};
@@ -15,11 +17,41 @@ use tunnel_agent::transport::Control;
 use tunnel_agent::uplink::writer;
 
 use crate::auth::Auth;
+use crate::pending::{Repeated, Slot};
 use crate::registry::{DeviceSession, Registry};
 use crate::settings::{ErrorForm, ReplyMode, Settings};
 
-/// How long an agent may take to send its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refusal line may take to leave: a client that reads nothing gets no more.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+
+/// Handshakes that did not arrive in time, said a few at a time.
+static LATE: Repeated = Repeated::new();
+
+/// The handshake's reads, each bounded by what is left of the deadline: a client sending one
+/// byte at a time cannot hold its connection past it.
+struct ByDeadline {
+    inner: Box<dyn Read + Send>,
+    sock: TcpStream,
+    until: Instant,
+}
+
+impl Read for ByDeadline {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.sock.set_read_timeout(Some(left))?;
+        self.inner.read(buf)
+    }
+}
+
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
+}
 
 /// What the handshake line says.
 struct Hello {
@@ -37,14 +69,15 @@ fn parse_hello(line: &[u8]) -> Result<Hello, String> {
     }
 }
 
-fn refusal(form: ErrorForm, reason: &str) -> Value {
+/// A refusal line in the form the settings ask for.
+pub fn refusal(form: ErrorForm, reason: &str) -> Value {
     match form {
         ErrorForm::Status => json!({"status": "error", "message": reason}),
         ErrorForm::Error => json!({"error": "auth_failed", "reason": reason}),
     }
 }
 
-fn send_line(w: &mut dyn Write, v: &Value) -> std::io::Result<()> {
+fn send_line(w: &mut dyn Write, v: &Value) -> io::Result<()> {
     w.write_all(format!("{v}\n").as_bytes())?;
     w.flush()
 }
@@ -57,42 +90,71 @@ pub type Tls = Option<Arc<rustls::ServerConfig>>;
 pub type Tls = Option<std::convert::Infallible>;
 
 #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
-fn open(sock: TcpStream, tls: &Tls, peer: SocketAddr) -> Option<Control> {
+fn open(sock: TcpStream, tls: &Tls, peer: SocketAddr, left: Duration) -> Option<Control> {
     let _ = sock.set_nodelay(true);
     match tls {
         #[cfg(feature = "tls")]
-        Some(config) => {
-            match tunnel_agent::transport::tls::accept(sock, config.clone(), HANDSHAKE_TIMEOUT) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    warn!("TLS handshake with agent {peer} failed: {e}");
-                    None
-                }
+        Some(config) => match tunnel_agent::transport::tls::accept(sock, config.clone(), left) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!("TLS handshake with agent {peer} failed: {e}");
+                None
             }
-        }
+        },
         #[cfg(not(feature = "tls"))]
         Some(never) => match *never {},
         None => Control::plain(sock).ok(),
     }
 }
 
+/// One accepted connection, and what it needs until its handshake is decided.
+pub struct Accepted {
+    /// The socket.
+    pub sock: TcpStream,
+    /// Its peer.
+    pub peer: SocketAddr,
+    /// When it was accepted: the handshake deadline counts from here.
+    pub at: Instant,
+    /// Its place among the handshakes in progress, given back once decided.
+    pub slot: Slot,
+}
+
 /// Serves one agent connection to its end.
-pub fn serve(sock: TcpStream, settings: &Settings, tls: &Tls, auth: &Auth, registry: &Registry) {
-    let peer = match sock.peer_addr() {
-        Ok(p) => p,
-        Err(_) => return,
-    };
+pub fn serve(conn: Accepted, settings: &Settings, tls: &Tls, auth: &Auth, registry: &Registry) {
+    let Accepted {
+        sock,
+        peer,
+        at,
+        slot,
+    } = conn;
+    let limit = Duration::from_secs_f64(settings.handshake_timeout);
+    let until = at + limit;
     let Some(Control {
         reader,
         mut writer,
         sock,
         ..
-    }) = open(sock, tls, peer)
+    }) = open(
+        sock,
+        tls,
+        peer,
+        until.saturating_duration_since(Instant::now()),
+    )
     else {
         return;
     };
-    let _ = sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
-    let mut reader = BufReader::with_capacity(64 * 1024, reader);
+    let _ = sock.set_write_timeout(Some(REFUSAL_WRITE));
+    let Ok(clock) = sock.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::with_capacity(
+        1024,
+        ByDeadline {
+            inner: reader,
+            sock: clock,
+            until,
+        },
+    );
     if tls.is_none() && reader.fill_buf().is_ok_and(|b| b.first() == Some(&0x16)) {
         warn!(
             "agent {peer} started a TLS handshake but this port is plain TCP: start meeting-proxy \
@@ -104,7 +166,28 @@ pub fn serve(sock: TcpStream, settings: &Settings, tls: &Tls, auth: &Auth, regis
         );
         return;
     }
-    let hello = match read_bounded_line(&mut reader, MAX_REPLY_LINE) {
+    let read = read_bounded_line(&mut reader, MAX_REPLY_LINE);
+    // A read cut by the deadline ends as a partial line (or a timeout error).
+    let late = Instant::now() >= until
+        && matches!(&read, Ok(BoundedLine::Partial(_)) | Err(_))
+        && read.as_ref().err().is_none_or(timed_out);
+    if late {
+        let why = format!("handshake not received within {} s", limit.as_secs_f64());
+        let (say, unsaid) = LATE.allow();
+        if let Some(n) = unsaid {
+            warn!(
+                "{n} more connections sent no complete handshake in time (not logged one by one)"
+            );
+        }
+        if say {
+            warn!("agent {peer}: {why}; closed");
+        }
+        if settings.reply == ReplyMode::Normal {
+            let _ = send_line(&mut writer, &refusal(settings.error_form, &why));
+        }
+        return;
+    }
+    let hello = match read {
         Ok(BoundedLine::Line(l)) => parse_hello(&l),
         Ok(BoundedLine::Partial(l)) if l.is_empty() => {
             info!("agent {peer} sent no handshake; closed");
@@ -153,7 +236,18 @@ pub fn serve(sock: TcpStream, settings: &Settings, tls: &Tls, auth: &Auth, regis
         (Ok(()), ReplyMode::Normal | ReplyMode::None) => {}
     }
     let key = hello.name;
+    // Decided: the slot goes back, and the frames are read without a deadline, from what the
+    // handshake's buffer holds beyond the line (nothing, from an agent waiting for its reply).
+    drop(slot);
     let _ = sock.set_read_timeout(None);
+    let _ = sock.set_write_timeout(None);
+    let beyond = reader.buffer().to_vec();
+    let inner = reader.into_inner().inner;
+    let inner: Box<dyn Read + Send> = match beyond.is_empty() {
+        true => inner,
+        false => Box::new(io::Cursor::new(beyond).chain(inner)),
+    };
+    let reader = BufReader::with_capacity(64 * 1024, inner);
     let reply = (settings.reply == ReplyMode::Normal)
         .then(|| json!({"status": "authenticated", "device_key": key}));
     frames(sock, reader, writer, (key, source), peer, registry, reply);

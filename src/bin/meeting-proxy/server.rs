@@ -12,9 +12,13 @@ use log::{info, warn};
 use tunnel_agent::meeting::{ApiError, ApiUrl, Client};
 
 use crate::auth::Auth;
+use crate::pending::{Pending, Repeated};
 use crate::registry::Registry;
 use crate::settings::{ReplyMode, Settings, Tunnel};
 use crate::{control, public, tunnels};
+
+/// Connections refused for too many handshakes in progress, said a few at a time.
+static CROWDED: Repeated = Repeated::new();
 
 /// Why the proxy could not start.
 #[derive(Debug)]
@@ -96,6 +100,7 @@ pub struct Server {
     registry: Arc<Registry>,
     auth: Arc<Auth>,
     control: TcpListener,
+    pending: Arc<Pending>,
 }
 
 impl Server {
@@ -122,6 +127,7 @@ impl Server {
             start_poller(client, &settings, &registry)?;
         }
         Ok(Server {
+            pending: Pending::new(settings.max_pending_per_address, settings.max_pending),
             settings: Arc::new(settings),
             tls: Arc::new(tls),
             registry,
@@ -150,17 +156,7 @@ impl Server {
         }
         for conn in self.control.incoming() {
             match conn {
-                Ok(sock) => {
-                    let (s, t) = (self.settings.clone(), self.tls.clone());
-                    let (a, r) = (self.auth.clone(), self.registry.clone());
-                    if let Err(e) = thread::Builder::new()
-                        .name("agent".into())
-                        .stack_size(public::THREAD_STACK)
-                        .spawn(move || control::serve(sock, &s, &t, &a, &r))
-                    {
-                        warn!("cannot start a thread for an agent connection: {e}");
-                    }
-                }
+                Ok(sock) => self.admit(sock),
                 Err(e) => {
                     warn!("accept failed: {e}");
                     // Out of descriptors or memory: do not spin on it.
@@ -169,6 +165,54 @@ impl Server {
             }
         }
         ExitCode::SUCCESS
+    }
+
+    /// Gives an accepted connection its thread, or, over the bounds of handshakes in
+    /// progress, one refusal line (never waiting on the client) and a close.
+    fn admit(&self, sock: std::net::TcpStream) {
+        let Ok(peer) = sock.peer_addr() else {
+            return;
+        };
+        let at = std::time::Instant::now();
+        let slot = match self.pending.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(over) => {
+                let (say, unsaid) = CROWDED.allow();
+                if let Some(n) = unsaid {
+                    warn!("{n} more connections refused for too many handshakes in progress (not logged one by one)");
+                }
+                if say {
+                    warn!(
+                        "agent {peer} refused: {over} (max_pending_per_address {}, max_pending {})",
+                        self.settings.max_pending_per_address, self.settings.max_pending
+                    );
+                }
+                if self.settings.reply == ReplyMode::Normal {
+                    let line = control::refusal(
+                        self.settings.error_form,
+                        &format!("busy: {over}; try again in a minute"),
+                    );
+                    let _ = sock.set_nonblocking(true);
+                    let _ = std::io::Write::write(&mut &sock, format!("{line}\n").as_bytes());
+                }
+                return;
+            }
+        };
+        let conn = control::Accepted {
+            sock,
+            peer,
+            at,
+            slot,
+        };
+        let (s, t) = (self.settings.clone(), self.tls.clone());
+        let (a, r) = (self.auth.clone(), self.registry.clone());
+        if let Err(e) = thread::Builder::new()
+            .name("agent".into())
+            .stack_size(public::THREAD_STACK)
+            .spawn(move || control::serve(conn, &s, &t, &a, &r))
+        {
+            warn!("cannot start a thread for an agent connection: {e}");
+        }
     }
 }
 
@@ -199,12 +243,39 @@ fn api_client(settings: &Settings) -> Result<Option<Client>, StartError> {
     Ok(Some(client))
 }
 
+/// A listener with the kernel's largest accept queue (`net.core.somaxconn`; the standard
+/// library asks for 128), so a reconnect storm after a restart waits in the queue instead of
+/// losing SYNs.
 fn listen(addr: &str, what: &'static str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).map_err(|err| StartError::Listen {
+    let failed = |err| StartError::Listen {
         what,
         addr: addr.to_owned(),
         err,
-    })
+    };
+    bind_listener(addr).map_err(failed)
+}
+
+/// A listening socket on `addr` (`HOST:PORT`, resolved) with the accept queue
+/// [`listen_backlog`].
+pub fn bind_listener(addr: &str) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(addr)?
+        .next()
+        .ok_or(std::io::ErrorKind::AddrNotAvailable)?;
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(listen_backlog())?;
+    Ok(sock.into())
+}
+
+/// `net.core.somaxconn` (the kernel caps every backlog there), else 4096.
+pub fn listen_backlog() -> i32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|n: &i32| *n > 0)
+        .unwrap_or(4096)
 }
 
 /// A `--tunnel`: its public listener, served on a thread of its own.

@@ -92,6 +92,12 @@ pub struct Settings {
     pub cache_accept: f64,
     /// Seconds a refusal's answer is reused.
     pub cache_refuse: f64,
+    /// Seconds from accept within which the whole handshake (TLS included) must arrive.
+    pub handshake_timeout: f64,
+    /// Handshakes in progress from one address; more are refused at once.
+    pub max_pending_per_address: usize,
+    /// Handshakes in progress in all; more are refused at once.
+    pub max_pending: usize,
 }
 
 impl Default for Settings {
@@ -113,6 +119,9 @@ impl Default for Settings {
             close_expired: false,
             cache_accept: 60.0,
             cache_refuse: 5.0,
+            handshake_timeout: 10.0,
+            max_pending_per_address: 32,
+            max_pending: 1024,
         }
     }
 }
@@ -132,6 +141,24 @@ impl Settings {
                 ));
             }
         }
+        if !(self.handshake_timeout.is_finite() && (0.1..=30.0).contains(&self.handshake_timeout)) {
+            return Err(format!(
+                "handshake_timeout {}: expected seconds between 0.1 and 30",
+                self.handshake_timeout
+            ));
+        }
+        if !(1..=100).contains(&self.max_pending_per_address) {
+            return Err(format!(
+                "max_pending_per_address {}: expected 1 to 100",
+                self.max_pending_per_address
+            ));
+        }
+        if !(1..=65_536).contains(&self.max_pending) {
+            return Err(format!(
+                "max_pending {}: expected 1 to 65536",
+                self.max_pending
+            ));
+        }
         if let Some((lo, hi)) = self.public_ports {
             if lo == 0 || lo > hi {
                 return Err(format!(
@@ -150,6 +177,12 @@ impl Settings {
 fn seconds(flag: &str, v: &str) -> Result<f64, String> {
     v.parse::<f64>()
         .map_err(|_| format!("{flag} '{v}': expected a number of seconds, e.g. 5 or 0.5"))
+}
+
+/// A count as given on the command line.
+fn count(flag: &str, v: &str) -> Result<usize, String> {
+    v.parse::<usize>()
+        .map_err(|_| format!("{flag} '{v}': expected a whole number"))
 }
 
 fn parse_range(v: &str) -> Result<(u16, u16), String> {
@@ -193,12 +226,22 @@ Meeting API (a drop-in for the production proxy):
   --cache-accept SECS, --cache-refuse SECS
                              how long an API answer is reused (default 60 and 5)
 
+Facing the internet:
+  --handshake-timeout SECS   the whole handshake must arrive within SECS of the accept, or
+                             the connection gets an error line and is closed (default 10,
+                             at most 30)
+  --max-pending-per-address N, --max-pending N
+                             handshakes in progress from one address, and in all; a
+                             connection over either gets a \"busy\" refusal at once, with no
+                             thread started (default 32 and 1024)
+
   --config FILE              the same settings as JSON: {\"listen\", \"devices\": [{\"key\",
                              \"token\", \"authorized\"}], \"tunnels\": [{\"listen\", \"device\",
                              \"port\"}], \"reply\", \"error_form\", \"tls_cert\", \"tls_key\",
                              \"api_url\", \"api_ca_file\", \"api_timeout\", \"tunnels_interval\",
                              \"public_bind\", \"public_ports\": [LOW, HIGH], \"close_expired\",
-                             \"cache_accept\", \"cache_refuse\"}; flags add to it
+                             \"cache_accept\", \"cache_refuse\", \"handshake_timeout\",
+                             \"max_pending_per_address\", \"max_pending\"}; flags add to it
   -v, -q                     more / less logging
   -h, --help, -V, --version";
 
@@ -246,6 +289,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--tunnels-interval" => settings.tunnels_interval = seconds(arg, &value(arg)?)?,
             "--cache-accept" => settings.cache_accept = seconds(arg, &value(arg)?)?,
             "--cache-refuse" => settings.cache_refuse = seconds(arg, &value(arg)?)?,
+            "--handshake-timeout" => settings.handshake_timeout = seconds(arg, &value(arg)?)?,
+            "--max-pending-per-address" => {
+                settings.max_pending_per_address = count(arg, &value(arg)?)?
+            }
+            "--max-pending" => settings.max_pending = count(arg, &value(arg)?)?,
             "--public-bind" => settings.public_bind = value("--public-bind")?,
             "--public-ports" => settings.public_ports = Some(parse_range(&value(arg)?)?),
             "--close-expired" => settings.close_expired = true,

@@ -6,7 +6,6 @@
 //! leaves their ports alone).
 
 use std::collections::{HashMap, HashSet};
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -212,7 +211,7 @@ impl Poller {
     /// Opens the public port of `t`, served on a thread of its own.
     fn open_one(&self, port: u16, t: &ApiTunnel) -> Result<Open, String> {
         let listen = join(&self.bind, port);
-        let listener = TcpListener::bind(&listen)
+        let listener = crate::server::bind_listener(&listen)
             .map_err(|e| format!("cannot listen on {listen}: {e}; retried at the next poll"))?;
         let gate = Arc::new(Gate::new(&listener));
         let tunnel = Tunnel {

@@ -1,0 +1,198 @@
+//! meeting-proxy facing the internet (issue 28): attackers connect from other loopback
+//! addresses (127.0.0.2, …: the whole of 127.0.0.0/8 is local) to the real proxy while a real
+//! agent for the device keeps working; the proxy's threads and descriptors are read from
+//! `/proc`, during each attack and after.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// A TCP connection to `to` from the loopback address `from`.
+fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let ip: IpAddr = from.parse().unwrap();
+    sock.bind(&SocketAddr::new(ip, 0).into()).unwrap();
+    sock.connect(&to.into()).unwrap();
+    sock.into()
+}
+
+/// Everything the proxy sends until it closes (or `SOON` passes), as text.
+fn until_closed(s: &TcpStream) -> String {
+    s.set_read_timeout(Some(SOON)).unwrap();
+    let mut all = Vec::new();
+    let _ = (&*s).read_to_end(&mut all);
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+fn threads(p: &Proxy) -> u64 {
+    status_field(p.proc.pid(), "Threads:")
+}
+
+/// Waits until `f` holds, for at most `SOON` (a count read from /proc settles after closes).
+fn settles(what: &str, f: impl Fn() -> bool) {
+    let until = Instant::now() + SOON;
+    while !f() {
+        assert!(Instant::now() < until, "{what}");
+        // Polling /proc: the kernel gives no signal when a thread has gone.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A real agent for the device, through the proxy's tunnel to an echo service.
+fn device_works(proxy: &Proxy) {
+    let data = random_bytes(64 * 1024, 3);
+    assert_eq!(echo_through(proxy.tunnels[0], &data), data);
+}
+
+#[test]
+fn the_whole_handshake_has_a_deadline_however_it_trickles_in() {
+    let echo = echo_server();
+    let proxy = Proxy::for_ports(&[echo], &["--handshake-timeout", "2"]);
+    let _agent = proxy.agent(&[]);
+    proxy.wait_agent(1);
+
+    // Silent: nothing sent at all.
+    let started = Instant::now();
+    let silent = connect_from("127.0.0.2", proxy.control);
+    let said = until_closed(&silent);
+    assert!(
+        said.contains("handshake not received within 2 s"),
+        "{said:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(2));
+
+    // Trickling: one byte every 300 ms (each read alone would never time out). The proxy
+    // answers and closes at the deadline, while the client is still sending.
+    let trickle = connect_from("127.0.0.3", proxy.control);
+    let mut closed = false;
+    for b in br#"{"token": "000000", "name": "3316A52EB08837267BF6BD3E2B2E8DC7"}"#
+        .iter()
+        .cycle()
+        .take(40)
+    {
+        if (&trickle).write_all(&[*b]).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let said = until_closed(&trickle);
+    assert!(
+        closed || said.contains("handshake not received within 2 s"),
+        "{said:?}"
+    );
+    assert!(
+        said.contains("handshake not received within 2 s"),
+        "{said:?}"
+    );
+    let logged = proxy.proc.wait_for("agent 127.0.0.3:", SOON);
+    assert!(
+        logged.contains("handshake not received within 2 s; closed"),
+        "{logged}"
+    );
+    // The device was served throughout.
+    device_works(&proxy);
+}
+
+#[test]
+fn pending_handshakes_are_bounded_per_address_and_in_total_without_a_thread() {
+    let echo = echo_server();
+    let proxy = Proxy::for_ports(
+        &[echo],
+        &[
+            "--max-pending-per-address",
+            "5",
+            "--max-pending",
+            "12",
+            "--handshake-timeout",
+            "30",
+        ],
+    );
+    let _agent = proxy.agent(&[]);
+    proxy.wait_agent(1);
+    let base = threads(&proxy);
+
+    // One address: five handshakes in progress; the others are refused at once.
+    let held: Vec<TcpStream> = (0..5)
+        .map(|_| connect_from("127.0.0.2", proxy.control))
+        .collect();
+    settles("five handshake threads", || threads(&proxy) == base + 5);
+    for _ in 0..50 {
+        let s = connect_from("127.0.0.2", proxy.control);
+        let said = until_closed(&s);
+        assert!(
+            said.contains("busy: 5 handshakes from this address are in progress"),
+            "{said:?}"
+        );
+    }
+    assert_eq!(threads(&proxy), base + 5, "a refusal started a thread");
+    // The device and its users are served meanwhile.
+    device_works(&proxy);
+
+    // In total: twelve in progress across addresses, then every address is refused.
+    let more: Vec<TcpStream> = ["127.0.0.3", "127.0.0.4"]
+        .iter()
+        .flat_map(|a| (0..5).map(move |_| *a))
+        .map(|a| connect_from(a, proxy.control))
+        .collect();
+    settles("ten more handshake threads, two of them refused", || {
+        threads(&proxy) == base + 12
+    });
+    let s = connect_from("127.0.0.5", proxy.control);
+    let said = until_closed(&s);
+    assert!(
+        said.contains("busy: 12 handshakes are in progress"),
+        "{said:?}"
+    );
+    // Not logged once per connection.
+    assert!(
+        proxy.proc.count("refused: ") <= 3 + 1,
+        "{}",
+        proxy.proc.output()
+    );
+
+    // Released: the threads go, and the address gets a handshake again.
+    drop(held);
+    drop(more);
+    settles("the handshake threads gone", || threads(&proxy) == base);
+    let s = connect_from("127.0.0.2", proxy.control);
+    (&s).write_all(b"not json\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).unwrap();
+    assert!(line.contains("malformed handshake"), "{line:?}");
+}
+
+#[test]
+fn the_listeners_take_a_reconnect_storm_in_their_queue() {
+    if !may_run(
+        "the_listeners_take_a_reconnect_storm_in_their_queue",
+        &[tool("ss", "iproute2")],
+    ) {
+        return;
+    }
+    let proxy = Proxy::for_ports(&[echo_server()], &[]);
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    for addr in [proxy.control, proxy.tunnels[0]] {
+        let out = std::process::Command::new("ss")
+            .args(["-Hltn", &format!("sport = :{}", addr.port())])
+            .output()
+            .unwrap();
+        let text = ok_stdout(out, "ss");
+        // Listening sockets: Recv-Q is the queue now, Send-Q the backlog asked for.
+        let backlog: u32 = text
+            .split_whitespace()
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("ss: {text}"));
+        assert_eq!(backlog, somaxconn, "{addr}: {text}");
+    }
+}

@@ -196,3 +196,85 @@ fn the_listeners_take_a_reconnect_storm_in_their_queue() {
         assert_eq!(backlog, somaxconn, "{addr}: {text}");
     }
 }
+
+#[test]
+fn a_device_that_takes_nothing_is_dropped_after_send_timeout_with_all_it_held() {
+    // The "device": a handshake, then it never reads again (a wedged agent, or an attacker
+    // holding a stolen token).
+    let echo = echo_server();
+    let proxy = Proxy::for_ports(&[echo], &["--send-timeout", "2"]);
+    let base_threads = threads(&proxy);
+    let base_fds = open_fds(proxy.proc.pid());
+    let device = connect_from("127.0.0.2", proxy.control);
+    (&device)
+        .write_all(format!("{{\"token\": \"{TOKEN}\", \"name\": \"{KEY}\"}}\n").as_bytes())
+        .unwrap();
+    let mut reply = String::new();
+    BufReader::new(&device).read_line(&mut reply).unwrap();
+    assert!(reply.contains("authenticated"), "{reply:?}");
+    proxy.wait_agent(1);
+
+    // Public clients push data at it until the socket buffers are full.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let c = TcpStream::connect(proxy.tunnels[0]).unwrap();
+            let w = c.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let chunk = vec![7u8; 64 * 1024];
+                while (&w).write_all(&chunk).is_ok() {}
+            });
+            c
+        })
+        .collect();
+    let dropped = proxy.proc.wait_for(
+        &format!("device {KEY} from 127.0.0.2:"),
+        Duration::from_secs(20),
+    );
+    // (A client whose open request could not be sent to the stuck device is not one of them
+    // yet; its connection is closed all the same, below.)
+    assert!(
+        dropped.contains("the device took no data for 2 s (send_timeout); dropped with its ")
+            && dropped.ends_with(" public connection(s)"),
+        "{dropped}"
+    );
+    // Everything it held is released: the public connections are closed, and the proxy is
+    // back to its threads and descriptors from before.
+    for c in &clients {
+        c.set_read_timeout(Some(SOON)).unwrap();
+        let mut buf = [0u8; 1];
+        assert!(matches!((&*c).read(&mut buf), Ok(0) | Err(_)));
+    }
+    drop(clients);
+    drop(device);
+    settles("the device's threads gone", || {
+        threads(&proxy) <= base_threads
+    });
+    settles("the device's descriptors closed", || {
+        open_fds(proxy.proc.pid()) <= base_fds
+    });
+}
+
+#[test]
+fn agents_connections_get_keepalive_and_a_user_timeout() {
+    if !may_run(
+        "agents_connections_get_keepalive_and_a_user_timeout",
+        &[tool("ss", "iproute2")],
+    ) {
+        return;
+    }
+    let proxy = Proxy::for_ports(&[echo_server()], &[]);
+    let _agent = proxy.agent(&[]);
+    proxy.wait_agent(1);
+    // The proxy's end of the agent's connection, as ss shows its timers and options.
+    let out = std::process::Command::new("ss")
+        .args([
+            "-Htnoi",
+            "state",
+            "established",
+            &format!("sport = :{}", proxy.control.port()),
+        ])
+        .output()
+        .unwrap();
+    let text = ok_stdout(out, "ss");
+    assert!(text.contains("timer:(keepalive"), "{text}");
+}

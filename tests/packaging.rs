@@ -304,7 +304,9 @@ fn init_script_with_busybox_start_stop_daemon() {
     );
     assert!(!pidfile.exists(), "pidfile left behind");
     syslog_line(&log, "tunnel-agent stopped");
-    proxy.proc.wait_for("agent closed the connection", SOON);
+    proxy
+        .proc
+        .wait_for("the device closed the connection", SOON);
     let out = script(&t.0, "status", &env);
     assert_eq!(
         out.status.code(),

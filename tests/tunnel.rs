@@ -139,7 +139,7 @@ fn sigterm_closes_channels_and_exits_zero_promptly() {
     // The agent sent C for the open stream: the public client sees the close.
     let mut buf = [0u8; 8];
     assert_eq!((&open).read(&mut buf).unwrap_or(0), 0);
-    proxy.proc.wait_for("agent closed stream 1", SOON);
+    proxy.proc.wait_for("the device closed stream 1", SOON);
     assert!(agent.output().contains("received SIGTERM"));
     // Not a performance figure: the orderly stop must not have fallen back to the watchdog.
     assert!(
@@ -189,6 +189,11 @@ fn a_new_device_connection_replaces_the_old_one() {
         .unwrap();
     assert!(reply.contains("authenticated"), "{reply}");
     proxy.proc.wait_for("replaces the one from", SOON);
+    // The replaced session is logged as replaced, not as closed by the device.
+    proxy.proc.wait_for(
+        "disconnected: replaced by a new connection from 127.0.0.1:",
+        SOON,
+    );
     agent.wait_for("connection lost", SOON);
     // The hand-made connection goes away; the agent comes back and carries data again.
     drop(other);

@@ -81,9 +81,33 @@ pub enum FrameError {
     Io(io::Error),
 }
 
-impl fmt::Display for FrameError {
+/// Who sent the frames a [`FrameError`] is about: its words name that peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// The Meeting proxy (the agent reading).
+    Proxy,
+    /// The device's agent (the proxy reading).
+    Device,
+}
+
+/// A [`FrameError`] worded for its sender ([`FrameError::from_sender`]).
+pub struct Worded<'a>(&'a FrameError, Sender);
+
+impl FrameError {
+    /// The error in words that name who sent the frames. `Display` is the agent's view
+    /// (frames from the proxy).
+    pub fn from_sender(&self, sender: Sender) -> Worded<'_> {
+        Worded(self, sender)
+    }
+}
+
+impl fmt::Display for Worded<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
+        let (peer, sends, kind_of) = match self.1 {
+            Sender::Proxy => ("the proxy", "any Meeting proxy sends", "a Meeting proxy"),
+            Sender::Device => ("the device", "any tunnel agent sends", "a tunnel agent"),
+        };
+        match self.0 {
             FrameError::TooLong {
                 kind,
                 stream,
@@ -91,23 +115,29 @@ impl fmt::Display for FrameError {
                 max,
             } => write!(
                 f,
-                "protocol error: the proxy announced a {len}-byte payload (type {}, stream {stream}), \
-                 more than the {max} bytes any Meeting proxy sends; the stream is out of sync or \
-                 this is not a Meeting proxy",
+                "protocol error: {peer} announced a {len}-byte payload (type {}, stream {stream}), \
+                 more than the {max} bytes {sends}; the stream is out of sync or this is not \
+                 {kind_of}",
                 printable_type(*kind)
             ),
             FrameError::Truncated { got, expected } => match expected {
                 Some(n) => write!(
                     f,
-                    "the proxy closed the connection in the middle of a frame ({got} of {n} bytes)"
+                    "{peer} closed the connection in the middle of a frame ({got} of {n} bytes)"
                 ),
                 None => write!(
                     f,
-                    "the proxy closed the connection in the middle of a frame header ({got} of {HEADER_LEN} bytes)"
+                    "{peer} closed the connection in the middle of a frame header ({got} of {HEADER_LEN} bytes)"
                 ),
             },
-            FrameError::Io(e) => write!(f, "reading from the proxy failed: {e}"),
+            FrameError::Io(e) => write!(f, "reading from {peer} failed: {e}"),
         }
+    }
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.from_sender(Sender::Proxy).fmt(f)
     }
 }
 

@@ -11,7 +11,9 @@ use log::{info, warn};
 use serde_json::{json, Value};
 
 use tunnel_agent::bytes::printable::{printable, trim_ascii};
-use tunnel_agent::protocol::frame::{printable_type, Frame, FrameReader, DEFAULT_MAX_FRAME};
+use tunnel_agent::protocol::frame::{
+    printable_type, Frame, FrameReader, Sender, DEFAULT_MAX_FRAME,
+};
 use tunnel_agent::protocol::handshake::{read_bounded_line, BoundedLine, MAX_REPLY_LINE};
 use tunnel_agent::transport::Control;
 use tunnel_agent::uplink::writer;
@@ -23,6 +25,15 @@ use crate::settings::{ErrorForm, ReplyMode, Settings};
 
 /// How long a refusal line may take to leave: a client that reads nothing gets no more.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+
+/// Dead-link detection on agents' connections: the agent's own defaults.
+const AGENT_KEEPALIVE: tunnel_agent::transport::tcp::Keepalive =
+    tunnel_agent::transport::tcp::Keepalive {
+        idle: Duration::from_secs(30),
+        interval: Duration::from_secs(10),
+        count: 3,
+        user_timeout: Duration::from_secs(60),
+    };
 
 /// Handshakes that did not arrive in time, said a few at a time.
 static LATE: Repeated = Repeated::new();
@@ -240,7 +251,11 @@ pub fn serve(conn: Accepted, settings: &Settings, tls: &Tls, auth: &Auth, regist
     // handshake's buffer holds beyond the line (nothing, from an agent waiting for its reply).
     drop(slot);
     let _ = sock.set_read_timeout(None);
-    let _ = sock.set_write_timeout(None);
+    // A device that takes nothing for send_timeout is dropped (its writes fail, the writer
+    // shuts the socket); a dead link is noticed as the agent notices it.
+    let send_timeout = Duration::from_secs_f64(settings.send_timeout);
+    let _ = sock.set_write_timeout(Some(send_timeout));
+    tunnel_agent::transport::tcp::arm_keepalive(&sock, &AGENT_KEEPALIVE);
     let beyond = reader.buffer().to_vec();
     let inner = reader.into_inner().inner;
     let inner: Box<dyn Read + Send> = match beyond.is_empty() {
@@ -250,18 +265,34 @@ pub fn serve(conn: Accepted, settings: &Settings, tls: &Tls, auth: &Auth, regist
     let reader = BufReader::with_capacity(64 * 1024, inner);
     let reply = (settings.reply == ReplyMode::Normal)
         .then(|| json!({"status": "authenticated", "device_key": key}));
-    frames(sock, reader, writer, (key, source), peer, registry, reply);
+    let link = Link {
+        sock,
+        reader,
+        writer,
+        peer,
+        send_timeout,
+    };
+    frames(link, (key, source), registry, reply);
 }
 
-fn frames(
+/// An authenticated device's connection.
+struct Link {
     sock: TcpStream,
     reader: BufReader<Box<dyn Read + Send>>,
-    mut writer: Box<dyn Write + Send>,
-    (key, source): (String, &str),
-    peer: std::net::SocketAddr,
-    registry: &Registry,
-    reply: Option<Value>,
-) {
+    writer: Box<dyn Write + Send>,
+    peer: SocketAddr,
+    /// How long a write to it may make no progress.
+    send_timeout: Duration,
+}
+
+fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply: Option<Value>) {
+    let Link {
+        sock,
+        reader,
+        mut writer,
+        peer,
+        send_timeout,
+    } = link;
     // The reply is written before the session is registered: no open request can go ahead of
     // it, and a newer connection for the device cannot cut this one off with its reply unsent.
     if let Some(reply) = &reply {
@@ -282,7 +313,7 @@ fn frames(
             "device {key}: new connection from {peer} replaces the one from {}; closing the old one",
             old.peer
         );
-        old.close();
+        old.replace(peer);
     }
     info!(
         "device {key} connected from {peer}: authenticated ({source}){}",
@@ -304,24 +335,32 @@ fn frames(
             }
             Ok(Some(Frame::Close { stream })) => {
                 if session.remove_stream(stream) {
-                    info!("device {key}: agent closed stream {stream}");
+                    info!("device {key}: the device closed stream {stream}");
                 }
             }
             Ok(Some(Frame::Open { stream, .. } | Frame::BadOpen { stream, .. })) => {
-                warn!("device {key}: agent sent an open request (stream {stream}); agents may not open streams, ignored");
+                warn!("device {key}: the device sent an open request (stream {stream}); devices may not open streams, ignored");
             }
             Ok(Some(Frame::Unknown { kind, stream, len })) => warn!(
                 "device {key}: ignoring frame of unknown type {} (stream {stream}, {len} bytes)",
                 printable_type(kind)
             ),
-            Ok(None) => break "agent closed the connection".to_owned(),
-            Err(e) => break e.to_string(),
+            Ok(None) => break "the device closed the connection".to_owned(),
+            Err(e) => break e.from_sender(Sender::Device).to_string(),
         }
     };
     registry.remove_if_current(&session);
     session.close();
     tx.finish();
     drop(tx);
-    let _ = writer.join();
+    let streams = session.streams_at_close();
+    let why = match (writer.join(), session.replaced_by()) {
+        (_, Some(by)) => format!("replaced by a new connection from {by}"),
+        (Ok(Err(e)), None) if timed_out(&e) => format!(
+            "the device took no data for {} s (send_timeout); dropped with its {streams} public connection(s)",
+            send_timeout.as_secs_f64()
+        ),
+        _ => why,
+    };
     info!("device {key} from {peer} disconnected: {why}");
 }

@@ -19,6 +19,10 @@ pub struct DeviceSession {
     sock: TcpStream,
     streams: Mutex<HashMap<u32, Arc<TcpStream>>>,
     next_id: AtomicU32,
+    /// How many public connections `close` cut.
+    closed_streams: AtomicU32,
+    /// The address of the connection that replaced this one.
+    replaced_by: Mutex<Option<SocketAddr>>,
 }
 
 impl DeviceSession {
@@ -31,6 +35,8 @@ impl DeviceSession {
             sock,
             streams: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
+            closed_streams: AtomicU32::new(0),
+            replaced_by: Mutex::new(None),
         }
     }
 
@@ -65,8 +71,25 @@ impl DeviceSession {
     pub fn close(&self) {
         for (_, s) in self.streams().drain() {
             let _ = s.shutdown(Shutdown::Both);
+            self.closed_streams.fetch_add(1, Ordering::Relaxed);
         }
         let _ = self.sock.shutdown(Shutdown::Both);
+    }
+
+    /// Closes this session for a newer one from `by`.
+    pub fn replace(&self, by: SocketAddr) {
+        *self.replaced_by.lock().unwrap_or_else(|p| p.into_inner()) = Some(by);
+        self.close();
+    }
+
+    /// The address of the connection that replaced this one, if one did.
+    pub fn replaced_by(&self) -> Option<SocketAddr> {
+        *self.replaced_by.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many public connections [`DeviceSession::close`] cut.
+    pub fn streams_at_close(&self) -> u32 {
+        self.closed_streams.load(Ordering::Relaxed)
     }
 }
 

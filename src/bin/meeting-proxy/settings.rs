@@ -98,6 +98,8 @@ pub struct Settings {
     pub max_pending_per_address: usize,
     /// Handshakes in progress in all; more are refused at once.
     pub max_pending: usize,
+    /// Seconds a device (or a public client) may take nothing before it is dropped.
+    pub send_timeout: f64,
 }
 
 impl Default for Settings {
@@ -122,6 +124,7 @@ impl Default for Settings {
             handshake_timeout: 10.0,
             max_pending_per_address: 32,
             max_pending: 1024,
+            send_timeout: 60.0,
         }
     }
 }
@@ -134,6 +137,7 @@ impl Settings {
             ("tunnels_interval", self.tunnels_interval, 0.1),
             ("cache_accept", self.cache_accept, 0.0),
             ("cache_refuse", self.cache_refuse, 0.0),
+            ("send_timeout", self.send_timeout, 0.1),
         ] {
             if !(v.is_finite() && (min..=86_400.0).contains(&v)) {
                 return Err(format!(
@@ -234,6 +238,9 @@ Facing the internet:
                              handshakes in progress from one address, and in all; a
                              connection over either gets a \"busy\" refusal at once, with no
                              thread started (default 32 and 1024)
+  --send-timeout SECS        a device whose connection takes no data for SECS is dropped,
+                             with its public connections (default 60); agents' connections
+                             also get TCP keepalive and TCP_USER_TIMEOUT, as the agent's do
 
   --config FILE              the same settings as JSON: {\"listen\", \"devices\": [{\"key\",
                              \"token\", \"authorized\"}], \"tunnels\": [{\"listen\", \"device\",
@@ -241,7 +248,8 @@ Facing the internet:
                              \"api_url\", \"api_ca_file\", \"api_timeout\", \"tunnels_interval\",
                              \"public_bind\", \"public_ports\": [LOW, HIGH], \"close_expired\",
                              \"cache_accept\", \"cache_refuse\", \"handshake_timeout\",
-                             \"max_pending_per_address\", \"max_pending\"}; flags add to it
+                             \"max_pending_per_address\", \"max_pending\",
+                             \"send_timeout\"}; flags add to it
   -v, -q                     more / less logging
   -h, --help, -V, --version";
 
@@ -294,6 +302,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 settings.max_pending_per_address = count(arg, &value(arg)?)?
             }
             "--max-pending" => settings.max_pending = count(arg, &value(arg)?)?,
+            "--send-timeout" => settings.send_timeout = seconds(arg, &value(arg)?)?,
             "--public-bind" => settings.public_bind = value("--public-bind")?,
             "--public-ports" => settings.public_ports = Some(parse_range(&value(arg)?)?),
             "--close-expired" => settings.close_expired = true,

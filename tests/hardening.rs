@@ -13,8 +13,17 @@ use support::*;
 
 /// A TCP connection to `to` from the loopback address `from`.
 fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    connect_with(from, to, None)
+}
+
+/// The same, with a receive buffer of `rcvbuf` bytes (no autotuning): a client that stops
+/// reading fills it at once.
+fn connect_with(from: &str, to: SocketAddr, rcvbuf: Option<usize>) -> TcpStream {
     use socket2::{Domain, Socket, Type};
     let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    if let Some(n) = rcvbuf {
+        sock.set_recv_buffer_size(n).unwrap();
+    }
     let ip: IpAddr = from.parse().unwrap();
     sock.bind(&SocketAddr::new(ip, 0).into()).unwrap();
     sock.connect(&to.into()).unwrap();
@@ -277,4 +286,58 @@ fn agents_connections_get_keepalive_and_a_user_timeout() {
         .unwrap();
     let text = ok_stdout(out, "ss");
     assert!(text.contains("timer:(keepalive"), "{text}");
+}
+
+#[test]
+fn a_public_client_that_stops_reading_costs_only_its_own_stream() {
+    let echo = echo_server();
+    let proxy = Proxy::for_ports(&[echo], &[]);
+    let agent = proxy.agent(&[]);
+    proxy.wait_agent(1);
+    device_works(&proxy);
+
+    // The attacker pushes through the echo service and reads nothing.
+    let stuck = connect_with("127.0.0.2", proxy.tunnels[0], Some(4096));
+    let pusher = {
+        let w = stuck.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let chunk = vec![1u8; 64 * 1024];
+            let mut sent = 0usize;
+            while sent < 64 << 20 && (&w).write_all(&chunk).is_ok() {
+                sent += chunk.len();
+            }
+        })
+    };
+    // Another user of the same device goes on being served throughout: each round trip well
+    // within the 60 s the whole device used to freeze for.
+    let mut worst = Duration::ZERO;
+    let started = Instant::now();
+    while proxy.proc.count("stopped reading") == 0 || started.elapsed() < Duration::from_secs(4) {
+        let t = Instant::now();
+        let data = random_bytes(16 * 1024, 9);
+        assert_eq!(echo_through(proxy.tunnels[0], &data), data);
+        worst = worst.max(t.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{}",
+            proxy.proc.output()
+        );
+    }
+    assert!(
+        worst < Duration::from_secs(10),
+        "a round trip took {worst:?}"
+    );
+    let closed = proxy.proc.wait_for("stopped reading", SOON);
+    assert!(
+        closed.contains("closed: the public client took nothing for 2 s with 262144 bytes queued"),
+        "{closed}"
+    );
+    assert!(closed.contains("bytes not delivered"), "{closed}");
+    // The device was told (C), and the attacker's connection is closed.
+    agent.wait_for("(closed by the proxy)", SOON);
+    stuck.set_read_timeout(Some(SOON)).unwrap();
+    let mut sink = Vec::new();
+    let _ = (&stuck).read_to_end(&mut sink);
+    let _ = pusher.join();
+    device_works(&proxy);
 }

@@ -19,6 +19,7 @@ use tunnel_agent::transport::Control;
 use tunnel_agent::uplink::writer;
 
 use crate::auth::Auth;
+use crate::outbound::Undelivered;
 use crate::pending::{Repeated, Slot};
 use crate::registry::{DeviceSession, Registry};
 use crate::settings::{ErrorForm, ReplyMode, Settings};
@@ -307,7 +308,13 @@ fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply:
     let Ok((tx, writer)) = writer::spawn(writer, closer, "agent-writer") else {
         return;
     };
-    let session = Arc::new(DeviceSession::new(key.clone(), peer, tx.clone(), kill_half));
+    let session = Arc::new(DeviceSession::new(
+        key.clone(),
+        peer,
+        tx.clone(),
+        kill_half,
+        send_timeout,
+    ));
     if let Some(old) = registry.insert(session.clone()) {
         info!(
             "device {key}: new connection from {peer} replaces the one from {}; closing the old one",
@@ -328,8 +335,13 @@ fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply:
         match frames.next_frame() {
             Ok(Some(Frame::Data { stream, payload })) => {
                 if let Some(public) = session.stream(stream) {
-                    if (&*public).write_all(payload).is_err() && session.remove_stream(stream) {
-                        let _ = tx.send(tunnel_agent::protocol::frame::close_frame(stream));
+                    if let Err(e) = public.deliver(payload) {
+                        if session.remove_stream(stream) {
+                            let _ = tx.send(tunnel_agent::protocol::frame::close_frame(stream));
+                            if matches!(e, Undelivered::Stuck { .. }) {
+                                warn!("device {key}: stream {stream} closed: {e}");
+                            }
+                        }
                     }
                 }
             }

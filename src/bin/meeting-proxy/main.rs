@@ -8,6 +8,7 @@
 
 mod auth;
 mod control;
+mod outbound;
 mod pending;
 mod public;
 mod registry;

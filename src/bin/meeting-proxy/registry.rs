@@ -4,8 +4,11 @@ use std::collections::HashMap;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tunnel_agent::uplink::writer::FrameSender;
+
+use crate::outbound::Outbound;
 
 /// One authenticated agent connection.
 pub struct DeviceSession {
@@ -17,7 +20,9 @@ pub struct DeviceSession {
     pub tx: FrameSender,
     /// The agent socket, to cut it when a newer connection replaces this one.
     sock: TcpStream,
-    streams: Mutex<HashMap<u32, Arc<TcpStream>>>,
+    streams: Mutex<HashMap<u32, Arc<Outbound>>>,
+    /// How long a public client may take nothing.
+    send_timeout: Duration,
     next_id: AtomicU32,
     /// How many public connections `close` cut.
     closed_streams: AtomicU32,
@@ -27,12 +32,19 @@ pub struct DeviceSession {
 
 impl DeviceSession {
     /// A session with no streams yet.
-    pub fn new(key: String, peer: SocketAddr, tx: FrameSender, sock: TcpStream) -> Self {
+    pub fn new(
+        key: String,
+        peer: SocketAddr,
+        tx: FrameSender,
+        sock: TcpStream,
+        send_timeout: Duration,
+    ) -> Self {
         DeviceSession {
             key,
             peer,
             tx,
             sock,
+            send_timeout,
             streams: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
             closed_streams: AtomicU32::new(0),
@@ -40,19 +52,20 @@ impl DeviceSession {
         }
     }
 
-    fn streams(&self) -> MutexGuard<'_, HashMap<u32, Arc<TcpStream>>> {
+    fn streams(&self) -> MutexGuard<'_, HashMap<u32, Arc<Outbound>>> {
         self.streams.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Registers a public connection under a fresh stream id.
     pub fn add_stream(&self, public: Arc<TcpStream>) -> u32 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.streams().insert(id, public);
+        self.streams()
+            .insert(id, Outbound::new(public, id, self.send_timeout));
         id
     }
 
-    /// The public connection of a stream.
-    pub fn stream(&self, id: u32) -> Option<Arc<TcpStream>> {
+    /// The way to a stream's public connection.
+    pub fn stream(&self, id: u32) -> Option<Arc<Outbound>> {
         self.streams().get(&id).cloned()
     }
 
@@ -60,7 +73,7 @@ impl DeviceSession {
     pub fn remove_stream(&self, id: u32) -> bool {
         match self.streams().remove(&id) {
             Some(s) => {
-                let _ = s.shutdown(Shutdown::Both);
+                s.close();
                 true
             }
             None => false,
@@ -70,7 +83,7 @@ impl DeviceSession {
     /// Closes every public connection and the agent socket.
     pub fn close(&self) {
         for (_, s) in self.streams().drain() {
-            let _ = s.shutdown(Shutdown::Both);
+            s.close();
             self.closed_streams.fetch_add(1, Ordering::Relaxed);
         }
         let _ = self.sock.shutdown(Shutdown::Both);

@@ -312,7 +312,8 @@ fn a_public_client_that_stops_reading_costs_only_its_own_stream() {
     // within the 60 s the whole device used to freeze for.
     let mut worst = Duration::ZERO;
     let started = Instant::now();
-    while proxy.proc.count("stopped reading") == 0 || started.elapsed() < Duration::from_secs(4) {
+    while proxy.proc.count("it stopped reading") == 0 || started.elapsed() < Duration::from_secs(4)
+    {
         let t = Instant::now();
         let data = random_bytes(16 * 1024, 9);
         assert_eq!(echo_through(proxy.tunnels[0], &data), data);
@@ -327,9 +328,10 @@ fn a_public_client_that_stops_reading_costs_only_its_own_stream() {
         worst < Duration::from_secs(10),
         "a round trip took {worst:?}"
     );
-    let closed = proxy.proc.wait_for("stopped reading", SOON);
+    let closed = proxy.proc.wait_for("it stopped reading", SOON);
     assert!(
-        closed.contains("closed: the public client took nothing for 2 s with 262144 bytes queued"),
+        closed
+            .contains("closed: the public client made no room in its queue (262144 bytes) for 2 s"),
         "{closed}"
     );
     assert!(closed.contains("bytes not delivered"), "{closed}");
@@ -340,4 +342,42 @@ fn a_public_client_that_stops_reading_costs_only_its_own_stream() {
     let _ = (&stuck).read_to_end(&mut sink);
     let _ = pusher.join();
     device_works(&proxy);
+}
+
+#[test]
+fn a_public_client_trickling_reads_does_not_hold_its_device() {
+    let echo = echo_server();
+    let proxy = Proxy::for_ports(&[echo], &[]);
+    let _agent = proxy.agent(&[]);
+    proxy.wait_agent(1);
+    // Pushes through the echo service and reads one byte every 300 ms: never idle for 2 s,
+    // far too slow to make room.
+    let slow = connect_with("127.0.0.2", proxy.tunnels[0], Some(4096));
+    let w = slow.try_clone().unwrap();
+    let pusher = std::thread::spawn(move || {
+        let chunk = vec![1u8; 64 * 1024];
+        let mut sent = 0usize;
+        while sent < 64 << 20 && (&w).write_all(&chunk).is_ok() {
+            sent += chunk.len();
+        }
+    });
+    let r = slow.try_clone().unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    let reader = std::thread::spawn(move || {
+        let mut b = [0u8; 1];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && matches!((&r).read(&mut b), Ok(1))
+        {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let closed = proxy
+        .proc
+        .wait_for("it stopped reading", Duration::from_secs(30));
+    assert!(closed.contains("made no room in its queue"), "{closed}");
+    device_works(&proxy);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = slow.shutdown(std::net::Shutdown::Both);
+    let _ = pusher.join();
+    let _ = reader.join();
 }

@@ -5,12 +5,13 @@
 //! streams nothing while its queue has room.
 //!
 //! When the queue is full the reader waits for room, as TCP backpressure on the device's one
-//! connection is the only flow control the protocol has: a client that reads slowly goes at
-//! its pace. The wait is bounded: a client whose queue is full and that takes nothing for
-//! [`STALL_WAIT`] has stopped reading, and its stream is closed (with `C` to the device). A
-//! client that takes nothing of a queue that is not full is closed after `send_timeout` (nginx's
-//! `send_timeout`). Both say how many bytes were not delivered. The agent's stuck-service work
-//! (`local_write_timeout`) is the model.
+//! connection is the only flow control the protocol has: a client that reads slowly slows its
+//! device by as much. The wait is bounded: a client that does not make room for a payload
+//! within [`STALL_WAIT`] has stopped reading, or reads too slowly to keep up (under about 32
+//! KiB/s with a fast service), and its stream is closed (with `C` to the device); trickling a
+//! byte now and then does not hold the reader. A client that takes nothing of a queue that is
+//! not full is closed after `send_timeout` (nginx's `send_timeout`). Both say how many bytes
+//! were not delivered. The agent's stuck-service work (`local_write_timeout`) is the model.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -25,7 +26,7 @@ use crate::public::THREAD_STACK;
 
 /// Bytes from the device held for one public client at most.
 pub const QUEUE_MAX: usize = 256 * 1024;
-/// How long the device's reader waits on a full queue whose client takes nothing.
+/// How long the device's reader waits for room in a full queue.
 pub const STALL_WAIT: Duration = Duration::from_secs(2);
 
 /// One public client's way in from the device.
@@ -52,7 +53,7 @@ struct State {
 /// Why a payload could not be delivered; the stream is to be closed.
 #[derive(Debug)]
 pub enum Undelivered {
-    /// The queue was full and the client took nothing for [`STALL_WAIT`].
+    /// The queue was full and the client did not make room for [`STALL_WAIT`].
     Stuck {
         /// Bytes not delivered, this payload's included.
         lost: usize,
@@ -69,10 +70,10 @@ impl std::fmt::Display for Undelivered {
         match self {
             Undelivered::Stuck { lost } => write!(
                 f,
-                "the public client took nothing for {} s with {} bytes queued (it stopped \
-                 reading); {lost} bytes not delivered",
-                STALL_WAIT.as_secs(),
-                QUEUE_MAX
+                "the public client made no room in its queue ({} bytes) for {} s: it stopped \
+                 reading or reads too slowly; {lost} bytes not delivered",
+                QUEUE_MAX,
+                STALL_WAIT.as_secs()
             ),
             Undelivered::Ended { why } => write!(f, "{why}"),
         }
@@ -109,8 +110,7 @@ impl Outbound {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Delivers `payload`: at once, or queued; waits for room only while the client takes
-    /// something.
+    /// Delivers `payload`: at once, or queued; waits for room at most [`STALL_WAIT`].
     pub fn deliver(self: &Arc<Self>, payload: &[u8]) -> Result<(), Undelivered> {
         let mut st = self.lock();
         if let Some(why) = &st.ended {
@@ -136,6 +136,7 @@ impl Outbound {
                 return Ok(());
             }
         }
+        let waiting = Instant::now();
         loop {
             if st.held == 0 || st.held + rest.len() <= QUEUE_MAX {
                 st.held += rest.len();
@@ -150,8 +151,8 @@ impl Outbound {
             if let Some(why) = &st.ended {
                 return Err(Undelivered::Ended { why: why.clone() });
             }
-            let idle = st.last_taken.elapsed();
-            if idle >= STALL_WAIT {
+            let waited = waiting.elapsed();
+            if waited >= STALL_WAIT {
                 let lost = st.held + rest.len();
                 st.ended = Some("stopped reading".into());
                 drop(st);
@@ -160,7 +161,7 @@ impl Outbound {
             }
             st = self
                 .room
-                .wait_timeout(st, STALL_WAIT - idle)
+                .wait_timeout(st, STALL_WAIT - waited)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }

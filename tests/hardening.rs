@@ -38,6 +38,18 @@ fn until_closed(s: &TcpStream) -> String {
     String::from_utf8_lossy(&all).into_owned()
 }
 
+/// iproute2's ss shows a socket's backlog, timers and options.
+const SS: Need = tool("ss", "iproute2");
+
+/// `ss ARGS`: its output.
+fn ss(args: &[&str]) -> String {
+    let out = std::process::Command::new("ss")
+        .args(args)
+        .output()
+        .unwrap();
+    ok_stdout(out, "ss")
+}
+
 fn threads(p: &Proxy) -> u64 {
     status_field(p.proc.pid(), "Threads:")
 }
@@ -178,10 +190,7 @@ fn pending_handshakes_are_bounded_per_address_and_in_total_without_a_thread() {
 
 #[test]
 fn the_listeners_take_a_reconnect_storm_in_their_queue() {
-    if !may_run(
-        "the_listeners_take_a_reconnect_storm_in_their_queue",
-        &[tool("ss", "iproute2")],
-    ) {
+    if !may_run("the_listeners_take_a_reconnect_storm_in_their_queue", &[SS]) {
         return;
     }
     let proxy = Proxy::for_ports(&[echo_server()], &[]);
@@ -191,11 +200,7 @@ fn the_listeners_take_a_reconnect_storm_in_their_queue() {
         .parse()
         .unwrap();
     for addr in [proxy.control, proxy.tunnels[0]] {
-        let out = std::process::Command::new("ss")
-            .args(["-Hltn", &format!("sport = :{}", addr.port())])
-            .output()
-            .unwrap();
-        let text = ok_stdout(out, "ss");
+        let text = ss(&["-Hltn", &format!("sport = :{}", addr.port())]);
         // Listening sockets: Recv-Q is the queue now, Send-Q the backlog asked for.
         let backlog: u32 = text
             .split_whitespace()
@@ -265,26 +270,19 @@ fn a_device_that_takes_nothing_is_dropped_after_send_timeout_with_all_it_held() 
 
 #[test]
 fn agents_connections_get_keepalive_and_a_user_timeout() {
-    if !may_run(
-        "agents_connections_get_keepalive_and_a_user_timeout",
-        &[tool("ss", "iproute2")],
-    ) {
+    if !may_run("agents_connections_get_keepalive_and_a_user_timeout", &[SS]) {
         return;
     }
     let proxy = Proxy::for_ports(&[echo_server()], &[]);
     let _agent = proxy.agent(&[]);
     proxy.wait_agent(1);
     // The proxy's end of the agent's connection, as ss shows its timers and options.
-    let out = std::process::Command::new("ss")
-        .args([
-            "-Htnoi",
-            "state",
-            "established",
-            &format!("sport = :{}", proxy.control.port()),
-        ])
-        .output()
-        .unwrap();
-    let text = ok_stdout(out, "ss");
+    let text = ss(&[
+        "-Htnoi",
+        "state",
+        "established",
+        &format!("sport = :{}", proxy.control.port()),
+    ]);
     assert!(text.contains("timer:(keepalive"), "{text}");
 }
 

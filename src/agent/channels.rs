@@ -29,7 +29,7 @@ use log::{debug, info, warn};
 
 use crate::agent::Live;
 use crate::protocol::frame::close_frame;
-use crate::transport::tcp::unacked_bytes;
+use crate::transport::tcp::{send_now, timed_out as is_timeout, unacked_bytes};
 use crate::uplink::copy::{pump_to_frames, PumpEnd};
 use crate::uplink::writer::{FrameSender, Lane};
 
@@ -158,27 +158,6 @@ impl Channel {
             self.bytes_down.load(Ordering::Relaxed),
             self.opened.elapsed().as_secs_f64()
         );
-    }
-}
-
-/// Whether a write ran into the socket's write timeout.
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
-}
-
-/// Sends what `sock` takes of `bytes` now, without waiting: the count, 0 when it takes nothing.
-fn send_now(sock: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-    loop {
-        match socket2::SockRef::from(sock).send_with_flags(bytes, flags) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
     }
 }
 

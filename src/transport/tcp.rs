@@ -187,6 +187,28 @@ pub fn arm_keepalive(sock: &TcpStream, k: &Keepalive) {
     }
 }
 
+/// Whether a read or write ran into the socket's timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO`
+/// report `EAGAIN`).
+pub fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Sends what `sock` takes of `bytes` now, without waiting: the count, 0 when it takes nothing.
+pub fn send_now(sock: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    loop {
+        match socket2::SockRef::from(sock).send_with_flags(bytes, flags) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Whether an error on an established connection means the link died: the kernel gave up on
 /// keepalive probes or unacknowledged data. It reports `ETIMEDOUT`, or the soft error it met
 /// on the way (`EHOSTUNREACH`, `ENETUNREACH`).

@@ -15,6 +15,7 @@ use tunnel_agent::protocol::frame::{
     printable_type, Frame, FrameReader, Sender, DEFAULT_MAX_FRAME,
 };
 use tunnel_agent::protocol::handshake::{read_bounded_line, BoundedLine, MAX_REPLY_LINE};
+use tunnel_agent::transport::tcp::timed_out;
 use tunnel_agent::transport::Control;
 use tunnel_agent::uplink::writer;
 
@@ -56,13 +57,6 @@ impl Read for ByDeadline {
         self.sock.set_read_timeout(Some(left))?;
         self.inner.read(buf)
     }
-}
-
-fn timed_out(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-    )
 }
 
 /// What the handshake line says.
@@ -181,8 +175,11 @@ pub fn serve(conn: Accepted, settings: &Settings, tls: &Tls, auth: &Auth, regist
     let read = read_bounded_line(&mut reader, MAX_REPLY_LINE);
     // A read cut by the deadline ends as a partial line (or a timeout error).
     let late = Instant::now() >= until
-        && matches!(&read, Ok(BoundedLine::Partial(_)) | Err(_))
-        && read.as_ref().err().is_none_or(timed_out);
+        && match &read {
+            Ok(BoundedLine::Partial(_)) => true,
+            Err(e) => timed_out(e),
+            Ok(_) => false,
+        };
     if late {
         let why = format!("handshake not received within {} s", limit.as_secs_f64());
         let (say, unsaid) = LATE.allow();

@@ -21,6 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use log::warn;
+use tunnel_agent::transport::tcp::{send_now, timed_out};
 
 use crate::public::THREAD_STACK;
 
@@ -80,11 +81,6 @@ impl std::fmt::Display for Undelivered {
     }
 }
 
-/// Sends what the socket takes now, without waiting.
-fn send_now(sock: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    socket2::SockRef::from(sock).send_with_flags(bytes, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-}
-
 impl Outbound {
     /// The way to `sock`, the public connection of `stream`.
     pub fn new(sock: Arc<TcpStream>, stream: u32, send_timeout: Duration) -> Arc<Outbound> {
@@ -125,7 +121,6 @@ impl Outbound {
                         st.last_taken = Instant::now();
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     let why = format!("writing to the public client failed: {e}");
                     st.ended = Some(why.clone());
@@ -208,12 +203,7 @@ impl Outbound {
                         self.room.notify_all();
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
-                    {
+                    Err(e) if timed_out(&e) => {
                         return self.failed(format!(
                             "the public client took no data for {} s (send_timeout)",
                             self.send_timeout.as_secs_f64()

@@ -723,7 +723,9 @@ fn hundred_channels(pid: u32, public: u16) -> (Res<(u64, u64)>, Res<f64>) {
     let mut held = Vec::new();
     for i in 0..100 {
         let open = || -> std::io::Result<TcpStream> {
-            let mut c = TcpStream::connect(("127.0.0.1", public))?;
+            // From 10 addresses: the proxy lets one address have 16 at most.
+            let from = std::net::IpAddr::from([127, 0, 1, (i % 10 + 1) as u8]);
+            let mut c = support::connect_from(from, ([127, 0, 0, 1], public).into(), None)?;
             c.set_read_timeout(Some(Duration::from_secs(5)))?;
             c.write_all(b"x")?;
             c.read_exact(&mut [0u8; 1])?;

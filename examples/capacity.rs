@@ -11,7 +11,7 @@ mod support;
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Instant;
@@ -49,9 +49,14 @@ fn footprint(pid: u32) -> (u64, u64, usize) {
 
 /// One fake agent: handshake, then echo every `D` frame back on its stream, until the proxy
 /// closes. Says on `ready` when it is accepted (or why not).
-fn fake_agent(control: String, key: String, ready: mpsc::Sender<Result<(), String>>) {
+fn fake_agent(
+    (from, control): (IpAddr, SocketAddr),
+    key: String,
+    ready: mpsc::Sender<Result<(), String>>,
+) {
     let run = || -> Result<TcpStream, String> {
-        let mut s = TcpStream::connect(&control).map_err(|e| format!("connect: {e}"))?;
+        let mut s = support::connect_from(from, control, None)
+            .map_err(|e| format!("connect from {from}: {e}"))?;
         s.set_nodelay(true).ok();
         s.write_all(handshake_line("capacity", &key).as_bytes())
             .map_err(|e| format!("handshake: {e}"))?;
@@ -153,17 +158,21 @@ fn run(devices: usize, public: usize) -> Result<(), String> {
     );
     let proxy = api_proxy(&api).try_start()?;
     let pid = proxy.pid();
-    let control = first_word(&proxy.try_next_after("listening for agents on ")?);
+    let control: SocketAddr = first_word(&proxy.try_next_after("listening for agents on ")?)
+        .parse()
+        .map_err(|e| format!("the proxy's address: {e}"))?;
     count_lines(&proxy, "tunnel opened", devices)?;
     let idle = footprint(pid);
 
     let t0 = Instant::now();
     let (tx, rx) = mpsc::channel();
-    for key in &keys {
-        let (c, k, tx) = (control.clone(), key.clone(), tx.clone());
+    for (i, key) in keys.iter().enumerate() {
+        // Each device from an address of its own, as devices are.
+        let from = IpAddr::from([127, 1, (i / 250) as u8, (i % 250 + 1) as u8]);
+        let (k, tx) = (key.clone(), tx.clone());
         thread::Builder::new()
             .stack_size(STACK)
-            .spawn(move || fake_agent(c, k, tx))
+            .spawn(move || fake_agent((from, control), k, tx))
             .map_err(|e| format!("fake agent thread: {e}"))?;
     }
     for _ in 0..devices {

@@ -1,6 +1,8 @@
 //! Log set-up shared by both binaries: `env_logger` to stderr, or RFC 3164 lines to the local
 //! syslog socket (`/dev/log`, BusyBox syslogd); info by default, `RUST_LOG` or `-v`/`-q`.
 
+pub mod repeats;
+
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;

@@ -70,29 +70,6 @@ fn image_dir(board: &Board) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/board/{}", board.arch))
 }
 
-/// Moves this thread, and so every process and thread it starts from now on, into a new
-/// network namespace with only loopback up.
-fn own_network() {
-    #[allow(unsafe_code)]
-    // SAFETY: unshare(2) with CLONE_NEWNET only changes this thread's network namespace; no
-    // memory is shared with the call.
-    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    assert_eq!(
-        rc,
-        0,
-        "unshare(CLONE_NEWNET): {}",
-        std::io::Error::last_os_error()
-    );
-    let st = Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
-    let links = String::from_utf8_lossy(&links.stdout).into_owned();
-    assert_eq!(links.lines().count(), 1, "only loopback: {links}");
-}
-
 /// The test's own files: the configuration the board gets, Meeting's key, the monitor socket.
 struct Dir(PathBuf);
 

@@ -6,7 +6,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -16,18 +16,9 @@ fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
     connect_with(from, to, None)
 }
 
-/// The same, with a receive buffer of `rcvbuf` bytes (no autotuning): a client that stops
-/// reading fills it at once.
+/// The same, with a receive buffer of `rcvbuf` bytes.
 fn connect_with(from: &str, to: SocketAddr, rcvbuf: Option<usize>) -> TcpStream {
-    use socket2::{Domain, Socket, Type};
-    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    if let Some(n) = rcvbuf {
-        sock.set_recv_buffer_size(n).unwrap();
-    }
-    let ip: IpAddr = from.parse().unwrap();
-    sock.bind(&SocketAddr::new(ip, 0).into()).unwrap();
-    sock.connect(&to.into()).unwrap();
-    sock.into()
+    support::connect_from(from.parse().unwrap(), to, rcvbuf).unwrap()
 }
 
 /// Everything the proxy sends until it closes (or `SOON` passes), as text.
@@ -378,4 +369,244 @@ fn a_public_client_trickling_reads_does_not_hold_its_device() {
     let _ = slow.shutdown(std::net::Shutdown::Both);
     let _ = pusher.join();
     let _ = reader.join();
+}
+
+/// Sends a handshake for `key` with `token` from `from`; the proxy's answer line.
+fn try_handshake(from: &str, proxy: SocketAddr, key: &str, token: &str) -> String {
+    let s = connect_from(from, proxy);
+    s.set_read_timeout(Some(SOON)).unwrap();
+    let _ =
+        (&s).write_all(tunnel_agent::protocol::handshake::handshake_line(token, key).as_bytes());
+    let mut line = String::new();
+    let _ = BufReader::new(&s).read_line(&mut line);
+    line
+}
+
+#[test]
+fn failed_handshakes_from_one_address_are_slowed_and_told_when_to_retry() {
+    let proxy = Proxy::for_ports(&[echo_server()], &[]);
+    let _agent = proxy.agent(&[]);
+    proxy.wait_agent(1);
+    let base = threads(&proxy);
+
+    // Guessing device keys from one address as fast as the answers come, for 2 s.
+    let (mut judged, mut slowed, mut retry) = (0u32, 0u32, String::new());
+    let t0 = Instant::now();
+    let mut i = 0u32;
+    while t0.elapsed() < Duration::from_secs(2) {
+        i += 1;
+        let line = try_handshake("127.0.0.3", proxy.control, &format!("AB{i:08X}"), "000000");
+        if line.contains("unknown device") {
+            judged += 1;
+        } else if line.contains("too many failed handshakes from this address; retry in ") {
+            slowed += 1;
+            retry = line;
+        } else {
+            panic!("unexpected answer {line:?}");
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!("{i} attempts in {secs:.2} s: {judged} judged, {slowed} told to wait; {retry}");
+    // Five pass freely, then about ten a second (and one for the rounding at each end).
+    assert!(
+        judged as f64 <= 5.0 + 10.0 * secs + 2.0,
+        "{judged} judged in {secs:.2} s"
+    );
+    assert!(
+        judged >= 5 && slowed > 0,
+        "{judged} judged, {slowed} slowed"
+    );
+    assert!(retry.contains("retry in 0.1 s"), "{retry}");
+    // The waits cost no thread: only the judged ones had one, and they are gone.
+    settles("no handshake thread left", || threads(&proxy) <= base);
+    // Another address is not slowed, and the device was served throughout.
+    assert!(try_handshake("127.0.0.4", proxy.control, "AB", "0").contains("unknown device"));
+    device_works(&proxy);
+    // The refusals were logged a few at a time, not one line each.
+    let log = proxy.proc.output();
+    let lines = log.matches("refused: unknown device").count()
+        + log.matches("refused: too many failed handshakes").count();
+    assert!(lines <= 2 * 3, "{lines} refusal lines for {i} attempts");
+}
+
+/// A proxy deciding by `api`, with public ports on loopback.
+fn api_proxy(api: &FakeApi, extra: &[&str]) -> Proxy {
+    let mut args = vec![
+        "--api-url",
+        api.url.as_str(),
+        "--api-ca-file",
+        api.ca_file.to_str().unwrap(),
+        "--public-bind",
+        "127.0.0.1",
+        "--tunnels-interval",
+        "0.2",
+    ];
+    args.extend(extra);
+    Proxy::start(&args)
+}
+
+#[test]
+fn guessing_one_key_from_many_addresses_costs_a_few_api_calls_and_never_locks_out_the_device() {
+    let api = FakeApi::start(&[KEY]);
+    let path = format!("/api/devices/{KEY}");
+    api.answer(
+        "GET",
+        &path,
+        200,
+        &serde_json::json!({"device_key": KEY, "authorized": true, "token_code": TOKEN})
+            .to_string(),
+    );
+    // No answer reuse: every judged handshake is an API call.
+    let proxy = api_proxy(&api, &["--cache-accept", "0", "--cache-refuse", "0"]);
+    let agent = agent(proxy.control, &[]);
+    proxy.wait_agent(1);
+    let before = api.requests_to("GET", &path).len();
+
+    // 40 addresses, 5 guesses each, all at once.
+    let t0 = Instant::now();
+    let control = proxy.control;
+    let guessers: Vec<_> = (10..50)
+        .map(|n| {
+            std::thread::spawn(move || {
+                (0..5)
+                    .map(|g| {
+                        try_handshake(&format!("127.0.0.{n}"), control, KEY, &format!("{n}{g:04}"))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let answers: Vec<String> = guessers
+        .into_iter()
+        .flat_map(|g| g.join().unwrap())
+        .collect();
+    let calls = api.requests_to("GET", &path).len() - before;
+    let minutes = t0.elapsed().as_secs_f64() / 60.0;
+    let slowed = answers
+        .iter()
+        .filter(|a| a.contains("too many failed handshakes for this device; retry in "))
+        .count();
+    eprintln!("200 guesses: {calls} API calls, {slowed} told to wait");
+    assert!(answers.iter().all(|a| !a.contains("authenticated")));
+    // Three freely, then three a minute.
+    assert!(
+        calls as f64 <= 3.0 + 3.0 * minutes + 1.0,
+        "{calls} API calls in {minutes:.2} min"
+    );
+    assert!(slowed >= 190, "{slowed} slowed: {answers:?}");
+
+    // The real device comes back while its key is slowed: its token, accepted before, gets
+    // in without an API call.
+    drop(agent);
+    let _agent = support::agent(proxy.control, &[]);
+    proxy.wait_agent(2);
+    assert_eq!(api.requests_to("GET", &path).len() - before, calls);
+    proxy.proc.wait_for(
+        "the token accepted for this device within remember_accepted",
+        SOON,
+    );
+    assert!(!proxy.proc.output().contains(TOKEN));
+}
+
+#[test]
+fn one_address_cannot_take_a_device_and_its_public_connections_are_bounded() {
+    let echo = echo_server();
+    let proxy = Proxy::for_ports(&[echo], &["--max-public-per-device", "40"]);
+    let _agent = proxy.agent(&[]);
+    proxy.wait_agent(1);
+    let base = threads(&proxy);
+    device_works(&proxy);
+
+    // One address opens 100 idle connections: 16 (the default) get through, the others are
+    // closed at once.
+    let flood: Vec<TcpStream> = (0..100)
+        .map(|_| connect_from("127.0.0.2", proxy.tunnels[0]))
+        .collect();
+    let mut closed = 0;
+    for s in &flood {
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        if matches!((&*s).read(&mut b), Ok(0)) {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 84, "connections closed at once");
+    // Each one through costs one thread; those refused cost none.
+    settles("16 public threads", || threads(&proxy) == base + 16);
+    // The legitimate user (another address) is served during the flood.
+    device_works(&proxy);
+
+    // The device's total: 40 in all, whatever the addresses.
+    let port = proxy.tunnels[0];
+    let more: Vec<TcpStream> = (3..6)
+        .flat_map(|n| (0..16).map(move |_| connect_from(&format!("127.0.0.{n}"), port)))
+        .collect();
+    let mut refused = 0;
+    for s in &more {
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        if matches!((&*s).read(&mut b), Ok(0)) {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 48 - (40 - 16), "over the device's total");
+    let log = proxy.proc.output();
+    assert!(log.contains("refused: 16 connections from this address are open to the device (max_public_per_address)"), "{log}");
+    // Released: everything back once the flood ends.
+    drop(flood);
+    drop(more);
+    settles("the public threads gone", || threads(&proxy) <= base);
+    device_works(&proxy);
+}
+
+#[test]
+fn floods_write_a_few_lines_and_a_count_not_a_line_each() {
+    let proxy = Proxy::for_ports(&[echo_server()], &[]);
+    // A device (its token stolen, say) sending 10 000 frames of an unknown type and 5 000
+    // open requests, which devices may not send.
+    let device = connect_from("127.0.0.2", proxy.control);
+    let mut line = String::new();
+    (&device)
+        .write_all(tunnel_agent::protocol::handshake::handshake_line(TOKEN, KEY).as_bytes())
+        .unwrap();
+    BufReader::new(&device).read_line(&mut line).unwrap();
+    assert!(line.contains("authenticated"), "{line}");
+    let mut flood = Vec::new();
+    for i in 0..10_000 {
+        tunnel_agent::protocol::frame::write_frame(&mut flood, b'Z', i, b"x").unwrap();
+    }
+    for i in 0..5_000 {
+        flood.extend(tunnel_agent::protocol::frame::open_frame(i, 22));
+    }
+    (&device).write_all(&flood).unwrap();
+    // Then public connections refused for the device's bound (16 from one address).
+    let held: Vec<TcpStream> = (0..100)
+        .map(|_| connect_from("127.0.0.3", proxy.tunnels[0]))
+        .collect();
+    // The summaries come once the 10 s window is over (the proxy sums up every 5 s).
+    let frames = proxy.proc.wait_for(
+        "more frames from devices ignored in the last",
+        Duration::from_secs(30),
+    );
+    let public = proxy.proc.wait_for(
+        "more public connections refused in the last",
+        Duration::from_secs(30),
+    );
+    let log = proxy.proc.output();
+    let one_by_one = log.matches("ignoring frame of unknown type").count()
+        + log.matches("devices may not open streams").count();
+    assert_eq!(one_by_one, 3, "{log}");
+    assert!(frames.contains("14997 more frames"), "{frames}");
+    assert_eq!(
+        log.matches("refused: 16 connections from this address")
+            .count(),
+        3
+    );
+    assert!(
+        public.contains("81 more public connections refused"),
+        "{public}"
+    );
+    drop(held);
 }

@@ -171,7 +171,20 @@ fn a_burst_of_handshakes_makes_one_api_call_and_answers_are_reused() {
     let api = FakeApi::start(&[KEY]);
     let path = format!("/api/devices/{KEY}");
     api.hang("GET", &path);
-    let proxy = api_proxy(&api, &["--cache-refuse", "2", "--api-timeout", "15"]);
+    // (Guesses are not slowed here: this is about the answers' reuse.)
+    let proxy = api_proxy(
+        &api,
+        &[
+            "--cache-refuse",
+            "2",
+            "--api-timeout",
+            "15",
+            "--key-penalty-burst",
+            "1000",
+            "--address-penalty-burst",
+            "1000",
+        ],
+    );
     let control = proxy.control;
     let burst: Vec<_> = (0..20)
         .map(|_| thread::spawn(move || handshake(control, KEY, TOKEN).0))

@@ -229,9 +229,12 @@ fn two_hundred_fifty_six_channels_at_once_all_carry_data() {
     let _agent = proxy.agent(&["--max-channels", "300"]);
     proxy.wait_agent(1);
     let public = proxy.tunnels[0];
-    // All open first, then all carry data while the others are open.
-    let conns: Vec<TcpStream> = (0..256)
-        .map(|_| TcpStream::connect(public).unwrap())
+    // All open first, then all carry data while the others are open; from 32 addresses (the
+    // proxy lets one address have 16 at most).
+    let conns: Vec<TcpStream> = (0..256u32)
+        .map(|i| {
+            support::connect_from([127, 0, 1, (i % 32 + 1) as u8].into(), public, None).unwrap()
+        })
         .collect();
     let handles: Vec<_> = conns
         .into_iter()
@@ -280,7 +283,9 @@ fn churn(public: SocketAddr, n: u32, bursts: u64) {
             .map(|i| {
                 thread::spawn(move || {
                     let msg = (burst * 100 + i).to_be_bytes();
-                    assert_eq!(echo_through(public, &msg), msg);
+                    // From 10 addresses: the proxy lets one have 16 at most.
+                    let from = [127, 0, 1, (i % 10 + 1) as u8];
+                    assert_eq!(echo_through_from(from, public, &msg), msg);
                 })
             })
             .collect();

@@ -20,7 +20,8 @@ fn thirty_two_concurrent_channels_echo_four_megabytes_each() {
         .map(|i| {
             thread::spawn(move || {
                 let data = random_bytes(4 << 20, i + 1);
-                let back = echo_through(public, &data);
+                // From 4 addresses: the proxy lets one have 16 at most.
+                let back = echo_through_from([127, 0, 1, (i % 4 + 1) as u8], public, &data);
                 assert_eq!(back.len(), data.len(), "channel {i}: length");
                 assert!(back == data, "channel {i}: bytes differ");
             })

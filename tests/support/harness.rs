@@ -191,7 +191,13 @@ pub fn closed_port() -> u16 {
 /// writing and reading at the same time. The tunnel has no half-close, so it reads exactly
 /// `data.len()` bytes.
 pub fn echo_through(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
-    let s = TcpStream::connect(addr).unwrap();
+    echo_through_from([127, 0, 0, 1], addr, data)
+}
+
+/// [`echo_through`] from the loopback address `from` (the proxy bounds the public
+/// connections of one address: tests that open many at once spread them over addresses).
+pub fn echo_through_from(from: [u8; 4], addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let s = super::connect_from(from.into(), addr, None).unwrap();
     s.set_read_timeout(Some(SOON)).unwrap();
     let mut w = s.try_clone().unwrap();
     let out = data.to_vec();

@@ -41,6 +41,50 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A TCP connection to `to` from the local address `from` (any of 127.0.0.0/8 on loopback:
+/// another source, as another machine would be), with a receive buffer of `rcvbuf` bytes when
+/// given (no autotuning: a client that stops reading fills it at once).
+pub fn connect_from(
+    from: std::net::IpAddr,
+    to: std::net::SocketAddr,
+    rcvbuf: Option<usize>,
+) -> std::io::Result<std::net::TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+    if let Some(n) = rcvbuf {
+        sock.set_recv_buffer_size(n)?;
+    }
+    sock.bind(&std::net::SocketAddr::new(from, 0).into())?;
+    sock.connect(&to.into())?;
+    Ok(sock.into())
+}
+
+/// Moves this thread, and so every process and thread it starts from now on, into a new
+/// network namespace with only loopback up.
+pub fn own_network() {
+    #[allow(unsafe_code)]
+    // SAFETY: unshare(2) with CLONE_NEWNET only changes this thread's network namespace; no
+    // memory is shared with the call.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_NEWNET): {}",
+        std::io::Error::last_os_error()
+    );
+    let st = std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    assert_eq!(links.lines().count(), 1, "only loopback: {links}");
+}
+
 /// A loopback echo service (`TCP_NODELAY`, so it answers a byte at once); returns its port.
 /// Runs until the process ends.
 pub fn echo_server() -> u16 {

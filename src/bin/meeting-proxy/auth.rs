@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tunnel_agent::meeting::{ApiError, Client, DeviceRecord};
 use tunnel_agent::protocol::handshake::UNVERIFIED;
 
+use crate::penalty::Slowed;
 use crate::settings::Device;
 
 /// Why a handshake is refused; its `Display` is the reason sent to the agent.
@@ -27,6 +28,19 @@ pub enum Refusal {
     WrongToken,
     /// The API could not answer; what went wrong.
     Unverified(String),
+    /// Too many failed handshakes for this device: not judged.
+    Slowed(Slowed),
+}
+
+impl Refusal {
+    /// Whether this counts as a failed handshake for the penalties: a guess that was judged
+    /// wrong, not an API that could not answer nor an attempt that was not judged.
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            Refusal::UnknownDevice | Refusal::NotAuthorized | Refusal::WrongToken
+        )
+    }
 }
 
 impl fmt::Display for Refusal {
@@ -36,6 +50,11 @@ impl fmt::Display for Refusal {
             Refusal::NotAuthorized => f.write_str("device not authorized"),
             Refusal::WrongToken => f.write_str("wrong token"),
             Refusal::Unverified(why) => write!(f, "{UNVERIFIED}: Meeting API unreachable ({why})"),
+            Refusal::Slowed(s) => write!(
+                f,
+                "too many failed handshakes for this device; retry in {}",
+                s.retry_in()
+            ),
         }
     }
 }

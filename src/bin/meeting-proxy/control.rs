@@ -19,10 +19,12 @@ use tunnel_agent::transport::tcp::timed_out;
 use tunnel_agent::transport::Control;
 use tunnel_agent::uplink::writer;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, Decision, Refusal};
+use crate::noise::{self, Cause};
 use crate::outbound::Undelivered;
-use crate::pending::{Repeated, Slot};
-use crate::registry::{DeviceSession, Registry};
+use crate::penalty::{Gate, Penalties};
+use crate::pending::Slot;
+use crate::registry::{DeviceSession, PublicLimits, Registry};
 use crate::settings::{ErrorForm, ReplyMode, Settings};
 
 /// How long a refusal line may take to leave: a client that reads nothing gets no more.
@@ -36,9 +38,6 @@ const AGENT_KEEPALIVE: tunnel_agent::transport::tcp::Keepalive =
         count: 3,
         user_timeout: Duration::from_secs(60),
     };
-
-/// Handshakes that did not arrive in time, said a few at a time.
-static LATE: Repeated = Repeated::new();
 
 /// The handshake's reads, each bounded by what is left of the deadline: a client sending one
 /// byte at a time cannot hold its connection past it.
@@ -125,8 +124,15 @@ pub struct Accepted {
     pub slot: Slot,
 }
 
-/// Serves one agent connection to its end.
-pub fn serve(conn: Accepted, settings: &Settings, tls: &Tls, auth: &Auth, registry: &Registry) {
+/// Serves one agent connection to its end: its handshake judged by `auth` once `penalties`
+/// let it be, then its frames.
+pub fn serve(
+    conn: Accepted,
+    settings: &Settings,
+    tls: &Tls,
+    (auth, penalties): (&Auth, &Penalties),
+    registry: &Registry,
+) {
     let Accepted {
         sock,
         peer,
@@ -182,13 +188,7 @@ pub fn serve(conn: Accepted, settings: &Settings, tls: &Tls, auth: &Auth, regist
         };
     if late {
         let why = format!("handshake not received within {} s", limit.as_secs_f64());
-        let (say, unsaid) = LATE.allow();
-        if let Some(n) = unsaid {
-            warn!(
-                "{n} more connections sent no complete handshake in time (not logged one by one)"
-            );
-        }
-        if say {
+        if noise::allow(Cause::Late) {
             warn!("agent {peer}: {why}; closed");
         }
         if settings.reply == ReplyMode::Normal {
@@ -199,7 +199,9 @@ pub fn serve(conn: Accepted, settings: &Settings, tls: &Tls, auth: &Auth, regist
     let hello = match read {
         Ok(BoundedLine::Line(l)) => parse_hello(&l),
         Ok(BoundedLine::Partial(l)) if l.is_empty() => {
-            info!("agent {peer} sent no handshake; closed");
+            if noise::allow(Cause::Refused) {
+                info!("agent {peer} sent no handshake; closed");
+            }
             return;
         }
         Ok(BoundedLine::Partial(l)) => Err(format!(
@@ -212,7 +214,10 @@ pub fn serve(conn: Accepted, settings: &Settings, tls: &Tls, auth: &Auth, regist
     let hello = match hello {
         Ok(h) => h,
         Err(why) => {
-            warn!("malformed handshake from {peer}: {why}");
+            penalties.failed(peer.ip());
+            if noise::allow(Cause::Refused) {
+                warn!("malformed handshake from {peer}: {why}");
+            }
             if settings.reply == ReplyMode::Normal {
                 let _ = send_line(
                     &mut writer,
@@ -224,7 +229,34 @@ pub fn serve(conn: Accepted, settings: &Settings, tls: &Tls, auth: &Auth, regist
     };
     // The key is printed escaped: it comes from the network.
     let key = printable(hello.name.as_bytes(), 128);
-    let decision = auth.decide(&hello.name, &hello.token);
+    // One handshake per key judged at a time; a failure charges its key (during its turn)
+    // and its address.
+    let gate = penalties.key(&hello.name, &hello.token);
+    let decision = match &gate {
+        Ok(Gate::Turn(_)) => auth.decide(&hello.name, &hello.token),
+        Ok(Gate::Remembered) => Decision {
+            verdict: Ok(()),
+            source: "the token accepted for this device within remember_accepted; its key is \
+                     slowed for failed handshakes",
+        },
+        Err(slowed) => Decision {
+            verdict: Err(Refusal::Slowed(*slowed)),
+            source: "not judged",
+        },
+    };
+    match &decision.verdict {
+        Ok(()) => penalties.accepted(&hello.name, &hello.token),
+        Err(r) if r.is_failure() => {
+            if let Ok(Gate::Turn(turn)) = &gate {
+                turn.failed();
+            }
+            penalties.failed(peer.ip());
+        }
+        // One more attempt at a key being slowed.
+        Err(Refusal::Slowed(_)) => penalties.failed(peer.ip()),
+        Err(_) => {}
+    }
+    drop(gate);
     let source = decision.source;
     match (decision.verdict, settings.reply) {
         (verdict, ReplyMode::SilentClose) => {
@@ -236,7 +268,9 @@ pub fn serve(conn: Accepted, settings: &Settings, tls: &Tls, auth: &Auth, regist
             return;
         }
         (Err(why), mode) => {
-            info!("device {key} from {peer} refused: {why} ({source})");
+            if noise::allow(Cause::Refused) {
+                info!("device {key} from {peer} refused: {why} ({source})");
+            }
             if mode == ReplyMode::Normal {
                 let _ = send_line(&mut writer, &refusal(settings.error_form, &why.to_string()));
             }
@@ -254,13 +288,9 @@ pub fn serve(conn: Accepted, settings: &Settings, tls: &Tls, auth: &Auth, regist
     let send_timeout = Duration::from_secs_f64(settings.send_timeout);
     let _ = sock.set_write_timeout(Some(send_timeout));
     tunnel_agent::transport::tcp::arm_keepalive(&sock, &AGENT_KEEPALIVE);
+    // The frame reader takes over the bytes the handshake's buffer holds beyond the line.
     let beyond = reader.buffer().to_vec();
-    let inner = reader.into_inner().inner;
-    let inner: Box<dyn Read + Send> = match beyond.is_empty() {
-        true => inner,
-        false => Box::new(io::Cursor::new(beyond).chain(inner)),
-    };
-    let reader = BufReader::with_capacity(64 * 1024, inner);
+    let reader = FrameReader::with_buffered(reader.into_inner().inner, &beyond, DEFAULT_MAX_FRAME);
     let reply = (settings.reply == ReplyMode::Normal)
         .then(|| json!({"status": "authenticated", "device_key": key}));
     let link = Link {
@@ -269,6 +299,10 @@ pub fn serve(conn: Accepted, settings: &Settings, tls: &Tls, auth: &Auth, regist
         writer,
         peer,
         send_timeout,
+        limits: PublicLimits {
+            per_address: settings.max_public_per_address,
+            per_device: settings.max_public_per_device,
+        },
     };
     frames(link, (key, source), registry, reply);
 }
@@ -276,11 +310,13 @@ pub fn serve(conn: Accepted, settings: &Settings, tls: &Tls, auth: &Auth, regist
 /// An authenticated device's connection.
 struct Link {
     sock: TcpStream,
-    reader: BufReader<Box<dyn Read + Send>>,
+    reader: FrameReader<Box<dyn Read + Send>>,
     writer: Box<dyn Write + Send>,
     peer: SocketAddr,
     /// How long a write to it may make no progress.
     send_timeout: Duration,
+    /// Bounds of its public connections.
+    limits: PublicLimits,
 }
 
 fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply: Option<Value>) {
@@ -290,6 +326,7 @@ fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply:
         mut writer,
         peer,
         send_timeout,
+        limits,
     } = link;
     // The reply is written before the session is registered: no open request can go ahead of
     // it, and a newer connection for the device cannot cut this one off with its reply unsent.
@@ -310,7 +347,7 @@ fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply:
         peer,
         tx.clone(),
         kill_half,
-        send_timeout,
+        (send_timeout, limits),
     ));
     if let Some(old) = registry.insert(session.clone()) {
         info!(
@@ -327,7 +364,7 @@ fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply:
             " (no reply sent, --reply none)"
         }
     );
-    let mut frames = FrameReader::after(reader, DEFAULT_MAX_FRAME);
+    let mut frames = reader;
     let why = loop {
         match frames.next_frame() {
             Ok(Some(Frame::Data { stream, payload })) => {
@@ -348,12 +385,18 @@ fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply:
                 }
             }
             Ok(Some(Frame::Open { stream, .. } | Frame::BadOpen { stream, .. })) => {
-                warn!("device {key}: the device sent an open request (stream {stream}); devices may not open streams, ignored");
+                if noise::allow(Cause::BadFrame) {
+                    warn!("device {key}: the device sent an open request (stream {stream}); devices may not open streams, ignored");
+                }
             }
-            Ok(Some(Frame::Unknown { kind, stream, len })) => warn!(
-                "device {key}: ignoring frame of unknown type {} (stream {stream}, {len} bytes)",
-                printable_type(kind)
-            ),
+            Ok(Some(Frame::Unknown { kind, stream, len })) => {
+                if noise::allow(Cause::BadFrame) {
+                    warn!(
+                        "device {key}: ignoring frame of unknown type {} (stream {stream}, {len} bytes)",
+                        printable_type(kind)
+                    );
+                }
+            }
             Ok(None) => break "the device closed the connection".to_owned(),
             Err(e) => break e.from_sender(Sender::Device).to_string(),
         }

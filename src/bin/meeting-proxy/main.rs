@@ -8,7 +8,9 @@
 
 mod auth;
 mod control;
+mod noise;
 mod outbound;
+mod penalty;
 mod pending;
 mod public;
 mod registry;

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 /// The bounds, and who holds a slot now.
 pub struct Pending {
@@ -97,50 +96,6 @@ impl Drop for Slot {
     }
 }
 
-/// A warning that may repeat at any rate (a flood): the first few in a window are said one by
-/// one, the others counted and said in one line when the next one comes after the window.
-pub struct Repeated {
-    said: Mutex<(Option<Instant>, u64, u64)>,
-}
-
-/// Said one by one per window.
-const BURST: u64 = 3;
-/// The window.
-const WINDOW: Duration = Duration::from_secs(10);
-
-impl Repeated {
-    /// Nothing said yet.
-    pub const fn new() -> Repeated {
-        Repeated {
-            said: Mutex::new((None, 0, 0)),
-        }
-    }
-
-    /// Whether this occurrence is to be logged; `Some(n)` first when `n` went unsaid in the
-    /// window that ended.
-    pub fn allow(&self) -> (bool, Option<u64>) {
-        let mut g = self.said.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let (start, said, unsaid) = &mut *g;
-        let mut summary = None;
-        if start.is_none_or(|s| now.duration_since(s) >= WINDOW) {
-            if *unsaid > 0 {
-                summary = Some(*unsaid);
-            }
-            *start = Some(now);
-            *said = 0;
-            *unsaid = 0;
-        }
-        if *said < BURST {
-            *said += 1;
-            (true, summary)
-        } else {
-            *unsaid += 1;
-            (false, summary)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,12 +114,5 @@ mod tests {
         assert_eq!(p.in_progress(), 2);
         let _b2 = p.admit(b).unwrap();
         assert_eq!(p.admit(a).err(), Some(Over::Total(3)));
-    }
-
-    #[test]
-    fn a_flood_is_said_a_few_times_then_counted() {
-        let r = Repeated::new();
-        let said = (0..10).filter(|_| r.allow().0).count();
-        assert_eq!(said as u64, BURST);
     }
 }

@@ -13,7 +13,8 @@ use log::{info, warn};
 use tunnel_agent::protocol::frame::{close_frame, open_frame};
 use tunnel_agent::uplink::copy::pump_to_frames;
 
-use crate::registry::Registry;
+use crate::noise::{self, Cause};
+use crate::registry::{DeviceSession, Registry};
 use crate::settings::Tunnel;
 
 /// Stack of a thread serving one public connection or one agent: they hold no big buffer on
@@ -83,17 +84,24 @@ pub fn serve(listener: TcpListener, tunnel: Tunnel, registry: Arc<Registry>, gat
         }
         match conn {
             Ok(sock) => {
-                let (t, r, g) = (tunnel.clone(), registry.clone(), gate.clone());
+                let sock = Arc::new(sock);
+                let Some((stream, session)) = admit(&sock, &tunnel, &registry) else {
+                    continue;
+                };
+                let (t, g, s) = (tunnel.clone(), gate.clone(), session.clone());
                 if let Err(e) = thread::Builder::new()
                     .name("public".into())
                     .stack_size(THREAD_STACK)
-                    .spawn(move || relay(sock, &t, &r, &g))
+                    .spawn(move || relay(sock, stream, &t, &s, &g))
                 {
+                    session.remove_stream(stream);
                     warn!("cannot start a thread for a public connection: {e}");
                 }
             }
             Err(e) => {
-                warn!("accept on {} failed: {e}", tunnel.listen);
+                if noise::allow(Cause::AcceptFailed) {
+                    warn!("accept on {} failed: {e}", tunnel.listen);
+                }
                 // Out of descriptors or memory: do not spin on it.
                 thread::sleep(std::time::Duration::from_millis(100));
             }
@@ -101,23 +109,46 @@ pub fn serve(listener: TcpListener, tunnel: Tunnel, registry: Arc<Registry>, gat
     }
 }
 
-fn relay(sock: TcpStream, tunnel: &Tunnel, registry: &Registry, gate: &Gate) {
+/// The stream of a public connection just accepted, and its device's session; `None` (the
+/// connection is closed at once, before any thread) when the device is offline or the
+/// connection is over the device's bounds.
+fn admit(
+    sock: &Arc<TcpStream>,
+    tunnel: &Tunnel,
+    registry: &Registry,
+) -> Option<(u32, Arc<DeviceSession>)> {
+    let peer = sock.peer_addr().ok()?;
+    let Some(session) = registry.get(&tunnel.device) else {
+        if noise::allow(Cause::PublicRefused) {
+            info!(
+                "public connection from {peer} to {} closed: device {} has no agent online",
+                tunnel.listen, tunnel.device
+            );
+        }
+        return None;
+    };
+    match session.add_stream(sock.clone(), peer.ip()) {
+        Ok(id) => Some((id, session)),
+        Err(over) => {
+            if noise::allow(Cause::PublicRefused) {
+                warn!(
+                    "public connection from {peer} to {} refused: {over}",
+                    tunnel.listen
+                );
+            }
+            None
+        }
+    }
+}
+
+fn relay(sock: Arc<TcpStream>, id: u32, tunnel: &Tunnel, session: &DeviceSession, gate: &Gate) {
     let peer = sock
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
-    let Some(session) = registry.get(&tunnel.device) else {
-        info!(
-            "public connection from {peer} to {} closed: device {} has no agent online",
-            tunnel.listen, tunnel.device
-        );
-        return;
-    };
     let _ = sock.set_nodelay(true);
-    let sock = Arc::new(sock);
     let slot = gate.next.fetch_add(1, Ordering::Relaxed);
     gate.conns().insert(slot, sock.clone());
-    let id = session.add_stream(sock.clone());
     // Every frame of the stream on one lane: the open goes before its data, the close after.
     let lane = session.tx.pipelined_lane();
     if lane.send(open_frame(id, tunnel.port)).is_err() {

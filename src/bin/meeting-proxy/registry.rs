@@ -1,7 +1,7 @@
 //! Which device has which live agent connection, and that connection's public streams.
 
 use std::collections::HashMap;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -9,6 +9,40 @@ use std::time::Duration;
 use tunnel_agent::uplink::writer::FrameSender;
 
 use crate::outbound::Outbound;
+
+/// Bounds of one device's public connections (nginx's `limit_conn`): one address cannot take
+/// all the channels the agent allows.
+#[derive(Debug, Clone, Copy)]
+pub struct PublicLimits {
+    /// From one address.
+    pub per_address: usize,
+    /// In all.
+    pub per_device: usize,
+}
+
+/// Why a public connection was not let through to its device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverPublic {
+    /// This many connections from its address are open to the device.
+    Address(usize),
+    /// This many connections are open to the device.
+    Device(usize),
+}
+
+impl std::fmt::Display for OverPublic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OverPublic::Address(n) => write!(
+                f,
+                "{n} connections from this address are open to the device (max_public_per_address)"
+            ),
+            OverPublic::Device(n) => write!(
+                f,
+                "{n} connections are open to the device (max_public_per_device)"
+            ),
+        }
+    }
+}
 
 /// One authenticated agent connection.
 pub struct DeviceSession {
@@ -23,6 +57,7 @@ pub struct DeviceSession {
     streams: Mutex<HashMap<u32, Arc<Outbound>>>,
     /// How long a public client may take nothing.
     send_timeout: Duration,
+    limits: PublicLimits,
     next_id: AtomicU32,
     /// How many public connections `close` cut.
     closed_streams: AtomicU32,
@@ -37,7 +72,7 @@ impl DeviceSession {
         peer: SocketAddr,
         tx: FrameSender,
         sock: TcpStream,
-        send_timeout: Duration,
+        (send_timeout, limits): (Duration, PublicLimits),
     ) -> Self {
         DeviceSession {
             key,
@@ -45,6 +80,7 @@ impl DeviceSession {
             tx,
             sock,
             send_timeout,
+            limits,
             streams: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
             closed_streams: AtomicU32::new(0),
@@ -56,12 +92,23 @@ impl DeviceSession {
         self.streams.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a public connection under a fresh stream id.
-    pub fn add_stream(&self, public: Arc<TcpStream>) -> u32 {
+    /// Registers a public connection from `from` under a fresh stream id, unless the
+    /// device's bounds are reached.
+    pub fn add_stream(&self, public: Arc<TcpStream>, from: IpAddr) -> Result<u32, OverPublic> {
+        let mut streams = self.streams();
+        if streams.len() >= self.limits.per_device {
+            return Err(OverPublic::Device(streams.len()));
+        }
+        let same = streams
+            .values()
+            .filter(|o| o.peer().is_some_and(|p| p.ip() == from))
+            .count();
+        if same >= self.limits.per_address {
+            return Err(OverPublic::Address(same));
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.streams()
-            .insert(id, Outbound::new(public, id, self.send_timeout));
-        id
+        streams.insert(id, Outbound::new(public, id, self.send_timeout));
+        Ok(id)
     }
 
     /// The way to a stream's public connection.

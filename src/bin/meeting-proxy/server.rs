@@ -12,13 +12,12 @@ use log::{info, warn};
 use tunnel_agent::meeting::{ApiError, ApiUrl, Client};
 
 use crate::auth::Auth;
-use crate::pending::{Pending, Repeated};
+use crate::noise::{self, Cause};
+use crate::penalty::{Penalties, Rate};
+use crate::pending::Pending;
 use crate::registry::Registry;
 use crate::settings::{ReplyMode, Settings, Tunnel};
 use crate::{control, public, tunnels};
-
-/// Connections refused for too many handshakes in progress, said a few at a time.
-static CROWDED: Repeated = Repeated::new();
 
 /// Why the proxy could not start.
 #[derive(Debug)]
@@ -101,6 +100,7 @@ pub struct Server {
     auth: Arc<Auth>,
     control: TcpListener,
     pending: Arc<Pending>,
+    penalties: Arc<Penalties>,
 }
 
 impl Server {
@@ -128,6 +128,7 @@ impl Server {
         }
         Ok(Server {
             pending: Pending::new(settings.max_pending_per_address, settings.max_pending),
+            penalties: Arc::new(penalties(&settings)),
             settings: Arc::new(settings),
             tls: Arc::new(tls),
             registry,
@@ -138,6 +139,7 @@ impl Server {
 
     /// Accepts agents, one thread each, until the listener fails for good.
     pub fn listen(self) -> ExitCode {
+        noise::spawn_summaries();
         match self.control.local_addr() {
             Ok(a) => info!(
                 "listening for agents on {a} ({}, reply mode {})",
@@ -158,7 +160,9 @@ impl Server {
             match conn {
                 Ok(sock) => self.admit(sock),
                 Err(e) => {
-                    warn!("accept failed: {e}");
+                    if noise::allow(Cause::AcceptFailed) {
+                        warn!("accept failed: {e}");
+                    }
                     // Out of descriptors or memory: do not spin on it.
                     thread::sleep(Duration::from_millis(100));
                 }
@@ -167,31 +171,35 @@ impl Server {
         ExitCode::SUCCESS
     }
 
-    /// Gives an accepted connection its thread, or, over the bounds of handshakes in
-    /// progress, one refusal line (never waiting on the client) and a close.
+    /// Gives an accepted connection its thread, or, from an address slowed for its failed
+    /// handshakes or over the bounds of handshakes in progress, one refusal line (never
+    /// waiting on the client) and a close.
     fn admit(&self, sock: std::net::TcpStream) {
         let Ok(peer) = sock.peer_addr() else {
             return;
         };
         let at = std::time::Instant::now();
-        let slot = match self.pending.admit(peer.ip()) {
+        let refused = match self.penalties.address(peer.ip()) {
+            Err(slowed) => Err(format!(
+                "too many failed handshakes from this address; retry in {}",
+                slowed.retry_in()
+            )),
+            Ok(()) => self.pending.admit(peer.ip()).map_err(|over| {
+                format!(
+                    "busy: {over} (max_pending_per_address {}, max_pending {}); try again in \
+                     a minute",
+                    self.settings.max_pending_per_address, self.settings.max_pending
+                )
+            }),
+        };
+        let slot = match refused {
             Ok(slot) => slot,
-            Err(over) => {
-                let (say, unsaid) = CROWDED.allow();
-                if let Some(n) = unsaid {
-                    warn!("{n} more connections refused for too many handshakes in progress (not logged one by one)");
-                }
-                if say {
-                    warn!(
-                        "agent {peer} refused: {over} (max_pending_per_address {}, max_pending {})",
-                        self.settings.max_pending_per_address, self.settings.max_pending
-                    );
+            Err(why) => {
+                if noise::allow(Cause::Busy) {
+                    warn!("agent {peer} refused: {why}");
                 }
                 if self.settings.reply == ReplyMode::Normal {
-                    let line = control::refusal(
-                        self.settings.error_form,
-                        &format!("busy: {over}; try again in a minute"),
-                    );
+                    let line = control::refusal(self.settings.error_form, &why);
                     let _ = sock.set_nonblocking(true);
                     let _ = std::io::Write::write(&mut &sock, format!("{line}\n").as_bytes());
                 }
@@ -205,15 +213,34 @@ impl Server {
             slot,
         };
         let (s, t) = (self.settings.clone(), self.tls.clone());
-        let (a, r) = (self.auth.clone(), self.registry.clone());
+        let (a, r, p) = (
+            self.auth.clone(),
+            self.registry.clone(),
+            self.penalties.clone(),
+        );
         if let Err(e) = thread::Builder::new()
             .name("agent".into())
             .stack_size(public::THREAD_STACK)
-            .spawn(move || control::serve(conn, &s, &t, &a, &r))
+            .spawn(move || control::serve(conn, &s, &t, (&a, &p), &r))
         {
             warn!("cannot start a thread for an agent connection: {e}");
         }
     }
+}
+
+/// The penalties for failed handshakes the settings ask for.
+fn penalties(settings: &Settings) -> Penalties {
+    Penalties::new(
+        Rate {
+            burst: settings.address_penalty_burst as f64,
+            per_second: settings.address_penalty_per_second,
+        },
+        Rate {
+            burst: settings.key_penalty_burst as f64,
+            per_second: settings.key_penalty_per_minute / 60.0,
+        },
+        Duration::from_secs_f64(settings.remember_accepted),
+    )
 }
 
 fn tls_config(settings: &Settings) -> Result<control::Tls, StartError> {

@@ -100,6 +100,20 @@ pub struct Settings {
     pub max_pending: usize,
     /// Seconds a device (or a public client) may take nothing before it is dropped.
     pub send_timeout: f64,
+    /// Failed handshakes from one address before it is slowed.
+    pub address_penalty_burst: usize,
+    /// Handshakes a second one slowed address may try.
+    pub address_penalty_per_second: f64,
+    /// Failed handshakes for one device key before it is slowed.
+    pub key_penalty_burst: usize,
+    /// Handshakes a minute a slowed key may have judged (each may be one API call).
+    pub key_penalty_per_minute: f64,
+    /// Seconds a device's accepted token still lets it in while its key is slowed.
+    pub remember_accepted: f64,
+    /// Public connections from one address to one device.
+    pub max_public_per_address: usize,
+    /// Public connections to one device in all.
+    pub max_public_per_device: usize,
 }
 
 impl Default for Settings {
@@ -125,6 +139,13 @@ impl Default for Settings {
             max_pending_per_address: 32,
             max_pending: 1024,
             send_timeout: 60.0,
+            address_penalty_burst: 5,
+            address_penalty_per_second: 10.0,
+            key_penalty_burst: 3,
+            key_penalty_per_minute: 3.0,
+            remember_accepted: 3600.0,
+            max_public_per_address: 16,
+            max_public_per_device: 256,
         }
     }
 }
@@ -138,6 +159,7 @@ impl Settings {
             ("cache_accept", self.cache_accept, 0.0),
             ("cache_refuse", self.cache_refuse, 0.0),
             ("send_timeout", self.send_timeout, 0.1),
+            ("remember_accepted", self.remember_accepted, 0.0),
         ] {
             if !(v.is_finite() && (min..=86_400.0).contains(&v)) {
                 return Err(format!(
@@ -163,6 +185,52 @@ impl Settings {
                 self.max_pending
             ));
         }
+        for (name, v, range) in [
+            (
+                "address_penalty_per_second",
+                self.address_penalty_per_second,
+                0.1..=1000.0,
+            ),
+            (
+                "key_penalty_per_minute",
+                self.key_penalty_per_minute,
+                0.1..=600.0,
+            ),
+        ] {
+            if !(v.is_finite() && range.contains(&v)) {
+                return Err(format!(
+                    "{name} {v}: expected {} to {}",
+                    range.start(),
+                    range.end()
+                ));
+            }
+        }
+        for (name, v, range) in [
+            (
+                "address_penalty_burst",
+                self.address_penalty_burst,
+                1..=1000,
+            ),
+            ("key_penalty_burst", self.key_penalty_burst, 1..=1000),
+            (
+                "max_public_per_address",
+                self.max_public_per_address,
+                1..=100,
+            ),
+            (
+                "max_public_per_device",
+                self.max_public_per_device,
+                1..=65_536,
+            ),
+        ] {
+            if !range.contains(&v) {
+                return Err(format!(
+                    "{name} {v}: expected {} to {}",
+                    range.start(),
+                    range.end()
+                ));
+            }
+        }
         if let Some((lo, hi)) = self.public_ports {
             if lo == 0 || lo > hi {
                 return Err(format!(
@@ -181,6 +249,12 @@ impl Settings {
 fn seconds(flag: &str, v: &str) -> Result<f64, String> {
     v.parse::<f64>()
         .map_err(|_| format!("{flag} '{v}': expected a number of seconds, e.g. 5 or 0.5"))
+}
+
+/// A rate as given on the command line.
+fn number(flag: &str, v: &str) -> Result<f64, String> {
+    v.parse::<f64>()
+        .map_err(|_| format!("{flag} '{v}': expected a number, e.g. 10 or 0.5"))
 }
 
 /// A count as given on the command line.
@@ -241,6 +315,18 @@ Facing the internet:
   --send-timeout SECS        a device whose connection takes no data for SECS is dropped,
                              with its public connections (default 60); agents' connections
                              also get TCP keepalive and TCP_USER_TIMEOUT, as the agent's do
+  --address-penalty-burst N, --address-penalty-per-second R
+                             failed handshakes from one address pass N at once, then R a
+                             second; more get \"too many failed handshakes\" with the time to
+                             wait, before any thread (default 5 and 10)
+  --key-penalty-burst N, --key-penalty-per-minute R
+                             the same per device key, before the token is checked or the API
+                             asked (default 3 and 3); while a key is slowed, the token
+                             accepted for it within --remember-accepted SECS still gets in
+                             (default 3600)
+  --max-public-per-address N, --max-public-per-device N
+                             public connections to one device from one address (at most
+                             100), and in all; more are closed at once (default 16 and 256)
 
   --config FILE              the same settings as JSON: {\"listen\", \"devices\": [{\"key\",
                              \"token\", \"authorized\"}], \"tunnels\": [{\"listen\", \"device\",
@@ -249,7 +335,11 @@ Facing the internet:
                              \"public_bind\", \"public_ports\": [LOW, HIGH], \"close_expired\",
                              \"cache_accept\", \"cache_refuse\", \"handshake_timeout\",
                              \"max_pending_per_address\", \"max_pending\",
-                             \"send_timeout\"}; flags add to it
+                             \"send_timeout\", \"address_penalty_burst\",
+                             \"address_penalty_per_second\", \"key_penalty_burst\",
+                             \"key_penalty_per_minute\", \"remember_accepted\",
+                             \"max_public_per_address\", \"max_public_per_device\"};
+                             flags add to it
   -v, -q                     more / less logging
   -h, --help, -V, --version";
 
@@ -303,6 +393,19 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             }
             "--max-pending" => settings.max_pending = count(arg, &value(arg)?)?,
             "--send-timeout" => settings.send_timeout = seconds(arg, &value(arg)?)?,
+            "--address-penalty-burst" => settings.address_penalty_burst = count(arg, &value(arg)?)?,
+            "--address-penalty-per-second" => {
+                settings.address_penalty_per_second = number(arg, &value(arg)?)?
+            }
+            "--key-penalty-burst" => settings.key_penalty_burst = count(arg, &value(arg)?)?,
+            "--key-penalty-per-minute" => {
+                settings.key_penalty_per_minute = number(arg, &value(arg)?)?
+            }
+            "--remember-accepted" => settings.remember_accepted = seconds(arg, &value(arg)?)?,
+            "--max-public-per-address" => {
+                settings.max_public_per_address = count(arg, &value(arg)?)?
+            }
+            "--max-public-per-device" => settings.max_public_per_device = count(arg, &value(arg)?)?,
             "--public-bind" => settings.public_bind = value("--public-bind")?,
             "--public-ports" => settings.public_ports = Some(parse_range(&value(arg)?)?),
             "--close-expired" => settings.close_expired = true,

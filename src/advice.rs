@@ -275,6 +275,17 @@ pub fn login_modes() -> String {
     "chmod go-w the path named, and chown it to the user or root".to_owned()
 }
 
+/// Another agent keeps taking this device's connection at the proxy (same device key).
+pub fn another_agent(wait_s: u64) -> String {
+    format!(
+        "find and stop the other agent: a device cloned from this one's SD card (give it its own \
+         device key in Meeting and in its {}), or the old tunnel_agent.py or meeting-tunnel-agent \
+         still running on this device (stop and disable it). This agent waits {wait_s} s before \
+         it connects again, instead of taking the connection back",
+        DEVICE_KEY.spec.key
+    )
+}
+
 /// A thread could not be started.
 pub fn no_thread() -> String {
     "the system is out of threads or memory (check ulimit -u and free memory)".to_owned()

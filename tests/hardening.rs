@@ -610,3 +610,113 @@ fn floods_write_a_few_lines_and_a_count_not_a_line_each() {
     );
     drop(held);
 }
+
+#[test]
+fn a_replaced_agent_is_told_by_whom_and_two_agents_with_one_key_stop_fighting() {
+    let echo = echo_server();
+    let proxy = Proxy::for_ports(&[echo], &[]);
+    let dir = std::env::temp_dir().join(format!("tunnel-agent-twins-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let status = |n: usize| dir.join(format!("status-{n}.json")).display().to_string();
+    // Two agents with the same device key: a cloned SD card, or the old agent still running.
+    let twins: Vec<Proc> = (0..2)
+        .map(|n| proxy.agent(&["--status-file", &status(n)]))
+        .collect();
+    // They take the connection from each other until one of them gives up.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let loser = loop {
+        if let Some(n) = (0..2).find(|&n| {
+            twins[n]
+                .output()
+                .contains("another agent is connecting as device")
+        }) {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}\n{}",
+            twins[0].output(),
+            twins[1].output()
+        );
+        // Polling two logs: a process's output has no event to wait on here.
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let winner = 1 - loser;
+    let said = twins[loser].output();
+    // Each replacement said by whom, then one ERROR naming the likely causes, and no fight.
+    assert!(
+        said.contains(&format!(
+            "replaced this connection with a new one for device {KEY} from 127.0.0.1:"
+        )),
+        "{said}"
+    );
+    let error = said
+        .lines()
+        .find(|l| l.contains("another agent is connecting as device"))
+        .unwrap();
+    assert!(error.contains("ERROR"), "{error}");
+    assert!(
+        error.contains("replaced this agent's connection 3 times in 10 min"),
+        "{error}"
+    );
+    assert!(error.contains("cloned from this one's SD card"), "{error}");
+    assert!(
+        error.contains("tunnel_agent.py or meeting-tunnel-agent"),
+        "{error}"
+    );
+    assert!(error.contains("waits 600 s"), "{error}");
+    // The proxy says so too, and the old connection got the notice before it was closed.
+    assert!(proxy
+        .proc
+        .output()
+        .contains("disconnected: replaced by a new connection from 127.0.0.1:"));
+    // The status file shows it; check reads it and sends no handshake (which would take the
+    // connection from the other agent once more).
+    let snap: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(status(loser)).unwrap()).unwrap();
+    assert_eq!(snap["state"], "displaced", "{snap}");
+    assert_eq!(snap["last_error"]["class"], "replaced", "{snap}");
+    let cfg = dir.join("meeting.json");
+    let v = serde_json::json!({
+        "device_key": KEY, "token_code": TOKEN, "tunnel_host": "127.0.0.1",
+        "tunnel_port": proxy.control.port(), "allowed_ports": [echo],
+        "status_file": status(loser), "meeting_ssh_user": "",
+    });
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let replaced_before = proxy
+        .proc
+        .output()
+        .matches("replaced by a new connection")
+        .count();
+    let out = std::process::Command::new(bin("tunnel-agent"))
+        .args(["check", "--json", "--timeout", "2", "--config"])
+        .arg(&cfg)
+        .env_remove("MEETING_TOKEN")
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{json}");
+    assert_eq!(json["verdict"], "another_agent", "{json}");
+    assert!(
+        json["summary"]
+            .as_str()
+            .unwrap()
+            .contains("another agent is connecting as device"),
+        "{json}"
+    );
+    // The other agent keeps the device, and the tunnel works through it.
+    device_works(&proxy);
+    let snap: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(status(winner)).unwrap()).unwrap();
+    assert_eq!(snap["state"], "connected", "{snap}");
+    assert_eq!(
+        proxy
+            .proc
+            .output()
+            .matches("replaced by a new connection")
+            .count(),
+        replaced_before,
+        "check took the connection"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

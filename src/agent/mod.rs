@@ -17,12 +17,14 @@ pub mod shutdown;
 pub mod status;
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
 use crate::backoff::{Backoff, Jitter};
 use crate::config::{Config, ConfigError};
 use crate::protocol::handshake::FailureClass;
+use session::Ending;
 use shutdown::{Shutdown, Wake};
 use status::{State, Status};
 
@@ -117,6 +119,57 @@ fn warn_about(cfg: &Config) {
     }
 }
 
+/// Replacements within this window count towards [`DISPLACED_AFTER`].
+const DISPLACED_WINDOW: Duration = Duration::from_secs(600);
+/// Replacements within [`DISPLACED_WINDOW`] after which the agent stops fighting for the
+/// connection.
+const DISPLACED_AFTER: usize = 3;
+/// How long it then waits before it tries again.
+const DISPLACED_WAIT: Duration = Duration::from_secs(600);
+
+/// Recent replacements of this agent's connection by another one with the same device key.
+#[derive(Default)]
+struct Displaced {
+    at: std::collections::VecDeque<Instant>,
+}
+
+impl Displaced {
+    /// Notes a replacement by `by`. `Some(wait)` when it has happened too often: another
+    /// agent uses this device key, said once as an ERROR, and this one waits `wait` instead
+    /// of taking the connection back (which would only make the other one do the same).
+    fn replaced(
+        &mut self,
+        by: &str,
+        e: &session::SessionError,
+        status: &Status,
+    ) -> Option<Duration> {
+        let now = Instant::now();
+        self.at
+            .retain(|t| now.duration_since(*t) < DISPLACED_WINDOW);
+        self.at.push_back(now);
+        let n = self.at.len();
+        if n < DISPLACED_AFTER {
+            return None;
+        }
+        self.at.clear();
+        let fact = format!(
+            "the proxy {} replaced this agent's connection {n} times in {} min, most recently \
+             with one from {by}: another agent is connecting as device {}",
+            e.proxy,
+            DISPLACED_WINDOW.as_secs() / 60,
+            e.device_key
+        );
+        let message = crate::advice::explained(
+            fact,
+            Some(crate::advice::another_agent(DISPLACED_WAIT.as_secs())),
+        );
+        error!("{message}");
+        status.error(e.class_name(), message);
+        status.set(State::Displaced);
+        Some(DISPLACED_WAIT)
+    }
+}
+
 /// Connects, serves, and reconnects with backoff until `shutdown` is triggered.
 pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Arc<Status>) {
     let mut backoff = Backoff::default();
@@ -141,6 +194,7 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Arc<Status>) {
         error!("cannot start the SSH key thread ({e}); run `tunnel-agent keys` to install Meeting's key");
     }
     let mut attempt: u64 = 0;
+    let mut displaced = Displaced::default();
     while !shutdown.requested() {
         attempt += 1;
         let cfg = live.get();
@@ -159,11 +213,24 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Arc<Status>) {
             continue;
         }
         let Err(e) = outcome.result else { break };
+        if let Ending::Replaced { by } = &e.ending {
+            if let Some(delay) = displaced.replaced(by, &e, status) {
+                match shutdown.sleep(delay) {
+                    Wake::Stop => break,
+                    Wake::Kick => {
+                        shutdown.take_kick();
+                        info!("reconnecting now with the reloaded configuration");
+                    }
+                    Wake::Elapsed => {}
+                }
+                continue;
+            }
+        }
         let refused = e.class() == FailureClass::Refusal;
         let message = e.explained();
         if refused {
             error!("{message}");
-        } else if outcome.uptime.is_zero() {
+        } else if outcome.uptime.is_zero() || matches!(e.ending, Ending::Replaced { .. }) {
             warn!("{message}");
         } else {
             warn!(

@@ -15,8 +15,11 @@ use crate::agent::channels::{Channels, Interrupt, Totals};
 use crate::agent::shutdown::Shutdown;
 use crate::agent::status::{State, Status};
 use crate::agent::Live;
+use crate::bytes::printable::printable;
 use crate::config::Config;
-use crate::protocol::frame::{close_frame, printable_type, Frame, FrameError, FrameReader};
+use crate::protocol::frame::{
+    close_frame, printable_type, Frame, FrameError, FrameReader, MAX_REPLACED_BY,
+};
 use crate::protocol::handshake::{handshake_line, read_reply, FailureClass, Reply, ReplyError};
 use crate::transport::tcp::{self, acks_stopped, is_dead_link, peer_gone, Keepalive};
 use crate::transport::{self, Control, TransportError};
@@ -40,6 +43,12 @@ pub enum Ending {
     Frame(FrameError),
     /// The proxy closed the control connection between frames.
     ClosedByProxy,
+    /// The proxy said (`R`) that a newer connection for this device key, from `by`, took
+    /// this one's place.
+    Replaced {
+        /// The newer connection's address, printable.
+        by: String,
+    },
     /// Writing to the proxy failed.
     Write(io::Error),
     /// The frame-writer thread could not be started.
@@ -99,6 +108,7 @@ impl Ending {
             Ending::Transport(TransportError::Tls(_)) => "tls",
             Ending::Transport(TransportError::TlsUnavailable) => "tls",
             Ending::DeadLink { .. } => "dead_link",
+            Ending::Replaced { .. } => "replaced",
             _ => "network",
         }
     }
@@ -144,6 +154,11 @@ impl fmt::Display for SessionError {
             ),
             Ending::Frame(e) => write!(f, "{e}; reconnecting to {proxy}"),
             Ending::ClosedByProxy => write!(f, "the proxy {proxy} closed the control connection"),
+            Ending::Replaced { by } => write!(
+                f,
+                "the proxy {proxy} replaced this connection with a new one for device {} from {by}",
+                self.device_key
+            ),
             Ending::Write(e) => write!(f, "writing to the proxy {proxy} failed: {e}"),
             Ending::WriterSpawn(e) => {
                 write!(f, "cannot start the frame-writer thread for {proxy}: {e}")
@@ -410,6 +425,11 @@ fn frames(
                     warn!("proxy sent an open request for stream {stream} with a {len}-byte payload (2 expected); refusing it");
                 }
                 let _ = tx.send(close_frame(stream));
+            }
+            Frame::Replaced { by } => {
+                break Ending::Replaced {
+                    by: printable(by, MAX_REPLACED_BY),
+                };
             }
             Frame::Unknown { kind, stream, len } => {
                 if totals.noise.allow(Cause::UnknownFrame) {

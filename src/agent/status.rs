@@ -28,6 +28,9 @@ pub enum State {
     BackingOff,
     /// Waiting after the proxy refused the device.
     Refused,
+    /// Waiting long after this connection was replaced again and again by another agent
+    /// with the same device key: not fighting it for the connection.
+    Displaced,
 }
 
 impl State {
@@ -39,6 +42,7 @@ impl State {
             State::Connected => "connected",
             State::BackingOff => "backing_off",
             State::Refused => "refused",
+            State::Displaced => "displaced",
         }
     }
 }
@@ -46,7 +50,7 @@ impl State {
 /// The last error, by class.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LastError {
-    /// `refusal`, `network`, `protocol` or `dead_link`.
+    /// `refusal`, `network`, `protocol`, `tls`, `dead_link` or `replaced`.
     pub class: String,
     /// The message, as logged.
     pub message: String,

@@ -437,6 +437,11 @@ fn reach_proxy(cfg: &Config, opts: &Options, steps: &mut Vec<Step>, facts: &mut 
         )),
         None => steps.push(skipped("tls", "TLS off (tunnel_ssl false)")),
     }
+    if let Some(step) = displaced_agent(cfg) {
+        let logged = step.detail.clone();
+        steps.push(step);
+        return Reach::Replied(Handshake::AnotherAgent(logged));
+    }
     let live = connected_agent(cfg);
     match live {
         Some(agent) if !opts.handshake => {
@@ -467,6 +472,28 @@ fn connected_agent(cfg: &Config) -> Option<Snapshot> {
         .as_deref()
         .is_none_or(|k| k.eq_ignore_ascii_case(&cfg.device_key.value));
     (snap.is_fresh() && same_device && snap.state == "connected").then_some(snap)
+}
+
+/// The handshake step when the running agent for this device (fresh status file) stopped
+/// connecting because another agent keeps taking its connection: a handshake now would only
+/// take it once more.
+fn displaced_agent(cfg: &Config) -> Option<Step> {
+    let snap = crate::agent::status::read(cfg.status_file.as_deref()?).ok()?;
+    if !(snap.is_fresh() && snap.state == "displaced") {
+        return None;
+    }
+    let logged = snap.last_error.map(|e| e.message).unwrap_or_default();
+    Some(Step {
+        name: "handshake".into(),
+        status: Status::Fail,
+        detail: logged,
+        hint: Some(format!(
+            "not sent: tunnel-agent (pid {}) waits before it connects again; a handshake now \
+             would take the connection from the other agent once more",
+            snap.pid
+        )),
+        ms: 0,
+    })
 }
 
 /// The handshake step told from the running agent's status instead of a handshake.

@@ -177,6 +177,9 @@ fn questions(r: &Report) -> Vec<String> {
         | Verdict::LoginFileModes => vec![on_device(
             "Meeting's terminal login, see the ssh-login step",
         )],
+        Verdict::AnotherAgent => vec![on_device(
+            "another device, or another agent on this one, uses its device key",
+        )],
         Verdict::NoReply => vec![
             "None needed: the proxy keeps the connection without replying, as older proxies do, \
              and the agent works with it. Does this proxy version answer the handshake at all?"

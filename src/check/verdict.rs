@@ -40,6 +40,9 @@ pub enum Handshake {
     TlsOnPlain,
     /// Something that is not the Meeting protocol; the printable first bytes.
     NotMeeting(String),
+    /// Not sent: the running agent stopped connecting because another agent with this device
+    /// key keeps taking its connection; what it logged.
+    AnotherAgent(String),
 }
 
 /// What the Meeting API said about the device.
@@ -158,6 +161,8 @@ pub enum Verdict {
     MeetingKeyRefused,
     /// sshd's StrictModes would refuse the login user's authorized_keys.
     LoginFileModes,
+    /// Another agent connects with this device key and keeps taking the connection.
+    AnotherAgent,
 }
 
 impl Verdict {
@@ -184,11 +189,13 @@ impl Verdict {
             Verdict::MeetingKeyMissing => "meeting_key_missing",
             Verdict::MeetingKeyRefused => "meeting_key_refused",
             Verdict::LoginFileModes => "login_file_modes",
+            Verdict::AnotherAgent => "another_agent",
         }
     }
 
     /// Exit status: 0 ok (and no_reply: such proxies work); 1 configuration; 2 network (DNS,
-    /// TCP, TLS, not a Meeting proxy); 3 refused by the proxy; 4 the API says the device is
+    /// TCP, TLS, not a Meeting proxy); 3 refused by the proxy (or displaced there by another
+    /// agent with the same key); 4 the API says the device is
     /// unknown or not authorized; 5 local service down; 6 Meeting shows the device
     /// Disconnected; 7 Meeting's terminal cannot log in.
     pub fn exit_code(self) -> u8 {
@@ -201,7 +208,7 @@ impl Verdict {
             | Verdict::TlsMismatch
             | Verdict::TlsFailed
             | Verdict::NotMeetingProxy => 2,
-            Verdict::Rejected | Verdict::SilentlyRejected => 3,
+            Verdict::Rejected | Verdict::SilentlyRejected | Verdict::AnotherAgent => 3,
             Verdict::DeviceUnknown | Verdict::DeviceNotAuthorized => 4,
             Verdict::LocalServiceDown => 5,
             Verdict::OfflineInMeeting => 6,
@@ -418,6 +425,13 @@ pub fn decide(f: &Findings) -> (Verdict, String) {
                 ),
                 )
             }),
+        Reach::Replied(Handshake::AnotherAgent(logged)) => (
+            Verdict::AnotherAgent,
+            format!(
+                "Another agent is connecting as device {key}: the running agent's connection \
+                 was taken again and again, and it stopped taking it back. It logged: {logged}"
+            ),
+        ),
         Reach::Replied(Handshake::Accepted) => local_down()
             .or_else(offline)
             .or_else(login)

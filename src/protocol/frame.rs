@@ -13,6 +13,13 @@ pub const TYPE_OPEN: u8 = b'N';
 pub const TYPE_DATA: u8 = b'D';
 /// Frame type byte of a close frame (`C`, both ways).
 pub const TYPE_CLOSE: u8 = b'C';
+/// Frame type byte of a replacement notice (`R`, proxy to agent, stream 0): a newer
+/// connection for the same device key took this one's place, and this one is closed next.
+/// Its payload is the newer connection's address as text. Agents that do not know it skip it
+/// as any frame of unknown type.
+pub const TYPE_REPLACED: u8 = b'R';
+/// Longest address a replacement notice carries.
+pub const MAX_REPLACED_BY: usize = 128;
 /// Default largest payload accepted from the peer. Real proxies send tens of KiB at most.
 pub const DEFAULT_MAX_FRAME: u32 = 1024 * 1024;
 
@@ -44,6 +51,12 @@ pub enum Frame<'a> {
     Close {
         /// Stream id.
         stream: u32,
+    },
+    /// `R`: this connection was replaced by a newer one for the same device key, from the
+    /// address in the payload (as sent: printable it is not guaranteed to be).
+    Replaced {
+        /// The newer connection's address, as text.
+        by: &'a [u8],
     },
     /// A type byte this agent does not know; its payload has been skipped.
     Unknown {
@@ -181,6 +194,15 @@ pub fn close_frame(stream: u32) -> Vec<u8> {
     encode_header(TYPE_CLOSE, stream, 0).to_vec()
 }
 
+/// Returns the bytes of an `R` frame: replaced by a newer connection from `by` (cut to
+/// [`MAX_REPLACED_BY`] bytes).
+pub fn replaced_frame(by: &str) -> Vec<u8> {
+    let by = &by.as_bytes()[..by.len().min(MAX_REPLACED_BY)];
+    let mut v = encode_header(TYPE_REPLACED, 0, by.len() as u32).to_vec();
+    v.extend_from_slice(by);
+    v
+}
+
 /// Returns the bytes of an `N` frame asking for local `port` on `stream`.
 pub fn open_frame(stream: u32, port: u16) -> Vec<u8> {
     let mut v = encode_header(TYPE_OPEN, stream, 2).to_vec();
@@ -312,6 +334,7 @@ impl<R: Read> FrameReader<R> {
             TYPE_OPEN => Frame::BadOpen { stream, len },
             TYPE_DATA => Frame::Data { stream, payload },
             TYPE_CLOSE => Frame::Close { stream },
+            TYPE_REPLACED => Frame::Replaced { by: payload },
             _ => Frame::Unknown { kind, stream, len },
         }))
     }
@@ -347,6 +370,19 @@ mod tests {
         );
         assert_eq!(r.next_frame().unwrap(), Some(Frame::Close { stream: 7 }));
         assert_eq!(r.next_frame().unwrap(), None);
+    }
+
+    #[test]
+    fn a_replacement_notice_carries_the_address() {
+        let wire = replaced_frame("203.0.113.9:40022");
+        assert_eq!(&wire[..9], &[b'R', 0, 0, 0, 0, 0, 0, 0, 17]);
+        assert_eq!(
+            reader(&wire).next_frame().unwrap(),
+            Some(Frame::Replaced {
+                by: b"203.0.113.9:40022"
+            })
+        );
+        assert_eq!(replaced_frame(&"x".repeat(500)).len(), 9 + MAX_REPLACED_BY);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use tunnel_agent::bytes::printable::{printable, trim_ascii};
 use tunnel_agent::protocol::frame::{
-    printable_type, Frame, FrameReader, Sender, DEFAULT_MAX_FRAME,
+    printable_type, replaced_frame, Frame, FrameReader, Sender, DEFAULT_MAX_FRAME,
 };
 use tunnel_agent::protocol::handshake::{read_bounded_line, BoundedLine, MAX_REPLY_LINE};
 use tunnel_agent::transport::tcp::timed_out;
@@ -389,6 +389,11 @@ fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply:
                     warn!("device {key}: the device sent an open request (stream {stream}); devices may not open streams, ignored");
                 }
             }
+            Ok(Some(Frame::Replaced { .. })) => {
+                if noise::allow(Cause::BadFrame) {
+                    warn!("device {key}: the device sent a replacement notice; only the proxy sends those, ignored");
+                }
+            }
             Ok(Some(Frame::Unknown { kind, stream, len })) => {
                 if noise::allow(Cause::BadFrame) {
                     warn!(
@@ -402,13 +407,24 @@ fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply:
         }
     };
     registry.remove_if_current(&session);
+    let replaced_by = session.replaced_by();
+    if let Some(by) = replaced_by {
+        // The notice goes after what was queued, then the writer stops (its writes bounded by
+        // send_timeout), and only then the socket is closed.
+        let _ = tx.send(replaced_frame(&by.to_string()));
+        tx.finish();
+        drop(tx);
+        let _ = writer.join();
+        session.close();
+        info!("device {key} from {peer} disconnected: replaced by a new connection from {by}");
+        return;
+    }
     session.close();
     tx.finish();
     drop(tx);
     let streams = session.streams_at_close();
-    let why = match (writer.join(), session.replaced_by()) {
-        (_, Some(by)) => format!("replaced by a new connection from {by}"),
-        (Ok(Err(e)), None) if timed_out(&e) => format!(
+    let why = match writer.join() {
+        Ok(Err(e)) if timed_out(&e) => format!(
             "the device took no data for {} s (send_timeout); dropped with its {streams} public connection(s)",
             send_timeout.as_secs_f64()
         ),

@@ -129,17 +129,26 @@ impl DeviceSession {
 
     /// Closes every public connection and the agent socket.
     pub fn close(&self) {
+        self.close_streams();
+        let _ = self.sock.shutdown(Shutdown::Both);
+    }
+
+    /// Closes every public connection.
+    fn close_streams(&self) {
         for (_, s) in self.streams().drain() {
             s.close();
             self.closed_streams.fetch_add(1, Ordering::Relaxed);
         }
-        let _ = self.sock.shutdown(Shutdown::Both);
     }
 
-    /// Closes this session for a newer one from `by`.
+    /// Ends this session for a newer one from `by`: its public connections are closed, and
+    /// its reader stops (the socket's reading half is shut), so that the session's own thread
+    /// sends the replacement notice and then closes (never this caller, who must not wait on
+    /// a device that may not be reading).
     pub fn replace(&self, by: SocketAddr) {
         *self.replaced_by.lock().unwrap_or_else(|p| p.into_inner()) = Some(by);
-        self.close();
+        self.close_streams();
+        let _ = self.sock.shutdown(Shutdown::Read);
     }
 
     /// The address of the connection that replaced this one, if one did.

@@ -720,3 +720,94 @@ fn a_replaced_agent_is_told_by_whom_and_two_agents_with_one_key_stop_fighting() 
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// This network namespace's counters of connections the kernel could not queue for accept
+/// (`ListenOverflows`, `ListenDrops`) or whose SYN it dropped or answered with a cookie for a
+/// full queue (`TCPReqQFullDrop`, `TCPReqQFullDoCookies`), summed.
+fn lost_syns() -> u64 {
+    // thread-self: this thread's namespace (the test moved into its own).
+    let text = std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .filter(|(n, _)| {
+            matches!(
+                *n,
+                "ListenOverflows" | "ListenDrops" | "TCPReqQFullDrop" | "TCPReqQFullDoCookies"
+            )
+        })
+        .map(|(_, v)| v.parse::<u64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn a_reconnect_storm_of_2000_connections_from_1000_devices_is_accepted_without_lost_syns() {
+    if !may_run(
+        "a_reconnect_storm_of_2000_connections_from_1000_devices_is_accepted_without_lost_syns",
+        &[Need::Root, tool("ip", "iproute2")],
+    ) {
+        return;
+    }
+    // A namespace of its own: the kernel's counters are this test's alone.
+    own_network();
+    let dir = std::env::temp_dir().join(format!("tunnel-agent-storm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = |i: u32| format!("D{i:031X}");
+    let devices: Vec<serde_json::Value> = (0..1000)
+        .map(|i| serde_json::json!({"key": key(i), "token": format!("t{i}"), "authorized": true}))
+        .collect();
+    let cfg = dir.join("proxy.json");
+    std::fs::write(&cfg, serde_json::json!({ "devices": devices }).to_string()).unwrap();
+    let cfg = cfg.display().to_string();
+    // A proxy restart: the first one goes, the next one meets every device at once.
+    let first = Proxy::start(&["--config", &cfg]);
+    let listen = first.control.to_string();
+    drop(first);
+    let proxy = Proxy::start(&["--config", &cfg, "--listen", &listen]);
+    let before = lost_syns();
+
+    // 1 000 devices, each from its own address, each connecting twice at once (an agent that
+    // gave up on its first attempt while the proxy was down, say): 2 000 connections.
+    let go = std::sync::Arc::new(std::sync::Barrier::new(2000));
+    let t0 = Instant::now();
+    let storm: Vec<_> = (0..2000u32)
+        .map(|n| {
+            let (go, control, i) = (go.clone(), proxy.control, n / 2);
+            let line = tunnel_agent::protocol::handshake::handshake_line(&format!("t{i}"), &key(i));
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let from =
+                        std::net::IpAddr::from([127, 1, (i / 250) as u8, (i % 250 + 1) as u8]);
+                    go.wait();
+                    let s = support::connect_from(from, control, None).unwrap();
+                    s.set_read_timeout(Some(SOON)).unwrap();
+                    (&s).write_all(line.as_bytes()).unwrap();
+                    let mut reply = String::new();
+                    let _ = BufReader::new(&s).read_line(&mut reply);
+                    reply
+                })
+                .unwrap()
+        })
+        .collect();
+    let replies: Vec<String> = storm.into_iter().map(|t| t.join().unwrap()).collect();
+    let took = t0.elapsed();
+    let accepted = replies
+        .iter()
+        .filter(|r| r.contains("\"authenticated\""))
+        .count();
+    let lost = lost_syns() - before;
+    eprintln!(
+        "2000 connections from 1000 devices: {accepted} accepted in {took:?}, {lost} SYNs lost"
+    );
+    let other: Vec<&String> = replies
+        .iter()
+        .filter(|r| !r.contains("\"authenticated\""))
+        .take(3)
+        .collect();
+    assert_eq!(accepted, 2000, "{other:?}");
+    assert_eq!(lost, 0, "the kernel lost SYNs or queued connections");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -45,6 +45,11 @@ fn threads(p: &Proxy) -> u64 {
     status_field(p.proc.pid(), "Threads:")
 }
 
+/// The proxy's resident memory, KiB.
+fn rss(p: &Proxy) -> u64 {
+    status_field(p.proc.pid(), "VmRSS:")
+}
+
 /// Waits until `f` holds, for at most `SOON` (a count read from /proc settles after closes).
 fn settles(what: &str, f: impl Fn() -> bool) {
     let until = Instant::now() + SOON;
@@ -388,6 +393,7 @@ fn failed_handshakes_from_one_address_are_slowed_and_told_when_to_retry() {
     let _agent = proxy.agent(&[]);
     proxy.wait_agent(1);
     let base = threads(&proxy);
+    let base_rss = rss(&proxy);
 
     // Guessing device keys from one address as fast as the answers come, for 2 s.
     let (mut judged, mut slowed, mut retry) = (0u32, 0u32, String::new());
@@ -417,8 +423,14 @@ fn failed_handshakes_from_one_address_are_slowed_and_told_when_to_retry() {
         "{judged} judged, {slowed} slowed"
     );
     assert!(retry.contains("retry in 0.1 s"), "{retry}");
-    // The waits cost no thread: only the judged ones had one, and they are gone.
+    // The waits cost no thread: only the judged ones had one, and they are gone; the
+    // buckets of 2 000 addresses and keys weigh little.
     settles("no handshake thread left", || threads(&proxy) <= base);
+    assert!(
+        rss(&proxy) <= base_rss + 2048,
+        "{base_rss} KiB -> {} KiB",
+        rss(&proxy)
+    );
     // Another address is not slowed, and the device was served throughout.
     assert!(try_handshake("127.0.0.4", proxy.control, "AB", "0").contains("unknown device"));
     device_works(&proxy);
@@ -516,6 +528,8 @@ fn one_address_cannot_take_a_device_and_its_public_connections_are_bounded() {
     proxy.wait_agent(1);
     let base = threads(&proxy);
     device_works(&proxy);
+    let base_fds = open_fds(proxy.proc.pid());
+    let base_rss = rss(&proxy);
 
     // One address opens 100 idle connections: 16 (the default) get through, the others are
     // closed at once.
@@ -532,8 +546,14 @@ fn one_address_cannot_take_a_device_and_its_public_connections_are_bounded() {
         }
     }
     assert_eq!(closed, 84, "connections closed at once");
-    // Each one through costs one thread; those refused cost none.
+    // Each one through costs one thread and one descriptor; those refused cost none.
     settles("16 public threads", || threads(&proxy) == base + 16);
+    assert_eq!(open_fds(proxy.proc.pid()), base_fds + 16);
+    assert!(
+        rss(&proxy) <= base_rss + 4096,
+        "{base_rss} KiB -> {} KiB",
+        rss(&proxy)
+    );
     // The legitimate user (another address) is served during the flood.
     device_works(&proxy);
 
@@ -558,6 +578,9 @@ fn one_address_cannot_take_a_device_and_its_public_connections_are_bounded() {
     drop(flood);
     drop(more);
     settles("the public threads gone", || threads(&proxy) <= base);
+    settles("the public descriptors closed", || {
+        open_fds(proxy.proc.pid()) <= base_fds
+    });
     device_works(&proxy);
 }
 

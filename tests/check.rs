@@ -739,6 +739,12 @@ fn a_connected_agent_is_left_alone_and_its_state_is_the_handshake_evidence() {
         proxy.proc.output()
     );
     assert_eq!(agent.count("connection lost"), 0, "{}", agent.output());
+    assert_eq!(
+        agent.count("replaced this connection"),
+        0,
+        "{}",
+        agent.output()
+    );
 
     // --handshake: warned, and the proxy hands the device's connection to check.
     let (_, json, stderr) = run(&["--handshake"]);

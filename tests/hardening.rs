@@ -528,6 +528,8 @@ fn one_address_cannot_take_a_device_and_its_public_connections_are_bounded() {
     proxy.wait_agent(1);
     let base = threads(&proxy);
     device_works(&proxy);
+    // (That connection's end reaches the proxy a moment later.)
+    settles("the first user's thread gone", || threads(&proxy) == base);
     let base_fds = open_fds(proxy.proc.pid());
     let base_rss = rss(&proxy);
 

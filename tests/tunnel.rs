@@ -195,7 +195,10 @@ fn a_new_device_connection_replaces_the_old_one() {
         "disconnected: replaced by a new connection from 127.0.0.1:",
         SOON,
     );
-    agent.wait_for("connection lost", SOON);
+    // The agent was told, and by whom.
+    let told = agent.wait_for("replaced this connection with a new one", SOON);
+    let by = other.local_addr().unwrap().to_string();
+    assert!(told.ends_with(&format!("from {by}")), "{told}");
     // The hand-made connection goes away; the agent comes back and carries data again.
     drop(other);
     proxy.wait_agent(3);

@@ -836,3 +836,63 @@ fn a_reconnect_storm_of_2000_connections_from_1000_devices_is_accepted_without_l
     assert_eq!(lost, 0, "the kernel lost SYNs or queued connections");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn out_of_descriptors_the_accept_errors_are_logged_a_few_times_and_the_proxy_recovers() {
+    if !may_run(
+        "out_of_descriptors_the_accept_errors_are_logged_a_few_times_and_the_proxy_recovers",
+        &[tool("prlimit", "util-linux")],
+    ) {
+        return;
+    }
+    let proxy = Proxy::for_ports(&[echo_server()], &["--handshake-timeout", "30"]);
+    let _agent = proxy.agent(&[]);
+    proxy.wait_agent(1);
+    device_works(&proxy);
+    // The proxy may open 16 more descriptors than it holds now (its soft limit lowered; the
+    // hard one, which only root could raise again, is left alone).
+    let pid = proxy.proc.pid().to_string();
+    let soft = |pid: &str| {
+        let out = std::process::Command::new("prlimit")
+            .args(["--pid", pid, "--nofile", "--output", "SOFT", "--noheadings"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let before = soft(&pid);
+    let limit = format!("--nofile={}:", open_fds(proxy.proc.pid()) + 16);
+    let st = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, &limit])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // 60 connections that send nothing hold every descriptor left, and more wait in the
+    // accept queue: each accept fails, again every 100 ms.
+    let held: Vec<TcpStream> = (0..60)
+        .map(|i| connect_from(&format!("127.0.0.{}", 2 + i % 3), proxy.control))
+        .collect();
+    let failed = proxy
+        .proc
+        .wait_for("more accepts failed in the last", Duration::from_secs(30));
+    // Within the first 10 s window: 3 lines, then the count (the next window starts anew).
+    let log = proxy.proc.output();
+    let window = &log[..log.find("more accepts failed in the last").unwrap()];
+    assert_eq!(window.matches("WARN  accept failed: ").count(), 3, "{log}");
+    assert!(
+        failed.contains("(only the first 3 are logged one by one)"),
+        "{failed}"
+    );
+    // Released, it serves again at once.
+    drop(held);
+    let st = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, &format!("--nofile={before}:")])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    device_works(&proxy);
+    let s = connect_from("127.0.0.5", proxy.control);
+    (&s).write_all(b"not json\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).unwrap();
+    assert!(line.contains("malformed handshake"), "{line:?}");
+}

@@ -61,6 +61,9 @@ impl Bucket {
 struct Buckets<K> {
     rate: Rate,
     map: Mutex<HashMap<K, Bucket>>,
+    /// When the map was last swept: at most once a second, so a flood from more sources than
+    /// it holds does not make every newcomer pay for a sweep.
+    swept: Mutex<Option<Instant>>,
 }
 
 impl<K: Hash + Eq> Buckets<K> {
@@ -68,6 +71,7 @@ impl<K: Hash + Eq> Buckets<K> {
         Buckets {
             rate,
             map: Mutex::new(HashMap::new()),
+            swept: Mutex::new(None),
         }
     }
 
@@ -105,7 +109,10 @@ impl<K: Hash + Eq> Buckets<K> {
 
     /// Whether a new entry fits, after sweeping out the buckets that have emptied.
     fn room(&self, map: &mut HashMap<K, Bucket>, now: Instant) -> bool {
-        if map.len() >= TRACKED_MAX {
+        let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+        let due = swept.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        if map.len() >= TRACKED_MAX && due {
+            *swept = Some(now);
             let rate = self.rate;
             map.retain(|_, b| {
                 b.leak(rate, now);
@@ -135,6 +142,15 @@ impl Slowed {
             format!("{} s", s.ceil() as u64)
         }
     }
+}
+
+/// How a key is tracked: upper-case, and no longer than a key can be (what a client sends as
+/// a key may be kilobytes long; the longest are told apart by their first 128 characters).
+fn key_id(key: &str) -> String {
+    key.chars()
+        .take(128)
+        .collect::<String>()
+        .to_ascii_uppercase()
 }
 
 /// What a handshake for a key may do.
@@ -217,7 +233,7 @@ impl Penalties {
     /// being slowed but this is the token accepted for it within `remember_accepted` (accept
     /// it without asking anyone), or how long to wait.
     pub fn key(&self, key: &str, token: &str) -> Result<Gate<'_>, Slowed> {
-        let id = key.to_ascii_uppercase();
+        let id = key_id(key);
         let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let wait = self.keys.wait(&id);
@@ -264,7 +280,7 @@ impl Penalties {
             accepted.retain(|_, (_, at)| now.duration_since(*at) < remember);
         }
         if accepted.len() < TRACKED_MAX {
-            accepted.insert(key.to_ascii_uppercase(), (token.to_owned(), now));
+            accepted.insert(key_id(key), (token.to_owned(), now));
         }
     }
 }

@@ -441,22 +441,6 @@ fn failed_handshakes_from_one_address_are_slowed_and_told_when_to_retry() {
     assert!(lines <= 2 * 3, "{lines} refusal lines for {i} attempts");
 }
 
-/// A proxy deciding by `api`, with public ports on loopback.
-fn api_proxy(api: &FakeApi, extra: &[&str]) -> Proxy {
-    let mut args = vec![
-        "--api-url",
-        api.url.as_str(),
-        "--api-ca-file",
-        api.ca_file.to_str().unwrap(),
-        "--public-bind",
-        "127.0.0.1",
-        "--tunnels-interval",
-        "0.2",
-    ];
-    args.extend(extra);
-    Proxy::start(&args)
-}
-
 #[test]
 fn guessing_one_key_from_many_addresses_costs_a_few_api_calls_and_never_locks_out_the_device() {
     let api = FakeApi::start(&[KEY]);
@@ -469,7 +453,7 @@ fn guessing_one_key_from_many_addresses_costs_a_few_api_calls_and_never_locks_ou
             .to_string(),
     );
     // No answer reuse: every judged handshake is an API call.
-    let proxy = api_proxy(&api, &["--cache-accept", "0", "--cache-refuse", "0"]);
+    let proxy = Proxy::for_api(&api, &["--cache-accept", "0", "--cache-refuse", "0"]);
     let agent = agent(proxy.control, &[]);
     proxy.wait_agent(1);
     let before = api.requests_to("GET", &path).len();
@@ -520,6 +504,19 @@ fn guessing_one_key_from_many_addresses_costs_a_few_api_calls_and_never_locks_ou
     assert!(!proxy.proc.output().contains(TOKEN));
 }
 
+/// How many of `conns` the proxy closed at once (end of file within 300 ms, nothing sent).
+fn closed_at_once(conns: &[TcpStream]) -> usize {
+    conns
+        .iter()
+        .filter(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut s: &TcpStream = s;
+            matches!(s.read(&mut [0u8; 1]), Ok(0))
+        })
+        .count()
+}
+
 #[test]
 fn one_address_cannot_take_a_device_and_its_public_connections_are_bounded() {
     let echo = echo_server();
@@ -538,15 +535,7 @@ fn one_address_cannot_take_a_device_and_its_public_connections_are_bounded() {
     let flood: Vec<TcpStream> = (0..100)
         .map(|_| connect_from("127.0.0.2", proxy.tunnels[0]))
         .collect();
-    let mut closed = 0;
-    for s in &flood {
-        s.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        let mut b = [0u8; 1];
-        if matches!((&*s).read(&mut b), Ok(0)) {
-            closed += 1;
-        }
-    }
+    let closed = closed_at_once(&flood);
     assert_eq!(closed, 84, "connections closed at once");
     // Each one through costs one thread and one descriptor; those refused cost none.
     settles("16 public threads", || threads(&proxy) == base + 16);
@@ -564,15 +553,7 @@ fn one_address_cannot_take_a_device_and_its_public_connections_are_bounded() {
     let more: Vec<TcpStream> = (3..6)
         .flat_map(|n| (0..16).map(move |_| connect_from(&format!("127.0.0.{n}"), port)))
         .collect();
-    let mut refused = 0;
-    for s in &more {
-        s.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        let mut b = [0u8; 1];
-        if matches!((&*s).read(&mut b), Ok(0)) {
-            refused += 1;
-        }
-    }
+    let refused = closed_at_once(&more);
     assert_eq!(refused, 48 - (40 - 16), "over the device's total");
     let log = proxy.proc.output();
     assert!(log.contains("refused: 16 connections from this address are open to the device (max_public_per_address)"), "{log}");

@@ -17,22 +17,6 @@ use tunnel_agent::protocol::handshake::handshake_line;
 const OTHER: &str = "0123456789ABCDEF0123456789ABCDEF";
 const GONE: &str = "FEDCBA9876543210FEDCBA9876543210";
 
-/// A proxy deciding by `api`, with public ports on loopback and a quick tunnel poll.
-fn api_proxy(api: &FakeApi, extra: &[&str]) -> Proxy {
-    let mut args = vec![
-        "--api-url",
-        api.url.as_str(),
-        "--api-ca-file",
-        api.ca_file.to_str().unwrap(),
-        "--public-bind",
-        "127.0.0.1",
-        "--tunnels-interval",
-        "0.2",
-    ];
-    args.extend(extra);
-    Proxy::start(&args)
-}
-
 fn record(key: &str, authorized: bool, token_code: &str) -> String {
     json!({"device_key": key, "authorized": authorized, "services": ["ssh"],
            "token_code": token_code})
@@ -87,7 +71,7 @@ fn each_refusal_reaches_the_agent_with_its_reason_in_both_forms() {
         &record(KEY, true, "not-the-token"),
     );
     for form in ["status", "error"] {
-        let proxy = api_proxy(&api, &["--error-form", form]);
+        let proxy = Proxy::for_api(&api, &["--error-form", form]);
         for (key, reason) in [
             (GONE, "unknown device"),
             (OTHER, "device not authorized"),
@@ -131,7 +115,7 @@ fn api_down_is_an_explicit_refusal_then_the_device_is_accepted_once_it_is_back()
     let api = FakeApi::start(&[KEY]);
     let path = format!("/api/devices/{KEY}");
     api.answer("GET", &path, 503, r#"{"error":"maintenance"}"#);
-    let proxy = api_proxy(&api, &["--cache-refuse", "1"]);
+    let proxy = Proxy::for_api(&api, &["--cache-refuse", "1"]);
     let agent = proxy.agent(&[]);
     // Not a refusal of the device: it retries as after a network failure.
     agent.wait_for(
@@ -172,7 +156,7 @@ fn a_burst_of_handshakes_makes_one_api_call_and_answers_are_reused() {
     let path = format!("/api/devices/{KEY}");
     api.hang("GET", &path);
     // (Guesses are not slowed here: this is about the answers' reuse.)
-    let proxy = api_proxy(
+    let proxy = Proxy::for_api(
         &api,
         &[
             "--cache-refuse",
@@ -266,7 +250,7 @@ fn tunnels_from_the_api_appear_expire_and_go_away_while_a_session_is_open() {
     let service = echo_server();
     let (a, b, c, fixed) = (free_port(), free_port(), free_port(), free_port());
     let static_tunnel = format!("127.0.0.1:{fixed}={KEY}:{service}");
-    let proxy = api_proxy(&api, &["--tunnel", &static_tunnel]);
+    let proxy = Proxy::for_api(&api, &["--tunnel", &static_tunnel]);
     let allow = service.to_string();
     let agent = proxy.agent(&["--allow-port", &allow]);
     proxy.wait_agent(1);
@@ -380,7 +364,7 @@ fn close_expired_cuts_the_open_connections_of_a_removed_tunnel() {
         200,
         &tunnels(&[entry(KEY, "ssh", port, service, None)]),
     );
-    let proxy = api_proxy(&api, &["--close-expired"]);
+    let proxy = Proxy::for_api(&api, &["--close-expired"]);
     let allow = service.to_string();
     let _agent = proxy.agent(&["--allow-port", &allow]);
     proxy.wait_agent(1);

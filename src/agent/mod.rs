@@ -170,6 +170,47 @@ impl Displaced {
     }
 }
 
+/// Says what ended a session (or kept it from starting) and how long to wait before the next
+/// attempt.
+fn after_failure(
+    e: &session::SessionError,
+    uptime: Duration,
+    backoff: &mut Backoff,
+    unit: f64,
+    status: &Status,
+) -> Duration {
+    let refused = e.class() == FailureClass::Refusal;
+    let message = e.explained();
+    if refused {
+        error!("{message}");
+    } else if uptime.is_zero() || matches!(e.ending, Ending::Replaced { .. }) {
+        warn!("{message}");
+    } else {
+        warn!(
+            "connection lost after {:.0} s: {message}",
+            uptime.as_secs_f64()
+        );
+    }
+    status.error(e.class_name(), message);
+    backoff.session_ended(uptime);
+    let delay = backoff.next_delay(refused, unit);
+    status.set(if refused {
+        State::Refused
+    } else {
+        State::BackingOff
+    });
+    info!(
+        "{} reconnecting in {:.1} s",
+        if refused {
+            "refused by the proxy;"
+        } else {
+            "backing off;"
+        },
+        delay.as_secs_f64()
+    );
+    delay
+}
+
 /// Connects, serves, and reconnects with backoff until `shutdown` is triggered.
 pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Arc<Status>) {
     let mut backoff = Backoff::default();
@@ -213,48 +254,14 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Arc<Status>) {
             continue;
         }
         let Err(e) = outcome.result else { break };
-        if let Ending::Replaced { by } = &e.ending {
-            if let Some(delay) = displaced.replaced(by, &e, status) {
-                match shutdown.sleep(delay) {
-                    Wake::Stop => break,
-                    Wake::Kick => {
-                        shutdown.take_kick();
-                        info!("reconnecting now with the reloaded configuration");
-                    }
-                    Wake::Elapsed => {}
-                }
-                continue;
-            }
-        }
-        let refused = e.class() == FailureClass::Refusal;
-        let message = e.explained();
-        if refused {
-            error!("{message}");
-        } else if outcome.uptime.is_zero() || matches!(e.ending, Ending::Replaced { .. }) {
-            warn!("{message}");
-        } else {
-            warn!(
-                "connection lost after {:.0} s: {message}",
-                outcome.uptime.as_secs_f64()
-            );
-        }
-        status.error(e.class_name(), message);
-        backoff.session_ended(outcome.uptime);
-        let delay = backoff.next_delay(refused, jitter.unit());
-        status.set(if refused {
-            State::Refused
-        } else {
-            State::BackingOff
-        });
-        info!(
-            "{} reconnecting in {:.1} s",
-            if refused {
-                "refused by the proxy;"
-            } else {
-                "backing off;"
-            },
-            delay.as_secs_f64()
-        );
+        let displaced_wait = match &e.ending {
+            Ending::Replaced { by } => displaced.replaced(by, &e, status),
+            _ => None,
+        };
+        let delay = match displaced_wait {
+            Some(wait) => wait,
+            None => after_failure(&e, outcome.uptime, &mut backoff, jitter.unit(), status),
+        };
         match shutdown.sleep(delay) {
             Wake::Stop => break,
             Wake::Kick => {

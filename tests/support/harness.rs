@@ -72,6 +72,23 @@ impl Proxy {
         Proxy::start(&args)
     }
 
+    /// A proxy deciding by the fake Meeting API `api`, with the API's public ports on loopback
+    /// and a quick tunnel poll; `extra` arguments follow.
+    pub fn for_api(api: &super::FakeApi, extra: &[&str]) -> Proxy {
+        let mut args = vec![
+            "--api-url",
+            api.url.as_str(),
+            "--api-ca-file",
+            api.ca_file.to_str().unwrap(),
+            "--public-bind",
+            "127.0.0.1",
+            "--tunnels-interval",
+            "0.2",
+        ];
+        args.extend(extra);
+        Proxy::start(&args)
+    }
+
     /// Waits until the proxy has registered the `n`-th agent connection.
     pub fn wait_agent(&self, n: usize) {
         self.proc

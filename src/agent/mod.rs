@@ -80,6 +80,7 @@ pub fn connection_changes(a: &Config, b: &Config) -> Vec<&'static str> {
             v.push(name);
         }
     };
+    check("enabled", a.enabled.value != b.enabled.value);
     check("device key", a.device_key.value != b.device_key.value);
     check("token", a.token.value != b.token.value);
     check("proxy host", a.host.value != b.host.value);
@@ -107,6 +108,16 @@ fn warn_about(cfg: &Config) {
         warn!(
             "device key {} (from {}) is not 32 hexadecimal characters; the proxy will likely refuse it",
             cfg.device_key.value, cfg.device_key.source
+        );
+    }
+    if let Some(given) = &cfg.heartbeat.capped {
+        warn!(
+            "heartbeat_interval {} s ({}) is too long for Meeting, which shows a device \
+             Disconnected about {} s after its last heartbeat: using {} s",
+            given.value.as_secs_f64(),
+            given.source,
+            crate::config::AVAILABILITY_WINDOW.as_secs(),
+            cfg.heartbeat.interval.as_secs()
         );
     }
     if let Some((path, mode)) = cfg.token_file_exposure() {
@@ -167,6 +178,27 @@ impl Displaced {
         status.error(e.class_name(), message);
         status.set(State::Displaced);
         Some(DISPLACED_WAIT)
+    }
+}
+
+/// While Meeting is switched off on this device (`enabled` false): says so once, holds no
+/// tunnel (and the heartbeat thread sends none) until a reload or a stop. `true` on a stop.
+fn switched_off(cfg: &Config, shutdown: &Shutdown, status: &Status) -> bool {
+    info!(
+        "Meeting is switched off on this device (enabled false, {}): no tunnel and no \
+         heartbeat until it is switched on (then reload: SIGHUP, or systemctl reload)",
+        cfg.enabled.source
+    );
+    status.set(State::Disabled);
+    loop {
+        match shutdown.sleep(Duration::from_secs(3600)) {
+            Wake::Stop => return true,
+            Wake::Kick => {
+                shutdown.take_kick();
+                return false;
+            }
+            Wake::Elapsed => {}
+        }
     }
 }
 
@@ -237,8 +269,14 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Arc<Status>) {
     let mut attempt: u64 = 0;
     let mut displaced = Displaced::default();
     while !shutdown.requested() {
-        attempt += 1;
         let cfg = live.get();
+        if !cfg.enabled.value {
+            if switched_off(&cfg, shutdown, status) {
+                break;
+            }
+            continue;
+        }
+        attempt += 1;
         status.set_identity(cfg.proxy_addr(), cfg.device_key.value.clone());
         status.set(State::Connecting);
         info!(

@@ -28,6 +28,8 @@ pub enum State {
     BackingOff,
     /// Waiting after the proxy refused the device.
     Refused,
+    /// Meeting is switched off on this device (`enabled` false): no tunnel, on purpose.
+    Disabled,
     /// Waiting long after this connection was replaced again and again by another agent
     /// with the same device key: not fighting it for the connection.
     Displaced,
@@ -43,6 +45,7 @@ impl State {
             State::BackingOff => "backing_off",
             State::Refused => "refused",
             State::Displaced => "displaced",
+            State::Disabled => "disabled",
         }
     }
 }

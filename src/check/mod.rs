@@ -215,6 +215,29 @@ pub fn run(
     facts.proxy = Some(cfg.proxy_addr());
     facts.tls = cfg.tls.value;
     steps.push(config_step(&cfg, t));
+    if !cfg.enabled.value {
+        // Switched off on purpose: nothing is contacted, and that is no failure.
+        let why = format!(
+            "Meeting is switched off on this device (enabled false, {})",
+            cfg.enabled.source
+        );
+        for name in ORDER.iter().skip(1) {
+            steps.push(skipped(name, &why));
+        }
+        let found = (Api::Unknown, Presence::Unknown, Login::Unknown);
+        let (key, proxy) = (cfg.device_key.value.clone(), cfg.proxy_addr());
+        return conclude(
+            steps,
+            facts,
+            &Reach::Disabled(why),
+            found,
+            &[],
+            &[],
+            &key,
+            &proxy,
+            opts,
+        );
+    }
 
     let reach = reach_proxy(&cfg, opts, &mut steps, &mut facts);
     let api = api_step(&cfg, opts, &mut steps);

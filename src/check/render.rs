@@ -177,6 +177,7 @@ fn questions(r: &Report) -> Vec<String> {
         | Verdict::LoginFileModes => vec![on_device(
             "Meeting's terminal login, see the ssh-login step",
         )],
+        Verdict::Disabled => vec!["None: Meeting is switched off on this device.".into()],
         Verdict::AnotherAgent => vec![on_device(
             "another device, or another agent on this one, uses its device key",
         )],

@@ -23,6 +23,8 @@ pub enum Reach {
     TlsFailed(String),
     /// The handshake was sent and the reply classified.
     Replied(Handshake),
+    /// Meeting is switched off on this device (`enabled` false); where that is set.
+    Disabled(String),
 }
 
 /// What the proxy did with the handshake.
@@ -163,6 +165,8 @@ pub enum Verdict {
     LoginFileModes,
     /// Another agent connects with this device key and keeps taking the connection.
     AnotherAgent,
+    /// Meeting is switched off on this device, on purpose.
+    Disabled,
 }
 
 impl Verdict {
@@ -190,17 +194,19 @@ impl Verdict {
             Verdict::MeetingKeyRefused => "meeting_key_refused",
             Verdict::LoginFileModes => "login_file_modes",
             Verdict::AnotherAgent => "another_agent",
+            Verdict::Disabled => "disabled",
         }
     }
 
-    /// Exit status: 0 ok (and no_reply: such proxies work); 1 configuration; 2 network (DNS,
+    /// Exit status: 0 ok (and no_reply: such proxies work; and disabled: switched off on
+    /// purpose); 1 configuration; 2 network (DNS,
     /// TCP, TLS, not a Meeting proxy); 3 refused by the proxy (or displaced there by another
     /// agent with the same key); 4 the API says the device is
     /// unknown or not authorized; 5 local service down; 6 Meeting shows the device
     /// Disconnected; 7 Meeting's terminal cannot log in.
     pub fn exit_code(self) -> u8 {
         match self {
-            Verdict::Ok | Verdict::NoReply => 0,
+            Verdict::Ok | Verdict::NoReply | Verdict::Disabled => 0,
             Verdict::ConfigError => 1,
             Verdict::DnsFailed
             | Verdict::ConnectRefused
@@ -425,6 +431,14 @@ pub fn decide(f: &Findings) -> (Verdict, String) {
                 ),
                 )
             }),
+        Reach::Disabled(why) => (
+            Verdict::Disabled,
+            format!(
+                "{why}: the agent holds no tunnel and sends no heartbeat, on purpose. To switch \
+                 it on, set enabled to true and reload the agent (systemctl reload tunnel-agent, \
+                 or SIGHUP)."
+            ),
+        ),
         Reach::Replied(Handshake::AnotherAgent(logged)) => (
             Verdict::AnotherAgent,
             format!(

@@ -15,6 +15,11 @@ pub use settings::*;
 
 /// Shortest heartbeat (and key round) interval accepted.
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Meeting shows a device Disconnected about this long after its last beat.
+pub const AVAILABILITY_WINDOW: Duration = Duration::from_secs(60);
+/// What a heartbeat interval the window cannot tolerate is capped at: two beats per window,
+/// so one lost beat does not show the device Disconnected.
+pub const SAFE_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 /// Configuration files tried in order when `--config` is not given.
 pub const DEFAULT_CONFIG_FILES: &[&str] =
     &["/etc/tunnel-agent/config.json", "/etc/rpi-cam/meeting.json"];
@@ -149,6 +154,8 @@ impl Default for SearchPaths {
 /// The agent's resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Meeting on this device at all: `false` holds no tunnel and sends no heartbeat.
+    pub enabled: Sourced<bool>,
     /// Device key (32 hex characters in the field); may be logged.
     pub device_key: Sourced<String>,
     /// Token code; never logged.
@@ -252,6 +259,8 @@ pub struct Heartbeat {
     pub off: Option<String>,
     /// Time between beats.
     pub interval: Duration,
+    /// The interval configured, and where, when it was capped at [`SAFE_HEARTBEAT_INTERVAL`].
+    pub capped: Option<Sourced<Duration>>,
     /// Time between beats while the server answers 404, 401 or 403.
     pub retry_unregistered: Duration,
     /// The `note` member.
@@ -725,12 +734,14 @@ pub fn load(
         user_timeout: p.get(&USER_TIMEOUT)?.value,
     };
     let syslog_socket = p.get(&SYSLOG_SOCKET)?.value;
+    let enabled = p.get(&ENABLED)?;
     Ok(Config {
         device_key,
         token,
         port: p.get(&TUNNEL_PORT)?,
         tls,
-        heartbeat: heartbeat(p, &api)?,
+        heartbeat: heartbeat(p, &api, &enabled)?,
+        enabled,
         ssh: ssh_keys(p)?,
         api,
         host,
@@ -750,9 +761,10 @@ pub fn load(
 }
 
 /// The heartbeat's settings.
-fn heartbeat(p: &Places, api: &Api) -> Result<Heartbeat, ConfigError> {
+fn heartbeat(p: &Places, api: &Api, enabled: &Sourced<bool>) -> Result<Heartbeat, ConfigError> {
     let wanted = p.given(&HEARTBEAT)?;
     let off = match (&api.url, wanted) {
+        _ if !enabled.value => Some(format!("enabled false ({})", enabled.source)),
         (_, Some(w)) if !w.value => Some(format!("heartbeat false ({})", w.source)),
         (None, _) => Some(
             "no api_url configured, and the proxy is not the production one (set api_url or \
@@ -769,12 +781,15 @@ fn heartbeat(p: &Places, api: &Api) -> Result<Heartbeat, ConfigError> {
             device_model()
         ),
     };
+    let interval = p.get(&HEARTBEAT_INTERVAL)?;
+    let capped = (interval.value >= AVAILABILITY_WINDOW).then(|| interval.clone());
     Ok(Heartbeat {
         off,
-        interval: p
-            .get(&HEARTBEAT_INTERVAL)?
-            .value
-            .max(MIN_HEARTBEAT_INTERVAL),
+        interval: match capped {
+            Some(_) => SAFE_HEARTBEAT_INTERVAL,
+            None => interval.value.max(MIN_HEARTBEAT_INTERVAL),
+        },
+        capped,
         retry_unregistered: p.get(&HEARTBEAT_RETRY_UNREGISTERED)?.value,
         note,
         public_ip_url: p.given(&PUBLIC_IP_URL)?.map(|s| s.value),

@@ -152,6 +152,10 @@ settings! {
     /// The token: never logged, never a flag.
     TOKEN_CODE: String = "token_code", flag None, env Some("MEETING_TOKEN"), arg "",
         default Fallback::None, parse text, "token (never a flag)", secret: true;
+    /// Meeting on this device at all (the web manager's switch).
+    ENABLED: bool = "enabled", flag Some("--enabled"), env Some("MEETING_ENABLED"), arg "true|false",
+        default Value("true"), parse yes_no,
+        "Meeting on this device: false holds no tunnel and sends no heartbeat (the web manager's switch)";
     /// The proxy host.
     TUNNEL_HOST: String = "tunnel_host", flag Some("--host"), env Some("MEETING_TUNNEL_HOST"), arg "HOST",
         default Value(DEFAULT_HOST), parse text, "proxy host";
@@ -179,7 +183,8 @@ settings! {
         default Derived("true when an API URL is known"), parse yes_no, "keep the device online in Meeting";
     /// Time between heartbeats.
     HEARTBEAT_INTERVAL: Duration = "heartbeat_interval", flag Some("--heartbeat-interval"), env None, arg "SECS",
-        default Value("30"), parse seconds, "time between heartbeats (at least 5)";
+        default Value("30"), parse seconds,
+        "time between heartbeats (at least 5; 60 or more, which Meeting's 60 s window cannot tolerate, is capped at 30)";
     /// The heartbeat's `note`.
     HEARTBEAT_NOTE: String = "heartbeat_note", flag None, env None, arg "",
         default Derived("tunnel-agent VERSION on MODEL"), parse text, "the note the heartbeat sends";

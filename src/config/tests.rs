@@ -356,3 +356,33 @@ fn heartbeat_settings_from_environment_file_and_flags() {
         .unwrap()
         .contains("heartbeat false (flag --heartbeat)"));
 }
+
+#[test]
+fn the_fleets_file_is_switched_off_and_its_interval_capped() {
+    let t = Tmp::new("fleet");
+    t.file(
+        "config.json",
+        r#"{"enabled": false, "api_url": "https://m.example/api", "device_key": "K",
+            "token_code": "t", "heartbeat_interval": 60, "auto_connect": true,
+            "provisioned": true, "tunnel_host": "p.example", "tunnel_port": 9001,
+            "tunnel_ssl": false}"#,
+    );
+    let c = load(&Flags::default(), &env_of(&[]), &t.paths()).unwrap();
+    assert!(!c.enabled.value);
+    assert!(matches!(c.enabled.source, Source::File(_)));
+    let off = c.heartbeat.off.as_deref().unwrap();
+    assert!(off.starts_with("enabled false (file "), "{off}");
+    assert_eq!(c.heartbeat.interval, SAFE_HEARTBEAT_INTERVAL);
+    let capped = c.heartbeat.capped.as_ref().unwrap();
+    assert_eq!(capped.value, Duration::from_secs(60));
+    // Under the window, the value is kept.
+    let flags = Flags::default()
+        .with(&HEARTBEAT_INTERVAL, "45")
+        .with(&ENABLED, "true");
+    let c = load(&flags, &env_of(&[]), &t.paths()).unwrap();
+    assert!(c.enabled.value && c.heartbeat.off.is_none());
+    assert_eq!(
+        (c.heartbeat.interval, &c.heartbeat.capped),
+        (Duration::from_secs(45), &None)
+    );
+}

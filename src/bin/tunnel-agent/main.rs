@@ -169,6 +169,7 @@ fn status(path: Option<String>, config: Option<std::path::PathBuf>, json: bool) 
         }
         let down = snap
             .down_since
+            .filter(|_| snap.state != "disabled")
             .map(|t| {
                 format!(
                     "; tunnel down since {} ({} s)",
@@ -197,17 +198,26 @@ fn status(path: Option<String>, config: Option<std::path::PathBuf>, json: bool) 
             snap.bytes_up,
             snap.bytes_down
         );
+        if snap.state == "disabled" {
+            outln!(
+                "Meeting is switched off on this device (enabled false): no tunnel and no \
+                 heartbeat, on purpose"
+            );
+        }
         outln!("reconnects: {}", snap.reconnects);
         outln!("Meeting presence: {}", presence_line(&snap.presence));
         if let Some(e) = &snap.last_error {
             outln!("last error ({}): {}", e.class, e.message);
         }
     }
-    ExitCode::from(if fresh && snap.state == "connected" {
-        0
-    } else {
-        1
-    })
+    // Connected, or switched off on purpose: nothing for a watchdog to mend.
+    ExitCode::from(
+        if fresh && (snap.state == "connected" || snap.state == "disabled") {
+            0
+        } else {
+            1
+        },
+    )
 }
 
 /// The status file named by the configuration (`--config FILE`, else the first configuration

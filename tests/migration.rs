@@ -1,0 +1,180 @@
+//! A device migrated from the Python agent: its `/etc/rpi-cam/meeting.json` kept as it is
+//! (here a copy in a temporary directory), with the web manager's `enabled` switch and its
+//! 60 s heartbeat interval. The real agent, the real proxy and the fake Meeting API.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use support::*;
+
+/// A temporary directory holding a configuration and a status file, removed with it.
+struct Device {
+    dir: PathBuf,
+}
+
+impl Device {
+    fn new(name: &str) -> Device {
+        let dir = std::env::temp_dir().join(format!("tunnel-agent-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Device { dir }
+    }
+
+    fn config(&self) -> String {
+        self.dir.join("meeting.json").display().to_string()
+    }
+
+    fn status_file(&self) -> String {
+        self.dir.join("status.json").display().to_string()
+    }
+
+    /// Writes the fleet's configuration, with `enabled` as given.
+    fn write(&self, proxy: &Proxy, api: &FakeApi, enabled: bool) {
+        let v = serde_json::json!({
+            "enabled": enabled, "api_url": api.url, "device_key": KEY, "token_code": TOKEN,
+            "heartbeat_interval": 60, "auto_connect": true, "provisioned": true,
+            "tunnel_host": "127.0.0.1", "tunnel_port": proxy.control.port(), "tunnel_ssl": false,
+            // Not in the fleet's file: the fake API's own CA, and the test's ports.
+            "api_ca_file": api.ca_file, "allowed_ports": proxy.ports,
+        });
+        let tmp = self.dir.join("meeting.json.tmp");
+        std::fs::write(&tmp, v.to_string()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::rename(&tmp, self.config()).unwrap();
+    }
+
+    fn agent(&self) -> Proc {
+        Proc::spawn(
+            bin("tunnel-agent"),
+            &[
+                "--config",
+                &self.config(),
+                "--status-file",
+                &self.status_file(),
+                "--ssh-keys",
+                "false",
+            ],
+            &[],
+        )
+    }
+
+    /// `tunnel-agent status` and `check --json` for this device: exit codes and outputs.
+    fn status(&self) -> (Option<i32>, String) {
+        let out = Command::new(bin("tunnel-agent"))
+            .args(["status", "--status-file", &self.status_file()])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    fn check(&self) -> (Option<i32>, serde_json::Value) {
+        let out = Command::new(bin("tunnel-agent"))
+            .args([
+                "check",
+                "--json",
+                "--timeout",
+                "2",
+                "--config",
+                &self.config(),
+            ])
+            .env_remove("MEETING_TOKEN")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            serde_json::from_slice(&out.stdout).unwrap(),
+        )
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn online() -> String {
+    format!("/api/devices/{KEY}/online")
+}
+
+#[test]
+fn switched_off_it_holds_no_tunnel_and_sends_no_heartbeat_until_switched_on() {
+    let echo = echo_server();
+    let proxy = Proxy::for_ports(&[echo], &[]);
+    let api = FakeApi::start(&[KEY]);
+    let device = Device::new("disabled");
+    device.write(&proxy, &api, false);
+    let agent = device.agent();
+    let said = agent.wait_for("Meeting is switched off on this device", SOON);
+    assert!(
+        said.contains(&format!("(enabled false, file {})", device.config())),
+        "{said}"
+    );
+    agent.wait_for("Meeting presence: heartbeat off (enabled false", SOON);
+    // Its state is its own, and no failure.
+    let (code, text) = device.status();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains(": disabled since"), "{text}");
+    assert!(
+        text.contains("Meeting is switched off on this device"),
+        "{text}"
+    );
+    assert!(!text.contains("tunnel down"), "{text}");
+    let (code, json) = device.check();
+    assert_eq!(
+        (code, json["verdict"].as_str()),
+        (Some(0), Some("disabled")),
+        "{json}"
+    );
+    assert!(
+        json["summary"]
+            .as_str()
+            .unwrap()
+            .contains("set enabled to true"),
+        "{json}"
+    );
+    // Nothing reached the proxy or the API.
+    assert_eq!(proxy.proc.count("connected from"), 0);
+    assert!(api.requests_to("POST", &online()).is_empty());
+    assert_eq!(agent.count("switched off"), 1, "said once");
+
+    // Switched on (the web manager writes the file; systemctl reload sends SIGHUP).
+    device.write(&proxy, &api, true);
+    agent.signal("HUP");
+    proxy.wait_agent(1);
+    api.wait_for("POST", &online(), 1, SOON);
+    assert_eq!(echo_through(proxy.tunnels[0], b"on"), b"on");
+
+    // And off again: the tunnel goes, and the heartbeats stop.
+    device.write(&proxy, &api, false);
+    agent.signal("HUP");
+    agent.wait_for_nth("Meeting is switched off on this device", 2, SOON);
+    proxy
+        .proc
+        .wait_for(&format!("device {KEY} from 127.0.0.1:"), SOON);
+    agent.wait_for("Meeting presence: heartbeat off (enabled false", SOON);
+}
+
+#[test]
+fn the_fleets_60_s_heartbeat_interval_is_capped_with_one_warning() {
+    let proxy = Proxy::for_ports(&[echo_server()], &[]);
+    let api = FakeApi::start(&[KEY]);
+    let device = Device::new("interval");
+    device.write(&proxy, &api, true);
+    let agent = device.agent();
+    let warned = agent.wait_for("heartbeat_interval 60 s", SOON);
+    assert!(warned.contains("WARN"), "{warned}");
+    assert!(
+        warned.contains(&format!("(file {})", device.config())) && warned.ends_with("using 30 s"),
+        "{warned}"
+    );
+    agent.wait_for("Meeting presence: heartbeat to ", SOON);
+    assert!(agent.output().contains("every 30 s"), "{}", agent.output());
+    assert_eq!(agent.count("heartbeat_interval 60 s"), 1);
+}

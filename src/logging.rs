@@ -35,6 +35,33 @@ fn level(verbosity: i32) -> LevelFilter {
     }
 }
 
+/// The syslog priority of a level (sd-daemon(3)'s `<N>` prefixes, RFC 5424 severities).
+pub fn priority(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
+}
+
+/// Whether stderr is the systemd journal's stream: `JOURNAL_STREAM` (`DEVICE:INODE`, set by
+/// systemd for a service whose output goes to the journal) names stderr's own file.
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    let Ok(meta) = std::fs::File::from(fd).metadata() else {
+        return false;
+    };
+    stream.trim() == format!("{}:{}", meta.dev(), meta.ino())
+}
+
 /// Starts logging to stderr. `verbosity` counts `-v` minus `-q`; when it is zero `RUST_LOG`
 /// decides, and without `RUST_LOG` the level is info.
 pub fn init(verbosity: i32) {
@@ -46,7 +73,18 @@ pub fn init(verbosity: i32) {
     if verbosity != 0 {
         b.filter_level(level(verbosity));
     }
-    b.format(|buf, record| {
+    let journal = stderr_is_journal();
+    b.format(move |buf, record| {
+        if journal {
+            // journald reads the priority from the prefix and stamps the time itself.
+            return writeln!(
+                buf,
+                "<{}>{:<5} {}",
+                priority(record.level()),
+                record.level(),
+                record.args()
+            );
+        }
         writeln!(
             buf,
             "{} {:<5} {}",
@@ -95,12 +133,7 @@ struct Syslog {
 /// (facility daemon; the time in UTC, which syslogd may replace with its own).
 pub fn rfc3164(level: Level, tag: &str, message: &str, secs: u64) -> String {
     const DAEMON: u8 = 3;
-    let severity = match level {
-        Level::Error => 3,
-        Level::Warn => 4,
-        Level::Info => 6,
-        Level::Debug | Level::Trace => 7,
-    };
+    let severity = priority(level);
     let utc = crate::clock::utc(secs); // YYYY-MM-DD HH:MM:SS UTC
     let month = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",

@@ -110,8 +110,8 @@ fn leader(nspawn: u32) -> u32 {
         .unwrap_or_else(|| panic!("systemd-nspawn {nspawn} has no child"))
 }
 
-/// `systemctl ARGS` in the booted container.
-fn systemctl(nspawn: u32, args: &[&str]) -> String {
+/// `PROGRAM ARGS` in the booted container.
+fn in_container(nspawn: u32, program: &str, args: &[&str]) -> String {
     run(Command::new("nsenter")
         .args([
             "-t",
@@ -122,16 +122,18 @@ fn systemctl(nspawn: u32, args: &[&str]) -> String {
             "-p",
             "--",
         ])
-        .arg("systemctl")
+        .arg(program)
         .args(args))
 }
 
-#[test]
-fn under_systemd_the_key_work_retries_until_meetings_key_is_in_then_runs_hourly() {
-    if !needs("under_systemd_the_key_work_retries_until_meetings_key_is_in_then_runs_hourly") {
-        return;
-    }
-    let root = Root::new("keys");
+/// `systemctl ARGS` in the booted container.
+fn systemctl(nspawn: u32, args: &[&str]) -> String {
+    in_container(nspawn, "systemctl", args)
+}
+
+/// A root with the package laid in by `make install` and the journal on the console.
+fn installed_root(name: &str) -> Root {
+    let root = Root::new(name);
     let make = Command::new("make")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["-s", "install", "PREFIX=/usr"])
@@ -140,13 +142,108 @@ fn under_systemd_the_key_work_retries_until_meetings_key_is_in_then_runs_hourly(
         .output()
         .unwrap();
     ok_stdout(make, "make install");
-    root.inside(&["useradd", "-m", "-s", "/bin/sh", USER]);
     root.inside(&["systemctl", "enable", "tunnel-agent.service"]);
     // The journal on the console, so the test reads what the units say as they say it.
     root.write(
         "/etc/systemd/journald.conf.d/console.conf",
         "[Journal]\nForwardToConsole=yes\nTTYPath=/dev/console\nMaxLevelConsole=info\n",
     );
+    root
+}
+
+/// Boots `root`; its console on the returned process's stdout.
+fn boot(root: &Root) -> Proc {
+    Launch::new("systemd-nspawn")
+        .args(&["-q", "--register=no", "--keep-unit", "--boot", "-D"])
+        .args(&[root.0.to_str().unwrap()])
+        .with_stdout()
+        .start()
+}
+
+/// One property of a unit, as `systemctl show -p NAME --value` gives it.
+fn property(nspawn: u32, unit: &str, name: &str) -> String {
+    systemctl(nspawn, &["show", unit, "-p", name, "--value"])
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn under_systemd_the_agent_notifies_ready_feeds_the_watchdog_and_logs_priorities() {
+    if !needs("under_systemd_the_agent_notifies_ready_feeds_the_watchdog_and_logs_priorities") {
+        return;
+    }
+    let root = installed_root("notify");
+    // A short watchdog for the test (the unit says 60 s), and a quick restart.
+    root.write(
+        "/etc/systemd/system/tunnel-agent.service.d/test.conf",
+        "[Service]\nWatchdogSec=6\nRestartSec=1\n",
+    );
+    let proxy = Proxy::for_ports(&[], &[]);
+    // The Python agent's 60 s heartbeat interval: a WARN, for the journal's priorities.
+    let config = serde_json::json!({
+        "device_key": KEY, "token_code": TOKEN, "tunnel_host": "127.0.0.1",
+        "tunnel_port": proxy.control.port(), "api_url": "https://127.0.0.1:9/api",
+        "heartbeat_interval": 60, "ssh_keys": false,
+    });
+    root.write("/etc/tunnel-agent/config.json", &config.to_string());
+    let mut container = boot(&root);
+    proxy.wait_agent(1);
+    let unit = "tunnel-agent.service";
+    let n = container.pid();
+    // READY=1 came: the unit is active (a notify unit is "activating" until then), with the
+    // agent's state as its status text.
+    let deadline = std::time::Instant::now() + SOON;
+    while property(n, unit, "ActiveState") != "active" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            container.output()
+        );
+        // Polling systemctl: the container has no event the test can wait on.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(property(n, unit, "Type"), "notify");
+    assert_eq!(property(n, unit, "WatchdogUSec"), "6s");
+    assert_eq!(
+        property(n, unit, "StatusText"),
+        format!("connected (proxy 127.0.0.1:{})", proxy.control.port())
+    );
+    // The journal has each line's priority: the WARN is in -p warning, the INFO lines not.
+    let warnings = in_container(
+        n,
+        "journalctl",
+        &["-u", unit, "-p", "warning", "--no-pager", "-o", "cat"],
+    );
+    assert!(warnings.contains("heartbeat_interval 60 s"), "{warnings}");
+    assert!(!warnings.contains("connecting to proxy"), "{warnings}");
+    let all = in_container(n, "journalctl", &["-u", unit, "--no-pager", "-o", "cat"]);
+    assert!(all.contains("connecting to proxy"), "{all}");
+
+    // A wedged agent (stopped): the watchdog goes unfed, systemd restarts the service, and
+    // the new agent connects again.
+    let first = property(n, unit, "MainPID");
+    systemctl(n, &["kill", "--kill-whom=main", "--signal=SIGSTOP", unit]);
+    container.wait_for(
+        "tunnel-agent.service: Watchdog timeout",
+        Duration::from_secs(30),
+    );
+    proxy.wait_agent(2);
+    let second = property(n, unit, "MainPID");
+    assert_ne!(first, second);
+    container.signal("TERM");
+    assert!(
+        container.wait_exit(SOON * 6).is_some(),
+        "the container did not stop"
+    );
+}
+
+#[test]
+fn under_systemd_the_key_work_retries_until_meetings_key_is_in_then_runs_hourly() {
+    if !needs("under_systemd_the_key_work_retries_until_meetings_key_is_in_then_runs_hourly") {
+        return;
+    }
+    let root = installed_root("keys");
+    root.inside(&["useradd", "-m", "-s", "/bin/sh", USER]);
 
     let api = FakeApi::start(&[KEY]);
     let dir = std::env::temp_dir().join(format!("tunnel-agent-systemd-{}", std::process::id()));
@@ -183,11 +280,7 @@ fn under_systemd_the_key_work_retries_until_meetings_key_is_in_then_runs_hourly(
     });
     root.write("/etc/tunnel-agent/config.json", &config.to_string());
 
-    let mut container = Launch::new("systemd-nspawn")
-        .args(&["-q", "--register=no", "--keep-unit", "--boot", "-D"])
-        .args(&[root.0.to_str().unwrap()])
-        .with_stdout()
-        .start();
+    let mut container = boot(&root);
     let boot = Duration::from_secs(120);
     // The tunnel does not wait for the key work: the agent is connected while the API is
     // still unreachable and the key work is failing.

@@ -11,6 +11,7 @@ pub mod channels;
 mod keys;
 mod netinfo;
 pub mod noise;
+pub mod notify;
 pub mod presence;
 pub mod session;
 pub mod shutdown;
@@ -309,6 +310,7 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Arc<Status>) {
             Wake::Elapsed => {}
         }
     }
+    notify::stopping();
     live.beacon().stop();
     live.keys.stop();
     status.remove();

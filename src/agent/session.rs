@@ -391,6 +391,7 @@ fn frames(
     let mut last_rx = Instant::now();
     // Looked at while a local service keeps the control loop waiting.
     let interrupted = || {
+        super::notify::alive();
         if shutdown.pending() {
             Some(Interrupt::Stop)
         } else if peer_gone(&sock) {
@@ -399,10 +400,19 @@ fn frames(
             None
         }
     };
+    // Under a systemd watchdog the loop comes round at least every tick to feed it; a read
+    // cut by the tick resumes where it was (the frame reader keeps what it has).
+    if let Some(tick) = super::notify::tick() {
+        let _ = sock.set_read_timeout(Some(tick));
+    }
     let end = loop {
+        super::notify::alive();
         let frame = match frames.next_frame() {
             Ok(Some(f)) => f,
             Ok(None) => break Ending::ClosedByProxy,
+            Err(FrameError::Io(e)) if super::notify::tick().is_some() && tcp::timed_out(&e) => {
+                continue
+            }
             Err(FrameError::Io(e)) if is_dead_link(&e) => {
                 break Ending::DeadLink {
                     unacked: sent_since(&tx, last_rx),

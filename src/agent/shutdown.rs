@@ -97,14 +97,25 @@ impl Shutdown {
         std::mem::take(&mut self.lock().kicked)
     }
 
-    /// Sleeps for `d` unless a stop or a reconnect is asked for first.
+    /// Sleeps for `d` unless a stop or a reconnect is asked for first. Under a systemd
+    /// watchdog, it wakes in between to feed it.
     pub fn sleep(&self, d: Duration) -> Wake {
-        let woken = self.wait_for(d, |g| match (g.requested, g.kicked) {
-            (true, _) => Some(Wake::Stop),
-            (false, true) => Some(Wake::Kick),
-            _ => None,
-        });
-        woken.unwrap_or(Wake::Elapsed)
+        let until = std::time::Instant::now() + d;
+        loop {
+            super::notify::alive();
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            let step = super::notify::tick().map_or(left, |t| left.min(t));
+            let woken = self.wait_for(step, |g| match (g.requested, g.kicked) {
+                (true, _) => Some(Wake::Stop),
+                (false, true) => Some(Wake::Kick),
+                _ => None,
+            });
+            match woken {
+                Some(w) => return w,
+                None if step >= left => return Wake::Elapsed,
+                None => {}
+            }
+        }
     }
 
     /// Registers the current control socket (a clone) so a stop can interrupt its reads.

@@ -235,6 +235,16 @@ impl Status {
             g.down_since = Some(g.since);
         }
         self.write_locked(&mut g);
+        // systemd: ready once the first attempt has ended either way; the state as STATUS=.
+        let shown = format!("{} (proxy {})", state.as_str(), g.proxy);
+        drop(g);
+        match state {
+            State::Connecting | State::Authenticating => super::notify::status(&shown),
+            _ => {
+                super::notify::ready(&shown);
+                super::notify::status(&shown);
+            }
+        }
     }
 
     /// Records the last error.

@@ -372,6 +372,56 @@ mod tests {
         assert_eq!(r.next_frame().unwrap(), None);
     }
 
+    /// Gives its bytes a few at a time, with a timeout (`WouldBlock`) between pieces.
+    struct Halting {
+        pieces: Vec<Vec<u8>>,
+        timeout_next: bool,
+    }
+
+    impl io::Read for Halting {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.timeout_next = !self.timeout_next;
+            if !self.timeout_next {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            if self.pieces.is_empty() {
+                return Ok(0);
+            }
+            let p = self.pieces.remove(0);
+            buf[..p.len()].copy_from_slice(&p);
+            Ok(p.len())
+        }
+    }
+
+    #[test]
+    fn a_read_cut_by_a_timeout_resumes_where_it_was() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, TYPE_DATA, 5, b"hello world").unwrap();
+        let pieces = wire.chunks(4).map(<[u8]>::to_vec).collect();
+        let mut r = FrameReader::new(
+            Halting {
+                pieces,
+                timeout_next: false,
+            },
+            DEFAULT_MAX_FRAME,
+        );
+        let mut timeouts = 0;
+        let frame = loop {
+            match r.next_frame() {
+                Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => timeouts += 1,
+                other => break other.unwrap(),
+            }
+        };
+        assert_eq!(
+            frame,
+            Some(Frame::Data {
+                stream: 5,
+                payload: b"hello world"
+            })
+        );
+        assert!(timeouts >= 4, "{timeouts}");
+    }
+
     #[test]
     fn a_replacement_notice_carries_the_address() {
         let wire = replaced_frame("203.0.113.9:40022");

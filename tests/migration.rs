@@ -178,3 +178,84 @@ fn the_fleets_60_s_heartbeat_interval_is_capped_with_one_warning() {
     assert!(agent.output().contains("every 30 s"), "{}", agent.output());
     assert_eq!(agent.count("heartbeat_interval 60 s"), 1);
 }
+
+/// The device record the fake API gives, granting `services`.
+fn record(services: &[&str]) -> String {
+    serde_json::json!({"device_key": KEY, "authorized": true, "services": services,
+                       "token_code": TOKEN})
+    .to_string()
+}
+
+#[test]
+fn the_services_meeting_grants_open_their_ports_and_a_revoked_one_closes_at_the_next_reading() {
+    let (ssh, http, other) = (echo_server(), echo_server(), echo_server());
+    let proxy = Proxy::for_ports(&[ssh, http, other], &[]);
+    let (to_ssh, to_http, to_other) = (proxy.tunnels[0], proxy.tunnels[1], proxy.tunnels[2]);
+    let api = FakeApi::start(&[KEY]);
+    let path = format!("/api/devices/{KEY}");
+    api.answer("GET", &path, 200, &record(&["ssh", "scp", "http", "debug"]));
+    let device = Device::new("services");
+    // No allowed_ports: Meeting's services decide; their ports are this test's services.
+    let v = serde_json::json!({
+        "api_url": api.url, "api_ca_file": api.ca_file, "device_key": KEY, "token_code": TOKEN,
+        "tunnel_host": "127.0.0.1", "tunnel_port": proxy.control.port(),
+        "service_ports": [format!("ssh={ssh}"), format!("scp={ssh}"), format!("http={http}")],
+        "services_interval": 1,
+    });
+    std::fs::write(device.config(), v.to_string()).unwrap();
+    let agent = device.agent();
+    let granted = agent.wait_for("Meeting grants this device ssh, scp, http, debug", SOON);
+    for part in [
+        format!("{ssh} (granted by Meeting: ssh, scp)"),
+        format!("{http} (granted by Meeting: http)"),
+        "(debug without a local port: service_ports maps them)".to_owned(),
+    ] {
+        assert!(granted.contains(&part), "{part}: {granted}");
+    }
+    proxy.wait_agent(1);
+    assert_eq!(echo_through(to_ssh, b"ssh"), b"ssh");
+    assert_eq!(echo_through(to_http, b"http"), b"http");
+    // A port no service grants: the proxy cannot open it.
+    assert_eq!(echo_through(to_other, b"no"), b"");
+    agent.wait_for(
+        &format!("refusing channel 3: the proxy asked for local port {other}, which no service"),
+        SOON,
+    );
+    // The status file says which ports are open and why.
+    let snap: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(device.status_file()).unwrap()).unwrap();
+    assert_eq!(
+        snap["ports"][http.to_string()],
+        "granted by Meeting: http",
+        "{snap}"
+    );
+    let (_, text) = device.status();
+    assert!(
+        text.contains(&format!("{http} (granted by Meeting: http)")),
+        "{text}"
+    );
+    // check says the same, from its own reading.
+    let (_, json) = device.check();
+    let api_step = json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "api")
+        .unwrap()
+        .clone();
+    assert!(
+        api_step["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{http} (granted by Meeting: http)")),
+        "{api_step}"
+    );
+
+    // Meeting revokes http: at the next reading its port closes; ssh goes on.
+    api.answer("GET", &path, 200, &record(&["ssh", "scp"]));
+    agent.wait_for("Meeting grants this device ssh, scp:", SOON);
+    assert_eq!(echo_through(to_http, b"gone"), b"");
+    assert_eq!(echo_through(to_ssh, b"still"), b"still");
+    // The proxy was never asked: the grant came over verified HTTPS from the API alone.
+    assert!(api.requests_to("GET", &path).len() >= 2);
+}

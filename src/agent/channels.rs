@@ -312,12 +312,14 @@ impl Channels {
     pub fn open(&self, stream: u32, port: u16) {
         let limits = self.shared.live.get();
         let noise = &self.shared.totals.noise;
-        if !limits.allowed_ports.value.contains(&port) {
+        let open_ports = self.shared.live.open_ports();
+        if !open_ports.iter().any(|(p, _)| *p == port) {
             if noise.allow(Cause::PortNotAllowed) {
                 warn!(
-                "refusing channel {stream}: the proxy asked for local port {port}, which is not in \
-                 allowed_ports {:?}; answered with close",
-                    limits.allowed_ports.value
+                    "refusing channel {stream}: the proxy asked for local port {port}, which no \
+                     service Meeting grants uses and allowed_ports does not name (open: {}); \
+                     answered with close",
+                    super::services::shown(&open_ports)
                 );
             }
             let _ = self.shared.tx.send(close_frame(stream));

@@ -13,6 +13,7 @@ mod netinfo;
 pub mod noise;
 pub mod notify;
 pub mod presence;
+mod services;
 pub mod session;
 pub mod shutdown;
 pub mod status;
@@ -38,6 +39,9 @@ pub struct Live {
     cfg: Mutex<Arc<Config>>,
     beacon: presence::Beacon,
     keys: presence::Beacon,
+    services: presence::Beacon,
+    /// The services Meeting grants, once it has said (lower-case).
+    granted: Mutex<Option<Vec<String>>>,
 }
 
 impl Live {
@@ -47,7 +51,25 @@ impl Live {
             cfg: Mutex::new(Arc::new(cfg)),
             beacon: presence::Beacon::default(),
             keys: presence::Beacon::default(),
+            services: presence::Beacon::default(),
+            granted: Mutex::new(None),
         }
+    }
+
+    /// The local ports the proxy may open now, and why.
+    pub fn open_ports(&self) -> Vec<(u16, crate::config::Opened)> {
+        let granted = self.granted.lock().unwrap_or_else(|p| p.into_inner());
+        self.get().open_ports(granted.as_deref())
+    }
+
+    /// Records what Meeting grants.
+    fn set_granted(&self, services: Option<Vec<String>>) {
+        *self.granted.lock().unwrap_or_else(|p| p.into_inner()) = services;
+    }
+
+    /// What wakes the services thread.
+    fn services_beacon(&self) -> &presence::Beacon {
+        &self.services
     }
 
     /// The configuration now in force.
@@ -64,6 +86,7 @@ impl Live {
         drop(g);
         self.beacon.reloaded();
         self.keys.reloaded();
+        self.services.reloaded();
         changed
     }
 
@@ -131,6 +154,8 @@ fn warn_about(cfg: &Config) {
     }
 }
 
+pub use services::shown as services_shown;
+
 /// Replacements within this window count towards [`DISPLACED_AFTER`].
 const DISPLACED_WINDOW: Duration = Duration::from_secs(600);
 /// Replacements within [`DISPLACED_WINDOW`] after which the agent stops fighting for the
@@ -185,12 +210,12 @@ impl Displaced {
 /// While Meeting is switched off on this device (`enabled` false): says so once, holds no
 /// tunnel (and the heartbeat thread sends none) until a reload or a stop. `true` on a stop.
 fn switched_off(cfg: &Config, shutdown: &Shutdown, status: &Status) -> bool {
+    status.set(State::Disabled);
     info!(
         "Meeting is switched off on this device (enabled false, {}): no tunnel and no \
          heartbeat until it is switched on (then reload: SIGHUP, or systemctl reload)",
         cfg.enabled.source
     );
-    status.set(State::Disabled);
     loop {
         match shutdown.sleep(Duration::from_secs(3600)) {
             Wake::Stop => return true,
@@ -263,6 +288,9 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Arc<Status>) {
     if let Err(e) = presence::spawn(live.clone(), status.clone()) {
         error!("cannot start the heartbeat thread ({e}); Meeting will show this device as Disconnected");
     }
+    if let Err(e) = services::spawn(live.clone(), status.clone()) {
+        error!("cannot start the services thread ({e}); only ssh's port opens to the tunnel");
+    }
     #[cfg(feature = "tls")]
     if let Err(e) = keys::spawn(live.clone()) {
         error!("cannot start the SSH key thread ({e}); run `tunnel-agent keys` to install Meeting's key");
@@ -313,6 +341,7 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Arc<Status>) {
     notify::stopping();
     live.beacon().stop();
     live.keys.stop();
+    live.services.stop();
     status.remove();
     info!("tunnel-agent stopped");
 }

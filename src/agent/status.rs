@@ -168,6 +168,10 @@ pub struct Snapshot {
     /// logged a few times per window, counted always.
     #[serde(default)]
     pub warnings: std::collections::BTreeMap<String, u64>,
+    /// The local ports open to the tunnel and why: `configured (allowed_ports, …)`, `granted
+    /// by Meeting: ssh, scp`, or ssh's until Meeting has answered (absent in older files).
+    #[serde(default)]
+    pub ports: std::collections::BTreeMap<String, String>,
 }
 
 struct Inner {
@@ -181,6 +185,7 @@ struct Inner {
     connections: u64,
     broken: bool,
     presence: Presence,
+    ports: std::collections::BTreeMap<String, String>,
 }
 
 /// The status of a running agent, and the file it is written to.
@@ -206,6 +211,7 @@ impl Status {
                 connections: 0,
                 broken: false,
                 presence: Presence::default(),
+                ports: std::collections::BTreeMap::new(),
             }),
         }
     }
@@ -319,6 +325,20 @@ impl Status {
                 g.down_since
             },
             warnings: t.noise.totals(),
+            ports: g.ports.clone(),
+        }
+    }
+
+    /// Records the local ports open to the tunnel and why (written when they changed).
+    pub fn set_ports(&self, ports: &[(u16, crate::config::Opened)]) {
+        let ports: std::collections::BTreeMap<String, String> = ports
+            .iter()
+            .map(|(p, why)| (p.to_string(), why.to_string()))
+            .collect();
+        let mut g = self.lock();
+        if g.ports != ports {
+            g.ports = ports;
+            self.write_locked(&mut g);
         }
     }
 

@@ -240,12 +240,12 @@ pub fn run(
     }
 
     let reach = reach_proxy(&cfg, opts, &mut steps, &mut facts);
-    let api = api_step(&cfg, opts, &mut steps);
+    let (api, granted) = api_step(&cfg, opts, &mut steps);
     let presence = presence_step(&cfg, opts, &mut steps);
     let (mut up, mut down) = (Vec::new(), Vec::new());
     let host = host::detect(std::path::Path::new("/"));
     let ssh_port = cfg.ssh.ssh_port;
-    for &port in &cfg.allowed_ports.value {
+    for (port, _) in cfg.open_ports(granted.as_deref()) {
         let advice = host::start_advice(&host, port, ssh_port);
         let s = local_step(port, opts.timeout, &advice);
         if s.status == Status::Fail {
@@ -327,7 +327,7 @@ fn config_step(cfg: &Config, t: Instant) -> Step {
         .unwrap_or_else(|| "not set".into());
     let detail = format!(
         "device key {} ({}); token {} ({}); proxy {} (host: {}, port: {}); TLS {} ({}); \
-         api_url {api}; local ports {:?} ({}){}",
+         api_url {api}; local ports: {}{}",
         cfg.device_key.value,
         cfg.device_key.source,
         cfg.token.value.masked(),
@@ -337,8 +337,10 @@ fn config_step(cfg: &Config, t: Instant) -> Step {
         cfg.port.source,
         if cfg.tls.value { "on" } else { "off" },
         cfg.tls.source,
-        cfg.allowed_ports.value,
-        cfg.allowed_ports.source,
+        match &cfg.allowed_ports {
+            Some(given) => format!("{:?} (allowed_ports, {})", given.value, given.source),
+            None => "those of the services Meeting grants (api step)".to_owned(),
+        },
         if warnings.is_empty() {
             String::new()
         } else {
@@ -664,11 +666,14 @@ fn handshake_step(
     Reach::Replied(found)
 }
 
-fn api_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Api {
+/// The API step: what Meeting says of the device, and the services it grants when it said
+/// so over HTTPS (the agent reads them over verified HTTPS only).
+fn api_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> (Api, Option<Vec<String>>) {
     let Some(client) = cfg.api.client(opts.timeout) else {
         steps.push(skipped("api", "api_url not configured"));
-        return Api::Unknown;
+        return (Api::Unknown, None);
     };
+    let mut granted = None;
     let t = Instant::now();
     let key = &cfg.device_key.value;
     let full = client.url.device(key);
@@ -680,10 +685,18 @@ fn api_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Api {
             ..
         }) => {
             let ssh = services.iter().any(|s| s == "ssh");
+            let https = client.url.to_string().starts_with("https://");
+            let services: Vec<String> = services.iter().map(|s| s.to_ascii_lowercase()).collect();
+            let ports = cfg.open_ports(https.then_some(services.as_slice()));
             let facts = format!(
-                "GET {full}: HTTP 200, authorized: {authorized}, services: [{}]",
-                services.join(", ")
+                "GET {full}: HTTP 200, authorized: {authorized}, services: [{}]; local ports open \
+                 to the tunnel: {}",
+                services.join(", "),
+                crate::agent::services_shown(&ports)
             );
+            if https {
+                granted = Some(services.clone());
+            }
             match (authorized, ssh) {
                 (false, _) => (
                     Status::Fail,
@@ -715,7 +728,7 @@ fn api_step(cfg: &Config, opts: &Options, steps: &mut Vec<Step>) -> Api {
         Err(e) => unanswered(format!("GET {full} failed: {e}"), &e, Api::Unknown),
     };
     steps.push(step("api", status, detail, hint, t));
-    api
+    (api, granted)
 }
 
 /// A step whose Meeting API call got no answer it can use: a warning with `detail`, what to

@@ -178,8 +178,10 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How long a local service may take no data from the proxy before its channel is closed.
     pub local_write_timeout: Duration,
-    /// Local ports the proxy may ask for (default `[22]`).
-    pub allowed_ports: Sourced<Vec<u16>>,
+    /// Local ports the proxy may ask for, when configured: they override Meeting's services.
+    pub allowed_ports: Option<Sourced<Vec<u16>>>,
+    /// Meeting's services: their local ports and how often the grant is read again.
+    pub services: Services,
     /// PEM CA bundle trusted instead of the public roots.
     pub ca_file: Option<Sourced<PathBuf>>,
     /// Name checked in the proxy's certificate (default: the host).
@@ -267,6 +269,73 @@ pub struct Heartbeat {
     pub note: String,
     /// URL answering the public address, when configured.
     pub public_ip_url: Option<String>,
+}
+
+/// Meeting's services on this device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Services {
+    /// Each service's local port.
+    pub ports: Vec<(String, u16)>,
+    /// Time between two readings of what Meeting grants.
+    pub interval: Duration,
+}
+
+/// The built-in local port of each Meeting service.
+pub const DEFAULT_SERVICE_PORTS: &[(&str, u16)] =
+    &[("ssh", 22), ("scp", 22), ("vnc", 5900), ("http", 80)];
+/// The web manager's port on the fleet's camera recorders (`/etc/rpi-cam`).
+pub const RPI_CAM_HTTP_PORT: u16 = 5000;
+/// The port open while Meeting's services are not known yet (and no `allowed_ports`): ssh's.
+pub const UNTIL_KNOWN_PORT: u16 = 22;
+
+/// Why a local port is open to the tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// `allowed_ports`, from there.
+    Configured(Source),
+    /// Meeting grants these services, which use it.
+    Granted(Vec<String>),
+    /// Meeting's services are not known yet: ssh's port meanwhile.
+    UntilKnown,
+}
+
+impl fmt::Display for Opened {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Opened::Configured(source) => write!(f, "configured (allowed_ports, {source})"),
+            Opened::Granted(services) => write!(f, "granted by Meeting: {}", services.join(", ")),
+            Opened::UntilKnown => f.write_str("ssh's, until Meeting's services are known"),
+        }
+    }
+}
+
+impl Config {
+    /// The local ports the proxy may open and why: `allowed_ports` when configured, else the
+    /// ports of the services Meeting grants (`granted`, `None` until it has answered).
+    pub fn open_ports(&self, granted: Option<&[String]>) -> Vec<(u16, Opened)> {
+        if let Some(given) = &self.allowed_ports {
+            return given
+                .value
+                .iter()
+                .map(|p| (*p, Opened::Configured(given.source.clone())))
+                .collect();
+        }
+        let Some(granted) = granted else {
+            return vec![(UNTIL_KNOWN_PORT, Opened::UntilKnown)];
+        };
+        let mut out: Vec<(u16, Opened)> = Vec::new();
+        for service in granted {
+            let Some((_, port)) = self.services.ports.iter().find(|(n, _)| n == service) else {
+                continue;
+            };
+            match out.iter_mut().find(|(p, _)| p == port) {
+                Some((_, Opened::Granted(names))) => names.push(service.clone()),
+                _ => out.push((*port, Opened::Granted(vec![service.clone()]))),
+            }
+        }
+        out.sort_by_key(|(p, _)| *p);
+        out
+    }
 }
 
 /// The SSH key work's settings.
@@ -748,7 +817,8 @@ pub fn load(
         handshake_timeout: p.get(&HANDSHAKE_TIMEOUT)?.value,
         connect_timeout: p.get(&CONNECT_TIMEOUT)?.value,
         local_write_timeout: p.get(&LOCAL_WRITE_TIMEOUT)?.value,
-        allowed_ports: p.get(&ALLOWED_PORTS)?,
+        allowed_ports: p.given(&ALLOWED_PORTS)?,
+        services: services(p, places.file.as_ref().map(|f| f.path.as_path()))?,
         ca_file,
         tls_server_name,
         max_channels: p.get(&MAX_CHANNELS)?.value as usize,
@@ -794,6 +864,34 @@ fn heartbeat(p: &Places, api: &Api, enabled: &Sourced<bool>) -> Result<Heartbeat
         note,
         public_ip_url: p.given(&PUBLIC_IP_URL)?.map(|s| s.value),
     })
+}
+
+/// Meeting's services: the built-in ports, the web manager's on a device configured from
+/// `/etc/rpi-cam`, then `service_ports`.
+fn services(p: &Places, file: Option<&Path>) -> Result<Services, ConfigError> {
+    let mut ports: Vec<(String, u16)> = DEFAULT_SERVICE_PORTS
+        .iter()
+        .map(|(n, port)| (n.to_string(), *port))
+        .collect();
+    if file.is_some_and(|f| f.ends_with("rpi-cam/meeting.json")) {
+        set_port(&mut ports, "http", RPI_CAM_HTTP_PORT);
+    }
+    if let Some(given) = p.given(&SERVICE_PORTS)? {
+        for (name, port) in given.value {
+            set_port(&mut ports, &name, port);
+        }
+    }
+    Ok(Services {
+        ports,
+        interval: p.get(&SERVICES_INTERVAL)?.value.max(Duration::from_secs(1)),
+    })
+}
+
+fn set_port(ports: &mut Vec<(String, u16)>, name: &str, port: u16) {
+    match ports.iter_mut().find(|(n, _)| n == name) {
+        Some(entry) => entry.1 = port,
+        None => ports.push((name.to_owned(), port)),
+    }
 }
 
 /// The SSH key work's settings.

@@ -242,10 +242,20 @@ settings! {
     /// A local service that takes no data this long is closed.
     LOCAL_WRITE_TIMEOUT: Duration = "local_write_timeout", flag Some("--local-write-timeout"), env None, arg "SECS",
         default Value("15"), parse seconds, "a local service that takes no data this long is closed";
-    /// Local ports the proxy may open.
+    /// Local ports the proxy may open, when given: they override the services Meeting grants.
     ALLOWED_PORTS: Vec<u16> = "allowed_ports", flag Some("--allow-port"), env None, arg "PORT",
-        default Value("22"), parse ports, "local port the proxy may open (flag repeatable; file: [22, 5900])",
+        default Derived("the ports of the services Meeting grants (22 until it has answered)"), parse ports,
+        "local ports the proxy may open, overriding the services Meeting grants (flag repeatable; file: [22, 5900])",
         list: true;
+    /// The local port of each Meeting service.
+    SERVICE_PORTS: Vec<(String, u16)> = "service_ports", flag Some("--service-port"), env None, arg "NAME=PORT",
+        default Derived("ssh=22, scp=22, vnc=5900, http=80 (http=5000 with /etc/rpi-cam/meeting.json)"),
+        parse service_ports,
+        "the local port of a Meeting service, over the defaults (flag repeatable; file: [\"http=5000\"])",
+        list: true;
+    /// Time between two readings of the services Meeting grants.
+    SERVICES_INTERVAL: Duration = "services_interval", flag None, env None, arg "",
+        default Value("60"), parse seconds, "seconds between two readings of the services Meeting grants";
     /// Channels open at once.
     MAX_CHANNELS: u64 = "max_channels", flag Some("--max-channels"), env None, arg "N",
         default Value("64"), parse count::<100_000>, "channels open at once";
@@ -331,6 +341,29 @@ pub fn port(s: &str) -> Result<u16, String> {
 /// Ports, comma-separated (the file's array and repeated flags are joined so).
 fn ports(s: &str) -> Result<Vec<u16>, String> {
     s.split(',').map(|p| port(p.trim())).collect()
+}
+
+/// Services and their ports, `NAME=PORT`, comma-separated.
+fn service_ports(s: &str) -> Result<Vec<(String, u16)>, String> {
+    s.split(',')
+        .map(|item| {
+            let (name, p) = item
+                .trim()
+                .split_once('=')
+                .ok_or_else(|| format!("\"{item}\" is not NAME=PORT (e.g. http=5000)"))?;
+            let name = name.trim().to_ascii_lowercase();
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(format!(
+                    "\"{item}\": the service name must be letters, digits, - or _"
+                ));
+            }
+            Ok((name, port(p.trim())?))
+        })
+        .collect()
 }
 
 /// A yes/no value: true/false, 1/0, yes/no, on/off.

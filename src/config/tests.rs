@@ -120,7 +120,12 @@ fn defaults_apply_and_device_info_is_the_last_resort() {
     );
     assert_eq!(c.handshake_timeout, Duration::from_secs(5));
     assert_eq!(c.local_write_timeout, Duration::from_secs(15));
-    assert_eq!(c.allowed_ports.value, vec![22]);
+    assert_eq!(c.allowed_ports, None, "Meeting's services decide");
+    assert_eq!(
+        c.open_ports(None),
+        vec![(UNTIL_KNOWN_PORT, Opened::UntilKnown)],
+        "ssh's port until Meeting has said"
+    );
     assert_eq!(c.max_channels, 64);
     assert_eq!(c.max_frame, 1024 * 1024);
     assert_eq!(c.tls_server_name.value, DEFAULT_HOST);
@@ -182,11 +187,12 @@ fn allowed_ports_from_file_or_flags() {
     );
     let mut flags = config_flag(p);
     let c = load(&flags, &env_of(&[]), &t.paths()).unwrap();
-    assert_eq!(c.allowed_ports.value, vec![22, 5900]);
+    assert_eq!(c.allowed_ports.as_ref().unwrap().value, vec![22, 5900]);
     flags.set(&ALLOWED_PORTS, "8080");
     let c = load(&flags, &env_of(&[]), &t.paths()).unwrap();
-    assert_eq!(c.allowed_ports.value, vec![8080]);
-    assert_eq!(c.allowed_ports.source, Source::Flag("--allow-port"));
+    let given = c.allowed_ports.as_ref().unwrap();
+    assert_eq!(given.value, vec![8080]);
+    assert_eq!(given.source, Source::Flag("--allow-port"));
     let p = t.file(
         "d.json",
         r#"{"device_key":"K","token_code":"t","allowed_ports":22}"#,
@@ -385,4 +391,63 @@ fn the_fleets_file_is_switched_off_and_its_interval_capped() {
         (c.heartbeat.interval, &c.heartbeat.capped),
         (Duration::from_secs(45), &None)
     );
+}
+
+#[test]
+fn services_open_their_ports_and_allowed_ports_overrides_them() {
+    let t = Tmp::new("services");
+    let rpi = t.0.join("rpi-cam");
+    std::fs::create_dir_all(&rpi).unwrap();
+    std::fs::write(
+        rpi.join("meeting.json"),
+        r#"{"device_key": "K", "token_code": "t", "tunnel_host": "p.example"}"#,
+    )
+    .unwrap();
+    let flags = Flags {
+        config: Some(rpi.join("meeting.json")),
+        ..Flags::default()
+    };
+    let c = load(&flags, &env_of(&[]), &t.paths()).unwrap();
+    let granted: Vec<String> = ["ssh", "scp", "http", "vnc", "debug"]
+        .map(String::from)
+        .to_vec();
+    let names = |v: &[&str]| Opened::Granted(v.iter().map(|s| s.to_string()).collect());
+    // The fleet's device: http is the web manager on 5000; debug has no port.
+    assert_eq!(
+        c.open_ports(Some(&granted)),
+        vec![
+            (22, names(&["ssh", "scp"])),
+            (5000, names(&["http"])),
+            (5900, names(&["vnc"]))
+        ]
+    );
+    // Elsewhere http is 80, and service_ports sets any.
+    let flags = Flags::default().with(&SERVICE_PORTS, "vnc=5901,debug=2222");
+    t.file(
+        "config.json",
+        r#"{"device_key": "K", "token_code": "t", "tunnel_host": "p.example"}"#,
+    );
+    let c = load(&flags, &env_of(&[]), &t.paths()).unwrap();
+    let ports: Vec<u16> = c
+        .open_ports(Some(&granted))
+        .iter()
+        .map(|(p, _)| *p)
+        .collect();
+    assert_eq!(ports, vec![22, 80, 2222, 5901]);
+    assert_eq!(
+        c.open_ports(Some(&[])),
+        vec![],
+        "nothing granted, nothing open"
+    );
+    // allowed_ports overrides: Meeting cannot widen it.
+    let flags = Flags::default().with(&ALLOWED_PORTS, "22");
+    let c = load(&flags, &env_of(&[]), &t.paths()).unwrap();
+    assert_eq!(
+        c.open_ports(Some(&granted)),
+        vec![(22, Opened::Configured(Source::Flag("--allow-port")))]
+    );
+    for bad in ["http", "h/x=1", "http=0"] {
+        let flags = Flags::default().with(&SERVICE_PORTS, bad);
+        assert!(load(&flags, &env_of(&[]), &t.paths()).is_err(), "{bad}");
+    }
 }

@@ -204,6 +204,16 @@ fn status(path: Option<String>, config: Option<std::path::PathBuf>, json: bool) 
                  heartbeat, on purpose"
             );
         }
+        if !snap.ports.is_empty() {
+            outln!(
+                "local ports open to the tunnel: {}",
+                snap.ports
+                    .iter()
+                    .map(|(p, why)| format!("{p} ({why})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         outln!("reconnects: {}", snap.reconnects);
         outln!("Meeting presence: {}", presence_line(&snap.presence));
         if let Some(e) = &snap.last_error {

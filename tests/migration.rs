@@ -236,13 +236,7 @@ fn the_services_meeting_grants_open_their_ports_and_a_revoked_one_closes_at_the_
     );
     // check says the same, from its own reading.
     let (_, json) = device.check();
-    let api_step = json["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "api")
-        .unwrap()
-        .clone();
+    let api_step = check_step(&json, "api");
     assert!(
         api_step["detail"]
             .as_str()

@@ -128,19 +128,10 @@ fn on_the_journals_stream_each_line_carries_its_priority() {
     let file = std::fs::File::create(&err).unwrap();
     let meta = file.metadata().unwrap();
     let stream = format!("{}:{}", meta.dev(), meta.ino());
-    let port = closed_port().to_string();
+    let down: std::net::SocketAddr = ([127, 0, 0, 1], closed_port()).into();
     // Refused at once: a WARN line, among INFO ones.
     let mut child = Command::new(bin("tunnel-agent"))
-        .args([
-            "--device-key",
-            KEY,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--status-file",
-            "",
-        ])
+        .args(agent_args(down))
         .env("MEETING_TOKEN", TOKEN)
         .env("JOURNAL_STREAM", &stream)
         .stdout(Stdio::null())

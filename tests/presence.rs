@@ -335,13 +335,7 @@ fn an_api_certificate_for_another_name_names_api_url_and_api_ca_file() {
         .env("MEETING_TOKEN", TOKEN);
     let out = cmd.output().unwrap();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let step = report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "api")
-        .unwrap()
-        .clone();
+    let step = check_step(&report, "api");
     let (detail, hint) = (step["detail"].to_string(), step["hint"].to_string());
     assert!(detail.contains("name mismatch"), "{step}");
     assert!(

@@ -122,6 +122,15 @@ pub fn agent_args(proxy: SocketAddr) -> Vec<String> {
     device_args(proxy, KEY)
 }
 
+/// The step named `name` of a `check --json` report.
+pub fn check_step(report: &serde_json::Value, name: &str) -> serde_json::Value {
+    report["steps"]
+        .as_array()
+        .and_then(|steps| steps.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no step {name}: {report}"))
+        .clone()
+}
+
 /// The arguments of an agent for device `key` against `proxy`, without a status file.
 pub fn device_args(proxy: SocketAddr, key: &str) -> Vec<String> {
     let port = proxy.port().to_string();

@@ -40,6 +40,9 @@ fn run(cmd: &mut Command) -> String {
 
 /// A Debian root with systemd, made once (about two minutes) and kept under `target/`.
 fn base_root() -> PathBuf {
+    // The tests of this file run at once: one makes the root, the others wait for it.
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = MAKING.lock().unwrap_or_else(|p| p.into_inner());
     let roots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-roots");
     let base = roots.join("bookworm-systemd");
     if base.join(".complete").exists() {

@@ -310,7 +310,6 @@ impl Channels {
     /// `N`: opens a channel to `127.0.0.1:port` on its own thread; never blocks on the connect.
     /// A port outside `allowed_ports`, or one channel too many, is answered with `C` at once.
     pub fn open(&self, stream: u32, port: u16) {
-        let limits = self.shared.live.get();
         let noise = &self.shared.totals.noise;
         let open_ports = self.shared.live.open_ports();
         if !open_ports.iter().any(|(p, _)| *p == port) {
@@ -325,6 +324,7 @@ impl Channels {
             let _ = self.shared.tx.send(close_frame(stream));
             return;
         }
+        let limits = self.shared.live.get();
         let open = self.len();
         if open >= limits.max_channels && !self.shared.map().contains_key(&stream) {
             if noise.allow(Cause::OverMaxChannels) {

@@ -67,19 +67,15 @@ fn send(s: &Systemd, message: &str) {
     }
 }
 
-/// Says `READY=1`, the first time only, with the state as `STATUS=`.
-pub fn ready(state: &str) {
+/// Says the state (`systemctl status` shows it), with `READY=1` the first time `ready` is
+/// true.
+pub fn status(state: &str, ready: bool) {
     if let Some(s) = systemd() {
-        if !s.ready.swap(true, Ordering::SeqCst) {
+        if ready && !s.ready.swap(true, Ordering::SeqCst) {
             send(s, &format!("READY=1\nSTATUS={state}"));
+        } else {
+            send(s, &format!("STATUS={state}"));
         }
-    }
-}
-
-/// Says the state (`systemctl status` shows it).
-pub fn status(state: &str) {
-    if let Some(s) = systemd() {
-        send(s, &format!("STATUS={state}"));
     }
 }
 

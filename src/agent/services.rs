@@ -37,7 +37,11 @@ enum Reading {
     Failed(String),
 }
 
-fn read(live: &Live) -> Reading {
+/// The API client of the readings, kept from one to the next (its HTTP agent, TLS set-up and
+/// connection with it) while the API settings stay the same.
+type Kept = Option<(crate::config::Api, crate::meeting::Client)>;
+
+fn read(live: &Live, kept: &mut Kept) -> Reading {
     let cfg = live.get();
     if let Some(given) = &cfg.allowed_ports {
         return Reading::Idle(format!(
@@ -62,7 +66,13 @@ fn read(live: &Live) -> Reading {
             url.value
         ));
     }
-    let Some(client) = cfg.api.client(REQUEST_TIMEOUT) else {
+    if kept.as_ref().is_none_or(|(api, _)| *api != cfg.api) {
+        *kept = cfg
+            .api
+            .client(REQUEST_TIMEOUT)
+            .map(|c| (cfg.api.clone(), c));
+    }
+    let Some((_, client)) = kept.as_ref() else {
         return Reading::Idle("no api_url".into());
     };
     match client.device_record(&cfg.device_key.value, cfg.token.value.expose()) {
@@ -79,8 +89,9 @@ fn read(live: &Live) -> Reading {
 
 fn run(live: &Live, status: &Status) {
     let mut said: Option<String> = None;
+    let mut kept: Kept = None;
     loop {
-        let reading = read(live);
+        let reading = read(live, &mut kept);
         let line = match &reading {
             Reading::Granted(services) => {
                 live.set_granted(Some(services.clone()));

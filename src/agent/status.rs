@@ -244,13 +244,8 @@ impl Status {
         // systemd: ready once the first attempt has ended either way; the state as STATUS=.
         let shown = format!("{} (proxy {})", state.as_str(), g.proxy);
         drop(g);
-        match state {
-            State::Connecting | State::Authenticating => super::notify::status(&shown),
-            _ => {
-                super::notify::ready(&shown);
-                super::notify::status(&shown);
-            }
-        }
+        let attempt_over = !matches!(state, State::Connecting | State::Authenticating);
+        super::notify::status(&shown, attempt_over);
     }
 
     /// Records the last error.

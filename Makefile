@@ -6,7 +6,7 @@ CARGO ?= cargo
 AS_ROOT = $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: help build release test test-notls test-packaging lint fmt demo capacity fuzz soak bench bench-peers bench-latency bench-tls-arm install yocto-crates \
-	static cross cross-all cross-setup size test-cross test-image dropbear-buildroot clean
+	static cross cross-all cross-setup size test-cross test-image dropbear-buildroot deb test-deb clean
 
 help:
 	@echo "make build    debug build of tunnel-agent and meeting-proxy"
@@ -26,6 +26,8 @@ help:
 	@echo "make cross TARGET=aarch64-unknown-linux-musl|armv7-unknown-linux-musleabihf|arm-unknown-linux-musleabi (ARMv6)"
 	@echo "make cross-all    every target; make size: their stripped sizes, with and without TLS"
 	@echo "make test-cross   the cross binaries under qemu-user: --version and a real tunnel"
+	@echo "make deb     tunnel-agent_<version>_{amd64,arm64,armhf}.deb in target/deb (armhf: the ARMv6 build)"
+	@echo "make test-deb dpkg and lintian on them, then install, upgrade, remove, purge in a booted Debian"
 	@echo "make test-image   emulated Cortex-A7 and A53 boards boot a BusyBox image: Dropbear login, dead link, poweroff"
 	@echo "make bench    throughput, CPU/GB, latency, memory vs direct, a socat relay hop and peers"
 	@echo "make bench-peers   install rathole and bore (cargo install) so make bench measures them"
@@ -81,3 +83,4 @@ include mk/cross.mk
 include mk/packaging.mk
 include mk/bench.mk
 include mk/board.mk
+include mk/deb.mk

@@ -1,5 +1,5 @@
-//! The systemd units under a real systemd: a Debian bookworm root made once by debootstrap
-//! (`target/test-roots/`), the package laid in by `make install`, booted by systemd-nspawn. The
+//! The systemd units under a real systemd: a Debian bookworm root (`support::debian`), the
+//! package laid in by `make install`, booted by systemd-nspawn. The
 //! container shares the machine's loopback, where the suite's fake Meeting API sits behind a
 //! relay that refuses connections at first, as a network that is late at boot does.
 //!
@@ -10,10 +10,10 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use support::debian::*;
 use support::relay::Relay;
 use support::*;
 
@@ -31,107 +31,6 @@ fn needs(test: &str) -> bool {
             tool("ssh-keygen", "openssh-client"),
         ],
     )
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    ok_stdout(out, &format!("{cmd:?}"))
-}
-
-/// A Debian root with systemd, made once (about two minutes) and kept under `target/`.
-fn base_root() -> PathBuf {
-    // The tests of this file run at once: one makes the root, the others wait for it.
-    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = MAKING.lock().unwrap_or_else(|p| p.into_inner());
-    let roots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-roots");
-    let base = roots.join("bookworm-systemd");
-    if base.join(".complete").exists() {
-        return base;
-    }
-    let making = roots.join(format!("bookworm-systemd.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&making);
-    std::fs::create_dir_all(&roots).unwrap();
-    run(Command::new("debootstrap")
-        .args([
-            "--variant=minbase",
-            "--include=systemd,systemd-sysv,dbus,passwd",
-            "bookworm",
-        ])
-        .arg(&making)
-        .arg("http://deb.debian.org/debian"));
-    std::fs::write(making.join(".complete"), "").unwrap();
-    let _ = std::fs::remove_dir_all(&base);
-    std::fs::rename(&making, &base).unwrap();
-    base
-}
-
-/// A copy of the base root for one test, removed with it.
-struct Root(PathBuf);
-
-impl Root {
-    fn new(name: &str) -> Root {
-        let base = base_root();
-        let dir = base.with_file_name(format!("{name}.{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        run(Command::new("cp").arg("-a").arg(&base).arg(&dir));
-        Root(dir)
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.0.join(p.trim_start_matches('/'))
-    }
-
-    fn write(&self, p: &str, text: &str) {
-        let path = self.path(p);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-
-    /// Runs `args` inside the root, not booted.
-    fn inside(&self, args: &[&str]) -> String {
-        run(Command::new("systemd-nspawn")
-            .args(["-q", "--register=no", "--keep-unit", "--pipe", "-D"])
-            .arg(&self.0)
-            .args(args))
-    }
-}
-
-impl Drop for Root {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The container's init (PID 1 inside), the child of systemd-nspawn.
-fn leader(nspawn: u32) -> u32 {
-    let children = std::fs::read_to_string(format!("/proc/{nspawn}/task/{nspawn}/children"))
-        .unwrap_or_default();
-    children
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("systemd-nspawn {nspawn} has no child"))
-}
-
-/// `PROGRAM ARGS` in the booted container.
-fn in_container(nspawn: u32, program: &str, args: &[&str]) -> String {
-    run(Command::new("nsenter")
-        .args([
-            "-t",
-            &leader(nspawn).to_string(),
-            "-m",
-            "-u",
-            "-i",
-            "-p",
-            "--",
-        ])
-        .arg(program)
-        .args(args))
-}
-
-/// `systemctl ARGS` in the booted container.
-fn systemctl(nspawn: u32, args: &[&str]) -> String {
-    in_container(nspawn, "systemctl", args)
 }
 
 /// A root with the package laid in by `make install` and the journal on the console.
@@ -152,22 +51,6 @@ fn installed_root(name: &str) -> Root {
         "[Journal]\nForwardToConsole=yes\nTTYPath=/dev/console\nMaxLevelConsole=info\n",
     );
     root
-}
-
-/// Boots `root`; its console on the returned process's stdout.
-fn boot(root: &Root) -> Proc {
-    Launch::new("systemd-nspawn")
-        .args(&["-q", "--register=no", "--keep-unit", "--boot", "-D"])
-        .args(&[root.0.to_str().unwrap()])
-        .with_stdout()
-        .start()
-}
-
-/// One property of a unit, as `systemctl show -p NAME --value` gives it.
-fn property(nspawn: u32, unit: &str, name: &str) -> String {
-    systemctl(nspawn, &["show", unit, "-p", name, "--value"])
-        .trim()
-        .to_owned()
 }
 
 #[test]
@@ -195,16 +78,7 @@ fn under_systemd_the_agent_notifies_ready_feeds_the_watchdog_and_logs_priorities
     let n = container.pid();
     // READY=1 came: the unit is active (a notify unit is "activating" until then), with the
     // agent's state as its status text.
-    let deadline = std::time::Instant::now() + SOON;
-    while property(n, unit, "ActiveState") != "active" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            container.output()
-        );
-        // Polling systemctl: the container has no event the test can wait on.
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_active(&container, unit);
     assert_eq!(property(n, unit, "Type"), "notify");
     assert_eq!(property(n, unit, "WatchdogUSec"), "6s");
     assert_eq!(

@@ -280,10 +280,15 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Arc<Status>) {
         cfg.device_key.value,
         cfg.proxy_addr(),
         if cfg.tls.value { "TLS" } else { "plain TCP" },
-        cfg.file
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "none".to_owned())
+        match cfg.files.is_empty() {
+            true => "none".to_owned(),
+            false => cfg
+                .files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" over "),
+        }
     );
     if let Err(e) = presence::spawn(live.clone(), status.clone()) {
         error!("cannot start the heartbeat thread ({e}); Meeting will show this device as Disconnected");

@@ -20,7 +20,10 @@ pub const AVAILABILITY_WINDOW: Duration = Duration::from_secs(60);
 /// What a heartbeat interval the window cannot tolerate is capped at: two beats per window,
 /// so one lost beat does not show the device Disconnected.
 pub const SAFE_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
-/// Configuration files tried in order when `--config` is not given.
+/// Configuration files read when `--config` is not given: every one that exists, a key in an
+/// earlier file winning over the same key in a later one. So the package's own file holds what
+/// this agent adds or overrides, and the fleet's `/etc/rpi-cam/meeting.json` (which the web
+/// manager edits, `enabled` included) keeps serving the rest unchanged.
 pub const DEFAULT_CONFIG_FILES: &[&str] =
     &["/etc/tunnel-agent/config.json", "/etc/rpi-cam/meeting.json"];
 /// Last place a device key is looked for.
@@ -196,8 +199,8 @@ pub struct Config {
     pub status_file: Option<PathBuf>,
     /// Log to this syslog socket instead of stderr (`None`: stderr).
     pub syslog: Option<PathBuf>,
-    /// The configuration file that was read, if any.
-    pub file: Option<PathBuf>,
+    /// The configuration files that were read, the first winning key by key.
+    pub files: Vec<PathBuf>,
 }
 
 impl Config {
@@ -552,11 +555,12 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-/// Where [`load`] looks for each setting: the flags, the environment, and the file found.
+/// Where [`load`] looks for each setting: the flags, the environment, and the files found.
 struct Places<'a> {
     flags: &'a Flags,
     env: &'a dyn Fn(&str) -> Option<String>,
-    file: Option<FileValues>,
+    /// The configuration files read, in order: a key in an earlier one wins.
+    files: Vec<FileValues>,
     /// Configuration files looked for and not found (when `--config` was not given).
     not_found: Vec<PathBuf>,
 }
@@ -582,13 +586,15 @@ impl Places<'_> {
                 source: Source::Env(env),
             }));
         }
-        match &self.file {
-            Some(f) => Ok(f.text(spec)?.map(|value| Sourced {
-                value,
-                source: f.source(),
-            })),
-            None => Ok(None),
+        for f in &self.files {
+            if let Some(value) = f.text(spec)? {
+                return Ok(Some(Sourced {
+                    value,
+                    source: f.source(),
+                }));
+            }
         }
+        Ok(None)
     }
 
     /// The value of `setting` where it was given, parsed and trimmed; `None` when it was not
@@ -655,15 +661,17 @@ impl Places<'_> {
                 .iter()
                 .map(|p| format!("{} (not found)", p.display())),
         );
-        if let Some(f) = &self.file {
-            v.push(format!("{} (key \"{}\")", f.path.display(), spec.key));
-        }
+        v.extend(
+            self.files
+                .iter()
+                .map(|f| format!("{} (key \"{}\")", f.path.display(), spec.key)),
+        );
         v
     }
 }
 
-/// The places settings are read from: the flags, the environment, and the configuration file
-/// (`--config`, else the first of the search paths that exists).
+/// The places settings are read from: the flags, the environment, and the configuration files
+/// (`--config`, else every one of the search paths that exists, in order).
 fn places<'a>(
     flags: &'a Flags,
     env: &'a dyn Fn(&str) -> Option<String>,
@@ -672,18 +680,17 @@ fn places<'a>(
     let mut places = Places {
         flags,
         env,
-        file: None,
+        files: Vec::new(),
         not_found: Vec::new(),
     };
     match &flags.config {
-        Some(path) => places.file = Some(FileValues::read(path)?),
+        Some(path) => places.files.push(FileValues::read(path)?),
         None => {
             for path in &paths.config_files {
-                if path.exists() {
-                    places.file = Some(FileValues::read(path)?);
-                    break;
+                match path.exists() {
+                    true => places.files.push(FileValues::read(path)?),
+                    false => places.not_found.push(path.clone()),
                 }
-                places.not_found.push(path.clone());
             }
         }
     }
@@ -818,7 +825,7 @@ pub fn load(
         connect_timeout: p.get(&CONNECT_TIMEOUT)?.value,
         local_write_timeout: p.get(&LOCAL_WRITE_TIMEOUT)?.value,
         allowed_ports: p.given(&ALLOWED_PORTS)?,
-        services: services(p, places.file.as_ref().map(|f| f.path.as_path()))?,
+        services: services(p)?,
         ca_file,
         tls_server_name,
         max_channels: p.get(&MAX_CHANNELS)?.value as usize,
@@ -826,7 +833,7 @@ pub fn load(
         keepalive,
         status_file: p.get(&STATUS_FILE)?.value,
         syslog: p.get(&SYSLOG)?.value.then_some(syslog_socket),
-        file: places.file.map(|f| f.path),
+        files: places.files.into_iter().map(|f| f.path).collect(),
     })
 }
 
@@ -867,13 +874,16 @@ fn heartbeat(p: &Places, api: &Api, enabled: &Sourced<bool>) -> Result<Heartbeat
 }
 
 /// Meeting's services: the built-in ports, the web manager's on a device configured from
-/// `/etc/rpi-cam`, then `service_ports`.
-fn services(p: &Places, file: Option<&Path>) -> Result<Services, ConfigError> {
+/// `/etc/rpi-cam` (that file among those read), then `service_ports`.
+fn services(p: &Places) -> Result<Services, ConfigError> {
     let mut ports: Vec<(String, u16)> = DEFAULT_SERVICE_PORTS
         .iter()
         .map(|(n, port)| (n.to_string(), *port))
         .collect();
-    if file.is_some_and(|f| f.ends_with("rpi-cam/meeting.json")) {
+    if p.files
+        .iter()
+        .any(|f| f.path.ends_with("rpi-cam/meeting.json"))
+    {
         set_port(&mut ports, "http", RPI_CAM_HTTP_PORT);
     }
     if let Some(given) = p.given(&SERVICE_PORTS)? {

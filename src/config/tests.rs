@@ -71,9 +71,52 @@ fn deployed_meeting_json_works_unchanged() {
     assert_eq!(c.host.value, "proxy.example");
     assert_eq!(c.port.value, 9001);
     assert!(!c.tls.value);
-    assert_eq!(c.file.as_deref(), Some(t.0.join("meeting.json").as_path()));
+    assert_eq!(c.files, vec![t.0.join("meeting.json")]);
     assert_eq!(c.token.source, Source::File(t.0.join("meeting.json")));
     assert!(c.device_key_well_formed());
+}
+
+#[test]
+fn the_packages_file_overrides_the_fleets_key_by_key() {
+    // The Debian package's /etc/tunnel-agent/config.json ({} as shipped, or a few keys) over
+    // the web manager's /etc/rpi-cam/meeting.json: each key from the first file that has it.
+    let t = Tmp::new("layered");
+    t.file("meeting.json", MEETING_JSON);
+    t.file("config.json", "{}");
+    let c = load(&Flags::default(), &env_of(&[]), &t.paths()).unwrap();
+    assert_eq!(c.token.source, Source::File(t.0.join("meeting.json")));
+    assert_eq!(c.host.value, "proxy.example");
+    assert_eq!(
+        c.files,
+        vec![t.0.join("config.json"), t.0.join("meeting.json")]
+    );
+    t.file(
+        "config.json",
+        r#"{"tunnel_host": "override.example", "enabled": null}"#,
+    );
+    let c = load(&Flags::default(), &env_of(&[]), &t.paths()).unwrap();
+    assert_eq!(c.host.value, "override.example");
+    assert_eq!(c.host.source, Source::File(t.0.join("config.json")));
+    assert_eq!(c.token.value.expose(), "41e291");
+    assert_eq!(c.port.source, Source::File(t.0.join("meeting.json")));
+    // A key absent from both looks in both; a bad earlier file stops the load.
+    t.file("meeting.json", r#"{"device_key": "K"}"#);
+    let msg = load(&Flags::default(), &env_of(&[]), &t.paths())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("config.json (key \"token_code\")")
+            && msg.contains("meeting.json (key \"token_code\")"),
+        "{msg}"
+    );
+    t.file("config.json", "{");
+    let e = load(&Flags::default(), &env_of(&[]), &t.paths()).unwrap_err();
+    assert!(matches!(e, ConfigError::Malformed { .. }), "{e}");
+    // --config names the one file read.
+    t.file("config.json", r#"{"device_key": "K2", "token_code": "t"}"#);
+    let c = load_file(&t, t.0.join("config.json")).unwrap();
+    assert_eq!(c.files, vec![t.0.join("config.json")]);
+    assert_eq!(c.host.source, Source::Default);
 }
 
 #[test]

@@ -126,8 +126,8 @@ status options:
   --json                     the file as is (JSON)
   --status-file PATH         the status file (default: status_file of the configuration, else
                              /run/tunnel-agent/status.json)
-  --config FILE              the configuration whose status_file to read (default: the first of
-                             /etc/tunnel-agent/config.json, /etc/rpi-cam/meeting.json)
+  --config FILE              the configuration whose status_file to read (default: the files
+                             /etc/tunnel-agent/config.json over /etc/rpi-cam/meeting.json)
   -h, --help                 this text
 
 Exit status: 0 the agent is running and connected; 1 otherwise (not connected, stale, no file);
@@ -178,8 +178,9 @@ SIGHUP makes a running agent re-read its configuration (reconnecting only if a c
 setting changed); SIGINT/SIGTERM stop it.
 
 Options [environment, configuration key; default]:
-  --config FILE              JSON configuration (default: first of /etc/tunnel-agent/config.json,
-                             /etc/rpi-cam/meeting.json)
+  --config FILE              JSON configuration, the one file read (default: each that exists of
+                             /etc/tunnel-agent/config.json, /etc/rpi-cam/meeting.json, a key
+                             in the first winning)
 {}  -v, --verbose              more log detail (repeat for trace); overrides RUST_LOG
   -q, --quiet                warnings and errors only (repeat: errors only)
   -h, --help                 this text

@@ -80,7 +80,13 @@ fn each_package_carries_its_architectures_build_and_lintian_finds_no_error() {
         };
         assert!(line("etc/tunnel-agent/config.json").starts_with("-rw------- root/root"));
         assert!(line("usr/bin/tunnel-agent").starts_with("-rwxr-xr-x root/root"));
-        for unit in [UNIT, "tunnel-agent-keys.service", "tunnel-agent-keys.timer"] {
+        for unit in [
+            UNIT,
+            "tunnel-agent-keys.service",
+            "tunnel-agent-keys.timer",
+            "tunnel-agent-config.path",
+            "tunnel-agent-config.service",
+        ] {
             line(&format!("lib/systemd/system/{unit}"));
         }
         let control = tmp.join(format!("control-{arch}"));
@@ -176,13 +182,16 @@ fn the_package_replaces_the_python_agent_and_installs_upgrades_removes_and_purge
     let echo = echo_server();
     let proxy = Proxy::for_ports(&[echo], &[]);
     // The fleet's file, with the keys it has there (heartbeat_interval 60 included).
-    let meeting = serde_json::json!({
-        "enabled": true, "api_url": "https://127.0.0.1:9/api", "device_key": KEY,
-        "token_code": TOKEN, "heartbeat_interval": 60, "auto_connect": true,
-        "provisioned": true, "tunnel_host": "127.0.0.1",
-        "tunnel_port": proxy.control.port(), "tunnel_ssl": false,
-    })
-    .to_string();
+    let fleet = |enabled: bool| {
+        serde_json::json!({
+            "enabled": enabled, "api_url": "https://127.0.0.1:9/api", "device_key": KEY,
+            "token_code": TOKEN, "heartbeat_interval": 60, "auto_connect": true,
+            "provisioned": true, "tunnel_host": "127.0.0.1",
+            "tunnel_port": proxy.control.port(), "tunnel_ssl": false,
+        })
+        .to_string()
+    };
+    let meeting = fleet(true);
     root.write("/etc/rpi-cam/meeting.json", &meeting);
     std::fs::copy(package("amd64"), root.path("/root/v1.deb")).unwrap();
     std::fs::copy(
@@ -253,6 +262,25 @@ fn the_package_replaces_the_python_agent_and_installs_upgrades_removes_and_purge
     );
     let (started, why) = try_in_container(n, "systemctl", &["start", OLD]);
     assert!(!started && why.contains("masked"), "{why}");
+
+    // The web manager's "disable Meeting" switch writes meeting.json: the package's path unit
+    // reloads the agent, which holds no tunnel; switched on again, it connects.
+    assert_eq!(
+        property(n, "tunnel-agent-config.path", "UnitFileState"),
+        "enabled"
+    );
+    wait_active(&container, "tunnel-agent-config.path");
+    let shown = |state: &str| format!("{state} (proxy 127.0.0.1:{})", proxy.control.port());
+    root.write("/etc/rpi-cam/meeting.json", &fleet(false));
+    wait_property(&container, UNIT, "StatusText", &shown("disabled"));
+    root.write("/etc/rpi-cam/meeting.json", &meeting);
+    proxy.wait_agent(2);
+    wait_property(&container, UNIT, "StatusText", &shown("connected"));
+    assert_eq!(
+        property(n, UNIT, "MainPID"),
+        first,
+        "reloaded, not restarted"
+    );
 
     // Upgrade: the operator's edit of the conffile kept (no prompt: the shipped one did not
     // change) and used by the restarted agent: its key opens the echo server's port.

@@ -147,30 +147,29 @@ pub fn property(nspawn: u32, unit: &str, name: &str) -> String {
 }
 
 /// Waits until `unit` is active in the booted container (a notify unit is "activating" until
-/// READY=1), polling systemctl, which answers once the container's systemd is up: the
-/// container has no event a test can wait on.
+/// READY=1).
 pub fn wait_active(container: &Proc, unit: &str) {
+    wait_property(container, unit, "ActiveState", "active");
+}
+
+/// Waits until the property `name` of `unit` is `want` in the booted container, polling
+/// systemctl, which answers once the container's systemd is up: the container has no event a
+/// test can wait on.
+pub fn wait_property(container: &Proc, unit: &str, name: &str, want: &str) {
     let deadline = std::time::Instant::now() + SOON * 4;
     let n = container.pid();
     loop {
-        let state = match try_leader(n) {
-            Some(_) => {
-                try_in_container(
-                    n,
-                    "systemctl",
-                    &["show", unit, "-p", "ActiveState", "--value"],
-                )
-                .1
-            }
+        let value = match try_leader(n) {
+            Some(_) => try_in_container(n, "systemctl", &["show", unit, "-p", name, "--value"]).1,
             None => String::new(),
         };
-        if state.trim() == "active" {
+        if value.trim() == want {
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{unit} is not active ({}): {}",
-            state.trim(),
+            "{unit}'s {name} is {:?}, not {want:?}: {}",
+            value.trim(),
             container.output()
         );
         std::thread::sleep(Duration::from_millis(100));

@@ -9,12 +9,14 @@ use std::fmt;
 
 use crate::bytes::printable::printable;
 use crate::config::ConfigError;
+use crate::config::OUTBOUND_PROXY;
 use crate::config::{
     API_CA_FILE, API_URL, DEVICE_KEY, MEETING_SSH_USER, SSH_PORT, TUNNEL_HOST, TUNNEL_PORT,
     TUNNEL_SSL,
 };
 use crate::meeting::{ApiError, Unreached};
 use crate::protocol::handshake::{ReplyError, MAX_REPLY_LINE, QUOTE, UNVERIFIED};
+use crate::transport::outbound::OutboundCause;
 use crate::transport::tcp::TcpError;
 use crate::transport::TransportError;
 
@@ -205,6 +207,64 @@ pub fn transport(e: &TransportError) -> Option<String> {
             "the process is probably out of file descriptors (check ulimit -n and max_channels)"
                 .to_owned(),
         ),
+        TransportError::Outbound(e) => Some(outbound(Peer::Proxy, &e.cause)),
+    }
+}
+
+/// What to do when the outbound proxy did not open the way to `peer`.
+pub fn outbound(peer: Peer, cause: &OutboundCause) -> String {
+    let key = OUTBOUND_PROXY.spec.key;
+    let host = peer.host_setting();
+    let admin = "ask the network's administrator";
+    match cause {
+        OutboundCause::Unreachable(_) => {
+            format!("check the host and port in {key}, and that the outbound proxy runs there")
+        }
+        OutboundCause::Timeout | OutboundCause::Closed | OutboundCause::Malformed(_) => format!(
+            "check that {key} names an outbound proxy of that kind (http:// for HTTP CONNECT, \
+             socks5:// or socks5h:// for SOCKS5) at that port"
+        ),
+        OutboundCause::AuthRequired { sent: false }
+        | OutboundCause::SocksNoMethod {
+            offered_password: false,
+        } => format!("put the user and password in {key} (scheme://user:password@host:port)"),
+        OutboundCause::AuthRequired { sent: true } | OutboundCause::SocksAuthRejected => {
+            format!("check the user and password in {key}")
+        }
+        OutboundCause::SocksNoMethod {
+            offered_password: true,
+        } => format!(
+            "the SOCKS5 proxy wants a method tunnel-agent does not speak (GSSAPI?): {admin}"
+        ),
+        OutboundCause::Forbidden { port } => format!(
+            "{admin} to allow connections to port {port}, or reach Meeting on a port it \
+             allows ({})",
+            match peer {
+                Peer::Proxy => TUNNEL_PORT.spec.key,
+                Peer::Api => API_URL.spec.key,
+            }
+        ),
+        OutboundCause::ProxyTimeout { .. } | OutboundCause::SocksReply(6) => format!(
+            "the outbound proxy cannot reach {host} in time: check {host}, and the network beyond \
+             the outbound proxy"
+        ),
+        OutboundCause::SocksReply(2) => {
+            format!("its rules forbid this destination: {admin} to allow it")
+        }
+        OutboundCause::SocksReply(3 | 4) => format!(
+            "the SOCKS5 proxy cannot reach that host: check {host} (with socks5h:// the proxy \
+             resolves the name)"
+        ),
+        OutboundCause::SocksReply(5) => format!(
+            "nothing listens at that port, seen from the SOCKS5 proxy: check {host} and its port"
+        ),
+        OutboundCause::SocksReply(_) | OutboundCause::Status { .. } => {
+            format!("{admin} what the outbound proxy refuses, and why")
+        }
+        OutboundCause::Resolve(_) => format!(
+            "use socks5h:// in {key} so that the proxy resolves the name, or check the device's DNS"
+        ),
+        OutboundCause::Io(_) => format!("check the network between the device and {key}"),
     }
 }
 
@@ -326,6 +386,7 @@ fn unreached(cause: &Unreached) -> Option<String> {
         Unreached::Dns => Some(dns(Peer::Api)),
         Unreached::Refused => Some(refused(Peer::Api)),
         Unreached::Body { cause, .. } => unreached(cause),
+        Unreached::Outbound(e) => Some(outbound(Peer::Api, &e.cause)),
         Unreached::Timeout(_) | Unreached::Connect | Unreached::Other(_) => Some(format!(
             "check {}, the network and the device's clock (TLS)",
             API_URL.spec.key

@@ -111,6 +111,10 @@ pub fn connection_changes(a: &Config, b: &Config) -> Vec<&'static str> {
     check("proxy port", a.port.value != b.port.value);
     check("TLS", a.tls.value != b.tls.value);
     check(
+        "outbound_proxy",
+        a.outbound_proxy.as_ref().map(|o| &o.value) != b.outbound_proxy.as_ref().map(|o| &o.value),
+    );
+    check(
         "ca_file",
         a.ca_file.as_ref().map(|c| &c.value) != b.ca_file.as_ref().map(|c| &c.value),
     );
@@ -143,6 +147,25 @@ fn warn_about(cfg: &Config) {
             crate::config::AVAILABILITY_WINDOW.as_secs(),
             cfg.heartbeat.interval.as_secs()
         );
+    }
+    if cfg.outbound_proxy.is_none() && !cfg.ignored_proxy_env.is_empty() {
+        warn!(
+            "{} is set in the environment, but tunnel-agent does not read it: the tunnel and the \
+             Meeting API both go direct. To go through that proxy, set {} (flag --outbound-proxy, \
+             environment MEETING_OUTBOUND_PROXY)",
+            cfg.ignored_proxy_env.join(" and "),
+            crate::config::OUTBOUND_PROXY.spec.key
+        );
+    }
+    if let Some(o) = &cfg.outbound_proxy {
+        if matches!(o.source, crate::config::Source::Flag(_)) && o.value.has_password() {
+            warn!(
+                "the outbound proxy's password is on the command line ({}), where every local \
+                 user can read it: put it in the configuration file (mode 0600) or in \
+                 MEETING_OUTBOUND_PROXY",
+                o.source
+            );
+        }
     }
     if let Some((path, mode)) = cfg.token_file_exposure() {
         warn!(
@@ -314,8 +337,12 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Arc<Status>) {
         status.set_identity(cfg.proxy_addr(), cfg.device_key.value.clone());
         status.set(State::Connecting);
         info!(
-            "connecting to proxy {} (attempt {attempt})",
-            cfg.proxy_addr()
+            "connecting to proxy {}{} (attempt {attempt})",
+            cfg.proxy_addr(),
+            cfg.outbound_proxy
+                .as_ref()
+                .map(|o| format!(" through the outbound proxy {}", o.value))
+                .unwrap_or_default()
         );
         let outcome = session::run(&cfg, live, shutdown, status);
         if shutdown.requested() {

@@ -269,14 +269,30 @@ pub fn conclude(
 
 /// Runs one control connection to its end, reporting its states to `status`.
 pub fn run(cfg: &Config, live: &Arc<Live>, shutdown: &Shutdown, status: &Status) -> SessionOutcome {
-    let sock = match tcp::dial(
-        &cfg.host.value,
-        cfg.port.value,
-        PROXY_CONNECT_TIMEOUT,
-        &cfg.keepalive,
-    ) {
+    // Through the outbound proxy when one is set: keepalive and TCP_USER_TIMEOUT then watch
+    // the socket to it, the one the tunnel's bytes cross.
+    let dialed = match &cfg.outbound_proxy {
+        Some(p) => p
+            .value
+            .connect(
+                &cfg.host.value,
+                cfg.port.value,
+                PROXY_CONNECT_TIMEOUT,
+                Some(&cfg.keepalive),
+            )
+            .map(|(sock, _)| sock)
+            .map_err(transport::TransportError::Outbound),
+        None => tcp::dial(
+            &cfg.host.value,
+            cfg.port.value,
+            PROXY_CONNECT_TIMEOUT,
+            &cfg.keepalive,
+        )
+        .map_err(Into::into),
+    };
+    let sock = match dialed {
         Ok(s) => s,
-        Err(e) => return failed(cfg, Ending::Transport(e.into())),
+        Err(e) => return failed(cfg, Ending::Transport(e)),
     };
     // Registered before TLS, so that a stop interrupts a TLS handshake that hangs.
     shutdown.register(sock.try_clone().ok());

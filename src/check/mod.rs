@@ -360,6 +360,9 @@ fn config_step(cfg: &Config, t: Instant) -> Step {
 
 /// DNS, TCP, TLS and handshake: how far the connection to the proxy gets.
 fn reach_proxy(cfg: &Config, opts: &Options, steps: &mut Vec<Step>, facts: &mut Facts) -> Reach {
+    if let Some(o) = &cfg.outbound_proxy {
+        return reach_through(cfg, &o.value, opts, steps, facts);
+    }
     let t = Instant::now();
     let addrs = match resolve(&cfg.host.value, cfg.port.value) {
         Ok(a) => a,
@@ -427,7 +430,79 @@ fn reach_proxy(cfg: &Config, opts: &Options, steps: &mut Vec<Step>, facts: &mut 
         None,
         t,
     ));
+    over(cfg, opts, sock, addr, steps, facts)
+}
 
+/// The way to the proxy through the outbound proxy: its own step (which names what it did
+/// when it refused), in place of the device's DNS lookup and TCP connection.
+fn reach_through(
+    cfg: &Config,
+    outbound: &transport::outbound::OutboundProxy,
+    opts: &Options,
+    steps: &mut Vec<Step>,
+    facts: &mut Facts,
+) -> Reach {
+    steps.push(skipped(
+        "dns",
+        &format!("{} is reached through the outbound proxy", cfg.host.value),
+    ));
+    let t = Instant::now();
+    match outbound.connect(&cfg.host.value, cfg.port.value, opts.timeout, None) {
+        Err(e) => {
+            let advice = advice::outbound(Peer::Proxy, &e.cause);
+            steps.push(step(
+                OUTBOUND_STEP,
+                Status::Fail,
+                e.to_string(),
+                Some(advice.clone()),
+                t,
+            ));
+            for name in ["tcp", "tls", "handshake"] {
+                steps.push(skipped(name, "no way through the outbound proxy"));
+            }
+            Reach::Outbound {
+                what: e.to_string(),
+                advice,
+            }
+        }
+        Ok((sock, addr)) => {
+            steps.push(step(
+                OUTBOUND_STEP,
+                Status::Pass,
+                format!(
+                    "{outbound} (at {addr}) opened the way to {}",
+                    cfg.proxy_addr()
+                ),
+                None,
+                t,
+            ));
+            steps.push(step(
+                "tcp",
+                Status::Pass,
+                format!(
+                    "connected to {} through the outbound proxy",
+                    cfg.proxy_addr()
+                ),
+                None,
+                t,
+            ));
+            over(cfg, opts, sock, addr, steps, facts)
+        }
+    }
+}
+
+/// The step that says what the outbound proxy did, when one is configured.
+pub const OUTBOUND_STEP: &str = "outbound proxy";
+
+/// TLS and the handshake over the TCP connection `sock` to the proxy (`addr`: where it went).
+fn over(
+    cfg: &Config,
+    opts: &Options,
+    sock: std::net::TcpStream,
+    addr: SocketAddr,
+    steps: &mut Vec<Step>,
+    facts: &mut Facts,
+) -> Reach {
     let t = Instant::now();
     let control = match transport::secure(sock, cfg.tls_target(), opts.timeout) {
         Ok(c) => c,

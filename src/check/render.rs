@@ -154,6 +154,9 @@ fn questions(r: &Report) -> Vec<String> {
                 r.facts.proxy.as_deref().unwrap_or("?")
             )]
         }
+        Verdict::OutboundProxy => vec![on_device(
+            "the network's outbound proxy, which the device's administrator configures",
+        )],
         Verdict::TlsMismatch | Verdict::TlsFailed => {
             vec!["Does the proxy port speak TLS, and with which certificate?".into()]
         }

@@ -25,6 +25,13 @@ pub enum Reach {
     Replied(Handshake),
     /// Meeting is switched off on this device (`enabled` false); where that is set.
     Disabled(String),
+    /// The outbound proxy did not open the way: what it did, and what to do.
+    Outbound {
+        /// What happened (the outbound proxy's password masked).
+        what: String,
+        /// What to do.
+        advice: String,
+    },
 }
 
 /// What the proxy did with the handshake.
@@ -167,6 +174,8 @@ pub enum Verdict {
     AnotherAgent,
     /// Meeting is switched off on this device, on purpose.
     Disabled,
+    /// The outbound proxy did not open the way to the Meeting proxy.
+    OutboundProxy,
 }
 
 impl Verdict {
@@ -195,6 +204,7 @@ impl Verdict {
             Verdict::LoginFileModes => "login_file_modes",
             Verdict::AnotherAgent => "another_agent",
             Verdict::Disabled => "disabled",
+            Verdict::OutboundProxy => "outbound_proxy",
         }
     }
 
@@ -211,6 +221,7 @@ impl Verdict {
             Verdict::DnsFailed
             | Verdict::ConnectRefused
             | Verdict::ConnectTimeout
+            | Verdict::OutboundProxy
             | Verdict::TlsMismatch
             | Verdict::TlsFailed
             | Verdict::NotMeetingProxy => 2,
@@ -339,6 +350,10 @@ pub fn decide(f: &Findings) -> (Verdict, String) {
         Reach::ConfigError(e) => (
             Verdict::ConfigError,
             format!("The agent's configuration is incomplete or invalid: {e}"),
+        ),
+        Reach::Outbound { what, advice } => (
+            Verdict::OutboundProxy,
+            format!("The way through the outbound proxy is closed: {what}; {advice}."),
         ),
         Reach::DnsFailed => (
             Verdict::DnsFailed,

@@ -169,6 +169,10 @@ pub struct Config {
     pub port: Sourced<u16>,
     /// TLS to the proxy.
     pub tls: Sourced<bool>,
+    /// The outbound HTTP or SOCKS5 proxy the tunnel and the Meeting API go through.
+    pub outbound_proxy: Option<Sourced<crate::transport::outbound::OutboundProxy>>,
+    /// The proxy variables of other programs set in the environment, which are not read.
+    pub ignored_proxy_env: Vec<&'static str>,
     /// The Meeting REST API: presence, keys and `check` reach it through this.
     pub api: Api,
     /// Meeting presence.
@@ -243,17 +247,22 @@ pub struct Api {
     pub url: Option<Sourced<String>>,
     /// CA bundle for the API: `api_ca_file`, else `ca_file`; `None`: the public roots.
     pub ca_file: Option<Sourced<PathBuf>>,
+    /// The outbound proxy the API's requests go through, as the tunnel's do.
+    pub outbound: Option<crate::transport::outbound::OutboundProxy>,
 }
 
 impl Api {
     /// A client for the API with `timeout` per request, when an API is configured.
     pub fn client(&self, timeout: Duration) -> Option<crate::meeting::Client> {
         let url = self.url.as_ref()?;
-        Some(crate::meeting::Client::new(
-            crate::meeting::ApiUrl::new(&url.value),
-            self.ca_file.as_ref().map(|c| c.value.clone()),
-            timeout,
-        ))
+        Some(
+            crate::meeting::Client::new(
+                crate::meeting::ApiUrl::new(&url.value),
+                self.ca_file.as_ref().map(|c| c.value.clone()),
+                timeout,
+            )
+            .through(self.outbound.clone()),
+        )
     }
 }
 
@@ -745,15 +754,36 @@ pub fn found(
         };
         out.push(Found {
             key: spec.key,
-            value: match spec.secret {
-                true => Secret::new(v.value).masked(),
-                false => v.value.replace(',', ", "),
+            value: match (spec.secret, spec.url_secret) {
+                (true, _) => Secret::new(v.value).masked(),
+                (_, true) => masked_url(&v.value),
+                _ => v.value.replace(',', ", "),
             },
             source: v.source,
         });
     }
     Ok(out)
 }
+
+/// A URL as shown: its password masked (`user:****@`), or all of it masked when it does not
+/// parse (where the password is cannot be told).
+fn masked_url(url: &str) -> String {
+    match crate::transport::outbound::OutboundProxy::parse(url) {
+        Ok(p) => p.to_string(),
+        Err(_) => "****".to_owned(),
+    }
+}
+
+/// The proxy variables of other programs, which the agent does not read (the tunnel and the
+/// API go the same way, set by `outbound_proxy` alone).
+pub const IGNORED_PROXY_ENV: &[&str] = &[
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+];
 
 /// Resolves the configuration. `env` looks up an environment variable.
 pub fn load(
@@ -793,6 +823,12 @@ pub fn load(
         return Err(ConfigError::TlsUnavailable { source: tls.source });
     }
     let tls_server_name = p.given(&TLS_SERVER_NAME)?.unwrap_or_else(|| host.clone());
+    let outbound_proxy = p.given(&OUTBOUND_PROXY)?;
+    let ignored_proxy_env = IGNORED_PROXY_ENV
+        .iter()
+        .copied()
+        .filter(|name| env(name).is_some_and(|v| !v.trim().is_empty()))
+        .collect();
     let ca_file = p.given(&CA_FILE)?;
     let api = Api {
         url: p.given(&API_URL)?.or_else(|| {
@@ -802,6 +838,7 @@ pub fn load(
             })
         }),
         ca_file: p.given(&API_CA_FILE)?.or_else(|| ca_file.clone()),
+        outbound: outbound_proxy.as_ref().map(|o| o.value.clone()),
     };
     let keepalive = Keepalive {
         idle: p.get(&KEEPALIVE_IDLE)?.value,
@@ -810,12 +847,15 @@ pub fn load(
         user_timeout: p.get(&USER_TIMEOUT)?.value,
     };
     let syslog_socket = p.get(&SYSLOG_SOCKET)?.value;
+
     let enabled = p.get(&ENABLED)?;
     Ok(Config {
         device_key,
         token,
         port: p.get(&TUNNEL_PORT)?,
         tls,
+        outbound_proxy,
+        ignored_proxy_env,
         heartbeat: heartbeat(p, &api, &enabled)?,
         enabled,
         ssh: ssh_keys(p)?,

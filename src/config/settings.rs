@@ -41,6 +41,8 @@ pub struct Spec {
     pub empty_is_off: bool,
     /// Never shown: only masked.
     pub secret: bool,
+    /// A URL whose password is never shown (`user:****@`).
+    pub url_secret: bool,
 }
 
 impl Spec {
@@ -54,6 +56,7 @@ impl Spec {
         list: false,
         empty_is_off: false,
         secret: false,
+        url_secret: false,
     };
 
     /// The default as the usage shows it (`""`: none).
@@ -165,6 +168,11 @@ settings! {
     /// TLS to the proxy.
     TUNNEL_SSL: bool = "tunnel_ssl", flag Some("--tls"), env Some("MEETING_TUNNEL_TLS"), arg "",
         default Value("false"), parse yes_no, "TLS to the proxy";
+    /// The outbound HTTP or SOCKS5 proxy the tunnel and the Meeting API go through.
+    OUTBOUND_PROXY: crate::transport::outbound::OutboundProxy = "outbound_proxy", flag Some("--outbound-proxy"),
+        env Some("MEETING_OUTBOUND_PROXY"), arg "URL", default Fallback::None, parse outbound_proxy,
+        "reach the proxy and the Meeting API through this HTTP (CONNECT) or SOCKS5 proxy: http://[user:pass@]host:port, socks5://…, socks5h://… (HTTPS_PROXY and ALL_PROXY are not read)",
+        url_secret: true;
     /// PEM CA bundle trusted for the proxy instead of the public roots.
     CA_FILE: PathBuf = "ca_file", flag Some("--ca-file"), env None, arg "FILE",
         default Fallback::None, parse path, "trust this PEM CA bundle instead of the public roots";
@@ -324,6 +332,10 @@ pub fn usage() -> String {
 
 fn text(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
+}
+
+fn outbound_proxy(s: &str) -> Result<crate::transport::outbound::OutboundProxy, String> {
+    crate::transport::outbound::OutboundProxy::parse(s)
 }
 
 fn path(s: &str) -> Result<PathBuf, String> {

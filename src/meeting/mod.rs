@@ -6,6 +6,9 @@
 //! (sockets to the proxy, frames) or the agent's loop; it never logs the token, which goes
 //! only into the one header that needs it.
 
+#[cfg(feature = "tls")]
+mod via;
+
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -60,6 +63,8 @@ pub struct Client {
     pub ca_file: Option<PathBuf>,
     /// Bound of a whole request (connect, send, answer).
     pub timeout: Duration,
+    /// The outbound proxy every request goes through (`None`: direct).
+    pub outbound: Option<crate::transport::outbound::OutboundProxy>,
     #[cfg(feature = "tls")]
     agent: std::sync::OnceLock<ureq::Agent>,
 }
@@ -126,6 +131,8 @@ pub enum Unreached {
         /// What failed while reading it.
         cause: Box<Unreached>,
     },
+    /// The outbound proxy did not open the way.
+    Outbound(crate::transport::outbound::OutboundError),
     /// Anything else the HTTP client said.
     Other(String),
 }
@@ -150,6 +157,7 @@ impl fmt::Display for Unreached {
                 "HTTP {status}, but its body could not be read (at most {limit_kib} KiB taken): \
                  {cause}"
             ),
+            Unreached::Outbound(e) => e.fmt(f),
             Unreached::Other(e) => f.write_str(e),
         }
     }
@@ -267,9 +275,23 @@ impl Client {
             url,
             ca_file,
             timeout,
+            outbound: None,
             #[cfg(feature = "tls")]
             agent: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The same client, its requests going through `outbound` when given.
+    pub fn through(
+        mut self,
+        outbound: Option<crate::transport::outbound::OutboundProxy>,
+    ) -> Client {
+        self.outbound = outbound;
+        #[cfg(feature = "tls")]
+        {
+            self.agent = std::sync::OnceLock::new();
+        }
+        self
     }
 
     /// Builds the HTTP client now (reading `ca_file`), so that a bad CA file is said at start
@@ -284,7 +306,7 @@ impl Client {
     /// The same client with another bound for each request.
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub fn with_timeout(self, timeout: Duration) -> Client {
-        Client::new(self.url, self.ca_file, timeout)
+        Client::new(self.url, self.ca_file, timeout).through(self.outbound)
     }
 
     /// Fetches the device record, sending the token in `X-Token-Code` (its only use here).
@@ -492,7 +514,7 @@ impl Client {
         if let Some(path) = &self.ca_file {
             tls = tls.root_certs(RootCerts::new_with_certs(&read_ca(path)?));
         }
-        Ok(ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             // Meeting's answers are small: 16 KiB buffers instead of ureq's 128 KiB each way
             // keep a burst of requests (a proxy deciding a fleet's handshakes) from leaving
             // megabytes behind in the allocator.
@@ -501,9 +523,26 @@ impl Client {
             .timeout_global(Some(self.timeout))
             .http_status_as_error(false)
             .tls_config(tls.build())
+            // Never HTTPS_PROXY/ALL_PROXY (ureq's default): `outbound` alone says the way, the
+            // same for the API as for the tunnel.
+            .proxy(None)
             .user_agent(concat!("tunnel-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into())
+            .build();
+        Ok(match &self.outbound {
+            None => config.into(),
+            Some(proxy) => {
+                use ureq::unversioned::transport::{Connector, RustlsConnector};
+                let via = via::Via {
+                    proxy: proxy.clone(),
+                    timeout: self.timeout,
+                };
+                ureq::Agent::with_parts(
+                    config,
+                    via.chain(RustlsConnector::default()),
+                    via::NoLookup,
+                )
+            }
+        })
     }
 }
 
@@ -525,6 +564,18 @@ fn describe(e: ureq::Error, ca_file: Option<&std::path::Path>) -> Unreached {
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
             Some(tls) => describe(ureq::Error::Rustls(tls.clone()), ca_file),
+            None if e
+                .get_ref()
+                .is_some_and(|i| i.is::<crate::transport::outbound::OutboundError>()) =>
+            {
+                match e.into_inner().and_then(|i| {
+                    i.downcast::<crate::transport::outbound::OutboundError>()
+                        .ok()
+                }) {
+                    Some(o) => Unreached::Outbound(*o),
+                    None => Unreached::Other("the outbound proxy failed".to_owned()),
+                }
+            }
             None if e.kind() == std::io::ErrorKind::ConnectionRefused => Unreached::Refused,
             None => Unreached::Other(e.to_string()),
         },

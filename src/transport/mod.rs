@@ -1,4 +1,5 @@
-//! The connection to the proxy: TCP dialing and dead-link forensics (`tcp`), TLS (`tls`), and
+//! The connection to the proxy: TCP dialing and dead-link forensics (`tcp`), the way through an
+//! outbound HTTP or SOCKS5 proxy (`outbound`), TLS (`tls`), and
 //! [`Control`], the connection as the tunnel code sees it: a reader half, a writer half, and
 //! the socket underneath for timeouts and shutdown. Plain TCP or TLS, the tunnel never asks.
 //!
@@ -7,6 +8,7 @@
 
 #[cfg(feature = "tls")]
 mod der;
+pub mod outbound;
 pub mod tcp;
 #[cfg(feature = "tls")]
 pub mod tls;
@@ -88,6 +90,8 @@ pub enum TransportError {
     /// The socket could not be duplicated for the reading and writing halves (out of file
     /// descriptors).
     Split(io::Error),
+    /// The outbound proxy did not open the way.
+    Outbound(outbound::OutboundError),
 }
 
 /// What happened, without advice: `advice::transport` says what to do.
@@ -101,6 +105,7 @@ impl fmt::Display for TransportError {
                 "TLS is configured but this tunnel-agent was built without the tls feature",
             ),
             TransportError::Split(e) => write!(f, "cannot duplicate the control socket: {e}"),
+            TransportError::Outbound(e) => e.fmt(f),
         }
     }
 }
@@ -113,6 +118,7 @@ impl std::error::Error for TransportError {
             TransportError::Tls(e) => Some(e),
             TransportError::TlsUnavailable => None,
             TransportError::Split(e) => Some(e),
+            TransportError::Outbound(e) => Some(e),
         }
     }
 }

@@ -57,6 +57,8 @@ pub enum Answer {
 #[derive(Default)]
 struct State {
     requests: Vec<Request>,
+    /// The address of each HTTPS connection, as accepted.
+    peers: Vec<std::net::SocketAddr>,
     answers: HashMap<(String, String), Answer>,
     released: bool,
 }
@@ -156,8 +158,13 @@ impl FakeApi {
         let port = front.local_addr().unwrap().port();
         {
             let tls = tls.clone();
+            let shared = shared.clone();
             thread::spawn(move || {
                 for sock in front.incoming().map_while(Result::ok) {
+                    if let Ok(peer) = sock.peer_addr() {
+                        let mut st = shared.0.lock().unwrap_or_else(|p| p.into_inner());
+                        st.peers.push(peer);
+                    }
                     let config = tls.lock().unwrap().clone();
                     thread::spawn(move || terminate(sock, config, backend));
                 }
@@ -208,6 +215,12 @@ impl FakeApi {
     pub fn release(&self) {
         self.lock().released = true;
         self.shared.1.notify_all();
+    }
+
+    /// The address of each HTTPS connection so far (who connected: the device, or the
+    /// outbound proxy it goes through).
+    pub fn peers(&self) -> Vec<std::net::SocketAddr> {
+        self.lock().peers.clone()
     }
 
     /// Every request so far.

@@ -10,6 +10,7 @@ pub mod debian;
 pub mod fake_api;
 pub mod harness;
 pub mod need;
+pub mod outbound;
 pub mod peers;
 pub mod process;
 pub mod relay;

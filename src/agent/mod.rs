@@ -179,6 +179,64 @@ fn warn_about(cfg: &Config) {
 
 pub use services::shown as services_shown;
 
+/// Which of `tunnel_hosts` the agent uses: the first, the next after a failure to connect
+/// (a refusal or a replacement is the device's, not the host's, and stays), and the first
+/// again for a new connection once `tunnel_hosts_return` has passed on the others. A working
+/// session on another entry is never dropped for it.
+#[derive(Default)]
+struct Hosts {
+    current: usize,
+    away_since: Option<Instant>,
+}
+
+impl Hosts {
+    /// The configuration for the next attempt.
+    fn pick(&mut self, base: &Config) -> Config {
+        if self.current >= base.hosts.len() {
+            self.current = 0;
+            self.away_since = None;
+        }
+        if self.current != 0 && self.away_since.is_none() {
+            // The time away counts from the first attempt on another entry.
+            self.away_since = Some(Instant::now());
+        } else if self.current != 0
+            && self
+                .away_since
+                .is_some_and(|t| t.elapsed() >= base.hosts_return)
+        {
+            info!(
+                "{} s on other tunnel_hosts: trying the first, {}, again",
+                base.hosts_return.as_secs(),
+                base.at(0).proxy_addr()
+            );
+            self.current = 0;
+            self.away_since = None;
+        }
+        base.at(self.current)
+    }
+
+    fn after_failure(&mut self, base: &Config, e: &session::SessionError, uptime: Duration) {
+        let n = base.hosts.len();
+        let the_hosts = e.class() == FailureClass::Transient
+            && !matches!(e.ending, Ending::Replaced { .. })
+            && uptime.is_zero();
+        if n < 2 || !the_hosts {
+            return;
+        }
+        let next = (self.current + 1) % n;
+        info!(
+            "{} did not connect: the next attempt goes to the next of tunnel_hosts, {} ({} of {n})",
+            e.proxy,
+            base.at(next).proxy_addr(),
+            next + 1
+        );
+        if next == 0 {
+            self.away_since = None;
+        }
+        self.current = next;
+    }
+}
+
 /// Replacements within this window count towards [`DISPLACED_AFTER`].
 const DISPLACED_WINDOW: Duration = Duration::from_secs(600);
 /// Replacements within [`DISPLACED_WINDOW`] after which the agent stops fighting for the
@@ -299,9 +357,13 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Arc<Status>) {
     let cfg = live.get();
     warn_about(&cfg);
     info!(
-        "tunnel-agent {VERSION} starting: device {}, proxy {} ({}), config {}",
+        "tunnel-agent {VERSION} starting: device {}, proxy {}{} ({}), config {}",
         cfg.device_key.value,
         cfg.proxy_addr(),
+        match cfg.hosts.len() {
+            1 => String::new(),
+            n => format!(" and {} more in tunnel_hosts", n - 1),
+        },
         if cfg.tls.value { "TLS" } else { "plain TCP" },
         match cfg.files.is_empty() {
             true => "none".to_owned(),
@@ -325,20 +387,26 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Arc<Status>) {
     }
     let mut attempt: u64 = 0;
     let mut displaced = Displaced::default();
+    let mut hosts = Hosts::default();
     while !shutdown.requested() {
-        let cfg = live.get();
-        if !cfg.enabled.value {
-            if switched_off(&cfg, shutdown, status) {
+        let base = live.get();
+        if !base.enabled.value {
+            if switched_off(&base, shutdown, status) {
                 break;
             }
             continue;
         }
+        let cfg = hosts.pick(&base);
         attempt += 1;
         status.set_identity(cfg.proxy_addr(), cfg.device_key.value.clone());
         status.set(State::Connecting);
         info!(
-            "connecting to proxy {}{} (attempt {attempt})",
+            "connecting to proxy {}{}{} (attempt {attempt})",
             cfg.proxy_addr(),
+            match base.hosts.len() {
+                1 => String::new(),
+                n => format!(" ({} of {n} in tunnel_hosts)", hosts.current + 1),
+            },
             cfg.outbound_proxy
                 .as_ref()
                 .map(|o| format!(" through the outbound proxy {}", o.value))
@@ -361,6 +429,7 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Arc<Status>) {
             Some(wait) => wait,
             None => after_failure(&e, outcome.uptime, &mut backoff, jitter.unit(), status),
         };
+        hosts.after_failure(&base, &e, outcome.uptime);
         match shutdown.sleep(delay) {
             Wake::Stop => break,
             Wake::Kick => {

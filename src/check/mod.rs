@@ -239,7 +239,8 @@ pub fn run(
         );
     }
 
-    let reach = reach_proxy(&cfg, opts, &mut steps, &mut facts);
+    let (reach, in_use) = reach_hosts(&cfg, opts, &mut steps, &mut facts);
+    facts.proxy = Some(in_use.clone());
     let (api, granted) = api_step(&cfg, opts, &mut steps);
     let presence = presence_step(&cfg, opts, &mut steps);
     let (mut up, mut down) = (Vec::new(), Vec::new());
@@ -266,9 +267,74 @@ pub fn run(
         &up,
         &down,
         &key,
-        &cfg.proxy_addr(),
+        &in_use,
         opts,
     )
+}
+
+/// The way to the proxy: with several `tunnel_hosts`, each in order until one answers the
+/// handshake (the steps shown are that one's, after a `tunnel_hosts` step that names it, the
+/// one the running agent uses, and what the others did); else the one proxy. Returns what the
+/// proxy did and its `host:port`.
+fn reach_hosts(
+    cfg: &Config,
+    opts: &Options,
+    steps: &mut Vec<Step>,
+    facts: &mut Facts,
+) -> (Reach, String) {
+    if cfg.hosts.len() < 2 {
+        return (reach_proxy(cfg, opts, steps, facts), cfg.proxy_addr());
+    }
+    let t = Instant::now();
+    let n = cfg.hosts.len();
+    let agent_uses = cfg
+        .status_file
+        .as_deref()
+        .and_then(|f| crate::agent::status::read(f).ok())
+        .filter(|s| s.is_fresh())
+        .map(|s| s.proxy);
+    let mut failed = Vec::new();
+    let mut first = None;
+    for i in 0..n {
+        let c = cfg.at(i);
+        let mut tried = Vec::new();
+        let mut tried_facts = facts.clone();
+        let reach = reach_proxy(&c, opts, &mut tried, &mut tried_facts);
+        let answered = matches!(reach, Reach::Replied(_));
+        if answered {
+            let mut detail = format!("{} ({} of {n})", c.proxy_addr(), i + 1);
+            if !failed.is_empty() {
+                detail.push_str(&format!("; before it: {}", failed.join("; ")));
+            }
+            if let Some(used) = &agent_uses {
+                detail.push_str(&format!("; the running agent uses {used}"));
+            }
+            steps.push(step("tunnel_hosts", Status::Pass, detail, None, t));
+            steps.extend(tried);
+            *facts = tried_facts;
+            return (reach, c.proxy_addr());
+        }
+        let why = tried
+            .iter()
+            .find(|s| s.status == Status::Fail)
+            .map_or_else(|| "failed".to_owned(), |s| s.detail.clone());
+        failed.push(format!("{}: {why}", c.proxy_addr()));
+        if first.is_none() {
+            first = Some((reach, tried, tried_facts, c.proxy_addr()));
+        }
+    }
+    // None answered: the first one's steps, after the list of what each did.
+    let (reach, tried, tried_facts, addr) = first.expect("at least two hosts were tried");
+    steps.push(step(
+        "tunnel_hosts",
+        Status::Fail,
+        format!("none of the {n} answered: {}", failed.join("; ")),
+        None,
+        t,
+    ));
+    steps.extend(tried);
+    *facts = tried_facts;
+    (reach, addr)
 }
 
 #[allow(clippy::too_many_arguments)]

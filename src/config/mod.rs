@@ -169,6 +169,11 @@ pub struct Config {
     pub port: Sourced<u16>,
     /// TLS to the proxy.
     pub tls: Sourced<bool>,
+    /// Every Meeting proxy address, in the order they are tried: `tunnel_hosts`, else
+    /// `tunnel_host:tunnel_port` alone (then the same as `host`, `port` and `tls`).
+    pub hosts: Vec<Endpoint>,
+    /// Time away from the first of `hosts` after which a new connection tries it again.
+    pub hosts_return: Duration,
     /// The outbound HTTP or SOCKS5 proxy the tunnel and the Meeting API go through.
     pub outbound_proxy: Option<Sourced<crate::transport::outbound::OutboundProxy>>,
     /// The proxy variables of other programs set in the environment, which are not read.
@@ -208,6 +213,21 @@ pub struct Config {
 }
 
 impl Config {
+    /// This configuration with entry `i` of `hosts` as the proxy (its host, port and TLS; the
+    /// name checked in its certificate unless `tls_server_name` is set apart from the host).
+    pub fn at(&self, i: usize) -> Config {
+        let mut c = self.clone();
+        if let Some(e) = self.hosts.get(i) {
+            if self.tls_server_name.value == self.host.value {
+                c.tls_server_name.value = e.host.clone();
+            }
+            c.host.value = e.host.clone();
+            c.port.value = e.port;
+            c.tls.value = e.tls.unwrap_or(self.tls.value);
+        }
+        c
+    }
+
     /// `host:port` of the proxy.
     pub fn proxy_addr(&self) -> String {
         format!("{}:{}", self.host.value, self.port.value)
@@ -817,8 +837,45 @@ pub fn load(
             looked: p.looked(&TOKEN_CODE.spec),
         })?
         .map(Secret::new);
-    let host = p.get(&TUNNEL_HOST)?;
-    let tls = p.get(&TUNNEL_SSL)?;
+    let mut host = p.get(&TUNNEL_HOST)?;
+    let mut port = p.get(&TUNNEL_PORT)?;
+    let mut tls = p.get(&TUNNEL_SSL)?;
+    // tunnel_hosts, when given, is the whole list, and its first entry the proxy: host, port
+    // and TLS below are that entry's.
+    let hosts = match p.given(&TUNNEL_HOSTS)? {
+        Some(mut list) => {
+            // Each entry's TLS settled here: its own, else tunnel_ssl's.
+            for e in &mut list.value {
+                e.tls = Some(e.tls.unwrap_or(tls.value));
+            }
+            let first = &list.value[0];
+            host = Sourced {
+                value: first.host.clone(),
+                source: list.source.clone(),
+            };
+            port = Sourced {
+                value: first.port,
+                source: list.source.clone(),
+            };
+            if let Some(t) = first.tls {
+                tls = Sourced {
+                    value: t,
+                    source: list.source.clone(),
+                };
+            }
+            if !cfg!(feature = "tls") && list.value.iter().any(|e| e.tls == Some(true)) {
+                return Err(ConfigError::TlsUnavailable {
+                    source: list.source,
+                });
+            }
+            list.value
+        }
+        None => vec![Endpoint {
+            host: host.value.clone(),
+            port: port.value,
+            tls: None,
+        }],
+    };
     if tls.value && !cfg!(feature = "tls") {
         return Err(ConfigError::TlsUnavailable { source: tls.source });
     }
@@ -852,8 +909,10 @@ pub fn load(
     Ok(Config {
         device_key,
         token,
-        port: p.get(&TUNNEL_PORT)?,
+        port,
         tls,
+        hosts,
+        hosts_return: p.get(&TUNNEL_HOSTS_RETURN)?.value,
         outbound_proxy,
         ignored_proxy_env,
         heartbeat: heartbeat(p, &api, &enabled)?,

@@ -168,6 +168,15 @@ settings! {
     /// TLS to the proxy.
     TUNNEL_SSL: bool = "tunnel_ssl", flag Some("--tls"), env Some("MEETING_TUNNEL_TLS"), arg "",
         default Value("false"), parse yes_no, "TLS to the proxy";
+    /// Several Meeting proxy addresses, tried in order.
+    TUNNEL_HOSTS: Vec<Endpoint> = "tunnel_hosts", flag Some("--tunnel-hosts"), env Some("MEETING_TUNNEL_HOSTS"),
+        arg "HOST:PORT", default Derived("tunnel_host:tunnel_port alone"), parse endpoints,
+        "Meeting proxy addresses tried in order on failure, each HOST:PORT (TLS as tunnel_ssl), tls://HOST:PORT or tcp://HOST:PORT (flag repeatable; file: [\"a:9001\", \"tls://b:443\"])",
+        list: true;
+    /// Time away from the first of `tunnel_hosts` after which a new connection tries it again.
+    TUNNEL_HOSTS_RETURN: Duration = "tunnel_hosts_return", flag None, env None, arg "",
+        default Value("600"), parse seconds,
+        "seconds on another of tunnel_hosts after which a new connection tries the first again";
     /// The outbound HTTP or SOCKS5 proxy the tunnel and the Meeting API go through.
     OUTBOUND_PROXY: crate::transport::outbound::OutboundProxy = "outbound_proxy", flag Some("--outbound-proxy"),
         env Some("MEETING_OUTBOUND_PROXY"), arg "URL", default Fallback::None, parse outbound_proxy,
@@ -332,6 +341,56 @@ pub fn usage() -> String {
 
 fn text(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
+}
+
+/// A Meeting proxy address of `tunnel_hosts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host name or address.
+    pub host: String,
+    /// Control port.
+    pub port: u16,
+    /// TLS: `Some` when the entry says (`tls://`, `tcp://`), `None` for `tunnel_ssl`'s.
+    pub tls: Option<bool>,
+}
+
+fn endpoints(s: &str) -> Result<Vec<Endpoint>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let (tls, rest) = match e.split_once("://") {
+                Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
+                    "tls" => (Some(true), rest),
+                    "tcp" => (Some(false), rest),
+                    other => {
+                        return Err(format!(
+                            "\"{e}\": unknown scheme {other:?} (tls:// or tcp://, or none for tunnel_ssl)"
+                        ))
+                    }
+                },
+                None => (None, e),
+            };
+            let (host, number) = match rest.strip_prefix('[') {
+                Some(v6) => v6.split_once("]:").ok_or_else(|| format!("\"{e}\" is not [IPv6]:PORT"))?,
+                None => rest
+                    .rsplit_once(':')
+                    .ok_or_else(|| format!("\"{e}\" is not HOST:PORT (the port is required)"))?,
+            };
+            if host.is_empty() {
+                return Err(format!("\"{e}\" has no host"));
+            }
+            Ok(Endpoint {
+                host: host.to_owned(),
+                port: port(number).map_err(|why| format!("\"{e}\": {why}"))?,
+                tls,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|v| match v.is_empty() {
+            true => Err("no HOST:PORT in the list".to_owned()),
+            false => Ok(v),
+        })
 }
 
 fn outbound_proxy(s: &str) -> Result<crate::transport::outbound::OutboundProxy, String> {

@@ -494,3 +494,43 @@ fn services_open_their_ports_and_allowed_ports_overrides_them() {
         assert!(load(&flags, &env_of(&[]), &t.paths()).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn tunnel_hosts_list_the_proxies_in_order_each_with_its_tls() {
+    let t = Tmp::new("hosts");
+    let flags = Flags::default().with(
+        &TUNNEL_HOSTS,
+        "a.example:9001, tls://b.example:443,tcp://[::1]:9002",
+    );
+    let env = env_of(&[
+        ("MEETING_TOKEN", "t"),
+        ("MEETING_DEVICE_KEY", "K"),
+        ("MEETING_TUNNEL_TLS", "1"),
+    ]);
+    let c = load(&flags, &env, &t.paths()).unwrap();
+    let shown: Vec<(String, u16, bool)> = (0..c.hosts.len())
+        .map(|i| c.at(i))
+        .map(|e| (e.host.value, e.port.value, e.tls.value))
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            ("a.example".into(), 9001, true),
+            ("b.example".into(), 443, true),
+            ("::1".into(), 9002, false)
+        ]
+    );
+    // The first entry is the proxy; each entry's certificate name is its own host.
+    assert_eq!((c.host.value.as_str(), c.port.value), ("a.example", 9001));
+    assert_eq!(c.at(1).tls_server_name.value, "b.example");
+    assert_eq!(c.hosts_return, Duration::from_secs(600));
+    // Without the list: tunnel_host and tunnel_port alone.
+    let c = load(&Flags::default(), &env, &t.paths()).unwrap();
+    assert_eq!(c.hosts.len(), 1);
+    assert_eq!(c.at(0).proxy_addr(), c.proxy_addr());
+    for bad in ["a.example", "ftp://a:1", "a:0", ":9001", ","] {
+        let flags = Flags::default().with(&TUNNEL_HOSTS, bad);
+        let e = load(&flags, &env, &t.paths()).unwrap_err();
+        assert!(e.to_string().contains("tunnel_hosts"), "{bad}: {e}");
+    }
+}

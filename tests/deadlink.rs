@@ -1,5 +1,6 @@
 //! Dead-link detection on a real broken path: two network namespaces joined by a veth pair,
-//! the proxy in one and the agent in the other. The path is cut while idle and while data
+//! the proxy in one and the agent in the other (and, through an outbound proxy, three in a
+//! row: the agent, tinyproxy, Meeting). The path is cut while idle and while data
 //! flows; the agent must notice within its configured bound (plus a margin) and come back once
 //! the path is restored. Neither namespace has a default route: no packet can leave them.
 //!
@@ -248,4 +249,229 @@ fn dead_link_is_noticed_idle_and_busy_and_the_agent_comes_back() {
     proxy.wait_for_nth(&connected, 3, SOON);
     eprintln!("dead link noticed: idle after {idle:?}, busy after {busy:?}");
     assert!(!agent.output().contains(TOKEN));
+}
+
+/// Three namespaces in a row: the agent's, the outbound proxy's, Meeting's, joined by two
+/// veth pairs (10.213.1.0/30 and 10.213.2.0/30); no default route anywhere.
+struct Row {
+    names: [String; 3],
+    /// The outbound proxy's end of the agent's link, and Meeting's end of the outbound one.
+    front_if: String,
+    behind_if: String,
+}
+
+impl Row {
+    fn create() -> Row {
+        let id = std::process::id() % 100_000;
+        let row = Row {
+            names: [format!("tr{id}a"), format!("tr{id}o"), format!("tr{id}m")],
+            front_if: format!("tf{id}o"),
+            behind_if: format!("tb{id}m"),
+        };
+        let [a, o, m] = &row.names;
+        let (fa, bo) = (format!("tf{id}a"), format!("tb{id}o"));
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", a],
+            vec!["netns", "add", o],
+            vec!["netns", "add", m],
+            vec![
+                "link",
+                "add",
+                &fa,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &row.front_if,
+            ],
+            vec![
+                "link",
+                "add",
+                &bo,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &row.behind_if,
+            ],
+            vec!["link", "set", &fa, "netns", a],
+            vec!["link", "set", &row.front_if, "netns", o],
+            vec!["link", "set", &bo, "netns", o],
+            vec!["link", "set", &row.behind_if, "netns", m],
+            vec!["-n", a, "addr", "add", "10.213.1.2/30", "dev", &fa],
+            vec![
+                "-n",
+                o,
+                "addr",
+                "add",
+                "10.213.1.1/30",
+                "dev",
+                &row.front_if,
+            ],
+            vec!["-n", o, "addr", "add", "10.213.2.1/30", "dev", &bo],
+            vec![
+                "-n",
+                m,
+                "addr",
+                "add",
+                "10.213.2.2/30",
+                "dev",
+                &row.behind_if,
+            ],
+            vec!["-n", a, "link", "set", &fa, "up"],
+            vec!["-n", o, "link", "set", &row.front_if, "up"],
+            vec!["-n", o, "link", "set", &bo, "up"],
+            vec!["-n", m, "link", "set", &row.behind_if, "up"],
+            vec!["-n", a, "link", "set", "lo", "up"],
+            vec!["-n", o, "link", "set", "lo", "up"],
+            vec!["-n", m, "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            if let Err(e) = ip(&step) {
+                panic!("cannot build the test network: {e}");
+            }
+        }
+        row
+    }
+
+    fn spawn(&self, ns: usize, program: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut all = vec!["netns", "exec", self.names[ns].as_str(), program];
+        all.extend(args);
+        Proc::spawn("ip", &all, env)
+    }
+
+    /// Sets the link in front of the outbound proxy (`front`) or behind it `state`.
+    fn link(&self, front: bool, state: &str) {
+        let (ns, dev) = match front {
+            true => (&self.names[1], &self.front_if),
+            false => (&self.names[2], &self.behind_if),
+        };
+        ip(&["-n", ns, "link", "set", dev, state]).unwrap();
+    }
+
+    fn helper(&self, ns: usize, role: &str, arg: &str) -> Proc {
+        let exe = std::env::current_exe().unwrap().display().to_string();
+        let p = self.spawn(
+            ns,
+            &exe,
+            &["--exact", "helper", "--ignored", "--nocapture"],
+            &[(HELPER, role), ("HELPER_ARG", arg)],
+        );
+        p.wait_for("helper ready", SOON);
+        p
+    }
+}
+
+impl Drop for Row {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+#[test]
+fn through_an_outbound_proxy_a_dead_link_in_front_or_behind_it_is_noticed() {
+    let needs = [
+        Need::Root,
+        tool("ip", "iproute2"),
+        tool("tinyproxy", "tinyproxy"),
+    ];
+    if !may_run(
+        "through_an_outbound_proxy_a_dead_link_in_front_or_behind_it_is_noticed",
+        &needs,
+    ) {
+        return;
+    }
+    let row = Row::create();
+    let dir = std::env::temp_dir().join(format!("tunnel-agent-deadlink-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("tinyproxy.conf"),
+        "User nobody\nGroup nogroup\nPort 3128\nListen 10.213.1.1\nTimeout 600\n\
+         Allow 10.213.1.0/30\nConnectPort 9001\nLogLevel Info\n",
+    )
+    .unwrap();
+    let conf = dir.join("tinyproxy.conf").display().to_string();
+    let outbound = row.spawn(1, "tinyproxy", &["-d", "-c", &conf], &[]);
+    let device = format!("{KEY}={TOKEN}");
+    let tunnel = format!("10.213.2.2:9100={KEY}:7000");
+    let proxy = row.spawn(
+        2,
+        &bin("meeting-proxy"),
+        &[
+            "--listen",
+            "10.213.2.2:9001",
+            "--device",
+            &device,
+            "--tunnel",
+            &tunnel,
+        ],
+        &[],
+    );
+    proxy.wait_for("listening for agents on", SOON);
+    let _chargen = row.helper(0, "chargen", "7000");
+    let agent = row.spawn(
+        0,
+        &bin("tunnel-agent"),
+        &[
+            "--device-key",
+            KEY,
+            "--host",
+            "10.213.2.2",
+            "--port",
+            "9001",
+            "--outbound-proxy",
+            "http://10.213.1.1:3128",
+            "--allow-port",
+            "7000",
+            "--keepalive-idle",
+            "2",
+            "--keepalive-interval",
+            "1",
+            "--keepalive-count",
+            "2",
+            "--user-timeout",
+            "4",
+            "--status-file",
+            "",
+        ],
+        &[("MEETING_TOKEN", TOKEN)],
+    );
+    let connected = format!("device {KEY} connected from 10.213.2.1:");
+    proxy.wait_for_nth(&connected, 1, SOON);
+
+    // In front of the outbound proxy, idle: the agent's keepalive on its socket to the
+    // outbound proxy goes unanswered.
+    row.link(true, "down");
+    let t0 = Instant::now();
+    agent.wait_for(
+        "no answer to keepalive probes",
+        Duration::from_secs(4) + MARGIN + SOON,
+    );
+    let front = t0.elapsed();
+    assert!(front <= Duration::from_secs(4) + MARGIN, "{front:?}");
+    row.link(true, "up");
+    proxy.wait_for_nth(&connected, 2, SOON);
+
+    // Behind the outbound proxy, busy: the outbound proxy's buffers fill, its window closes,
+    // and the agent's data stays unacknowledged past TCP_USER_TIMEOUT.
+    let sink = row.helper(2, "sink", "10.213.2.2:9100");
+    sink.wait_for("helper flowing", SOON);
+    let lost_before = agent.count("connection lost");
+    row.link(false, "down");
+    let t0 = Instant::now();
+    agent.wait_for_nth(
+        "connection lost",
+        lost_before + 1,
+        Duration::from_secs(4) + MARGIN + SOON,
+    );
+    let behind = t0.elapsed();
+    assert!(behind <= Duration::from_secs(4) + MARGIN, "{behind:?}");
+    row.link(false, "up");
+    proxy.wait_for_nth(&connected, 3, SOON * 2);
+    eprintln!("through the outbound proxy: dead link in front noticed after {front:?}, behind (busy) after {behind:?}");
+    drop(outbound);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,7 +3,8 @@
 //! References: direct (iperf3 client to server); one plain relay hop (socat with 256 KiB
 //! transfer blocks and 4 MiB socket buffers, its best plain configuration for bulk, and
 //! `nodelay` for round trips); the rathole and bore clients when installed. Then the agent
-//! through meeting-proxy, plain and with TLS. Upload is device to operator (the agent reads
+//! through meeting-proxy, plain and with TLS, and through an HTTP CONNECT proxy (tinyproxy,
+//! its defaults) in front of it. Upload is device to operator (the agent reads
 //! the local service), download the reverse.
 //!
 //! Each path is checked to carry bytes before it is measured; each figure is the median of
@@ -302,7 +303,7 @@ struct Tunnel {
     public: Vec<u16>,
 }
 
-fn tunnel(ports: &[u16], tls: Option<&(String, String, String)>) -> Res<Tunnel> {
+fn tunnel(ports: &[u16], tls: Option<&(String, String, String)>, more: &[&str]) -> Res<Tunnel> {
     let mut args = proxy_args(KEY, TOKEN, ports);
     if let Some((_, cert, key)) = tls {
         args.extend(["--tls-cert".into(), cert.clone()]);
@@ -320,6 +321,7 @@ fn tunnel(ports: &[u16], tls: Option<&(String, String, String)>) -> Res<Tunnel> 
     if let Some((ca, _, _)) = tls {
         extra.extend(["--tls", "--ca-file", ca, "--tls-server-name", "localhost"]);
     }
+    extra.extend(more);
     let agent = device_agent(&control, KEY, TOKEN, ports, &extra)?.try_start()?;
     agent.try_next_after("tunnel ready")?;
     // The proxy registers the session after its reply: a public connection before this line
@@ -514,7 +516,7 @@ fn latency_only(echo: u16) {
         Ok((_relay, port)) => show("relay hop", latency(port)),
         Err(why) => println!("relay hop    failed: {why}"),
     }
-    match tunnel(&[echo], None).and_then(|t| echo_ready(t.public[0]).map(|()| t)) {
+    match tunnel(&[echo], None, &[]).and_then(|t| echo_ready(t.public[0]).map(|()| t)) {
         Ok(t) => show("agent", latency(t.public[0])),
         Err(why) => println!("agent        failed: {why}"),
     }
@@ -568,6 +570,8 @@ struct Results {
     agent: Measured,
     up_tls: Flow,
     down_tls: Flow,
+    /// The agent through an HTTP CONNECT proxy (tinyproxy).
+    via: Measured,
     rss_100: Res<(u64, u64)>,
     setup_ms: Res<f64>,
     pinned: Res<[f64; 3]>,
@@ -608,7 +612,7 @@ fn run(iperf_port: u16, echo: u16, dir: &Path) -> Results {
         settled(t.agent.pid())?;
         Ok(t)
     };
-    let agent_tunnel = tunnel(&[iperf_port, echo], None).and_then(ready);
+    let agent_tunnel = tunnel(&[iperf_port, echo], None, &[]).and_then(ready);
     let mut agent = match &agent_tunnel {
         Ok(t) => {
             let pid = t.agent.pid();
@@ -633,7 +637,7 @@ fn run(iperf_port: u16, echo: u16, dir: &Path) -> Results {
         Err(why) => Measured::failed(why),
     };
     let (up_tls, down_tls) =
-        match certificates(dir).and_then(|files| tunnel(&[iperf_port], Some(&files))) {
+        match certificates(dir).and_then(|files| tunnel(&[iperf_port], Some(&files), &[])) {
             Ok(t) => {
                 let pid = t.agent.pid();
                 let cpu = move || cpu_seconds(pid);
@@ -644,6 +648,23 @@ fn run(iperf_port: u16, echo: u16, dir: &Path) -> Results {
             }
             Err(why) => (Flow::failed(&why), Flow::failed(&why)),
         };
+    // The agent through an HTTP CONNECT proxy (tinyproxy, its defaults, no authentication):
+    // the agent's CPU per GB and the round trip, beside the agent's own direct path above.
+    let connect_proxy = support::outbound::Outbound::tinyproxy(&[], false, "127.0.0.1");
+    let via_url = connect_proxy.url("http", None);
+    let via_tunnel =
+        tunnel(&[iperf_port, echo], None, &["--outbound-proxy", &via_url]).and_then(ready);
+    let (up_via, down_via) = match &via_tunnel {
+        Ok(t) => {
+            let pid = t.agent.pid();
+            let cpu = move || cpu_seconds(pid);
+            (
+                measure(t.public[0], true, Some(&cpu)),
+                measure(t.public[0], false, Some(&cpu)),
+            )
+        }
+        Err(why) => (Flow::failed(why), Flow::failed(why)),
+    };
     let (mut peers, peer_echo): (Vec<_>, Vec<_>) = ["bore", "rathole"]
         .into_iter()
         .map(|name| {
@@ -660,6 +681,12 @@ fn run(iperf_port: u16, echo: u16, dir: &Path) -> Results {
             .map(|t| t.public[1])
             .map_err(Clone::clone),
     ];
+    paths.push(
+        via_tunnel
+            .as_ref()
+            .map(|t| t.public[1])
+            .map_err(Clone::clone),
+    );
     paths.extend(
         peer_echo
             .iter()
@@ -673,10 +700,17 @@ fn run(iperf_port: u16, echo: u16, dir: &Path) -> Results {
     let (direct_p50, direct_p99) = next();
     let (relay_p50, relay_p99) = next();
     (agent.p50, agent.p99) = next();
+    let (via_p50, via_p99) = next();
     for (_, m) in peers.iter_mut() {
         (m.p50, m.p99) = next();
     }
-    drop((relay_echo, agent_tunnel, peer_echo));
+    drop((
+        relay_echo,
+        agent_tunnel,
+        peer_echo,
+        via_tunnel,
+        connect_proxy,
+    ));
     Results {
         up_direct,
         down_direct,
@@ -689,6 +723,13 @@ fn run(iperf_port: u16, echo: u16, dir: &Path) -> Results {
         agent,
         up_tls,
         down_tls,
+        via: Measured {
+            up: up_via,
+            down: down_via,
+            p50: via_p50,
+            p99: via_p99,
+            idle_kib: Err("not measured".into()),
+        },
         rss_100,
         setup_ms,
         pinned: pinned_latency(),
@@ -805,12 +846,30 @@ fn rows(r: &Results) -> Vec<(String, String)> {
     }
     row("CPU per GB up, agent TLS", cpu(&r.up_tls));
     row("CPU per GB down, agent TLS", cpu(&r.down_tls));
+    for (dir, f, own) in [("up", &r.via.up, &a.up), ("down", &r.via.down, &a.down)] {
+        row(
+            &format!("throughput {dir}, agent through HTTP CONNECT (tinyproxy)"),
+            gbit(f),
+        );
+        row(
+            &format!("CPU per GB {dir}, agent through HTTP CONNECT (ratio to the agent direct)"),
+            format!("{} ({})", cpu(f), ratio(&f.cpu_per_gb, &own.cpu_per_gb)),
+        );
+    }
     row("1-byte round trip p50, direct", us(&r.direct_p50));
     row("1-byte round trip p99, direct", us(&r.direct_p99));
     row("1-byte round trip p50, relay hop", us(&r.relay_p50));
     row("1-byte round trip p99, relay hop", us(&r.relay_p99));
     row("1-byte round trip p50, agent", us(&a.p50));
     row("1-byte round trip p99, agent", us(&a.p99));
+    row(
+        "1-byte round trip p50, agent through HTTP CONNECT (tinyproxy)",
+        us(&r.via.p50),
+    );
+    row(
+        "1-byte round trip p99, agent through HTTP CONNECT (tinyproxy)",
+        us(&r.via.p99),
+    );
     match &r.pinned {
         Ok([direct, relay, agent]) => row(
             "1-byte round trip p50, all on one CPU: direct / relay hop / agent",

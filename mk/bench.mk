@@ -9,11 +9,11 @@ capacity:
 
 DURATION ?= 30m
 
-# Installs iperf3 and socat when missing; writes bench/RESULTS.md.
+# Installs iperf3, socat and tinyproxy when missing; writes bench/RESULTS.md.
 bench:
-	@command -v iperf3 >/dev/null && command -v socat >/dev/null || { \
+	@command -v iperf3 >/dev/null && command -v socat >/dev/null && command -v tinyproxy >/dev/null || { \
 	  $(AS_ROOT) apt-get update -qq && \
-	  $(AS_ROOT) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3 socat; }
+	  $(AS_ROOT) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3 socat tinyproxy; }
 	$(MAKE) static
 	$(CARGO) build --locked --release --bins --example bench
 	AGENT_BIN=$(CURDIR)/target/cross/x86_64-unknown-linux-musl/release/tunnel-agent ./target/release/examples/bench

@@ -53,7 +53,7 @@ impl Outbound {
         let port = free_port();
         let mut conf = format!(
             "User nobody\nGroup nogroup\nPort {port}\nListen 127.0.0.1\nBind {source}\n\
-             Timeout 5\nMaxClients 50\nAllow 127.0.0.1\nLogLevel Info\n"
+             Timeout 600\nMaxClients 50\nAllow 127.0.0.1\nLogLevel Info\n"
         );
         if auth {
             conf.push_str(&format!("BasicAuth {HTTP_USER} {HTTP_PASSWORD}\n"));

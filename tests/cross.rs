@@ -146,3 +146,16 @@ fn the_tls_suite_follows_the_cpu_under_qemu() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The 32-bit ARM builds with TLS fit the budget: 1.5 MB (the README's size section).
+#[test]
+#[ignore = "needs a cross-built agent: make test-cross"]
+fn the_32_bit_arm_builds_stay_within_the_size_budget() {
+    let (_, agent) = qemu_and_agent();
+    let target = std::env::var("CROSS_TARGET").unwrap_or_default();
+    let size = std::fs::metadata(&agent).unwrap().len();
+    println!("{target}: {size} bytes");
+    if target.starts_with("arm") {
+        assert!(size <= 1_500_000, "{target}: {size} bytes, over 1.5 MB");
+    }
+}

@@ -169,6 +169,12 @@ fn the_tunnel_heartbeat_and_key_work_go_through_http_connect_and_socks5() {
         |ports| Outbound::tinyproxy(ports, true, "127.0.0.7"),
         |o| o.url("http", Some((HTTP_USER, HTTP_PASSWORD))),
     );
+    // squid, no authentication, allowing the same two ports.
+    everything_goes_through(
+        "squid",
+        |ports| Outbound::squid(ports, 5, "127.0.0.9"),
+        |o| o.url("http", None),
+    );
     for scheme in ["socks5h", "socks5"] {
         everything_goes_through(
             &format!("dante-{scheme}"),
@@ -311,4 +317,33 @@ fn each_failure_of_the_outbound_proxy_is_told_apart_in_check_and_in_the_log() {
         );
         println!("{what}:\n  check: {detail}; {hint}\n  log: {line}");
     }
+}
+
+#[test]
+fn https_proxy_and_all_proxy_are_not_read_and_the_agent_says_so() {
+    // A proxy variable pointing nowhere: the tunnel and the heartbeat still go direct (ureq's
+    // own reading of these variables is off), and the agent says once that it ignores it.
+    let api = FakeApi::start(&[KEY]);
+    let proxy = Proxy::for_ports(&[], &[]);
+    let nowhere = format!("http://127.0.0.1:{}", closed_port());
+    let agent = agent_with_env(
+        proxy.control,
+        &[
+            "--api-url",
+            &api.url,
+            "--api-ca-file",
+            api.ca_file.to_str().unwrap(),
+        ],
+        &[("HTTPS_PROXY", &nowhere), ("ALL_PROXY", &nowhere)],
+    );
+    agent.wait_for(
+        "HTTPS_PROXY and ALL_PROXY are set in the environment, but tunnel-agent does not read them",
+        SOON,
+    );
+    proxy.wait_agent(1);
+    api.wait_for("POST", &format!("/api/devices/{KEY}/online"), 1, SOON);
+    assert!(api
+        .peers()
+        .iter()
+        .all(|p| p.ip().to_string() == "127.0.0.1"));
 }

@@ -150,10 +150,14 @@ fn warn_about(cfg: &Config) {
     }
     if cfg.outbound_proxy.is_none() && !cfg.ignored_proxy_env.is_empty() {
         warn!(
-            "{} is set in the environment, but tunnel-agent does not read it: the tunnel and the \
-             Meeting API both go direct. To go through that proxy, set {} (flag --outbound-proxy, \
-             environment MEETING_OUTBOUND_PROXY)",
+            "{} {} set in the environment, but tunnel-agent does not read them: the tunnel and \
+             the Meeting API both go direct. To go through that proxy, set {} (flag \
+             --outbound-proxy, environment MEETING_OUTBOUND_PROXY)",
             cfg.ignored_proxy_env.join(" and "),
+            match cfg.ignored_proxy_env.len() {
+                1 => "is",
+                _ => "are",
+            },
             crate::config::OUTBOUND_PROXY.spec.key
         );
     }

@@ -18,6 +18,20 @@ use std::time::{Duration, Instant};
 use support::*;
 
 const HELPER: &str = "TUNNEL_AGENT_NETNS_HELPER";
+/// The agents' dead-link settings here: idle bound 2 s idle + 2 probes 1 s apart, busy bound
+/// 4 s of unacknowledged data; no status file.
+const QUICK: &[&str] = &[
+    "--keepalive-idle",
+    "2",
+    "--keepalive-interval",
+    "1",
+    "--keepalive-count",
+    "2",
+    "--user-timeout",
+    "4",
+    "--status-file",
+    "",
+];
 /// Margin on top of the configured detection bound (the machine is shared and noisy).
 const MARGIN: Duration = Duration::from_secs(10);
 
@@ -200,17 +214,11 @@ fn dead_link_is_noticed_idle_and_busy_and_the_agent_comes_back() {
             "9001",
             "--allow-port",
             "7000",
-            "--keepalive-idle",
-            "2",
-            "--keepalive-interval",
-            "1",
-            "--keepalive-count",
-            "2",
-            "--user-timeout",
-            "4",
-            "--status-file",
-            "",
-        ],
+        ]
+        .iter()
+        .chain(QUICK)
+        .copied()
+        .collect::<Vec<_>>(),
         &[("MEETING_TOKEN", TOKEN)],
     );
     let connected = format!("device {KEY} connected from");
@@ -426,17 +434,11 @@ fn through_an_outbound_proxy_a_dead_link_in_front_or_behind_it_is_noticed() {
             "http://10.213.1.1:3128",
             "--allow-port",
             "7000",
-            "--keepalive-idle",
-            "2",
-            "--keepalive-interval",
-            "1",
-            "--keepalive-count",
-            "2",
-            "--user-timeout",
-            "4",
-            "--status-file",
-            "",
-        ],
+        ]
+        .iter()
+        .chain(QUICK)
+        .copied()
+        .collect::<Vec<_>>(),
         &[("MEETING_TOKEN", TOKEN)],
     );
     let connected = format!("device {KEY} connected from 10.213.2.1:");

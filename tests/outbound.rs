@@ -69,14 +69,7 @@ fn everything_goes_through(
 ) {
     let api = FakeApi::start(&[KEY]);
     let dir = scratch(name);
-    let host = ssh_keygen_ed25519(&dir.join("host_ed25519"), "host");
-    let host_key = host.trim().rsplit_once(' ').unwrap().0;
-    api.answer(
-        "GET",
-        "/api/ssh-hostkey",
-        200,
-        &format!("meeting.example {host_key}\n"),
-    );
+    let host_key = api.serve_host_key(&dir.join("host_ed25519"));
     let echo = echo_server();
     let proxy = Proxy::for_ports(&[echo], &[]);
     let outbound = start(&[proxy.control.port(), api_port(&api)]);
@@ -115,7 +108,7 @@ fn everything_goes_through(
     api.wait_for("GET", "/api/ssh-hostkey", 1, SOON * 2);
     agent.wait_for("SSH keys (known_hosts): ", SOON);
     let known = std::fs::read_to_string(dir.join("known_hosts")).unwrap();
-    assert!(known.contains(host_key), "{known}");
+    assert!(known.contains(&host_key), "{known}");
     let peers = api.peers();
     assert!(!peers.is_empty());
     for peer in &peers {

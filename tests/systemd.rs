@@ -128,14 +128,7 @@ fn under_systemd_the_key_work_retries_until_meetings_key_is_in_then_runs_hourly(
     std::fs::create_dir_all(dir.join("meeting")).unwrap();
     let meeting = ssh_keygen_ed25519(&dir.join("meeting/id_ed25519"), "meeting@meeting.example");
     api.serve_meeting_key(&meeting, None);
-    let host = ssh_keygen_ed25519(&dir.join("meeting/host_ed25519"), "host");
-    let host_key = host.trim().rsplit_once(' ').unwrap().0;
-    api.answer(
-        "GET",
-        "/api/ssh-hostkey",
-        200,
-        &format!("meeting.example {host_key}\n"),
-    );
+    api.serve_host_key(&dir.join("meeting/host_ed25519"));
     let api_addr: std::net::SocketAddr = api
         .url
         .trim_start_matches("https://")

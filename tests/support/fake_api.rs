@@ -203,6 +203,20 @@ impl FakeApi {
         self.answer("GET", "/api/ssh/pubkey", 200, &body.to_string());
     }
 
+    /// Serves a new Ed25519 host key, made at `path` by ssh-keygen, as Meeting's SSH host key
+    /// for `meeting.example` (`GET /api/ssh-hostkey`); returns its `type base64` part.
+    pub fn serve_host_key(&self, path: &std::path::Path) -> String {
+        let host = super::ssh_keygen_ed25519(path, "host");
+        let key = host.trim().rsplit_once(' ').unwrap().0.to_owned();
+        self.answer(
+            "GET",
+            "/api/ssh-hostkey",
+            200,
+            &format!("meeting.example {key}\n"),
+        );
+        key
+    }
+
     /// Makes `method path` hang until [`Self::release`].
     pub fn hang(&self, method: &str, path: &str) {
         let mut st = self.lock();

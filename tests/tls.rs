@@ -433,3 +433,55 @@ fn the_proxy_refuses_a_bad_certificate_file_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot load the TLS certificate/key"), "{err}");
 }
+
+#[test]
+fn tls_to_the_proxy_runs_end_to_end_inside_an_outbound_proxy() {
+    if !may_run(
+        "tls_to_the_proxy_runs_end_to_end_inside_an_outbound_proxy",
+        &[tool("tinyproxy", "tinyproxy")],
+    ) {
+        return;
+    }
+    let pki = Pki::new("outbound");
+    let ca = pki.ca("ca");
+    let other = pki.ca("other");
+    drop(other);
+    pki.server(&ca, "server", &["proxy.test"], Validity::Now);
+    let echo = echo_server();
+    let proxy = pki.proxy("server", echo);
+    let outbound =
+        support::outbound::Outbound::tinyproxy(&[proxy.control.port()], false, "127.0.0.7");
+    let url = outbound.url("http", None);
+    let tls = |ca: &str| {
+        [
+            "--tls",
+            "--ca-file",
+            &pki.path(ca),
+            "--tls-server-name",
+            "proxy.test",
+            "--outbound-proxy",
+            &url,
+        ]
+        .map(str::to_owned)
+    };
+    // Verified against the Meeting proxy's CA and name, through the outbound proxy.
+    let args = tls("ca.pem");
+    let agent = proxy.agent(&args.each_ref().map(String::as_str));
+    proxy
+        .proc
+        .wait_for(&format!("device {KEY} connected from 127.0.0.7:"), SOON);
+    let line = agent.wait_for("TLS to proxy", SOON);
+    assert!(
+        line.contains("proxy.test") && line.contains("ca test CA"),
+        "{line}"
+    );
+    let data = random_bytes(1 << 20, 6);
+    assert!(echo_through(proxy.tunnels[0], &data) == data);
+    drop(agent);
+    // Another CA: refused by the agent itself, as without an outbound proxy.
+    let args = tls("other.pem");
+    let agent = proxy.agent(&args.each_ref().map(String::as_str));
+    let line = agent.wait_for("WARN", SOON);
+    assert!(line.contains("certificate"), "{line}");
+    assert_eq!(proxy.proc.count(&format!("device {KEY} connected from")), 1);
+}

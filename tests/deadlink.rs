@@ -108,13 +108,6 @@ impl Net {
         net
     }
 
-    /// Runs `program` inside namespace `ns`.
-    fn spawn(&self, ns: &str, program: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut all = vec!["netns", "exec", ns, program];
-        all.extend(args);
-        Proc::spawn("ip", &all, env)
-    }
-
     fn link(&self, state: &str) {
         ip(&["-n", &self.proxy_ns, "link", "set", &self.proxy_if, state]).unwrap();
     }
@@ -128,10 +121,35 @@ impl Drop for Net {
     }
 }
 
-/// Re-runs this test binary as a helper inside a namespace.
-fn run_helper(net: &Net, ns: &str, role: &str, arg: &str) -> Proc {
+/// Runs `program` inside namespace `ns`.
+fn spawn_in(ns: &str, program: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut all = vec!["netns", "exec", ns, program];
+    all.extend(args);
+    Proc::spawn("ip", &all, env)
+}
+
+/// An agent in namespace `ns` for the proxy at `host`:9001, allowed port 7000, with the
+/// [`QUICK`] dead-link settings and `extra` arguments.
+fn quick_agent(ns: &str, host: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "--device-key",
+        KEY,
+        "--host",
+        host,
+        "--port",
+        "9001",
+        "--allow-port",
+        "7000",
+    ];
+    args.extend(extra);
+    args.extend(QUICK);
+    spawn_in(ns, &bin("tunnel-agent"), &args, &[("MEETING_TOKEN", TOKEN)])
+}
+
+/// Re-runs this test binary as a helper inside namespace `ns`.
+fn run_helper(ns: &str, role: &str, arg: &str) -> Proc {
     let exe = std::env::current_exe().unwrap().display().to_string();
-    let p = net.spawn(
+    let p = spawn_in(
         ns,
         &exe,
         &["--exact", "helper", "--ignored", "--nocapture"],
@@ -191,7 +209,7 @@ fn dead_link_is_noticed_idle_and_busy_and_the_agent_comes_back() {
     let public = format!("{}:9100", net.proxy_ip);
     let device = format!("{KEY}={TOKEN}");
     let tunnel = format!("{public}={KEY}:7000");
-    let proxy = net.spawn(
+    let proxy = spawn_in(
         &p,
         &bin("meeting-proxy"),
         &[
@@ -200,27 +218,9 @@ fn dead_link_is_noticed_idle_and_busy_and_the_agent_comes_back() {
         &[],
     );
     proxy.wait_for("listening for agents on", SOON);
-    let _chargen = run_helper(&net, &a, "chargen", "7000");
+    let _chargen = run_helper(&a, "chargen", "7000");
     // Idle bound: 2 s idle + 2 probes 1 s apart. Busy bound: 4 s of unacknowledged data.
-    let agent = net.spawn(
-        &a,
-        &bin("tunnel-agent"),
-        &[
-            "--device-key",
-            KEY,
-            "--host",
-            &net.proxy_ip,
-            "--port",
-            "9001",
-            "--allow-port",
-            "7000",
-        ]
-        .iter()
-        .chain(QUICK)
-        .copied()
-        .collect::<Vec<_>>(),
-        &[("MEETING_TOKEN", TOKEN)],
-    );
+    let agent = quick_agent(&a, &net.proxy_ip, &[]);
     let connected = format!("device {KEY} connected from");
     proxy.wait_for_nth(&connected, 1, SOON);
 
@@ -240,7 +240,7 @@ fn dead_link_is_noticed_idle_and_busy_and_the_agent_comes_back() {
     proxy.wait_for_nth(&connected, 2, SOON);
 
     // Busy: the device streams data to an operator; the path breaks mid-stream.
-    let sink = run_helper(&net, &p, "sink", &public);
+    let sink = run_helper(&p, "sink", &public);
     sink.wait_for("helper flowing", SOON);
     net.link("down");
     let t0 = Instant::now();
@@ -342,12 +342,6 @@ impl Row {
         row
     }
 
-    fn spawn(&self, ns: usize, program: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut all = vec!["netns", "exec", self.names[ns].as_str(), program];
-        all.extend(args);
-        Proc::spawn("ip", &all, env)
-    }
-
     /// Sets the link in front of the outbound proxy (`front`) or behind it `state`.
     fn link(&self, front: bool, state: &str) {
         let (ns, dev) = match front {
@@ -355,18 +349,6 @@ impl Row {
             false => (&self.names[2], &self.behind_if),
         };
         ip(&["-n", ns, "link", "set", dev, state]).unwrap();
-    }
-
-    fn helper(&self, ns: usize, role: &str, arg: &str) -> Proc {
-        let exe = std::env::current_exe().unwrap().display().to_string();
-        let p = self.spawn(
-            ns,
-            &exe,
-            &["--exact", "helper", "--ignored", "--nocapture"],
-            &[(HELPER, role), ("HELPER_ARG", arg)],
-        );
-        p.wait_for("helper ready", SOON);
-        p
     }
 }
 
@@ -402,11 +384,11 @@ fn through_an_outbound_proxy_a_dead_link_in_front_or_behind_it_is_noticed() {
     )
     .unwrap();
     let conf = dir.join("tinyproxy.conf").display().to_string();
-    let outbound = row.spawn(1, "tinyproxy", &["-d", "-c", &conf], &[]);
+    let outbound = spawn_in(&row.names[1], "tinyproxy", &["-d", "-c", &conf], &[]);
     let device = format!("{KEY}={TOKEN}");
     let tunnel = format!("10.213.2.2:9100={KEY}:7000");
-    let proxy = row.spawn(
-        2,
+    let proxy = spawn_in(
+        &row.names[2],
         &bin("meeting-proxy"),
         &[
             "--listen",
@@ -419,27 +401,11 @@ fn through_an_outbound_proxy_a_dead_link_in_front_or_behind_it_is_noticed() {
         &[],
     );
     proxy.wait_for("listening for agents on", SOON);
-    let _chargen = row.helper(0, "chargen", "7000");
-    let agent = row.spawn(
-        0,
-        &bin("tunnel-agent"),
-        &[
-            "--device-key",
-            KEY,
-            "--host",
-            "10.213.2.2",
-            "--port",
-            "9001",
-            "--outbound-proxy",
-            "http://10.213.1.1:3128",
-            "--allow-port",
-            "7000",
-        ]
-        .iter()
-        .chain(QUICK)
-        .copied()
-        .collect::<Vec<_>>(),
-        &[("MEETING_TOKEN", TOKEN)],
+    let _chargen = run_helper(&row.names[0], "chargen", "7000");
+    let agent = quick_agent(
+        &row.names[0],
+        "10.213.2.2",
+        &["--outbound-proxy", "http://10.213.1.1:3128"],
     );
     let connected = format!("device {KEY} connected from 10.213.2.1:");
     proxy.wait_for_nth(&connected, 1, SOON);
@@ -459,7 +425,7 @@ fn through_an_outbound_proxy_a_dead_link_in_front_or_behind_it_is_noticed() {
 
     // Behind the outbound proxy, busy: the outbound proxy's buffers fill, its window closes,
     // and the agent's data stays unacknowledged past TCP_USER_TIMEOUT.
-    let sink = row.helper(2, "sink", "10.213.2.2:9100");
+    let sink = run_helper(&row.names[2], "sink", "10.213.2.2:9100");
     sink.wait_for("helper flowing", SOON);
     let lost_before = agent.count("connection lost");
     row.link(false, "down");

@@ -211,7 +211,7 @@ impl Hosts {
             info!(
                 "{} s on other tunnel_hosts: trying the first, {}, again",
                 base.hosts_return.as_secs(),
-                base.at(0).proxy_addr()
+                base.hosts[0]
             );
             self.current = 0;
             self.away_since = None;
@@ -231,7 +231,7 @@ impl Hosts {
         info!(
             "{} did not connect: the next attempt goes to the next of tunnel_hosts, {} ({} of {n})",
             e.proxy,
-            base.at(next).proxy_addr(),
+            base.hosts[next],
             next + 1
         );
         if next == 0 {

@@ -354,6 +354,13 @@ pub struct Endpoint {
     pub tls: Option<bool>,
 }
 
+impl fmt::Display for Endpoint {
+    /// `host:port`, as the log and `status` show the proxy in use.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
 fn endpoints(s: &str) -> Result<Vec<Endpoint>, String> {
     s.split(',')
         .map(str::trim)
@@ -371,20 +378,9 @@ fn endpoints(s: &str) -> Result<Vec<Endpoint>, String> {
                 },
                 None => (None, e),
             };
-            let (host, number) = match rest.strip_prefix('[') {
-                Some(v6) => v6.split_once("]:").ok_or_else(|| format!("\"{e}\" is not [IPv6]:PORT"))?,
-                None => rest
-                    .rsplit_once(':')
-                    .ok_or_else(|| format!("\"{e}\" is not HOST:PORT (the port is required)"))?,
-            };
-            if host.is_empty() {
-                return Err(format!("\"{e}\" has no host"));
-            }
-            Ok(Endpoint {
-                host: host.to_owned(),
-                port: port(number).map_err(|why| format!("\"{e}\": {why}"))?,
-                tls,
-            })
+            let (host, port) = crate::transport::tcp::split_host_port(rest)
+                .map_err(|why| format!("\"{e}\": {why}"))?;
+            Ok(Endpoint { host, port, tls })
         })
         .collect::<Result<Vec<_>, _>>()
         .and_then(|v| match v.is_empty() {

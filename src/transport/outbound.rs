@@ -102,7 +102,7 @@ impl OutboundProxy {
                 (Some(user), pass)
             }
         };
-        let (host, port) = split_host_port(hostport)?;
+        let (host, port) = tcp::split_host_port(hostport)?;
         if scheme != Scheme::Http {
             // RFC 1929: each field is one length byte.
             let long = |s: &Option<String>| s.as_ref().is_some_and(|s| s.len() > 255);
@@ -131,10 +131,7 @@ impl OutboundProxy {
 
     /// `host:port` of the outbound proxy.
     pub fn addr(&self) -> String {
-        match self.host.contains(':') {
-            true => format!("[{}]:{}", self.host, self.port),
-            false => format!("{}:{}", self.host, self.port),
-        }
+        tcp::join_host_port(&self.host, self.port)
     }
 
     /// Connects to `host:port` through the outbound proxy: TCP to the proxy within `timeout`
@@ -149,7 +146,7 @@ impl OutboundProxy {
     ) -> Result<(TcpStream, SocketAddr), OutboundError> {
         let err = |cause| OutboundError {
             proxy: self.to_string(),
-            target: join_host_port(host, port),
+            target: tcp::join_host_port(host, port),
             cause,
         };
         let unreachable = |e: tcp::TcpError| {
@@ -432,7 +429,7 @@ impl std::error::Error for OutboundError {}
 
 /// The HTTP CONNECT request for `host:port`, with Basic authentication when `credentials`.
 pub fn connect_request(host: &str, port: u16, credentials: Option<(&str, &str)>) -> Vec<u8> {
-    let target = join_host_port(host, port);
+    let target = tcp::join_host_port(host, port);
     let mut r = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
     if let Some((user, pass)) = credentials {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
@@ -632,37 +629,6 @@ fn exchange_read_exact(
         }
     }
     Ok(())
-}
-
-fn join_host_port(host: &str, port: u16) -> String {
-    match host.contains(':') && !host.starts_with('[') {
-        true => format!("[{host}]:{port}"),
-        false => format!("{host}:{port}"),
-    }
-}
-
-fn split_host_port(s: &str) -> Result<(String, u16), String> {
-    let (host, port) = match s.strip_prefix('[') {
-        Some(rest) => {
-            let (h, p) = rest
-                .split_once("]:")
-                .ok_or("expected [IPv6]:port after the scheme")?;
-            (h, p)
-        }
-        None => s
-            .rsplit_once(':')
-            .ok_or("expected host:port after the scheme (the port is required)")?,
-    };
-    if host.is_empty() {
-        return Err("the host before the port is empty".to_owned());
-    }
-    let port = port
-        .parse::<u16>()
-        .ok()
-        .filter(|p| *p != 0)
-        // Not echoed: in a URL with its host left out, this would be the password.
-        .ok_or("the port after the host is not a number from 1 to 65535")?;
-    Ok((host.to_owned(), port))
 }
 
 fn percent_decode(s: &str) -> Option<String> {

@@ -108,6 +108,34 @@ impl std::error::Error for TcpError {
     }
 }
 
+/// `host:port`, an IPv6 address in brackets.
+pub fn join_host_port(host: &str, port: u16) -> String {
+    match host.contains(':') && !host.starts_with('[') {
+        true => format!("[{host}]:{port}"),
+        false => format!("{host}:{port}"),
+    }
+}
+
+/// Reads `HOST:PORT` or `[IPv6]:PORT` (the port required, 1-65535). The error never quotes
+/// the text: in a URL whose host was left out, the part read as the port is a password.
+pub fn split_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = match s.strip_prefix('[') {
+        Some(rest) => rest.split_once("]:").ok_or("expected [IPv6]:PORT")?,
+        None => s
+            .rsplit_once(':')
+            .ok_or("expected HOST:PORT (the port is required)")?,
+    };
+    if host.is_empty() {
+        return Err("the host before the port is empty".to_owned());
+    }
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or("the port after the host is not a number from 1 to 65535")?;
+    Ok((host.to_owned(), port))
+}
+
 /// Resolves `host:port`.
 pub fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, TcpError> {
     let target = format!("{host}:{port}");

@@ -6,6 +6,8 @@
 //! - [`protocol`]: the wire format, pure (no sockets, no threads);
 //! - [`transport`]: the TCP/TLS connection to the proxy;
 //! - [`uplink`]: the frame-writer thread and the pumps from local sockets into frames;
+//! - [`downlink`]: the stream sink, the way from frames to one socket (the agent's local
+//!   services, meeting-proxy's public clients);
 //! - [`meeting`]: the Meeting REST API client (the agent's calls and the proxy's);
 //! - [`config`]: where every setting comes from;
 //! - `sshkeys`: Meeting's SSH key, the device key and known_hosts (with the `tls` feature);
@@ -27,6 +29,7 @@ pub mod bytes;
 pub mod check;
 pub mod clock;
 pub mod config;
+pub mod downlink;
 pub mod logging;
 pub mod meeting;
 pub mod memory;

@@ -10,7 +10,7 @@ use std::thread::{self, JoinHandle};
 
 use log::{debug, error, info, warn};
 
-use super::presence::Wake;
+use super::beacon::Wake;
 use super::Live;
 use crate::advice;
 use crate::sshkeys::{self, Done, Memory, Retry};

@@ -2,10 +2,11 @@
 //!
 //! Owns the reconnect loop and its backoff, the session (handshake and frame loop), the
 //! channels to local services, the status file and the orderly stop. Reaches the proxy only
-//! through `transport`, speaks only through `protocol` and `uplink`; must not print to stdout
+//! through `transport`, speaks only through `protocol`, `uplink` and `downlink`; must not print to stdout
 //! (that is the binary's). `check` reads only its status file: it must not disturb a running
 //! agent.
 
+pub mod beacon;
 pub mod channels;
 #[cfg(feature = "tls")]
 mod keys;
@@ -37,9 +38,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// key threads.
 pub struct Live {
     cfg: Mutex<Arc<Config>>,
-    beacon: presence::Beacon,
-    keys: presence::Beacon,
-    services: presence::Beacon,
+    beacon: beacon::Beacon,
+    keys: beacon::Beacon,
+    services: beacon::Beacon,
     /// The services Meeting grants, once it has said (lower-case).
     granted: Mutex<Option<Vec<String>>>,
 }
@@ -49,9 +50,9 @@ impl Live {
     pub fn new(cfg: Config) -> Self {
         Live {
             cfg: Mutex::new(Arc::new(cfg)),
-            beacon: presence::Beacon::default(),
-            keys: presence::Beacon::default(),
-            services: presence::Beacon::default(),
+            beacon: beacon::Beacon::default(),
+            keys: beacon::Beacon::default(),
+            services: beacon::Beacon::default(),
             granted: Mutex::new(None),
         }
     }
@@ -68,7 +69,7 @@ impl Live {
     }
 
     /// What wakes the services thread.
-    fn services_beacon(&self) -> &presence::Beacon {
+    fn services_beacon(&self) -> &beacon::Beacon {
         &self.services
     }
 
@@ -91,7 +92,7 @@ impl Live {
     }
 
     /// What wakes the heartbeat thread.
-    pub fn beacon(&self) -> &presence::Beacon {
+    pub fn beacon(&self) -> &beacon::Beacon {
         &self.beacon
     }
 }

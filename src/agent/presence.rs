@@ -6,12 +6,13 @@
 //! slower than the interval, jittered); a device the server does not know (404) or refuses
 //! (401/403) is said once at ERROR and retried every `heartbeat_retry_unregistered`.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 
+use super::beacon::Wake;
 use super::netinfo::{self, Lan};
 use super::status::{Presence, Status};
 use super::Live;
@@ -29,80 +30,6 @@ const PUBLIC_IP_EVERY: Duration = Duration::from_secs(600);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// While failing, a WARN at most this often (the status file has every failure).
 const FAILING_WARN_EVERY: Duration = Duration::from_secs(600);
-
-#[derive(Default)]
-struct Events {
-    beat_now: bool,
-    reloaded: bool,
-    stop: bool,
-}
-
-/// What wakes the heartbeat thread (or the SSH key thread): a handshake accepted, a reload, a
-/// stop.
-#[derive(Default)]
-pub struct Beacon {
-    events: Mutex<Events>,
-    cv: Condvar,
-}
-
-pub(crate) enum Wake {
-    Stop,
-    BeatNow,
-    Reloaded,
-    Elapsed,
-}
-
-impl Beacon {
-    fn lock(&self) -> MutexGuard<'_, Events> {
-        self.events.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn signal(&self, f: impl FnOnce(&mut Events)) {
-        f(&mut self.lock());
-        self.cv.notify_all();
-    }
-
-    /// The proxy accepted the device: beat now, so Meeting sees it online at once.
-    pub fn authenticated(&self) {
-        self.signal(|e| e.beat_now = true);
-    }
-
-    /// The configuration was reloaded.
-    pub fn reloaded(&self) {
-        self.signal(|e| e.reloaded = true);
-    }
-
-    /// The agent is stopping.
-    pub fn stop(&self) {
-        self.signal(|e| e.stop = true);
-    }
-
-    /// Waits up to `d` for an event; the most urgent one pending wins and is consumed.
-    pub(crate) fn wait(&self, d: Duration) -> Wake {
-        let deadline = Instant::now() + d;
-        let mut g = self.lock();
-        loop {
-            if g.stop {
-                return Wake::Stop;
-            }
-            if std::mem::take(&mut g.reloaded) {
-                return Wake::Reloaded;
-            }
-            if std::mem::take(&mut g.beat_now) {
-                return Wake::BeatNow;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Wake::Elapsed;
-            }
-            g = self
-                .cv
-                .wait_timeout(g, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-    }
-}
 
 /// Starts the heartbeat thread.
 pub fn spawn(live: Arc<Live>, status: Arc<Status>) -> std::io::Result<JoinHandle<()>> {

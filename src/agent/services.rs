@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use log::{info, warn};
 
-use crate::agent::presence::Wake;
+use crate::agent::beacon::Wake;
 use crate::agent::status::Status;
 use crate::agent::Live;
 use crate::meeting::DeviceRecord;

@@ -11,9 +11,9 @@ use super::noise::Cause;
 use log::{debug, info, warn};
 
 use crate::advice;
-use crate::agent::channels::{Channels, Interrupt, Totals};
+use crate::agent::channels::{Channels, Interrupt};
 use crate::agent::shutdown::Shutdown;
-use crate::agent::status::{State, Status};
+use crate::agent::status::{State, Status, Totals};
 use crate::agent::Live;
 use crate::bytes::printable::printable;
 use crate::config::Config;
@@ -354,6 +354,8 @@ fn handshake_then_frames(
     let started = Instant::now();
     match read_reply(&mut reader) {
         Ok(Reply::Accepted { device_key }) => {
+            // The status file says connected before the log says "tunnel ready".
+            status.set(State::Connected);
             if let Some(k) = device_key.filter(|k| !k.eq_ignore_ascii_case(&cfg.device_key.value)) {
                 warn!(
                     "the proxy authenticated us as device {k}, not {}",

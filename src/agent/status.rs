@@ -2,15 +2,30 @@
 //! file, then rename) on every state change and every 10 s.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use log::warn;
 use serde::{Deserialize, Serialize};
 
-use super::channels::Totals;
 use crate::clock;
+
+/// Channel totals over the life of the agent: the channels count them, the status file shows
+/// them.
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Channels opened.
+    pub opened: AtomicU64,
+    /// Channels open now.
+    pub open: AtomicU64,
+    /// Payload bytes sent to the proxy.
+    pub up: AtomicU64,
+    /// Payload bytes from the proxy written to local services.
+    pub down: AtomicU64,
+    /// Repeatable warnings, rate-limited and counted.
+    pub noise: super::noise::Noise,
+}
 
 /// How often the file is rewritten even without a state change.
 pub const REFRESH: Duration = Duration::from_secs(10);

@@ -16,6 +16,7 @@ use tunnel_agent::protocol::handshake::UNVERIFIED;
 
 use crate::penalty::Slowed;
 use crate::settings::Device;
+use tunnel_agent::bytes::same_secret;
 
 /// Why a handshake is refused; its `Display` is the reason sent to the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,15 +66,6 @@ pub struct Decision {
     pub verdict: Result<(), Refusal>,
     /// `--device list`, `Meeting API`, `Meeting API, cached`.
     pub source: &'static str,
-}
-
-/// Equal in time that depends only on the lengths, not on where the bytes differ.
-pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
 }
 
 /// A device key the proxy will put in an API path: what Meeting's keys look like (hex, and
@@ -319,15 +311,6 @@ mod tests {
             "cannot verify the device: Meeting API unreachable (HTTP 503: \"Service Unavailable\")"
         );
         assert!(down.starts_with(UNVERIFIED));
-    }
-
-    #[test]
-    fn secrets_compare_whole() {
-        assert!(same_secret(b"41e291", b"41e291"));
-        assert!(!same_secret(b"41e291", b"41e292"));
-        assert!(!same_secret(b"41e291", b"41e29"));
-        assert!(!same_secret(b"", b"x"));
-        assert!(same_secret(b"", b""));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use log::{info, warn};
 use serde_json::{json, Value};
 
 use tunnel_agent::bytes::printable::{printable, trim_ascii};
+use tunnel_agent::downlink::sink::Undelivered;
 use tunnel_agent::protocol::frame::{
     printable_type, replaced_frame, Frame, FrameReader, Sender, DEFAULT_MAX_FRAME,
 };
@@ -21,10 +22,9 @@ use tunnel_agent::uplink::writer;
 
 use crate::auth::{Auth, Decision, Refusal};
 use crate::noise::{self, Cause};
-use crate::outbound::Undelivered;
 use crate::penalty::{Gate, Penalties};
 use crate::pending::Slot;
-use crate::registry::{DeviceSession, PublicLimits, Registry};
+use crate::registry::{cut_words, DeviceSession, PublicLimits, Registry};
 use crate::settings::{ErrorForm, ReplyMode, Settings};
 
 /// How long a refusal line may take to leave: a client that reads nothing gets no more.
@@ -368,19 +368,24 @@ fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply:
     let why = loop {
         match frames.next_frame() {
             Ok(Some(Frame::Data { stream, payload })) => {
-                if let Some(public) = session.stream(stream) {
-                    if let Err(e) = public.deliver(payload) {
-                        if session.remove_stream(stream) {
-                            let _ = tx.send(tunnel_agent::protocol::frame::close_frame(stream));
-                            if matches!(e, Undelivered::Stuck { .. }) {
-                                warn!("device {key}: stream {stream} closed: {e}");
-                            }
-                        }
+                let Some(public) = session.stream(stream) else {
+                    continue;
+                };
+                // Nothing interrupts the wait for room but its bound (the sink's STALL_WAIT).
+                if let Err(e) = public.deliver(payload, &mut |_| None::<()>) {
+                    if session.remove_stream(stream).is_some() {
+                        let _ = tx.send(tunnel_agent::protocol::frame::close_frame(stream));
+                    }
+                    // Said here, once: the stream's own thread says only how it closed.
+                    if let Undelivered::Cut(cut) = e {
+                        warn!("device {key}: stream {stream} closed: {}", cut_words(&cut));
                     }
                 }
             }
             Ok(Some(Frame::Close { stream })) => {
-                if session.remove_stream(stream) {
+                if let Some(public) = session.remove_stream(stream) {
+                    // The client gets everything held for it, then the close.
+                    public.finish();
                     info!("device {key}: the device closed stream {stream}");
                 }
             }

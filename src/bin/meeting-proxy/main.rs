@@ -8,8 +8,8 @@
 
 mod auth;
 mod control;
+mod listen;
 mod noise;
-mod outbound;
 mod penalty;
 mod pending;
 mod public;

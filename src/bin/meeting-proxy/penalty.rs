@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::auth::same_secret;
+use tunnel_agent::bytes::same_secret;
 
 /// Addresses (and keys) tracked at most; beyond it, buckets that have emptied are swept, and
 /// a newcomer finds no room only under a flood from this many sources at once (it is then not

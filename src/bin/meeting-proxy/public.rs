@@ -1,6 +1,9 @@
-//! Public tunnel ports: each accepted connection becomes a stream to a device's local port.
-//! A port can be closed while it runs ([`Gate::close`]): it stops accepting, and its open
-//! connections go on to their end or are cut.
+//! Public tunnel ports, opened here and only here (the `--tunnel` ports and the API's): each
+//! accepted connection becomes a stream to a device's local port. The connection's own thread
+//! pumps the client's bytes up to the device; the device's bytes come down through the
+//! stream's sink (see [`crate::registry`]). A port can be closed while it runs
+//! ([`Gate::close`]): it stops accepting, and its open connections go on to their end or are
+//! cut.
 
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -10,11 +13,12 @@ use std::thread;
 
 use log::{info, warn};
 
+use tunnel_agent::downlink::sink::{CutReason, StreamSink};
 use tunnel_agent::protocol::frame::{close_frame, open_frame};
-use tunnel_agent::uplink::copy::pump_to_frames;
+use tunnel_agent::uplink::copy::{pump_to_frames, PumpEnd};
 
 use crate::noise::{self, Cause};
-use crate::registry::{DeviceSession, Registry};
+use crate::registry::{cut_words, DeviceSession, Registry};
 use crate::settings::Tunnel;
 
 /// Stack of a thread serving one public connection or one agent: they hold no big buffer on
@@ -75,8 +79,34 @@ impl Gate {
     }
 }
 
+/// A public port that is open.
+pub struct Opened {
+    /// The address it listens on (the port the system chose for `:0`).
+    pub listen: String,
+    /// Its gate, to close it.
+    pub gate: Arc<Gate>,
+}
+
+/// Opens the public port of `tunnel` and serves it on a thread of its own (`tunnel`).
+pub fn open(mut tunnel: Tunnel, registry: Arc<Registry>) -> std::io::Result<Opened> {
+    let listener = crate::listen::bind_listener(&tunnel.listen)?;
+    if let Ok(addr) = listener.local_addr() {
+        tunnel.listen = addr.to_string();
+    }
+    let gate = Arc::new(Gate::new(&listener));
+    let opened = Opened {
+        listen: tunnel.listen.clone(),
+        gate: gate.clone(),
+    };
+    thread::Builder::new()
+        .name("tunnel".into())
+        .stack_size(THREAD_STACK)
+        .spawn(move || serve(listener, tunnel, registry, gate))?;
+    Ok(opened)
+}
+
 /// Accepts public connections on `listener` until `gate` (made for it) closes.
-pub fn serve(listener: TcpListener, tunnel: Tunnel, registry: Arc<Registry>, gate: Arc<Gate>) {
+fn serve(listener: TcpListener, tunnel: Tunnel, registry: Arc<Registry>, gate: Arc<Gate>) {
     let tunnel = Arc::new(tunnel);
     for conn in listener.incoming() {
         if gate.is_closed() {
@@ -85,16 +115,23 @@ pub fn serve(listener: TcpListener, tunnel: Tunnel, registry: Arc<Registry>, gat
         match conn {
             Ok(sock) => {
                 let sock = Arc::new(sock);
-                let Some((stream, session)) = admit(&sock, &tunnel, &registry) else {
+                let Some((stream, sink, session)) = admit(&sock, &tunnel, &registry) else {
                     continue;
                 };
                 let (t, g, s) = (tunnel.clone(), gate.clone(), session.clone());
+                let conn = Conn {
+                    sock,
+                    id: stream,
+                    sink,
+                };
                 if let Err(e) = thread::Builder::new()
                     .name("public".into())
                     .stack_size(THREAD_STACK)
-                    .spawn(move || relay(sock, stream, &t, &s, &g))
+                    .spawn(move || relay(conn, &t, &s, &g))
                 {
-                    session.remove_stream(stream);
+                    if let Some(sink) = session.remove_stream(stream) {
+                        sink.abort("no thread for the connection");
+                    }
                     warn!("cannot start a thread for a public connection: {e}");
                 }
             }
@@ -109,14 +146,14 @@ pub fn serve(listener: TcpListener, tunnel: Tunnel, registry: Arc<Registry>, gat
     }
 }
 
-/// The stream of a public connection just accepted, and its device's session; `None` (the
-/// connection is closed at once, before any thread) when the device is offline or the
-/// connection is over the device's bounds.
+/// The stream of a public connection just accepted, its sink and its device's session;
+/// `None` (the connection is closed at once, before any thread) when the device is offline or
+/// the connection is over the device's bounds.
 fn admit(
     sock: &Arc<TcpStream>,
     tunnel: &Tunnel,
     registry: &Registry,
-) -> Option<(u32, Arc<DeviceSession>)> {
+) -> Option<(u32, Arc<StreamSink>, Arc<DeviceSession>)> {
     let peer = sock.peer_addr().ok()?;
     let Some(session) = registry.get(&tunnel.device) else {
         if noise::allow(Cause::PublicRefused) {
@@ -128,7 +165,7 @@ fn admit(
         return None;
     };
     match session.add_stream(sock.clone(), peer.ip()) {
-        Ok(id) => Some((id, session)),
+        Ok((id, sink)) => Some((id, sink, session)),
         Err(over) => {
             if noise::allow(Cause::PublicRefused) {
                 warn!(
@@ -141,7 +178,18 @@ fn admit(
     }
 }
 
-fn relay(sock: Arc<TcpStream>, id: u32, tunnel: &Tunnel, session: &DeviceSession, gate: &Gate) {
+/// A public connection admitted as a stream.
+struct Conn {
+    sock: Arc<TcpStream>,
+    id: u32,
+    /// The device's bytes to it.
+    sink: Arc<StreamSink>,
+}
+
+/// Serves one public connection: its bytes up to the device until it ends, then waits for
+/// the device's bytes to it to be delivered (or cut), and says how the stream ended.
+fn relay(conn: Conn, tunnel: &Tunnel, session: &DeviceSession, gate: &Gate) {
+    let Conn { sock, id, sink } = conn;
     let peer = sock
         .peer_addr()
         .map(|a| a.to_string())
@@ -152,7 +200,9 @@ fn relay(sock: Arc<TcpStream>, id: u32, tunnel: &Tunnel, session: &DeviceSession
     // Every frame of the stream on one lane: the open goes before its data, the close after.
     let lane = session.tx.pipelined_lane();
     if lane.send(open_frame(id, tunnel.port)).is_err() {
-        session.remove_stream(id);
+        if let Some(sink) = session.remove_stream(id) {
+            sink.abort("the device's connection ended");
+        }
         gate.conns().remove(&slot);
         return;
     }
@@ -161,14 +211,42 @@ fn relay(sock: Arc<TcpStream>, id: u32, tunnel: &Tunnel, session: &DeviceSession
         session.key, tunnel.port
     );
     let sent = AtomicU64::new(0);
-    pump_to_frames(&*sock, id, &lane, &[&sent]);
-    gate.conns().remove(&slot);
-    // If the stream is still ours, the public side ended it: tell the agent.
-    if session.remove_stream(id) {
+    let end = pump_to_frames(&*sock, id, &lane, &[&sent]);
+    // If the stream is still ours, the public side ended it (or its sink cut it, which shut
+    // the socket): tell the agent. What the client may still read of what is held goes on.
+    if session.remove_stream(id).is_some() {
+        match end {
+            PumpEnd::Eof => sink.finish(),
+            PumpEnd::ReadError(e) => sink.abort(&format!("reading the public client failed: {e}")),
+            PumpEnd::WriterGone => sink.abort("the device's connection ended"),
+        }
         let _ = lane.send_last(close_frame(id));
     }
-    info!(
-        "stream {id} closed: {peer}, {} bytes to the device",
-        sent.into_inner()
-    );
+    // A stream the device closed goes on until the client has everything (or a bound cuts it).
+    let cut = sink.wait_ended();
+    gate.conns().remove(&slot);
+    let to_device = sent.into_inner();
+    let delivered = sink.delivered();
+    match cut {
+        None => info!(
+            "stream {id} closed: {peer}, {to_device} bytes to the device, {delivered} bytes to \
+             the client"
+        ),
+        Some(cut) => {
+            let words = cut_words(&cut);
+            // A client cut for taking nothing is the operator's business (one cut for having
+            // no room is said by the device's thread); the others are the client's own end.
+            if matches!(cut.reason, CutReason::Idle(_)) {
+                warn!(
+                    "stream {id} closed: {peer}, {to_device} bytes to the device, {delivered} \
+                     bytes to the client; cut: {words}"
+                );
+            } else {
+                info!(
+                    "stream {id} closed: {peer}, {to_device} bytes to the device, {delivered} \
+                     bytes to the client; {words}"
+                );
+            }
+        }
+    }
 }

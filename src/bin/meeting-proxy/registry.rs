@@ -1,4 +1,16 @@
-//! Which device has which live agent connection, and that connection's public streams.
+//! Which device has which live agent connection, and that connection's public streams: each
+//! public client is reached through a [`StreamSink`], the library's one way from frames to a
+//! socket (the agent's toward its local services is the same type), with the proxy's settings.
+//!
+//! A public client's queue holds at most [`QUEUE_MAX`]. When it is full the device's reader
+//! waits for room, as TCP backpressure on the device's one connection is the only flow control
+//! the protocol has: a client that reads slowly slows its device by as much. The wait is
+//! bounded: a payload that finds no room within [`STALL_WAIT`] means the client stopped
+//! reading, or reads too slowly to keep up, and its stream is cut (with `C` to the device);
+//! trickling a byte now and then does not hold the reader. A client that takes nothing of a
+//! queue that is not full is cut after `send_timeout` (nginx's `send_timeout`). A stream the
+//! device closes is closed toward its client only once the client has everything. Every cut
+//! says how many bytes were not delivered.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
@@ -6,9 +18,47 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tunnel_agent::downlink::sink::{Cut, CutReason, FullQueue, Plain, SinkSettings, StreamSink};
 use tunnel_agent::uplink::writer::FrameSender;
 
-use crate::outbound::Outbound;
+/// Bytes from the device held for one public client at most.
+pub const QUEUE_MAX: usize = 256 * 1024;
+/// How long the device's reader waits for a payload to fit in a full queue.
+pub const STALL_WAIT: Duration = Duration::from_secs(2);
+/// Stack of a public client's queue-draining thread: it holds nothing but the queue (heap).
+const DRAIN_STACK: usize = 64 * 1024;
+
+/// The proxy's words for a public stream's cut: what the client did, and what was lost.
+pub fn cut_words(cut: &Cut) -> String {
+    let lost = cut.undelivered;
+    match &cut.reason {
+        CutReason::NoRoom { queue, waited } => format!(
+            "the public client made no room in its queue ({queue} bytes) for {} s: it stopped \
+             reading or reads too slowly; {lost} bytes not delivered",
+            waited.as_secs_f64().round()
+        ),
+        CutReason::Idle(idle) => format!(
+            "the public client took no data for {:.1} s (send_timeout); {lost} bytes not \
+             delivered",
+            idle.as_secs_f64()
+        ),
+        CutReason::WriteFailed(e) => {
+            format!("writing to the public client failed: {e}; {lost} bytes not delivered")
+        }
+        CutReason::NoThread(e) => {
+            format!("no thread to write to the public client: {e}; {lost} bytes not delivered")
+        }
+        CutReason::Ended(why) => format!("{why}; {lost} bytes not delivered"),
+    }
+}
+
+/// One public connection of a device.
+struct Public {
+    /// Where it comes from.
+    from: IpAddr,
+    /// The way to it.
+    sink: Arc<StreamSink>,
+}
 
 /// Bounds of one device's public connections (nginx's `limit_conn`): one address cannot take
 /// all the channels the agent allows.
@@ -54,7 +104,7 @@ pub struct DeviceSession {
     pub tx: FrameSender,
     /// The agent socket, to cut it when a newer connection replaces this one.
     sock: TcpStream,
-    streams: Mutex<HashMap<u32, Arc<Outbound>>>,
+    streams: Mutex<HashMap<u32, Public>>,
     /// How long a public client may take nothing.
     send_timeout: Duration,
     limits: PublicLimits,
@@ -88,43 +138,53 @@ impl DeviceSession {
         }
     }
 
-    fn streams(&self) -> MutexGuard<'_, HashMap<u32, Arc<Outbound>>> {
+    fn streams(&self) -> MutexGuard<'_, HashMap<u32, Public>> {
         self.streams.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Registers a public connection from `from` under a fresh stream id, unless the
-    /// device's bounds are reached.
-    pub fn add_stream(&self, public: Arc<TcpStream>, from: IpAddr) -> Result<u32, OverPublic> {
+    /// device's bounds are reached: the id, and the way to the connection.
+    pub fn add_stream(
+        &self,
+        public: Arc<TcpStream>,
+        from: IpAddr,
+    ) -> Result<(u32, Arc<StreamSink>), OverPublic> {
         let mut streams = self.streams();
         if streams.len() >= self.limits.per_device {
             return Err(OverPublic::Device(streams.len()));
         }
-        let same = streams
-            .values()
-            .filter(|o| o.peer().is_some_and(|p| p.ip() == from))
-            .count();
+        let same = streams.values().filter(|p| p.from == from).count();
         if same >= self.limits.per_address {
             return Err(OverPublic::Address(same));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        streams.insert(id, Outbound::new(public, id, self.send_timeout));
-        Ok(id)
+        let settings = SinkSettings {
+            queue_max: QUEUE_MAX,
+            direct_wait: Duration::ZERO,
+            full: FullQueue::CutAfter(STALL_WAIT),
+            idle_limit: self.send_timeout,
+            stack: DRAIN_STACK,
+            name: "public",
+        };
+        let sink = StreamSink::open(id, public, settings, Arc::new(Plain));
+        streams.insert(
+            id,
+            Public {
+                from,
+                sink: sink.clone(),
+            },
+        );
+        Ok((id, sink))
     }
 
     /// The way to a stream's public connection.
-    pub fn stream(&self, id: u32) -> Option<Arc<Outbound>> {
-        self.streams().get(&id).cloned()
+    pub fn stream(&self, id: u32) -> Option<Arc<StreamSink>> {
+        self.streams().get(&id).map(|p| p.sink.clone())
     }
 
-    /// Removes a stream and shuts its public connection; returns whether it was there.
-    pub fn remove_stream(&self, id: u32) -> bool {
-        match self.streams().remove(&id) {
-            Some(s) => {
-                s.close();
-                true
-            }
-            None => false,
-        }
+    /// Removes a stream; its sink, if it was there (the caller finishes or aborts it).
+    pub fn remove_stream(&self, id: u32) -> Option<Arc<StreamSink>> {
+        self.streams().remove(&id).map(|p| p.sink)
     }
 
     /// Closes every public connection and the agent socket.
@@ -135,8 +195,8 @@ impl DeviceSession {
 
     /// Closes every public connection.
     fn close_streams(&self) {
-        for (_, s) in self.streams().drain() {
-            s.close();
+        for (_, p) in self.streams().drain() {
+            p.sink.abort("the device's connection ended");
             self.closed_streams.fetch_add(1, Ordering::Relaxed);
         }
     }

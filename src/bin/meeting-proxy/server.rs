@@ -279,46 +279,21 @@ fn listen(addr: &str, what: &'static str) -> Result<TcpListener, StartError> {
         addr: addr.to_owned(),
         err,
     };
-    bind_listener(addr).map_err(failed)
+    crate::listen::bind_listener(addr).map_err(failed)
 }
 
-/// A listening socket on `addr` (`HOST:PORT`, resolved) with the accept queue
-/// [`listen_backlog`].
-pub fn bind_listener(addr: &str) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(addr)?
-        .next()
-        .ok_or(std::io::ErrorKind::AddrNotAvailable)?;
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    sock.set_reuse_address(true)?;
-    sock.bind(&addr.into())?;
-    sock.listen(listen_backlog())?;
-    Ok(sock.into())
-}
-
-/// `net.core.somaxconn` (the kernel caps every backlog there), else 4096.
-pub fn listen_backlog() -> i32 {
-    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .filter(|n: &i32| *n > 0)
-        .unwrap_or(4096)
-}
-
-/// A `--tunnel`: its public listener, served on a thread of its own.
+/// A `--tunnel`: its public port, served on a thread of its own.
 fn static_tunnel(tunnel: &Tunnel, registry: &Arc<Registry>) -> Result<(), StartError> {
-    let listener = listen(&tunnel.listen, " for a tunnel")?;
-    let mut tunnel = tunnel.clone();
-    if let Ok(addr) = listener.local_addr() {
-        tunnel.listen = addr.to_string();
-    }
+    let opened =
+        public::open(tunnel.clone(), registry.clone()).map_err(|err| StartError::Listen {
+            what: " for a tunnel",
+            addr: tunnel.listen.clone(),
+            err,
+        })?;
     info!(
         "tunnel {} -> device {} port {}",
-        tunnel.listen, tunnel.device, tunnel.port
+        opened.listen, tunnel.device, tunnel.port
     );
-    let r = registry.clone();
-    let gate = Arc::new(public::Gate::new(&listener));
-    thread::spawn(move || public::serve(listener, tunnel, r, gate));
     Ok(())
 }
 

@@ -211,27 +211,20 @@ impl Poller {
     /// Opens the public port of `t`, served on a thread of its own.
     fn open_one(&self, port: u16, t: &ApiTunnel) -> Result<Open, String> {
         let listen = join(&self.bind, port);
-        let listener = crate::server::bind_listener(&listen)
-            .map_err(|e| format!("cannot listen on {listen}: {e}; retried at the next poll"))?;
-        let gate = Arc::new(Gate::new(&listener));
         let tunnel = Tunnel {
             listen: listen.clone(),
             device: t.device_key.clone(),
             port: t.local_port,
         };
-        let (r, g) = (self.registry.clone(), gate.clone());
-        thread::Builder::new()
-            .name("tunnel".into())
-            .stack_size(public::THREAD_STACK)
-            .spawn(move || public::serve(listener, tunnel, r, g))
-            .map_err(|e| format!("no thread for it: {e}"))?;
+        let opened = public::open(tunnel, self.registry.clone())
+            .map_err(|e| format!("cannot listen on {listen}: {e}; retried at the next poll"))?;
         let expiry = t.expires_at.map_or("no expiry".into(), |at| {
             format!("expires {}", clock::utc(at))
         });
         info!("tunnel opened: {} ({expiry}) on {listen}", describe(t));
         Ok(Open {
             entry: t.clone(),
-            gate,
+            gate: opened.gate,
         })
     }
 

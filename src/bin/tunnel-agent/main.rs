@@ -14,8 +14,8 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use tunnel_agent::advice;
-use tunnel_agent::agent::channels::Totals;
 use tunnel_agent::agent::status::Status;
+use tunnel_agent::agent::status::Totals;
 use tunnel_agent::agent::{self, shutdown::Shutdown, Live, VERSION};
 use tunnel_agent::config::{self, SearchPaths};
 use tunnel_agent::logging;

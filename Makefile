@@ -5,7 +5,7 @@ CARGO ?= cargo
 # Package installs run as root: directly, or through sudo.
 AS_ROOT = $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help build release test test-notls test-packaging lint fmt demo capacity fuzz soak bench bench-peers bench-latency bench-tls-arm install yocto-crates \
+.PHONY: help build release test test-notls test-packaging lint fmt demo capacity fuzz soak soak-integrity bench bench-peers bench-latency bench-tls-arm install yocto-crates \
 	static cross cross-all cross-setup size test-cross test-image dropbear-buildroot deb test-deb clean
 
 help:
@@ -18,6 +18,7 @@ help:
 	@echo "make capacity meeting-proxy with 1 000 devices and 5 000 public connections: cost of each"
 	@echo "make fuzz     cargo-fuzz on the frame decoder and the reply classifier (FUZZ_TIME=60 s each)"
 	@echo "make soak     mixed traffic with proxy restarts, every byte checked (DURATION=30m)"
+	@echo "make soak-integrity  the randomized integrity suite for 10 minutes (INTEGRITY_MINUTES=, INTEGRITY_SEED=)"
 	@echo "make install  binary, init script, systemd unit, example config (DESTDIR=, PREFIX=/usr/local, SYSCONFDIR=/etc)"
 	@echo "make install TARGET=armv7-unknown-linux-musleabihf DESTDIR=/mnt/root PREFIX=/usr"
 	@echo "              the same with that cross build (built first if needed; FEATURES=--no-default-features: no TLS)"

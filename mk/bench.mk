@@ -47,3 +47,9 @@ bench-latency:
 soak:
 	$(CARGO) build --locked --release --bins --example soak
 	DURATION=$(DURATION) ./target/release/examples/soak
+
+# The randomized integrity suite (tests/integrity.rs) for INTEGRITY_MINUTES (10) through the real
+# binaries: streams, bytes and the seed reported at the end; INTEGRITY_SEED=<n> replays a run.
+INTEGRITY_MINUTES ?= 10
+soak-integrity:
+	INTEGRITY_MINUTES=$(INTEGRITY_MINUTES) $(CARGO) test --locked --test integrity -- --ignored --nocapture soak_integrity

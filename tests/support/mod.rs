@@ -9,9 +9,11 @@
 pub mod debian;
 pub mod fake_api;
 pub mod harness;
+pub mod integrity;
 pub mod need;
 pub mod outbound;
 pub mod peers;
+pub mod pki;
 pub mod process;
 pub mod relay;
 

@@ -260,6 +260,25 @@ impl Log {
     }
 }
 
+/// A process's log, for a thread that waits on it while the test holds the [`Proc`].
+#[derive(Clone)]
+pub struct Watcher(Arc<Log>);
+
+impl Watcher {
+    /// The newest line containing every one of `pats`, waiting up to `timeout` for one.
+    pub fn wait_last(&self, pats: &[&str], timeout: Duration) -> Option<String> {
+        self.0
+            .wait(timeout, |g| {
+                g.kept
+                    .iter()
+                    .rev()
+                    .find(|l| pats.iter().all(|p| l.contains(p)))
+                    .cloned()
+            })
+            .ok()
+    }
+}
+
 /// A running process whose log (stderr, and stdout when asked) is collected line by line.
 /// Killed when dropped, also when a test panics.
 pub struct Proc {
@@ -297,6 +316,16 @@ impl Proc {
             .map(String::as_str)
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// A handle on its log that another thread can wait on.
+    pub fn watcher(&self) -> Watcher {
+        Watcher(self.log.clone())
+    }
+
+    /// The newest line containing every one of `pats`, waiting up to `timeout` for one.
+    pub fn wait_last(&self, pats: &[&str], timeout: Duration) -> Option<String> {
+        self.watcher().wait_last(pats, timeout)
     }
 
     /// Number of lines kept that contain `pat`.

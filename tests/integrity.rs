@@ -97,7 +97,7 @@ fn plain(services: &Services) -> (Proxy, Proc) {
 fn every_byte_arrives_through_the_tunnel() {
     let services = Services::start(SLOTS);
     let (proxy, agent) = plain(&services);
-    suite("plain", &proxy, &agent, &services, (200, None));
+    suite("plain", &proxy, &agent, &services, (160, None));
 }
 
 /// A TLS meeting-proxy (certificate for `proxy.test` from a CA of the test's own) with one
@@ -145,7 +145,7 @@ fn every_byte_arrives_with_tls_to_the_proxy() {
     let pki = Pki::new("integrity");
     let (proxy, agent) = with_tls(&pki, &services, None);
     agent.wait_for("TLS to proxy", SOON);
-    suite("tls", &proxy, &agent, &services, (60, None));
+    suite("tls", &proxy, &agent, &services, (50, None));
 }
 
 #[test]
@@ -168,7 +168,7 @@ fn every_byte_arrives_through_an_outbound_http_proxy() {
         .proc
         .wait_for(&format!("device {KEY} connected from 127.0.0.7:"), SOON);
     agent.wait_for("tunnel ready", SOON);
-    suite("outbound", &proxy, &agent, &services, (60, None));
+    suite("outbound", &proxy, &agent, &services, (50, None));
 }
 
 /// `make soak-integrity`: the suite for `INTEGRITY_MINUTES` (10), plain.

@@ -496,5 +496,6 @@ fn run_channel(shared: &Arc<Shared>, ch: &Arc<Channel>) {
         let why = ch.cut_reason(&cut, &shared.totals.noise);
         ch.set_reason(why);
     }
+    ch.sink.close_out(&sock);
     ch.log_closed();
 }

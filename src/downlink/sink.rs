@@ -34,7 +34,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::transport::tcp::{send_now, timed_out, unacked_bytes};
+use crate::transport::tcp::{reset_on_close, send_now, timed_out, unacked_bytes, unread_bytes};
 
 /// How often a reader waiting on a full queue looks at what may interrupt it, and how long
 /// one drain write waits before it looks whether the peer read anything.
@@ -200,6 +200,9 @@ struct State {
     write_timeout: Duration,
     /// Why it ended early, if it did.
     cut: Option<Cut>,
+    /// When reading stopped (finish or abort), the peer had sent bytes that will never be
+    /// read: it is still sending, and may be blocked on a window that will not open again.
+    peer_sending: bool,
 }
 
 impl State {
@@ -259,6 +262,7 @@ impl StreamSink {
                 progress: Instant::now(),
                 write_timeout: Duration::ZERO,
                 cut: None,
+                peer_sending: false,
             }),
             cv: Condvar::new(),
             delivered: AtomicU64::new(0),
@@ -625,12 +629,17 @@ impl StreamSink {
     /// (at once when nothing is), and nothing more is read from it.
     pub fn finish(&self) {
         let mut st = self.lock();
+        let held = st.held();
         match &st.link {
             Link::Closed => return,
-            Link::Open(s) if st.held() > 0 => {
-                let _ = s.shutdown(Shutdown::Read);
+            Link::Open(s) => {
+                let sending = unread_bytes(s).is_some_and(|n| n > 0);
+                if held > 0 {
+                    let _ = s.shutdown(Shutdown::Read);
+                }
+                st.peer_sending = sending;
             }
-            _ => {}
+            Link::Connecting => {}
         }
         st.finishing = true;
         self.close_if_drained(&mut st);
@@ -640,15 +649,40 @@ impl StreamSink {
     /// was anything).
     pub fn abort(&self, why: &str) {
         let mut st = self.lock();
-        if matches!(st.link, Link::Closed) {
-            return;
-        }
+        let sending = match &st.link {
+            Link::Closed => return,
+            Link::Open(s) => unread_bytes(s).is_some_and(|n| n > 0),
+            Link::Connecting => false,
+        };
+        st.peer_sending = sending;
         if st.held() > 0 {
             self.cut_locked(&mut st, CutReason::Ended(why.to_owned()), 0);
         } else {
             Self::close_locked(&mut st);
             self.cv.notify_all();
         }
+    }
+
+    /// For the owner of `sock`, once the stream has ended and before its last handle on the
+    /// socket goes: when the peer was still sending as reading stopped, the close is made a
+    /// reset (after our own bytes are acknowledged, at most `idle_limit`, unless the stream was
+    /// cut), so that a peer blocked writing into a full window learns now, not when the kernel
+    /// gives up on the closed socket (about 100 s on Linux).
+    pub fn close_out(&self, sock: &TcpStream) {
+        let (sending, cut) = {
+            let st = self.lock();
+            (st.peer_sending, st.cut.is_some())
+        };
+        if !sending {
+            return;
+        }
+        if !cut {
+            let deadline = Instant::now() + self.settings.idle_limit;
+            while unacked_bytes(sock).is_some_and(|n| n > 0) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+        reset_on_close(sock);
     }
 
     /// Waits until the stream has ended; why it was cut, if it was.

@@ -276,6 +276,22 @@ pub fn unacked_bytes(sock: &TcpStream) -> Option<usize> {
     (rc == 0).then(|| usize::try_from(n).unwrap_or(0))
 }
 
+/// Bytes the peer sent that are waiting in `sock` unread (`FIONREAD`); `None` when it cannot
+/// say.
+pub fn unread_bytes(sock: &TcpStream) -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD (SIOCINQ) writes one int through the pointer, which is valid for the
+    // call; the descriptor is open.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut n as *mut libc::c_int) };
+    (rc == 0).then(|| usize::try_from(n).unwrap_or(0))
+}
+
+/// Makes the last close of `sock` a reset (`SO_LINGER` 0): a peer blocked writing to it
+/// learns at once that nothing more is read, and bytes not yet acknowledged are dropped.
+pub fn reset_on_close(sock: &TcpStream) {
+    let _ = socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO));
+}
+
 // Connection states from the kernel's tcp_states.h (libc has no constants for them).
 const TCP_CLOSE: u8 = 7;
 const TCP_CLOSE_WAIT: u8 = 8;

@@ -206,7 +206,9 @@ impl Plan {
             1 => down = 0,
             _ => {}
         }
-        let most = down.max(up).max(1);
+        // The mid-stream close comes once this many bytes went through its end, so at most
+        // what goes through it (0: at once).
+        let most = down.max(up);
         let closer = match rng.range(0, 9) {
             0..=3 => Closer::Service,
             4..=7 => Closer::Client,
@@ -564,11 +566,9 @@ fn run_stream(t: &Tunnel, slot: usize, plan: &Plan) -> Result<Totals, String> {
             if let Some(id) = stream_id(&proxy_log, client_addr) {
                 log.wait_last(&[&format!("{what} {id} closed: ")], CUT_WAIT);
             }
-            // The other end gives up what it still sends into the cut stream, as a user
-            // would: the tunnel closed it. (A peer still sending into a stream the tunnel
-            // closed learns it only when the kernel gives up on the closed socket; see the
-            // README.)
-            let _ = other.shutdown(Shutdown::Write);
+            // The other end goes on as it was: still sending into the cut stream, it must learn
+            // at once (a reset), not when the kernel gives up on the closed socket.
+            drop(other);
         })
     };
     let client_cut =
@@ -732,17 +732,20 @@ pub fn run(
         }
     }
     // No bound cut anything it was not meant to: each cut line is a planned one.
+    // What one end leaves behind when it closes mid-stream (a full window it no longer reads)
+    // may be cut by a bound too.
     let proxy_cuts =
         t.proxy.count("closed: the public client made no room") + t.proxy.count("(send_timeout); ");
     let agent_cuts = t.agent.count("(local_write_timeout); closed the channel");
-    if proxy_cuts + agent_cuts > totals.cut {
+    if proxy_cuts + agent_cuts > totals.cut + totals.mid {
         return Err(format!(
             "INTEGRITY_SEED={seed}: {} ({} meeting-proxy, {} tunnel-agent) cuts by a bound were \
-             logged, {} were planned",
+             logged, {} were planned and {} streams were closed mid-stream",
             proxy_cuts + agent_cuts,
             proxy_cuts,
             agent_cuts,
-            totals.cut
+            totals.cut,
+            totals.mid
         ));
     }
     Ok(totals)

@@ -224,6 +224,7 @@ fn relay(conn: Conn, tunnel: &Tunnel, session: &DeviceSession, gate: &Gate) {
     }
     // A stream the device closed goes on until the client has everything (or a bound cuts it).
     let cut = sink.wait_ended();
+    sink.close_out(&sock);
     gate.conns().remove(&slot);
     let to_device = sent.into_inner();
     let delivered = sink.delivered();

@@ -485,6 +485,11 @@ impl StreamSink {
             self.cv.notify_all();
             return true;
         }
+        log::debug!(
+            "{} {}: its socket takes data slower than it comes; queueing it",
+            self.settings.name,
+            self.stream
+        );
         let me = self.clone();
         let name = format!("{}-{}-d", self.settings.name, self.stream);
         match self

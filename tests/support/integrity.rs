@@ -14,8 +14,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -284,14 +283,12 @@ struct End {
 impl End {
     /// Runs the end: a writer thread and the reader (this thread).
     fn run(self) -> Seen {
-        let moved = Arc::new(AtomicU64::new(0));
         let _ = self.sock.set_read_timeout(Some(STREAM_LIMIT));
         let _ = self.sock.set_write_timeout(Some(STREAM_LIMIT));
         let writer = {
             let sock = self.sock.try_clone().expect("clone a socket");
-            let (total, seed, moved, mid) =
-                (self.send, self.send_seed, moved.clone(), self.closes_mid);
-            thread::spawn(move || write_side(sock, total, seed, &moved, mid))
+            let (total, seed, mid) = (self.send, self.send_seed, self.closes_mid);
+            thread::spawn(move || write_side(sock, total, seed, mid))
         };
         let mut seen = Seen::default();
         let mut data = Data::new(self.expect_seed);
@@ -401,7 +398,6 @@ fn write_side(
     mut sock: TcpStream,
     total: u64,
     seed: u64,
-    moved: &AtomicU64,
     mid: Option<u64>,
 ) -> (u64, String, Option<String>) {
     let mut data = Data::new(seed);
@@ -433,7 +429,6 @@ fn write_side(
             data.at -= n as u64;
             break;
         }
-        moved.fetch_add(n as u64, Ordering::Relaxed);
     }
     if mid.is_some_and(|at| data.at >= at) {
         // The mid-stream close, once this many bytes are sent: the reader stops too.

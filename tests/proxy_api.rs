@@ -383,3 +383,90 @@ fn close_expired_cuts_the_open_connections_of_a_removed_tunnel() {
     let n = std::io::Read::read(&mut s, &mut buf).unwrap_or(0);
     assert_eq!(n, 0, "the connection of a removed tunnel was not cut");
 }
+
+/// A Meeting API that answers `after` seconds late, behind a proxy that waits for it: the
+/// agent (waiting 5 s, the old default, so that every reply here is late) enters frame mode,
+/// then reads the proxy's reply when it comes.
+fn late_reply(after: u64, authorized: bool) -> (FakeApi, Proxy, Proc, u16) {
+    let api = FakeApi::start(&[KEY]);
+    let service = echo_server();
+    let port = free_port();
+    api.answer(
+        "GET",
+        "/api/tunnels",
+        200,
+        &tunnels(&[entry(KEY, "ssh", port, service, None)]),
+    );
+    api.answer_late(
+        "GET",
+        &format!("/api/devices/{KEY}"),
+        Duration::from_secs(after),
+        200,
+        &record(KEY, authorized, ""),
+    );
+    let proxy = Proxy::for_api(&api, &["--api-timeout", "30"]);
+    let allow = service.to_string();
+    let agent = proxy.agent(&["--allow-port", &allow, "--handshake-timeout", "5"]);
+    agent.wait_for("assuming an older proxy that does not answer", SOON);
+    (api, proxy, agent, port)
+}
+
+fn late_acceptance(after: u64) {
+    let (api, proxy, agent, port) = late_reply(after, true);
+    agent.wait_for(
+        &format!(
+            "authenticated by proxy 127.0.0.1:{} as device {KEY} after all",
+            proxy.control.port()
+        ),
+        Duration::from_secs(after) + SOON,
+    );
+    proxy.wait_agent(1);
+    proxy.proc.wait_for("tunnel opened", SOON);
+    let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+    echo(&mut s, b"a slow Meeting, then a tunnel");
+    let said = agent.output();
+    assert!(!said.contains("protocol error"), "{said}");
+    assert_eq!(
+        agent.count("connected to proxy"),
+        1,
+        "one connection: {said}"
+    );
+    assert_eq!(
+        api.requests_to("GET", &format!("/api/devices/{KEY}")).len(),
+        1,
+        "one API call"
+    );
+}
+
+#[test]
+fn a_reply_6_s_late_is_read_as_the_reply_and_the_tunnel_works() {
+    late_acceptance(6);
+}
+
+#[test]
+fn a_reply_20_s_late_is_read_as_the_reply_and_the_tunnel_works() {
+    late_acceptance(20);
+}
+
+/// A refusal that comes after the wait is a refusal, with its reason and the long back-off.
+#[test]
+fn a_refusal_7_s_late_is_a_refusal_with_its_back_off() {
+    let (_api, _proxy, agent, _) = late_reply(7, false);
+    agent.wait_for(
+        &format!("refused device {KEY}: \"device not authorized\""),
+        SOON,
+    );
+    let line = agent.wait_for("refused by the proxy; reconnecting in ", SOON);
+    let secs: f64 = line
+        .split("reconnecting in ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(secs >= 30.0, "a refusal's back-off, not a retry: {line}");
+    assert!(
+        !agent.output().contains("protocol error"),
+        "{}",
+        agent.output()
+    );
+}

@@ -20,7 +20,9 @@ use crate::config::Config;
 use crate::protocol::frame::{
     close_frame, printable_type, Frame, FrameError, FrameReader, MAX_REPLACED_BY,
 };
-use crate::protocol::handshake::{handshake_line, read_reply, FailureClass, Reply, ReplyError};
+use crate::protocol::handshake::{
+    classify_bounded, handshake_line, read_reply, FailureClass, Reply, ReplyError, MAX_REPLY_LINE,
+};
 use crate::transport::tcp::{self, acks_stopped, is_dead_link, peer_gone, Keepalive};
 use crate::transport::{self, Control, TransportError};
 use crate::uplink::writer::{self, FrameSender};
@@ -352,6 +354,8 @@ fn handshake_then_frames(
     let _ = sock.set_read_timeout(Some(cfg.handshake_timeout));
     let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
     let started = Instant::now();
+    // Set when no reply came in time: the first bytes of frame mode may still be the reply.
+    let mut late = None;
     match read_reply(&mut reader) {
         Ok(Reply::Accepted { device_key }) => {
             // The status file says connected before the log says "tunnel ready".
@@ -368,11 +372,15 @@ fn handshake_then_frames(
                 started.elapsed().as_millis()
             );
         }
-        Ok(Reply::NoReply) => warn!(
-            "no reply to the handshake from {proxy} within {:.1} s and the connection is still \
-             open: assuming an older proxy that does not answer; entering frame mode",
-            cfg.handshake_timeout.as_secs_f64()
-        ),
+        Ok(Reply::NoReply) => {
+            warn!(
+                "no reply to the handshake from {proxy} within {:.1} s and the connection is \
+                 still open: assuming an older proxy that does not answer; entering frame mode \
+                 (a reply that comes later is still read as one)",
+                cfg.handshake_timeout.as_secs_f64()
+            );
+            late = Some(started);
+        }
         Ok(Reply::FramesStarted { first }) => info!(
             "proxy {proxy} sent no reply line and began with a frame ({}): older proxy; \
              entering frame mode",
@@ -383,7 +391,16 @@ fn handshake_then_frames(
     let _ = sock.set_read_timeout(None);
     status.set(State::Connected);
     live.beacon().authenticated();
-    frames(cfg, sock, reader, writer, live, shutdown, status.totals())
+    frames(
+        cfg,
+        sock,
+        reader,
+        writer,
+        live,
+        shutdown,
+        status.totals(),
+        late,
+    )
 }
 
 fn frames(
@@ -394,6 +411,7 @@ fn frames(
     live: &Arc<Live>,
     shutdown: &Shutdown,
     totals: &Arc<Totals>,
+    mut late: Option<Instant>,
 ) -> SessionOutcome {
     let since = Instant::now();
     let closer = match sock.try_clone() {
@@ -425,6 +443,33 @@ fn frames(
     }
     let end = loop {
         super::notify::alive();
+        if let Some(sent) = late {
+            // A proxy that asks Meeting's API before it answers may answer after the wait.
+            let line = match frames.late_line(MAX_REPLY_LINE) {
+                Ok(line) => line,
+                Err(e) if super::notify::tick().is_some() && tcp::timed_out(&e) => continue,
+                Err(e) if is_dead_link(&e) => {
+                    break Ending::DeadLink {
+                        unacked: sent_since(&tx, last_rx),
+                    };
+                }
+                Err(e) => break Ending::Frame(FrameError::Io(e)),
+            };
+            late = None;
+            let Some(line) = line else { continue };
+            last_rx = Instant::now();
+            match classify_bounded(line) {
+                Ok(_) => info!(
+                    "authenticated by proxy {} as device {} after all, {:.1} s after the \
+                     handshake (a late reply: the proxy was slow to decide); tunnel ready",
+                    cfg.proxy_addr(),
+                    cfg.device_key.value,
+                    sent.elapsed().as_secs_f64()
+                ),
+                Err(e) => break Ending::Reply(e),
+            }
+            continue;
+        }
         let frame = match frames.next_frame() {
             Ok(Some(f)) => f,
             Ok(None) => break Ending::ClosedByProxy,
@@ -470,7 +515,12 @@ fn frames(
             }
         }
     };
-    let uptime = since.elapsed();
+    // A late refusal: the session never was one.
+    let uptime = if matches!(end, Ending::Reply(_)) {
+        Duration::ZERO
+    } else {
+        since.elapsed()
+    };
     // Read before this side shuts the socket down.
     let kernel = Kernel {
         acks_stopped: matches!(end, Ending::ClosedByProxy)

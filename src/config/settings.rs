@@ -250,9 +250,10 @@ settings! {
     /// Port of the local SSH server.
     SSH_PORT: u16 = "ssh_port", flag None, env None, arg "",
         default Value("22"), parse port, "port of the local sshd (check)";
-    /// Wait for the handshake reply before assuming an older proxy.
+    /// Wait for the handshake reply before assuming an older proxy (a later reply is still
+    /// read as the reply).
     HANDSHAKE_TIMEOUT: Duration = "handshake_timeout", flag Some("--handshake-timeout"), env None, arg "SECS",
-        default Value("5"), parse seconds, "wait for the handshake reply before assuming an older proxy";
+        default Value("15"), parse seconds, "wait for the handshake reply before assuming an older proxy";
     /// Local connect timeout per channel.
     CONNECT_TIMEOUT: Duration = "connect_timeout", flag Some("--connect-timeout"), env None, arg "SECS",
         default Value("5"), parse seconds, "local connect timeout per channel";

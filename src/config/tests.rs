@@ -161,7 +161,7 @@ fn defaults_apply_and_device_info_is_the_last_resort() {
         c.device_key.source,
         Source::File(t.0.join("device_info.json"))
     );
-    assert_eq!(c.handshake_timeout, Duration::from_secs(5));
+    assert_eq!(c.handshake_timeout, Duration::from_secs(15));
     assert_eq!(c.local_write_timeout, Duration::from_secs(15));
     assert_eq!(c.allowed_ports, None, "Meeting's services decide");
     assert_eq!(

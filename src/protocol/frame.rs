@@ -5,6 +5,8 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
+use super::handshake::{BoundedLine, QUOTE};
+
 /// Size of a frame header: type (1), stream id (4), payload length (4).
 pub const HEADER_LEN: usize = 9;
 /// Frame type byte of an open request (`N`, proxy to agent).
@@ -288,6 +290,45 @@ impl<R: Read> FrameReader<R> {
         Ok(self.end - self.start)
     }
 
+    /// After a handshake that got no reply in time: whether the proxy answered late after all,
+    /// a line that begins with `{` where the first frame would begin. `Ok(None)`: the next byte
+    /// begins a frame (or the stream ended), and nothing is consumed. A line is consumed with
+    /// its newline, at most `max` bytes of it. A timeout part-way is an error that leaves what
+    /// arrived buffered: the call can be repeated.
+    pub fn late_line(&mut self, max: usize) -> io::Result<Option<BoundedLine>> {
+        let mut need = 1;
+        loop {
+            let got = self.fill(need)?;
+            if got == 0 || self.buf[self.start] != b'{' {
+                return Ok(None);
+            }
+            let unread = &self.buf[self.start..self.end];
+            let quote = |b: &[u8]| b[..b.len().min(QUOTE)].to_vec();
+            let line = match unread.iter().position(|&b| b == b'\n') {
+                Some(i) if i > max => BoundedLine::TooLong(quote(unread)),
+                Some(i) => {
+                    let line = BoundedLine::Line(unread[..i].to_vec());
+                    self.start += i + 1;
+                    line
+                }
+                None if got > max => BoundedLine::TooLong(quote(unread)),
+                None if got < need => {
+                    let line = BoundedLine::Partial(unread.to_vec());
+                    self.start = self.end;
+                    line
+                }
+                None => {
+                    need = got + 1;
+                    continue;
+                }
+            };
+            if self.start == self.end {
+                (self.start, self.end) = (0, 0);
+            }
+            return Ok(Some(line));
+        }
+    }
+
     /// Reads the next frame. `Ok(None)` means the peer closed cleanly between frames.
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, FrameError> {
         let got = self.fill(HEADER_LEN).map_err(FrameError::Io)?;
@@ -391,6 +432,73 @@ mod tests {
             buf[..p.len()].copy_from_slice(&p);
             Ok(p.len())
         }
+    }
+
+    /// A reply line that comes after frame mode began, cut by timeouts, is taken whole, and
+    /// the frame after it is read as a frame; a frame first is left alone.
+    #[test]
+    fn a_late_reply_line_is_taken_before_the_frames() {
+        let mut wire = b"{\"status\":\"authenticated\",\"device_key\":\"K\"}\n".to_vec();
+        wire.extend(open_frame(3, 22));
+        let pieces = wire.chunks(5).map(<[u8]>::to_vec).collect();
+        let mut r = FrameReader::new(
+            Halting {
+                pieces,
+                timeout_next: false,
+            },
+            DEFAULT_MAX_FRAME,
+        );
+        let line = loop {
+            match r.late_line(4096) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => break other.unwrap(),
+            }
+        };
+        assert_eq!(
+            line,
+            Some(BoundedLine::Line(
+                b"{\"status\":\"authenticated\",\"device_key\":\"K\"}".to_vec()
+            ))
+        );
+        let frame = loop {
+            match r.next_frame() {
+                Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => break other.unwrap(),
+            }
+        };
+        assert_eq!(
+            frame,
+            Some(Frame::Open {
+                stream: 3,
+                port: 22
+            })
+        );
+
+        let wire = open_frame(4, 80);
+        let mut r = reader(&wire);
+        assert_eq!(r.late_line(4096).unwrap(), None);
+        assert_eq!(
+            r.next_frame().unwrap(),
+            Some(Frame::Open {
+                stream: 4,
+                port: 80
+            })
+        );
+        assert_eq!(reader(b"").late_line(4096).unwrap(), None);
+    }
+
+    /// A late "reply" with no end is bounded, and one cut by the close comes back as it is.
+    #[test]
+    fn a_late_reply_line_is_bounded() {
+        let long = [b'{'; 5000];
+        match reader(&long).late_line(4096).unwrap() {
+            Some(BoundedLine::TooLong(raw)) => assert_eq!(raw.len(), QUOTE),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            reader(b"{\"status\":\"err").late_line(4096).unwrap(),
+            Some(BoundedLine::Partial(b"{\"status\":\"err".to_vec()))
+        );
     }
 
     #[test]

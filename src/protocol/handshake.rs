@@ -202,7 +202,13 @@ pub fn read_reply<R: BufRead>(r: &mut R) -> Result<Reply, ReplyError> {
         }
         _ => {}
     }
-    match read_bounded_line(r, MAX_REPLY_LINE).map_err(ReplyError::Io)? {
+    classify_bounded(read_bounded_line(r, MAX_REPLY_LINE).map_err(ReplyError::Io)?)
+}
+
+/// Classifies a reply line as [`read_bounded_line`] (or a frame reader finding a late reply)
+/// read it.
+pub fn classify_bounded(line: BoundedLine) -> Result<Reply, ReplyError> {
+    match line {
         BoundedLine::Line(line) | BoundedLine::Partial(line) => classify_line(&line),
         BoundedLine::TooLong(raw) => Err(ReplyError::LineTooLong { raw }),
     }

@@ -52,6 +52,8 @@ pub enum Answer {
     Json(u16, String),
     /// No answer until [`FakeApi::release`] (or 60 s), then the answer set meanwhile, or 503.
     Hang,
+    /// This status and JSON body, sent this long after the request came: a slow Meeting.
+    Late(Duration, u16, String),
 }
 
 #[derive(Default)]
@@ -215,6 +217,14 @@ impl FakeApi {
             &format!("meeting.example {key}\n"),
         );
         key
+    }
+
+    /// Answers `method path` with `status` and `body`, `after` the request came, from now on.
+    pub fn answer_late(&self, method: &str, path: &str, after: Duration, status: u16, body: &str) {
+        self.lock().answers.insert(
+            (method.into(), path.into()),
+            Answer::Late(after, status, body.into()),
+        );
     }
 
     /// Makes `method path` hang until [`Self::release`].
@@ -415,6 +425,12 @@ fn serve(mut req: tiny_http::Request, shared: &Shared) {
     let (status, text) = match answer {
         Answer::Json(status, text) if text.is_empty() => (status, generated(&record, &st)),
         Answer::Json(status, text) => (status, text),
+        Answer::Late(after, status, text) => {
+            drop(st);
+            thread::sleep(after);
+            st = lock.lock().unwrap_or_else(|p| p.into_inner());
+            (status, text)
+        }
         Answer::Hang => {
             let deadline = Instant::now() + Duration::from_secs(60);
             while !st.released && Instant::now() < deadline {

@@ -77,8 +77,8 @@ pub struct Settings {
     pub api_url: Option<String>,
     /// PEM CA bundle for the API's certificate (else the public roots).
     pub api_ca_file: Option<std::path::PathBuf>,
-    /// Bound of one API request, in seconds. Under the agents' handshake timeout (5 s), so a
-    /// slow API still gets every handshake an answer in time.
+    /// Bound of one API request, in seconds. Under the agents' handshake wait (15 s), so a
+    /// slow API still gets every handshake an answer within it.
     pub api_timeout: f64,
     /// Seconds between two `GET {api}/tunnels`.
     pub tunnels_interval: f64,
@@ -295,7 +295,7 @@ Meeting API (a drop-in for the production proxy):
                              and open the tunnels of GET URL/tunnels; --device entries are
                              decided locally first
   --api-ca-file FILE         PEM CA for the API's certificate (default: public roots)
-  --api-timeout SECS         bound of one API request (default 3; agents wait 5 for a reply)
+  --api-timeout SECS         bound of one API request (default 3; agents wait 15 for a reply)
   --tunnels-interval SECS    how often the tunnel list is fetched (default 5)
   --public-bind ADDR         address the API's tunnels listen on (default 0.0.0.0)
   --public-ports LOW-HIGH    ports the API may open (default: any), e.g. 9050-9130

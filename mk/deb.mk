@@ -22,8 +22,10 @@ deb:
 	$(foreach a,$(DEB_ARCHES),mk/deb/build $(a) target/cross/$(DEB_TARGET_$(a))/release/tunnel-agent \
 	  $(DEB_VERSION) $(DEB_DIR) '$(DEB_MAINTAINER)' &&) true
 
-# The packages with dpkg and lintian, then installed, upgraded, removed and purged in a booted
-# Debian root (systemd-nspawn) that has a stand-in for the Python agent's unit (tests/deb.rs).
+# The packages with dpkg and lintian, then installed, upgraded, removed and purged in booted
+# Debian roots (systemd-nspawn), amd64 and armhf (under qemu-user, through binfmt_misc), that
+# have a stand-in for the Python agent's unit and the web manager's systemctl calls
+# (tests/deb.rs). The roots are kept in TEST_ROOTS (default /var/cache/tunnel-agent-tests/roots).
 test-deb: deb
 	@command -v lintian >/dev/null || { \
 	  { $(AS_ROOT) apt-get update -qq || echo "apt-get update failed in part; installing from the lists there are"; } && \
@@ -32,4 +34,5 @@ test-deb: deb
 	@command -v qemu-arm >/dev/null && command -v qemu-aarch64 >/dev/null || { \
 	  { $(AS_ROOT) apt-get update -qq || true; } && \
 	  $(AS_ROOT) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user; } || true
+	$(AS_ROOT) mk/binfmt arm aarch64
 	DEB_DIR=$(CURDIR)/$(DEB_DIR) DEB_VERSION=$(DEB_VERSION) $(CARGO) test --locked --test deb -- --ignored

@@ -139,15 +139,78 @@ fn each_package_carries_its_architectures_build_and_lintian_finds_no_error() {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
-/// The Python agent's unit as the web manager writes it, with a stand-in program.
-const STAND_IN: &str = "[Unit]\nDescription=stand-in for the Python tunnel_agent.py\n\n\
-    [Service]\nExecStart=/bin/sleep infinity\n\n[Install]\nWantedBy=multi-user.target\n";
+/// The Python agent's unit as the web manager writes it, with a stand-in program that notes
+/// each start in /var/lib/python-agent-ran (a second agent would show there).
+const STAND_IN: &str = "[Unit]\nDescription=stand-in for the Python tunnel_agent.py\n\
+    After=network.target\n\n[Service]\nType=simple\nWorkingDirectory=/opt/rpi-cam-webmanager\n\
+    ExecStart=/bin/sh -c 'echo ran >> /var/lib/python-agent-ran; exec sleep infinity'\n\
+    Restart=always\nRestartSec=10\n\n[Install]\nWantedBy=multi-user.target\n";
 
-#[test]
-#[ignore = "needs make deb: run by make test-deb"]
-fn the_package_replaces_the_python_agent_and_installs_upgrades_removes_and_purges() {
-    if !may_run(
-        "the_package_replaces_the_python_agent_and_installs_upgrades_removes_and_purges",
+/// How many times the stand-in Python agent started.
+fn python_runs(root: &Root) -> usize {
+    std::fs::read_to_string(root.path("/var/lib/python-agent-ran"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+/// A booted root of `arch` with the Python agent's stand-in unit (enabled and running when
+/// `enabled`), the fleet's meeting.json for `proxy`, and this arch's package as v1.deb and a
+/// later version as v2.deb in /root.
+fn fleet_device(arch: &str, name: &str, enabled: bool, meeting: &str, tmp: &Path) -> (Root, Proc) {
+    let root = Root::for_arch(name, arch);
+    root.write(&format!("/etc/systemd/system/{OLD}"), STAND_IN);
+    root.write(
+        "/opt/rpi-cam-webmanager/tunnel_agent.py",
+        "# the Python agent\n",
+    );
+    if enabled {
+        root.inside(&["systemctl", "enable", OLD]);
+    }
+    root.write("/etc/rpi-cam/meeting.json", meeting);
+    std::fs::copy(package(arch), root.path("/root/v1.deb")).unwrap();
+    let v2 = format!("{}+test2", version());
+    let v2_deb = tmp.join(format!("tunnel-agent_{v2}_{arch}.deb"));
+    if !v2_deb.exists() {
+        run(Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(package(arch))
+            .arg(tmp.join(format!("v1-{arch}"))));
+        let built = run(
+            Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/mk/deb/build"))
+                .arg(arch)
+                .arg(tmp.join(format!("v1-{arch}/usr/bin/tunnel-agent")))
+                .arg(&v2)
+                .arg(tmp),
+        );
+        assert!(built
+            .trim()
+            .ends_with(&format!("tunnel-agent_{v2}_{arch}.deb")));
+    }
+    std::fs::copy(&v2_deb, root.path("/root/v2.deb")).unwrap();
+    let container = boot(&root);
+    if enabled {
+        wait_active(&container, OLD);
+    } else {
+        wait_property(&container, "multi-user.target", "ActiveState", "active");
+    }
+    (root, container)
+}
+
+/// The fleet's meeting.json, with the keys it has there (heartbeat_interval 60 included).
+fn fleet(proxy: &Proxy, enabled: bool) -> String {
+    serde_json::json!({
+        "enabled": enabled, "api_url": "https://127.0.0.1:9/api", "device_key": KEY,
+        "token_code": TOKEN, "heartbeat_interval": 60, "auto_connect": true,
+        "provisioned": true, "tunnel_host": "127.0.0.1",
+        "tunnel_port": proxy.control.port(), "tunnel_ssl": false,
+    })
+    .to_string()
+}
+
+fn can_boot_roots(name: &str) -> bool {
+    may_run(
+        name,
         &[
             Need::Root,
             tool("systemd-nspawn", "systemd-container"),
@@ -155,62 +218,45 @@ fn the_package_replaces_the_python_agent_and_installs_upgrades_removes_and_purge
             tool("nsenter", "util-linux"),
             tool("dpkg-deb", "dpkg"),
         ],
-    ) {
-        return;
-    }
-    let tmp = scratch("lifecycle");
-    // The upgrade: the same package with a later version.
-    run(Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(package("amd64"))
-        .arg(tmp.join("v1")));
-    let v2 = format!("{}+test2", version());
-    let built = run(
-        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/mk/deb/build"))
-            .arg("amd64")
-            .arg(tmp.join("v1/usr/bin/tunnel-agent"))
-            .arg(&v2)
-            .arg(&tmp),
-    );
-    assert!(built
-        .trim()
-        .ends_with(&format!("tunnel-agent_{v2}_amd64.deb")));
+    )
+}
 
-    let root = Root::new("deb");
-    root.write(&format!("/etc/systemd/system/{OLD}"), STAND_IN);
-    root.inside(&["systemctl", "enable", OLD]);
+/// What the web manager's Meeting page reads: `systemctl is-active` and `is-enabled
+/// meeting-tunnel-agent`, as it runs them (their output, whatever the exit status).
+fn web_manager_sees(n: u32) -> (String, String) {
+    let ask = |what: &str| try_in_container(n, "systemctl", &[what, "meeting-tunnel-agent"]).1;
+    (
+        ask("is-active").trim().to_owned(),
+        ask("is-enabled").trim().to_owned(),
+    )
+}
+
+/// One of the web manager's buttons: `systemctl ACTION meeting-tunnel-agent`, which must work.
+fn press(n: u32, action: &str) {
+    in_container(n, "systemctl", &[action, "meeting-tunnel-agent"]);
+}
+
+/// The fleet's device: the Python agent enabled and running, the web manager driving its unit.
+/// Install, the web manager's buttons (also after it writes its template over the unit), the
+/// "disable Meeting" switch, upgrade, remove and purge.
+fn lifecycle(arch: &str) {
+    let tmp = scratch(&format!("lifecycle-{arch}"));
     let echo = echo_server();
     let proxy = Proxy::for_ports(&[echo], &[]);
-    // The fleet's file, with the keys it has there (heartbeat_interval 60 included).
-    let fleet = |enabled: bool| {
-        serde_json::json!({
-            "enabled": enabled, "api_url": "https://127.0.0.1:9/api", "device_key": KEY,
-            "token_code": TOKEN, "heartbeat_interval": 60, "auto_connect": true,
-            "provisioned": true, "tunnel_host": "127.0.0.1",
-            "tunnel_port": proxy.control.port(), "tunnel_ssl": false,
-        })
-        .to_string()
-    };
-    let meeting = fleet(true);
-    root.write("/etc/rpi-cam/meeting.json", &meeting);
-    std::fs::copy(package("amd64"), root.path("/root/v1.deb")).unwrap();
-    std::fs::copy(
-        tmp.join(format!("tunnel-agent_{v2}_amd64.deb")),
-        root.path("/root/v2.deb"),
-    )
-    .unwrap();
-
-    let mut container = boot(&root);
+    let meeting = fleet(&proxy, true);
+    let (root, mut container) = fleet_device(arch, "deb", true, &meeting, &tmp);
     let n = container.pid();
-    wait_active(&container, OLD);
+    assert_eq!(python_runs(&root), 1);
+    assert_eq!(web_manager_sees(n), ("active".into(), "enabled".into()));
 
-    // Install: the Python agent stopped, disabled and masked; the new one started from
-    // /etc/rpi-cam/meeting.json as it is.
+    // Install: the Python agent stopped, the old name standing for tunnel-agent, both choices
+    // carried over; the new agent connected from /etc/rpi-cam/meeting.json as it is.
     let said = in_container(n, "dpkg", &["-i", "/root/v1.deb"]);
-    println!("dpkg -i:\n{said}");
+    println!("dpkg -i ({arch}):\n{said}");
     assert!(
         said.contains(&format!(
-            "{OLD} (was enabled, running) is stopped, disabled and masked"
+            "the Python agent's {OLD} was enabled and running. Its name now stands for \
+             tunnel-agent.service, enabled at boot, and started."
         )),
         "{said}"
     );
@@ -218,16 +264,17 @@ fn the_package_replaces_the_python_agent_and_installs_upgrades_removes_and_purge
         said.contains("using /etc/rpi-cam/meeting.json as it is"),
         "{said}"
     );
-    assert!(said.contains("tunnel-agent.service started"), "{said}");
+    assert!(!said.contains("\"enabled\": false"), "{said}");
     proxy.wait_agent(1);
     wait_active(&container, UNIT);
-    assert_eq!(property(n, OLD, "UnitFileState"), "masked");
-    assert_eq!(property(n, OLD, "ActiveState"), "inactive");
-    assert_eq!(property(n, UNIT, "UnitFileState"), "enabled");
+    assert_eq!(web_manager_sees(n), ("active".into(), "enabled".into()));
+    // The old name is the one switch: tunnel-agent.service is not enabled on its own.
+    assert_eq!(property(n, UNIT, "UnitFileState"), "disabled");
     assert_eq!(
         property(n, UNIT, "StatusText"),
         format!("connected (proxy 127.0.0.1:{})", proxy.control.port())
     );
+    assert_eq!(python_runs(&root), 1, "the Python agent started again");
     let journal = in_container(n, "journalctl", &["-u", UNIT, "--no-pager", "-o", "cat"]);
     assert!(
         journal.contains("config /etc/tunnel-agent/config.json over /etc/rpi-cam/meeting.json"),
@@ -242,15 +289,30 @@ fn the_package_replaces_the_python_agent_and_installs_upgrades_removes_and_purge
         warnings.contains("/etc/rpi-cam/meeting.json") && warnings.contains("60 s"),
         "{warnings}"
     );
-    // No alias: the web manager's buttons act on the old name, which stays masked. Its start
-    // brings back neither the Python agent nor a second tunnel-agent, and leaves ours running.
-    let first = property(n, UNIT, "MainPID");
-    let (started, why) = try_in_container(n, "systemctl", &["start", OLD]);
-    assert!(!started && why.contains("masked"), "{why}");
-    assert_eq!(property(n, UNIT, "MainPID"), first);
-    assert_eq!(property(n, OLD, "ActiveState"), "inactive");
-    // The web manager re-creating "its" unit file from the template writes through the mask's
-    // link, into /dev/null: the mask holds.
+
+    // The web manager's buttons, as it runs them, act on tunnel-agent.
+    let buttons = |round: usize| {
+        let first = property(n, UNIT, "MainPID");
+        press(n, "stop");
+        assert_eq!(property(n, UNIT, "ActiveState"), "inactive");
+        assert_eq!(web_manager_sees(n).0, "inactive");
+        press(n, "start");
+        wait_active(&container, UNIT);
+        proxy.wait_agent(round);
+        assert_ne!(property(n, UNIT, "MainPID"), first);
+        assert_eq!(web_manager_sees(n), ("active".into(), "enabled".into()));
+        press(n, "disable");
+        assert_eq!(web_manager_sees(n), ("active".into(), "disabled".into()));
+        assert_eq!(property(n, UNIT, "UnitFileState"), "disabled");
+        let wants = property(n, "multi-user.target", "Wants");
+        assert!(!wants.contains(OLD) && !wants.contains(UNIT), "{wants}");
+        press(n, "enable");
+        assert_eq!(web_manager_sees(n), ("active".into(), "enabled".into()));
+        assert_eq!(python_runs(&root), 1, "the Python agent started again");
+    };
+    buttons(2);
+    // The web manager writes its template over the unit (as its installer does) and reloads:
+    // the package's drop-in still makes the name stand for tunnel-agent.
     std::fs::write(root.path("/root/template"), STAND_IN).unwrap();
     in_container(
         n,
@@ -260,21 +322,17 @@ fn the_package_replaces_the_python_agent_and_installs_upgrades_removes_and_purge
             &format!("cat /root/template > /etc/systemd/system/{OLD} && systemctl daemon-reload"),
         ],
     );
-    let (started, why) = try_in_container(n, "systemctl", &["start", OLD]);
-    assert!(!started && why.contains("masked"), "{why}");
+    buttons(3);
 
     // The web manager's "disable Meeting" switch writes meeting.json: the package's path unit
     // reloads the agent, which holds no tunnel; switched on again, it connects.
-    assert_eq!(
-        property(n, "tunnel-agent-config.path", "UnitFileState"),
-        "enabled"
-    );
     wait_active(&container, "tunnel-agent-config.path");
     let shown = |state: &str| format!("{state} (proxy 127.0.0.1:{})", proxy.control.port());
-    root.write("/etc/rpi-cam/meeting.json", &fleet(false));
+    let first = property(n, UNIT, "MainPID");
+    root.write("/etc/rpi-cam/meeting.json", &fleet(&proxy, false));
     wait_property(&container, UNIT, "StatusText", &shown("disabled"));
     root.write("/etc/rpi-cam/meeting.json", &meeting);
-    proxy.wait_agent(2);
+    proxy.wait_agent(4);
     wait_property(&container, UNIT, "StatusText", &shown("connected"));
     assert_eq!(
         property(n, UNIT, "MainPID"),
@@ -287,15 +345,16 @@ fn the_package_replaces_the_python_agent_and_installs_upgrades_removes_and_purge
     let mine = format!("{{\"allowed_ports\": [{echo}]}}\n");
     root.write("/etc/tunnel-agent/config.json", &mine);
     let said = in_container(n, "dpkg", &["-i", "/root/v2.deb"]);
-    println!("dpkg -i (upgrade):\n{said}");
+    println!("dpkg -i ({arch}, upgrade):\n{said}");
     assert!(said.contains("tunnel-agent.service restarted"), "{said}");
     assert!(
-        !said.contains("masked"),
-        "the old unit is left as it is: {said}"
+        !said.contains("the Python agent's"),
+        "nothing taken over twice: {said}"
     );
-    proxy.wait_agent(2);
+    proxy.wait_agent(5);
     wait_active(&container, UNIT);
     assert_ne!(property(n, UNIT, "MainPID"), first);
+    assert_eq!(web_manager_sees(n), ("active".into(), "enabled".into()));
     assert_eq!(
         std::fs::read_to_string(root.path("/etc/tunnel-agent/config.json")).unwrap(),
         mine
@@ -304,18 +363,18 @@ fn the_package_replaces_the_python_agent_and_installs_upgrades_removes_and_purge
         .path("/etc/tunnel-agent/config.json.dpkg-dist")
         .exists());
     let status = in_container(n, "dpkg-query", &["-W", "-f", "${Version}", "tunnel-agent"]);
-    assert_eq!(status, v2);
-    assert_eq!(property(n, OLD, "UnitFileState"), "masked");
+    assert_eq!(status, format!("{}+test2", version()));
     // The tunnel through the upgraded agent, to the port the conffile opens.
     let data = random_bytes(100_000, 29);
     assert!(echo_through(proxy.tunnels[0], &data) == data);
+    assert_eq!(python_runs(&root), 1, "the Python agent started again");
 
     // Remove: the agent stopped, its configuration kept, the Python agent back as it was.
     let said = in_container(n, "dpkg", &["-r", "tunnel-agent"]);
-    println!("dpkg -r:\n{said}");
+    println!("dpkg -r ({arch}):\n{said}");
     assert!(
         said.contains(&format!(
-            "{OLD} is back as it was before tunnel-agent (enabled, started)"
+            "the Python agent's {OLD} is back (enabled, started)"
         )),
         "{said}"
     );
@@ -331,16 +390,18 @@ fn the_package_replaces_the_python_agent_and_installs_upgrades_removes_and_purge
         &["-W", "-f", "${db:Status-Abbrev}", "tunnel-agent"],
     );
     assert_eq!(state.trim(), "rc");
-    assert_eq!(property(n, OLD, "UnitFileState"), "enabled");
-    assert_eq!(property(n, OLD, "ActiveState"), "active");
+    wait_active(&container, OLD);
+    assert_eq!(web_manager_sees(n), ("active".into(), "enabled".into()));
+    assert_eq!(python_runs(&root), 2, "the Python agent is back, once");
     assert_eq!(
         std::fs::read_to_string(root.path(&format!("/etc/systemd/system/{OLD}"))).unwrap(),
         STAND_IN
     );
+    assert!(!root.path(&format!("/lib/systemd/system/{OLD}.d")).exists());
 
     // Purge: the configuration and the agent's state gone; the web manager's file untouched.
     let said = in_container(n, "dpkg", &["-P", "tunnel-agent"]);
-    println!("dpkg -P:\n{said}");
+    println!("dpkg -P ({arch}):\n{said}");
     assert!(!root.path("/etc/tunnel-agent").exists());
     assert!(!root.path("/var/lib/tunnel-agent").exists());
     assert_eq!(
@@ -350,6 +411,7 @@ fn the_package_replaces_the_python_agent_and_installs_upgrades_removes_and_purge
     let (known, _) = try_in_container(n, "dpkg-query", &["-W", "tunnel-agent"]);
     assert!(!known, "dpkg still knows tunnel-agent after a purge");
     assert_eq!(property(n, OLD, "ActiveState"), "active");
+    assert_eq!(python_runs(&root), 2);
 
     container.signal("TERM");
     assert!(
@@ -357,4 +419,94 @@ fn the_package_replaces_the_python_agent_and_installs_upgrades_removes_and_purge
         "the container did not stop"
     );
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// A device whose operator had disabled and stopped the Python agent, and switched Meeting off
+/// in meeting.json: the install says both and starts nothing; the web manager's Start and
+/// Enable turn the agent on; removed, the Python agent comes back as the switch was left.
+fn disabled_python_agent(arch: &str) {
+    let tmp = scratch(&format!("disabled-{arch}"));
+    let proxy = Proxy::for_ports(&[echo_server()], &[]);
+    let (root, mut container) = fleet_device(arch, "deb-off", false, &fleet(&proxy, false), &tmp);
+    let n = container.pid();
+    assert_eq!(web_manager_sees(n), ("inactive".into(), "disabled".into()));
+    let said = in_container(n, "dpkg", &["-i", "/root/v1.deb"]);
+    println!("dpkg -i ({arch}, disabled):\n{said}");
+    assert!(
+        said.contains(&format!(
+            "the Python agent's {OLD} was disabled and stopped. Its name now stands for \
+             tunnel-agent.service, NOT enabled at boot: the Python agent was disabled, and that \
+             choice is kept"
+        )) && said.contains("and not started."),
+        "{said}"
+    );
+    assert!(
+        said.contains(
+            "/etc/rpi-cam/meeting.json says \"enabled\": false (the web manager's \"disable \
+             Meeting\" switch): the agent holds no tunnel and sends no heartbeat until it is true"
+        ),
+        "{said}"
+    );
+    assert_eq!(web_manager_sees(n), ("inactive".into(), "disabled".into()));
+    assert_eq!(property(n, UNIT, "ActiveState"), "inactive");
+    assert_eq!(property(n, UNIT, "UnitFileState"), "disabled");
+    assert_eq!(python_runs(&root), 0);
+    // The web manager turns Meeting back on, then the agent: it connects.
+    root.write("/etc/rpi-cam/meeting.json", &fleet(&proxy, true));
+    press(n, "enable");
+    press(n, "start");
+    wait_active(&container, UNIT);
+    proxy.wait_agent(1);
+    assert_eq!(web_manager_sees(n), ("active".into(), "enabled".into()));
+    // Removed: the Python agent comes back as the web manager's switch was left.
+    let said = in_container(n, "dpkg", &["-r", "tunnel-agent"]);
+    assert!(
+        said.contains(&format!(
+            "the Python agent's {OLD} is back (enabled, started)"
+        )),
+        "{said}"
+    );
+    wait_active(&container, OLD);
+    assert_eq!(python_runs(&root), 1);
+    container.signal("TERM");
+    assert!(
+        container.wait_exit(SOON * 6).is_some(),
+        "the container did not stop"
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+#[ignore = "needs make deb: run by make test-deb"]
+fn the_package_replaces_the_python_agent_and_installs_upgrades_removes_and_purges() {
+    if can_boot_roots(
+        "the_package_replaces_the_python_agent_and_installs_upgrades_removes_and_purges",
+    ) {
+        lifecycle("amd64");
+    }
+}
+
+#[test]
+#[ignore = "needs make deb: run by make test-deb"]
+fn on_armhf_under_emulation_the_package_replaces_the_python_agent_and_installs_upgrades_removes_and_purges(
+) {
+    if can_boot_roots("on_armhf_under_emulation_the_package_replaces_the_python_agent") {
+        lifecycle("armhf");
+    }
+}
+
+#[test]
+#[ignore = "needs make deb: run by make test-deb"]
+fn a_disabled_python_agent_leaves_tunnel_agent_disabled_and_the_installer_says_so() {
+    if can_boot_roots("a_disabled_python_agent_leaves_tunnel_agent_disabled") {
+        disabled_python_agent("amd64");
+    }
+}
+
+#[test]
+#[ignore = "needs make deb: run by make test-deb"]
+fn on_armhf_a_disabled_python_agent_leaves_tunnel_agent_disabled() {
+    if can_boot_roots("on_armhf_a_disabled_python_agent_leaves_tunnel_agent_disabled") {
+        disabled_python_agent("armhf");
+    }
 }

@@ -1,7 +1,10 @@
 //! A Debian root filesystem booted by systemd-nspawn, for the tests of the systemd units and
-//! of the Debian package: made once by debootstrap from the Debian archive (bookworm, with
-//! systemd) and kept under `target/test-roots/`, copied for each test, booted, and driven from
-//! outside with nsenter. The container shares the machine's network (loopback included).
+//! of the Debian package: made once per architecture by debootstrap from the Debian archive
+//! (bookworm, with systemd) and kept outside the clone, where a warm CI machine finds it again
+//! (`TEST_ROOTS`, else `/var/cache/tunnel-agent-tests/roots`), copied for each test, booted,
+//! and driven from outside with nsenter. The container shares the machine's network (loopback
+//! included). A foreign root (armhf, arm64) runs under qemu-user: its binaries go to
+//! `qemu-*-static` through binfmt_misc, which `make test-deb` registers.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -14,20 +17,44 @@ pub fn run(cmd: &mut Command) -> String {
     ok_stdout(out, &format!("{cmd:?}"))
 }
 
-/// A Debian root with systemd, made once (about two minutes) and kept under `target/`.
+/// Where the roots are kept.
+fn roots() -> PathBuf {
+    std::env::var_os("TEST_ROOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/tunnel-agent-tests/roots"))
+}
+
+/// The machine's own Debian architecture.
+pub fn native_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "armhf",
+        other => panic!("no Debian root for {other}"),
+    }
+}
+
+/// A Debian root with systemd for the machine's architecture.
 pub fn base_root() -> PathBuf {
-    // The tests of this file run at once: one makes the root, the others wait for it.
+    base_root_for(native_arch())
+}
+
+/// A Debian root with systemd for `arch` (`amd64`, `armhf`, `arm64`), made once (about two
+/// minutes, three under emulation) and kept.
+pub fn base_root_for(arch: &str) -> PathBuf {
+    // The tests run at once: one makes a root, the others wait for it.
     static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = MAKING.lock().unwrap_or_else(|p| p.into_inner());
-    let roots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-roots");
-    let base = roots.join("bookworm-systemd");
+    let roots = roots();
+    let base = roots.join(format!("bookworm-systemd-{arch}"));
     if base.join(".complete").exists() {
         return base;
     }
-    let making = roots.join(format!("bookworm-systemd.{}", std::process::id()));
+    let making = roots.join(format!("bookworm-systemd-{arch}.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&making);
     std::fs::create_dir_all(&roots).unwrap();
     run(Command::new("debootstrap")
+        .arg(format!("--arch={arch}"))
         .args([
             "--variant=minbase",
             "--include=systemd,systemd-sysv,dbus,passwd",
@@ -46,8 +73,13 @@ pub struct Root(pub PathBuf);
 
 impl Root {
     pub fn new(name: &str) -> Root {
-        let base = base_root();
-        let dir = base.with_file_name(format!("{name}.{}", std::process::id()));
+        Root::for_arch(name, native_arch())
+    }
+
+    /// A copy of the root of `arch`.
+    pub fn for_arch(name: &str, arch: &str) -> Root {
+        let base = base_root_for(arch);
+        let dir = base.with_file_name(format!("{name}-{arch}.{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         run(Command::new("cp").arg("-a").arg(&base).arg(&dir));
         Root(dir)

@@ -253,3 +253,66 @@ fn the_services_meeting_grants_open_their_ports_and_a_revoked_one_closes_at_the_
     // The proxy was never asked: the grant came over verified HTTPS from the API alone.
     assert!(api.requests_to("GET", &path).len() >= 2);
 }
+
+/// Meeting's answers in every form they take: `authorized` as 1, services as a map, then as a
+/// list of `{name, enabled}`, and `relay`, which reaches the port its operator chose; a form
+/// the agent cannot read is said once, naming it, and the last good grant stays.
+#[test]
+fn every_form_of_meetings_answer_is_read_relay_included_and_an_unreadable_one_keeps_the_grant() {
+    let (ssh, relayed, vnc) = (echo_server(), echo_server(), echo_server());
+    let proxy = Proxy::for_ports(&[ssh, relayed, vnc], &[]);
+    let (to_ssh, to_relayed, to_vnc) = (proxy.tunnels[0], proxy.tunnels[1], proxy.tunnels[2]);
+    let api = FakeApi::start(&[KEY]);
+    let path = format!("/api/devices/{KEY}");
+    let answer = |authorized: serde_json::Value, services: serde_json::Value| {
+        let body = serde_json::json!({"device_key": KEY, "authorized": authorized,
+                                      "services": services, "token_code": TOKEN});
+        api.answer("GET", &path, 200, &body.to_string());
+    };
+    answer(
+        serde_json::json!(1),
+        serde_json::json!({"ssh": true, "relay": 1, "vnc": false}),
+    );
+    let device = Device::new("forms");
+    let v = serde_json::json!({
+        "api_url": api.url, "api_ca_file": api.ca_file, "device_key": KEY, "token_code": TOKEN,
+        "tunnel_host": "127.0.0.1", "tunnel_port": proxy.control.port(),
+        "service_ports": [format!("ssh={ssh}"), format!("vnc={vnc}")],
+        "services_interval": 1,
+    });
+    std::fs::write(device.config(), v.to_string()).unwrap();
+    let agent = device.agent();
+    let granted = agent.wait_for("Meeting grants this device relay, ssh:", SOON);
+    assert!(
+        granted.contains("and any other port the operator of a relay tunnel chooses"),
+        "{granted}"
+    );
+    proxy.wait_agent(1);
+    assert_eq!(echo_through(to_ssh, b"ssh"), b"ssh");
+    // The relay's port is whatever the operator chose: here another local service's.
+    assert_eq!(echo_through(to_relayed, b"relayed"), b"relayed");
+
+    // The web manager's other form: a list of {name, enabled}. relay goes, vnc comes.
+    answer(
+        serde_json::json!("true"),
+        serde_json::json!([{"name": "ssh", "enabled": true}, {"name": "relay", "enabled": false},
+                           {"name": "vnc"}]),
+    );
+    agent.wait_for("Meeting grants this device ssh, vnc:", SOON);
+    assert_eq!(echo_through(to_vnc, b"vnc"), b"vnc");
+    assert_eq!(echo_through(to_relayed, b"no"), b"");
+
+    // A form nobody expected: said once, naming it; the grant stays as it was.
+    answer(serde_json::json!(true), serde_json::json!("ssh;vnc"));
+    let said = agent.wait_for("cannot read the services Meeting grants", SOON);
+    assert!(
+        said.contains("`services` is a string this agent cannot read: \"ssh;vnc\"")
+            && said.contains("the ports stay as they were"),
+        "{said}"
+    );
+    let before = api.requests_to("GET", &path).len();
+    api.wait_for("GET", &path, before + 3, SOON);
+    assert_eq!(agent.count("cannot read the services Meeting grants"), 1);
+    assert_eq!(echo_through(to_ssh, b"still"), b"still");
+    assert_eq!(echo_through(to_vnc, b"still"), b"still");
+}

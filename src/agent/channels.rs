@@ -253,14 +253,13 @@ impl Channels {
     /// A port outside `allowed_ports`, or one channel too many, is answered with `C` at once.
     pub fn open(&self, stream: u32, port: u16) {
         let noise = &self.shared.totals.noise;
-        let open_ports = self.shared.live.open_ports();
-        if !open_ports.iter().any(|(p, _)| *p == port) {
+        if !self.shared.live.may_open(port) {
             if noise.allow(Cause::PortNotAllowed) {
                 warn!(
                     "refusing channel {stream}: the proxy asked for local port {port}, which no \
                      service Meeting grants uses and allowed_ports does not name (open: {}); \
                      answered with close",
-                    super::services::shown(&open_ports)
+                    super::services::shown(&self.shared.live.open_ports())
                 );
             }
             let _ = self.shared.tx.send(close_frame(stream));

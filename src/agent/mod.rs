@@ -63,6 +63,12 @@ impl Live {
         self.get().open_ports(granted.as_deref())
     }
 
+    /// Whether the proxy may open `port` now (see [`crate::config::Config::may_open`]).
+    pub fn may_open(&self, port: u16) -> bool {
+        let granted = self.granted.lock().unwrap_or_else(|p| p.into_inner());
+        self.get().may_open(granted.as_deref(), port).is_some()
+    }
+
     /// Records what Meeting grants.
     fn set_granted(&self, services: Option<Vec<String>>) {
         *self.granted.lock().unwrap_or_else(|p| p.into_inner()) = services;

@@ -13,6 +13,7 @@ use log::{info, warn};
 use crate::agent::beacon::Wake;
 use crate::agent::status::Status;
 use crate::agent::Live;
+use crate::config::RELAY;
 use crate::meeting::DeviceRecord;
 
 /// Bound of one request.
@@ -98,17 +99,25 @@ fn run(live: &Live, status: &Status) {
                 let cfg = live.get();
                 let unmapped: Vec<&String> = services
                     .iter()
-                    .filter(|s| !cfg.services.ports.iter().any(|(n, _)| n == *s))
+                    .filter(|s| *s != RELAY && !cfg.services.ports.iter().any(|(n, _)| n == *s))
                     .collect();
                 let ports = live.open_ports();
+                let relay_any =
+                    services.iter().any(|s| s == RELAY) && cfg.services.relay_ports.is_none();
                 format!(
-                    "Meeting grants this device {}: local ports open to the tunnel: {}{}",
+                    "Meeting grants this device {}: local ports open to the tunnel: {}{}{}",
                     if services.is_empty() {
                         "no service".to_owned()
                     } else {
                         services.join(", ")
                     },
                     shown(&ports),
+                    if relay_any {
+                        ", and any other port the operator of a relay tunnel chooses (relay; \
+                         relay_ports narrows it)"
+                    } else {
+                        ""
+                    },
                     if unmapped.is_empty() {
                         String::new()
                     } else {

@@ -310,7 +310,13 @@ pub struct Services {
     pub ports: Vec<(String, u16)>,
     /// Time between two readings of what Meeting grants.
     pub interval: Duration,
+    /// `relay_ports`: what a granted `relay` may reach; `None`: any port its operator chooses.
+    pub relay_ports: Option<Vec<u16>>,
 }
+
+/// Meeting's service whose local port its operator chooses (`POST /devices/{key}/service
+/// {"service":"relay","port":N}`).
+pub const RELAY: &str = "relay";
 
 /// The built-in local port of each Meeting service.
 pub const DEFAULT_SERVICE_PORTS: &[(&str, u16)] =
@@ -329,6 +335,9 @@ pub enum Opened {
     Granted(Vec<String>),
     /// Meeting's services are not known yet: ssh's port meanwhile.
     UntilKnown,
+    /// Meeting grants `relay`, which may reach any port its operator chooses (no
+    /// `relay_ports`).
+    Relay,
 }
 
 impl fmt::Display for Opened {
@@ -337,6 +346,9 @@ impl fmt::Display for Opened {
             Opened::Configured(source) => write!(f, "configured (allowed_ports, {source})"),
             Opened::Granted(services) => write!(f, "granted by Meeting: {}", services.join(", ")),
             Opened::UntilKnown => f.write_str("ssh's, until Meeting's services are known"),
+            Opened::Relay => {
+                f.write_str("granted by Meeting: relay, any port its operator chooses")
+            }
         }
     }
 }
@@ -356,17 +368,38 @@ impl Config {
             return vec![(UNTIL_KNOWN_PORT, Opened::UntilKnown)];
         };
         let mut out: Vec<(u16, Opened)> = Vec::new();
+        let mut add = |port: u16, service: &str| match out.iter_mut().find(|(p, _)| *p == port) {
+            Some((_, Opened::Granted(names))) => names.push(service.to_owned()),
+            _ => out.push((port, Opened::Granted(vec![service.to_owned()]))),
+        };
         for service in granted {
-            let Some((_, port)) = self.services.ports.iter().find(|(n, _)| n == service) else {
-                continue;
-            };
-            match out.iter_mut().find(|(p, _)| p == port) {
-                Some((_, Opened::Granted(names))) => names.push(service.clone()),
-                _ => out.push((*port, Opened::Granted(vec![service.clone()]))),
+            if service == RELAY {
+                for port in self.services.relay_ports.iter().flatten() {
+                    add(*port, service);
+                }
+            }
+            if let Some((_, port)) = self.services.ports.iter().find(|(n, _)| n == service) {
+                add(*port, service);
             }
         }
         out.sort_by_key(|(p, _)| *p);
         out
+    }
+
+    /// Whether the proxy may open `port`, and why: one of [`Config::open_ports`], or any port
+    /// while Meeting grants `relay` and `relay_ports` does not narrow it.
+    pub fn may_open(&self, granted: Option<&[String]>, port: u16) -> Option<Opened> {
+        if let Some((_, why)) = self
+            .open_ports(granted)
+            .into_iter()
+            .find(|(p, _)| *p == port)
+        {
+            return Some(why);
+        }
+        let relay = self.allowed_ports.is_none()
+            && self.services.relay_ports.is_none()
+            && granted.is_some_and(|g| g.iter().any(|s| s == RELAY));
+        relay.then_some(Opened::Relay)
     }
 }
 
@@ -993,6 +1026,7 @@ fn services(p: &Places) -> Result<Services, ConfigError> {
     Ok(Services {
         ports,
         interval: p.get(&SERVICES_INTERVAL)?.value.max(Duration::from_secs(1)),
+        relay_ports: p.given(&RELAY_PORTS)?.map(|r| r.value),
     })
 }
 

@@ -265,6 +265,11 @@ settings! {
         default Derived("the ports of the services Meeting grants (22 until it has answered)"), parse ports,
         "local ports the proxy may open, overriding the services Meeting grants (flag repeatable; file: [22, 5900])",
         list: true;
+    /// The local ports a `relay` tunnel may reach, when Meeting grants relay.
+    RELAY_PORTS: Vec<u16> = "relay_ports", flag Some("--relay-port"), env None, arg "PORT",
+        default Derived("any port Meeting's operator chooses, while Meeting grants relay"), parse ports_or_none,
+        "the local ports a relay tunnel may reach, while Meeting grants relay (flag repeatable; file: [8080], [] for none)",
+        list: true, empty_is_off: true;
     /// The local port of each Meeting service.
     SERVICE_PORTS: Vec<(String, u16)> = "service_ports", flag Some("--service-port"), env None, arg "NAME=PORT",
         default Derived("ssh=22, scp=22, vnc=5900, http=80 (http=5000 with /etc/rpi-cam/meeting.json)"),
@@ -409,6 +414,14 @@ pub fn port(s: &str) -> Result<u16, String> {
 /// Ports, comma-separated (the file's array and repeated flags are joined so).
 fn ports(s: &str) -> Result<Vec<u16>, String> {
     s.split(',').map(|p| port(p.trim())).collect()
+}
+
+/// Ports, comma-separated; nothing at all is no port (`[]` in the file).
+fn ports_or_none(s: &str) -> Result<Vec<u16>, String> {
+    if s.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    ports(s)
 }
 
 /// Services and their ports, `NAME=PORT`, comma-separated.

@@ -493,6 +493,43 @@ fn services_open_their_ports_and_allowed_ports_overrides_them() {
         let flags = Flags::default().with(&SERVICE_PORTS, bad);
         assert!(load(&flags, &env_of(&[]), &t.paths()).is_err(), "{bad}");
     }
+    // relay: any port its operator chooses, while granted; relay_ports narrows it, [] to none;
+    // allowed_ports still overrides.
+    let relay: Vec<String> = ["ssh", "relay"].map(String::from).to_vec();
+    let c = load(&Flags::default(), &env_of(&[]), &t.paths()).unwrap();
+    assert_eq!(c.may_open(Some(&relay), 8554), Some(Opened::Relay));
+    assert_eq!(c.may_open(Some(&relay), 22), Some(names(&["ssh"])));
+    assert_eq!(c.may_open(Some(&granted), 8554), None, "relay not granted");
+    assert_eq!(c.may_open(None, 8554), None, "nothing known yet");
+    t.file(
+        "config.json",
+        r#"{"device_key": "K", "token_code": "t", "tunnel_host": "p.example",
+            "relay_ports": [8554, 8080]}"#,
+    );
+    let c = load(&Flags::default(), &env_of(&[]), &t.paths()).unwrap();
+    assert_eq!(c.may_open(Some(&relay), 8554), Some(names(&["relay"])));
+    assert_eq!(c.may_open(Some(&relay), 9999), None);
+    assert_eq!(
+        c.open_ports(Some(&relay)),
+        vec![
+            (22, names(&["ssh"])),
+            (8080, names(&["relay"])),
+            (8554, names(&["relay"]))
+        ]
+    );
+    t.file(
+        "config.json",
+        r#"{"device_key": "K", "token_code": "t", "tunnel_host": "p.example", "relay_ports": []}"#,
+    );
+    let c = load(&Flags::default(), &env_of(&[]), &t.paths()).unwrap();
+    assert_eq!(c.may_open(Some(&relay), 8554), None);
+    let c = load(
+        &Flags::default().with(&ALLOWED_PORTS, "22"),
+        &env_of(&[]),
+        &t.paths(),
+    )
+    .unwrap();
+    assert_eq!(c.may_open(Some(&relay), 8554), None);
 }
 
 #[test]

@@ -314,13 +314,7 @@ impl Client {
         let url = self.url.device(device_key);
         let (status, body) = self.get(&url, &[("X-Token-Code", token)])?;
         match status {
-            200 => parse_record(&body).ok_or_else(|| ApiError::BadAnswer {
-                url,
-                why: format!(
-                    "HTTP 200 but the body is not a JSON object: \"{}\"",
-                    printable(body.as_bytes(), 80)
-                ),
-            }),
+            200 => parse_record(&body).map_err(|why| ApiError::BadAnswer { url, why }),
             404 => Ok(DeviceRecord::NotFound),
             code => Err(ApiError::Status {
                 url,
@@ -633,30 +627,100 @@ fn read_ca(path: &std::path::Path) -> Result<Vec<ureq::tls::Certificate<'static>
     Ok(certs)
 }
 
-fn parse_record(body: &str) -> Option<DeviceRecord> {
-    let v = serde_json::from_str::<Value>(body).ok()?;
-    let v = v.as_object()?;
-    Some(DeviceRecord::Found {
-        authorized: v
-            .get("authorized")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        services: v
-            .get("services")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default(),
+/// Reads a device record in every form Meeting's answers take; `Err` says which member has a
+/// form that cannot be read, and what it was.
+fn parse_record(body: &str) -> Result<DeviceRecord, String> {
+    let quoted = || format!("\"{}\"", printable(body.as_bytes(), 80));
+    let v = serde_json::from_str::<Value>(body)
+        .map_err(|_| format!("HTTP 200 but the body is not JSON: {}", quoted()))?;
+    let v = v
+        .as_object()
+        .ok_or_else(|| format!("HTTP 200 but the body is not a JSON object: {}", quoted()))?;
+    let authorized = match v.get("authorized") {
+        None => false,
+        Some(a) => flag(a).ok_or_else(|| unreadable("authorized", a))?,
+    };
+    Ok(DeviceRecord::Found {
+        authorized,
+        services: services(v.get("services"))?,
         token_code: v
             .get("token_code")
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
             .map(str::to_owned),
     })
+}
+
+/// A yes or no as Meeting's records carry it: `true`, `1`, `"1"`, `"true"` and `false`, `0`,
+/// `"0"`, `"false"`, `null`; `None` for anything else.
+fn flag(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::Null => Some(false),
+        Value::Number(n) => match n.as_f64() {
+            Some(x) if x == 1.0 => Some(true),
+            Some(x) if x == 0.0 => Some(false),
+            _ => None,
+        },
+        Value::String(t) => match t.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" => Some(true),
+            "0" | "false" | "" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn unreadable(member: &str, v: &Value) -> String {
+    let kind = match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    };
+    format!(
+        "`{member}` is {kind} this agent cannot read: {}",
+        printable(v.to_string().as_bytes(), 120)
+    )
+}
+
+/// The granted services in each form Meeting (and the web manager) use: a list of names, a
+/// list of `{"name": …, "enabled": …}` (no `enabled`: granted), or a map of name to yes or no.
+fn services(v: Option<&Value>) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    match v {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let bad = || unreadable(&format!("services[{i}]"), item);
+                match item {
+                    Value::String(name) => out.push(name.clone()),
+                    Value::Object(o) => {
+                        let name = o.get("name").and_then(Value::as_str).ok_or_else(bad)?;
+                        let on = match o.get("enabled") {
+                            None => true,
+                            Some(e) => flag(e).ok_or_else(bad)?,
+                        };
+                        if on {
+                            out.push(name.to_owned());
+                        }
+                    }
+                    _ => return Err(bad()),
+                }
+            }
+        }
+        Some(Value::Object(map)) => {
+            for (name, on) in map {
+                if flag(on).ok_or_else(|| unreadable(&format!("services.{name}"), on))? {
+                    out.push(name.clone());
+                }
+            }
+        }
+        Some(other) => return Err(unreadable("services", other)),
+    }
+    Ok(out)
 }
 
 /// One entry of `GET {api}/tunnels`: a public port the proxy listens on for a device.
@@ -802,7 +866,7 @@ mod tests {
             parse_record(
                 r#"{"device_key":"K","authorized":true,"services":["ssh","scp","debug"]}"#
             ),
-            Some(DeviceRecord::Found {
+            Ok(DeviceRecord::Found {
                 authorized: true,
                 services: vec!["ssh".into(), "scp".into(), "debug".into()],
                 token_code: None,
@@ -816,7 +880,7 @@ mod tests {
             let body = format!(r#"{{"device_key":"K","authorized":false,{member}}}"#);
             assert_eq!(
                 parse_record(&body),
-                Some(DeviceRecord::Found {
+                Ok(DeviceRecord::Found {
                     authorized: false,
                     services: vec![],
                     token_code: expected.map(str::to_owned),
@@ -824,8 +888,80 @@ mod tests {
                 "{body}"
             );
         }
-        assert_eq!(parse_record("<html>"), None);
-        assert_eq!(parse_record("[1]"), None);
+        assert!(parse_record("<html>").unwrap_err().contains("not JSON"));
+        assert!(parse_record("[1]")
+            .unwrap_err()
+            .contains("not a JSON object"));
+    }
+
+    /// Every form of `authorized` and `services` seen from Meeting and the web manager.
+    #[test]
+    fn record_forms() {
+        let read = |authorized: &str, services: &str| match parse_record(&format!(
+            r#"{{"device_key":"K","authorized":{authorized},"services":{services}}}"#
+        )) {
+            Ok(DeviceRecord::Found {
+                authorized,
+                services,
+                ..
+            }) => {
+                let mut services = services;
+                services.sort();
+                Ok((authorized, services.join(",")))
+            }
+            Ok(other) => panic!("{other:?}"),
+            Err(why) => Err(why),
+        };
+        for yes in ["true", "1", "1.0", r#""1""#, r#""true""#, r#""True""#] {
+            assert_eq!(read(yes, "[]"), Ok((true, String::new())), "{yes}");
+        }
+        for no in ["false", "0", r#""0""#, r#""false""#, "null"] {
+            assert_eq!(read(no, "[]"), Ok((false, String::new())), "{no}");
+        }
+        for services in [
+            r#"["ssh","http"]"#,
+            r#"[{"name":"ssh","enabled":true},{"name":"vnc","enabled":false},{"name":"http"}]"#,
+            r#"[{"name":"ssh","enabled":1},{"name":"http","enabled":"true"}]"#,
+            r#"{"ssh":true,"vnc":false,"http":1}"#,
+        ] {
+            assert_eq!(
+                read("1", services),
+                Ok((true, "http,ssh".into())),
+                "{services}"
+            );
+        }
+        assert_eq!(read("true", "null"), Ok((true, String::new())));
+        for (authorized, services, why) in [
+            (
+                "\"yes\"",
+                "[]",
+                "`authorized` is a string this agent cannot read: \"yes\"",
+            ),
+            (
+                "2",
+                "[]",
+                "`authorized` is a number this agent cannot read: 2",
+            ),
+            (
+                "true",
+                "\"ssh,http\"",
+                "`services` is a string this agent cannot read",
+            ),
+            (
+                "true",
+                "[7]",
+                "`services[0]` is a number this agent cannot read: 7",
+            ),
+            (
+                "true",
+                r#"[{"enabled":true}]"#,
+                "`services[0]` is an object",
+            ),
+            ("true", r#"{"ssh":"maybe"}"#, "`services.ssh` is a string"),
+        ] {
+            let got = read(authorized, services).unwrap_err();
+            assert!(got.starts_with(why), "{got}");
+        }
     }
 
     #[test]

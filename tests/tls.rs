@@ -381,3 +381,63 @@ fn tls_to_the_proxy_runs_end_to_end_inside_an_outbound_proxy() {
     assert!(line.contains("certificate"), "{line}");
     assert_eq!(proxy.proc.count(&format!("device {KEY} connected from")), 1);
 }
+
+/// A private CA installed in the system's bundle (`SSL_CERT_FILE` here; on a device
+/// /etc/ssl/certs/ca-certificates.crt, where update-ca-certificates puts it) is trusted for the
+/// proxy and for the Meeting API, beside the compiled-in roots, as the Python agent trusted
+/// it; `ca_file` narrows trust to its own CA.
+#[test]
+fn a_private_ca_in_the_system_bundle_is_trusted_for_the_proxy_and_the_api_and_ca_file_narrows() {
+    let pki = Pki::new("system-bundle");
+    let ca = pki.ca("ca");
+    pki.ca("other");
+    pki.server(&ca, "server", &["proxy.test"], Validity::Now);
+    let echo = echo_server();
+    let proxy = pki.proxy("server", echo);
+    let api = FakeApi::start(&[KEY]);
+    // The system's bundle: what the machine has (public CAs), then the two private ones.
+    let mut bundle =
+        std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
+    bundle.push_str(&std::fs::read_to_string(pki.path("ca.pem")).unwrap());
+    bundle.push_str(&std::fs::read_to_string(&api.ca_file).unwrap());
+    let bundle_file = pki.path("bundle.crt");
+    std::fs::write(&bundle_file, bundle).unwrap();
+    let allow = echo.to_string();
+    let env = [("SSL_CERT_FILE", bundle_file.as_str())];
+    let agent = agent_with_env(
+        proxy.control,
+        &[
+            "--tls",
+            "--tls-server-name",
+            "proxy.test",
+            "--api-url",
+            &api.url,
+            "--allow-port",
+            &allow,
+        ],
+        &env,
+    );
+    proxy.wait_agent(1);
+    let line = agent.wait_for("TLS to proxy", SOON);
+    assert!(line.contains("issued by \"ca test CA\""), "{line}");
+    assert_eq!(echo_through(proxy.tunnels[0], b"system"), b"system");
+    // The API over HTTPS, verified against the same bundle: the heartbeat arrives.
+    api.wait_for("POST", &format!("/api/devices/{KEY}/online"), 1, SOON);
+    drop(agent);
+
+    // ca_file narrows: only its CA, the bundle's private CA no longer.
+    let other = pki.path("other.pem");
+    let agent = agent_with_env(
+        proxy.control,
+        &[
+            "--tls",
+            "--ca-file",
+            &other,
+            "--tls-server-name",
+            "proxy.test",
+        ],
+        &env,
+    );
+    let line = agent.wait_for("certificate not trusted", SOON);
+    assert!(line.contains("other.pem"), "{line}");
+}

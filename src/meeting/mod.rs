@@ -7,6 +7,8 @@
 //! only into the one header that needs it.
 
 #[cfg(feature = "tls")]
+mod tls;
+#[cfg(feature = "tls")]
 mod via;
 
 use std::fmt;
@@ -503,11 +505,19 @@ impl Client {
 
     #[cfg(feature = "tls")]
     fn build_agent(&self) -> Result<ureq::Agent, ApiError> {
-        use ureq::tls::{RootCerts, TlsConfig};
-        let mut tls = TlsConfig::builder();
-        if let Some(path) = &self.ca_file {
-            tls = tls.root_certs(RootCerts::new_with_certs(&read_ca(path)?));
-        }
+        use crate::transport::tls::{client_config, TlsError};
+        use ureq::unversioned::resolver::DefaultResolver;
+        use ureq::unversioned::transport::{Connector, TcpConnector};
+        let tls = tls::Tls {
+            config: client_config(self.ca_file.as_deref()).map_err(|e| match e {
+                TlsError::CaFile { path, why } => ApiError::CaFile { path, why },
+                // Not reached: rustls builds a client with its default versions.
+                other => ApiError::CaFile {
+                    path: self.ca_file.clone().unwrap_or_default(),
+                    why: other.to_string(),
+                },
+            })?,
+        };
         let config = ureq::Agent::config_builder()
             // Meeting's answers are small: 16 KiB buffers instead of ureq's 128 KiB each way
             // keep a burst of requests (a proxy deciding a fleet's handshakes) from leaving
@@ -516,25 +526,23 @@ impl Client {
             .output_buffer_size(16 * 1024)
             .timeout_global(Some(self.timeout))
             .http_status_as_error(false)
-            .tls_config(tls.build())
             // Never HTTPS_PROXY/ALL_PROXY (ureq's default): `outbound` alone says the way, the
             // same for the API as for the tunnel.
             .proxy(None)
             .user_agent(concat!("tunnel-agent/", env!("CARGO_PKG_VERSION")))
             .build();
         Ok(match &self.outbound {
-            None => config.into(),
+            None => ureq::Agent::with_parts(
+                config,
+                TcpConnector::default().chain(tls),
+                DefaultResolver::default(),
+            ),
             Some(proxy) => {
-                use ureq::unversioned::transport::{Connector, RustlsConnector};
                 let via = via::Via {
                     proxy: proxy.clone(),
                     timeout: self.timeout,
                 };
-                ureq::Agent::with_parts(
-                    config,
-                    via.chain(RustlsConnector::default()),
-                    via::NoLookup,
-                )
+                ureq::Agent::with_parts(config, via.chain(tls), via::NoLookup)
             }
         })
     }
@@ -603,28 +611,6 @@ fn server_text(body: &str) -> String {
             .map(str::to_owned)
     });
     printable(from_json.as_deref().unwrap_or(body).as_bytes(), 120)
-}
-
-/// The certificates of a PEM CA file.
-#[cfg(feature = "tls")]
-fn read_ca(path: &std::path::Path) -> Result<Vec<ureq::tls::Certificate<'static>>, ApiError> {
-    let ca_error = |why: String| ApiError::CaFile {
-        path: path.to_owned(),
-        why,
-    };
-    let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-        .filter_map(|item| match item {
-            Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
-            Ok(_) => None,
-            Err(e) => Some(Err(e)),
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| ca_error(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(ca_error("no PEM certificate in it".into()));
-    }
-    Ok(certs)
 }
 
 /// Reads a device record in every form Meeting's answers take; `Err` says which member has a

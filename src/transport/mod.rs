@@ -72,7 +72,17 @@ impl TlsTarget<'_> {
     pub fn trusted(&self) -> String {
         match self.ca_file {
             Some(ca) => format!("the CA in {}", ca.display()),
-            None => "any public certificate authority (webpki-roots)".to_owned(),
+            None => {
+                #[cfg(feature = "tls")]
+                if let Some(bundle) = tls::system_bundle() {
+                    return format!(
+                        "any public certificate authority (webpki-roots) and the system's \
+                         bundle {}",
+                        bundle.display()
+                    );
+                }
+                "any public certificate authority (webpki-roots)".to_owned()
+            }
         }
     }
 }

@@ -221,7 +221,23 @@ fn cpu_has_aes() -> bool {
     }
 }
 
-/// A client configuration trusting `ca_file` if given, else the public roots (webpki-roots).
+/// The system's CA bundle, where Debian, Raspberry Pi OS, Buildroot and Yocto keep it
+/// (ca-certificates, with the CAs an administrator installed).
+pub const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The system's CA bundle in use: `SSL_CERT_FILE` when set (as OpenSSL and Python read it),
+/// else [`SYSTEM_BUNDLE`] when it exists.
+pub fn system_bundle() -> Option<PathBuf> {
+    match std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()) {
+        Some(file) => Some(PathBuf::from(file)),
+        None => Some(PathBuf::from(SYSTEM_BUNDLE)).filter(|p| p.is_file()),
+    }
+}
+
+/// A client configuration trusting `ca_file` alone if given, else the public roots compiled
+/// in (webpki-roots) and the certificates of the system's bundle ([`system_bundle`]): a
+/// private CA installed there is trusted, as the Python agent trusted it. A bundle that
+/// cannot be read leaves the compiled-in roots.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     match ca_file {
@@ -241,7 +257,23 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsErr
                 roots.add(c).map_err(|e| bad(e.to_string()))?;
             }
         }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        None => {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            if let Some(bundle) = system_bundle() {
+                match CertificateDer::pem_file_iter(&bundle) {
+                    Ok(certs) => {
+                        let (added, ignored) =
+                            roots.add_parsable_certificates(certs.filter_map(Result::ok));
+                        log::debug!(
+                            "trusting {added} certificates of {} besides the compiled-in roots \
+                             ({ignored} unusable)",
+                            bundle.display()
+                        );
+                    }
+                    Err(e) => log::debug!("system CA bundle {}: {e}", bundle.display()),
+                }
+            }
+        }
     }
     let config = ClientConfig::builder_with_provider(client_provider())
         .with_safe_default_protocol_versions()

@@ -413,11 +413,7 @@ fn lifecycle(arch: &str) {
     assert_eq!(property(n, OLD, "ActiveState"), "active");
     assert_eq!(python_runs(&root), 2);
 
-    container.signal("TERM");
-    assert!(
-        container.wait_exit(SOON * 6).is_some(),
-        "the container did not stop"
-    );
+    halt(&mut container);
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
@@ -468,11 +464,7 @@ fn disabled_python_agent(arch: &str) {
     );
     wait_active(&container, OLD);
     assert_eq!(python_runs(&root), 1);
-    container.signal("TERM");
-    assert!(
-        container.wait_exit(SOON * 6).is_some(),
-        "the container did not stop"
-    );
+    halt(&mut container);
     let _ = std::fs::remove_dir_all(&tmp);
 }
 

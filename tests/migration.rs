@@ -316,3 +316,109 @@ fn every_form_of_meetings_answer_is_read_relay_included_and_an_unreadable_one_ke
     assert_eq!(echo_through(to_ssh, b"still"), b"still");
     assert_eq!(echo_through(to_vnc, b"still"), b"still");
 }
+
+/// The web manager beats too, with its own `note`, `ip_address` and `ip_public`: on its device
+/// (configured from /etc/rpi-cam/meeting.json) the agent's beats say only that the device is
+/// there, so Meeting's record, built from the beats in the order the fake API received them,
+/// never alternates between two senders' values.
+#[test]
+fn where_the_web_manager_beats_too_meetings_record_does_not_alternate() {
+    let proxy = Proxy::for_ports(&[echo_server()], &[]);
+    let api = FakeApi::start(&[KEY]);
+    let dir = std::env::temp_dir().join(format!("tunnel-agent-beats-{}", std::process::id()));
+    let file = dir.join("rpi-cam/meeting.json");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let v = serde_json::json!({
+        "enabled": true, "api_url": api.url, "device_key": KEY, "token_code": TOKEN,
+        "heartbeat_interval": 5, "tunnel_host": "127.0.0.1",
+        "tunnel_port": proxy.control.port(), "api_ca_file": api.ca_file,
+        "allowed_ports": proxy.ports,
+    });
+    std::fs::write(&file, v.to_string()).unwrap();
+    let path = format!("/api/devices/{KEY}/online");
+    // The web manager's heartbeat, as it sends it, every 300 ms here.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let beating = {
+        let (stop, url, path) = (stop.clone(), api.http_url.clone(), path.clone());
+        std::thread::spawn(move || {
+            let addr = url
+                .trim_start_matches("http://")
+                .split('/')
+                .next()
+                .unwrap()
+                .to_owned();
+            let body = r#"{"ip_address":"192.168.1.50","ip_public":"203.0.113.7","note":"RTSP Recorder - Raspberry Pi 3 Model B Rev 1.2 - 192.168.1.50"}"#;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut s = std::net::TcpStream::connect(&addr).unwrap();
+                let req = format!(
+                    "POST {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: python-requests/2.28.1\r\n\
+                     Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+                let _ = std::io::Read::read_to_end(&mut s, &mut Vec::new());
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+        })
+    };
+    let agent = Proc::spawn(
+        bin("tunnel-agent"),
+        &["--config", file.to_str().unwrap(), "--ssh-keys", "false"],
+        &[],
+    );
+    proxy.wait_agent(1);
+    // The agent beats at start, after the handshake and every 5 s: wait for three of them.
+    let deadline = std::time::Instant::now() + SOON;
+    let from_agent = |r: &support::fake_api::Request| {
+        r.header("user-agent")
+            .is_some_and(|u| u.starts_with("tunnel-agent/"))
+    };
+    while api
+        .requests_to("POST", &path)
+        .iter()
+        .filter(|r| from_agent(r))
+        .count()
+        < 3
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", agent.output());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    beating.join().unwrap();
+    let beats = api.requests_to("POST", &path);
+    // Meeting's record as the beats leave it, member by member, after each beat.
+    let mut record = serde_json::Map::new();
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for beat in &beats {
+        let body = beat.json();
+        let members = body.as_object().unwrap();
+        if from_agent(beat) {
+            for m in ["note", "ip_address", "ip_lan", "ip_public", "mac"] {
+                assert!(!members.contains_key(m), "the agent's beat has {m}: {body}");
+            }
+        }
+        for (k, v) in members {
+            record.insert(k.clone(), v.clone());
+        }
+        for m in ["note", "ip_address", "ip_public"] {
+            if let Some(v) = record.get(m) {
+                let v = v.to_string();
+                match seen.iter().find(|(k, _)| k == m) {
+                    Some((_, first)) => assert_eq!(&v, first, "{m} changed: {beats:?}"),
+                    None => seen.push((m.to_owned(), v)),
+                }
+            }
+        }
+    }
+    let agents = beats.iter().filter(|r| from_agent(r)).count();
+    assert!(
+        agents >= 3 && beats.len() > agents,
+        "{agents} of {} beats",
+        beats.len()
+    );
+    assert_eq!(
+        record["note"],
+        "RTSP Recorder - Raspberry Pi 3 Model B Rev 1.2 - 192.168.1.50"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -168,12 +168,17 @@ impl Heart {
             return self.hb.interval;
         };
         let ip = lan.and_then(|l| l.ip).map(|ip| ip.to_string());
-        let beat = Beat {
-            ip_address: ip.clone(),
-            ip_lan: ip,
-            ip_public: self.public_ip(&client),
-            mac: lan.and_then(|l| l.mac.clone()),
-            note: Some(self.hb.note.clone()),
+        // Presence only where the web manager beats too: Meeting's record keeps its values
+        // rather than alternating between two senders'.
+        let beat = match self.hb.details {
+            true => Beat {
+                ip_address: ip.clone(),
+                ip_lan: ip,
+                ip_public: self.public_ip(&client),
+                mac: lan.and_then(|l| l.mac.clone()),
+                note: Some(self.hb.note.clone()),
+            },
+            false => Beat::default(),
         };
         let sent = client.beat(&self.key, &beat);
         self.client = Some(client);

@@ -301,6 +301,9 @@ pub struct Heartbeat {
     pub note: String,
     /// URL answering the public address, when configured.
     pub public_ip_url: Option<String>,
+    /// `heartbeat_details`: the beat carries note, addresses and MAC; else it only says the
+    /// device is there (the web manager, which beats too, describes it).
+    pub details: bool,
 }
 
 /// Meeting's services on this device.
@@ -1002,7 +1005,20 @@ fn heartbeat(p: &Places, api: &Api, enabled: &Sourced<bool>) -> Result<Heartbeat
         retry_unregistered: p.get(&HEARTBEAT_RETRY_UNREGISTERED)?.value,
         note,
         public_ip_url: p.given(&PUBLIC_IP_URL)?.map(|s| s.value),
+        details: match p.given(&HEARTBEAT_DETAILS)? {
+            Some(d) => d.value,
+            None => !web_manager_device(p),
+        },
     })
+}
+
+/// Whether the configuration comes from the RTSP-recorder web manager's file: that web manager
+/// serves http on its port 5000, and sends heartbeats of its own, with its own `note`,
+/// `ip_address` and `ip_public`.
+fn web_manager_device(p: &Places) -> bool {
+    p.files
+        .iter()
+        .any(|f| f.path.ends_with("rpi-cam/meeting.json"))
 }
 
 /// Meeting's services: the built-in ports, the web manager's on a device configured from
@@ -1012,10 +1028,7 @@ fn services(p: &Places) -> Result<Services, ConfigError> {
         .iter()
         .map(|(n, port)| (n.to_string(), *port))
         .collect();
-    if p.files
-        .iter()
-        .any(|f| f.path.ends_with("rpi-cam/meeting.json"))
-    {
+    if web_manager_device(p) {
         set_port(&mut ports, "http", RPI_CAM_HTTP_PORT);
     }
     if let Some(given) = p.given(&SERVICE_PORTS)? {

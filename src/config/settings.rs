@@ -205,6 +205,11 @@ settings! {
     /// The heartbeat's `note`.
     HEARTBEAT_NOTE: String = "heartbeat_note", flag None, env None, arg "",
         default Derived("tunnel-agent VERSION on MODEL"), parse text, "the note the heartbeat sends";
+    /// Whether the heartbeat describes the device (note, addresses, MAC) or only says it is there.
+    HEARTBEAT_DETAILS: bool = "heartbeat_details", flag None, env None, arg "",
+        default Derived("true; false with /etc/rpi-cam/meeting.json, where the web manager beats with its own"),
+        parse yes_no,
+        "whether the heartbeat carries note, ip_address, ip_lan, ip_public and mac (false: presence only)";
     /// Time between heartbeats while Meeting answers 404/401/403.
     HEARTBEAT_RETRY_UNREGISTERED: Duration = "heartbeat_retry_unregistered", flag None, env None, arg "",
         default Value("600"), parse seconds, "seconds between heartbeats while Meeting answers 404/401/403";

@@ -207,3 +207,18 @@ pub fn wait_property(container: &Proc, unit: &str, name: &str, want: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Stops the booted container and waits for it: `systemctl poweroff` inside (under qemu-user
+/// systemd does not get the signal systemd-nspawn stops a container with), else SIGTERM.
+pub fn halt(container: &mut Proc) {
+    let n = container.pid();
+    let _ = try_in_container(n, "systemctl", &["poweroff", "--no-block"]);
+    if container.wait_exit(SOON * 3).is_some() {
+        return;
+    }
+    container.signal("TERM");
+    assert!(
+        container.wait_exit(SOON * 3).is_some(),
+        "the container did not stop"
+    );
+}

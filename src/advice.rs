@@ -325,6 +325,15 @@ pub fn key_missing() -> String {
         .to_owned()
 }
 
+/// Meeting's key is also installed without a restriction (the web manager's "install key").
+pub fn unrestricted_copy() -> String {
+    "delete the line named (sed -i 'Nd' FILE, N its number), after checking it is Meeting's key \
+     without options: tunnel-agent's own line, restricted, stays in its block and lets Meeting \
+     in through the tunnel; do not press the web manager's \"install key\" again (README: \
+     \"Meeting's key in two forms\")"
+        .to_owned()
+}
+
 /// The SSH server would refuse Meeting's key line as written.
 pub fn line_refused() -> String {
     "run `tunnel-agent keys` as root: it writes the line this server accepts".to_owned()

@@ -634,6 +634,41 @@ fn meetings_terminal_login_user_key_modes_and_sshd() {
     );
     assert_eq!(o.step("ssh-login")["status"], "pass");
 
+    // The web manager's "install key" appended Meeting's key as it is: said, with the file and
+    // the line, and left in place.
+    let both = format!(
+        "ssh-rsa AAAA other\nfrom=\"127.0.0.1,::1\" {MEETING_KEY}\n{MEETING_KEY} web-manager\n"
+    );
+    std::fs::write(&file, &both).unwrap();
+    let o = check(&s);
+    o.assert(
+        "ok",
+        0,
+        &["holds Meeting's key SHA256:+DiY3wvvV6TuJJhbpZisF"],
+    );
+    let step = o.step("ssh-login");
+    assert_eq!(step["status"], "warn", "{step}");
+    let detail = step["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!(
+            "Meeting's key is also in {} line 3 without a restriction",
+            file.display()
+        )),
+        "{detail}"
+    );
+    assert!(
+        step["hint"]
+            .as_str()
+            .unwrap()
+            .contains("delete the line named"),
+        "{step}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        both,
+        "never rewritten"
+    );
+
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
     check(&s).assert("login_file_modes", 7, &["mode 0666", "StrictModes"]);
 

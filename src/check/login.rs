@@ -112,23 +112,36 @@ pub(super) fn login_step(cfg: &Config, opts: &Options) -> (Step, Login) {
                         Login::LineRefused(why),
                     );
                 }
+                let ready = format!(
+                    "{} answers on 127.0.0.1:{port}; {} holds Meeting's key {fp} for {} in a \
+                     line it accepts ({})",
+                    server.name(),
+                    path.display(),
+                    user.name,
+                    if options.is_empty() {
+                        "no options"
+                    } else {
+                        options
+                    }
+                );
+                let copies = unrestricted_copies(&path, &fp);
+                if copies.is_empty() {
+                    return (
+                        step("ssh-login", Status::Pass, ready, None, t),
+                        Login::Ready,
+                    );
+                }
                 (
                     step(
                         "ssh-login",
-                        Status::Pass,
+                        Status::Warn,
                         format!(
-                            "{} answers on 127.0.0.1:{port}; {} holds Meeting's key {fp} for {} \
-                             in a line it accepts ({})",
-                            server.name(),
-                            path.display(),
-                            user.name,
-                            if options.is_empty() {
-                                "no options"
-                            } else {
-                                options
-                            }
+                            "{ready}; but Meeting's key is also in {} without a restriction \
+                             (no from=, command= or restrict): that copy lets it log in from \
+                             anywhere, not only through the tunnel",
+                            copies.join(", ")
                         ),
-                        None,
+                        Some(crate::advice::unrestricted_copy()),
                         t,
                     ),
                     Login::Ready,
@@ -157,6 +170,29 @@ pub(super) fn login_step(cfg: &Config, opts: &Options) -> (Step, Login) {
             Login::Unknown,
         ),
     }
+}
+
+/// Where Meeting's key (fingerprint `fp`) is also installed without a restriction, as
+/// `FILE line N`: in the login user's `authorized_keys` (`ours`) and in root's, which the web
+/// manager's "install key" button also writes to.
+#[cfg(feature = "tls")]
+fn unrestricted_copies(ours: &Path, fp: &str) -> Vec<String> {
+    let mut files = vec![ours.to_owned()];
+    if let Some(root) = crate::sshkeys::users::by_uid(0) {
+        let file = root.home.join(".ssh").join("authorized_keys");
+        if file != ours {
+            files.push(file);
+        }
+    }
+    files
+        .iter()
+        .flat_map(|file| {
+            let bytes = std::fs::read(file).unwrap_or_default();
+            crate::sshkeys::edit::unrestricted_copies(&bytes, fp)
+                .into_iter()
+                .map(move |n| format!("{} line {n}", file.display()))
+        })
+        .collect()
 }
 
 /// Why `server` would not accept Meeting's key line with `options`: an option it does not

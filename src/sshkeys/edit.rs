@@ -121,22 +121,47 @@ pub fn authorized_keys(existing: &[u8]) -> Vec<PublicKey> {
 
 /// Every key of an `authorized_keys` file with the options written before it (`""`: none).
 pub fn authorized_lines(existing: &[u8]) -> Vec<(String, PublicKey)> {
-    lines(existing)
-        .into_iter()
-        .filter_map(|l| std::str::from_utf8(l).ok())
-        .filter_map(|l| {
-            let l = l.trim();
-            // The key is the first word that is an algorithm; what stands before it is options.
-            let start = l
-                .match_indices(|c: char| c.is_ascii_whitespace())
-                .map(|(i, _)| i + 1)
-                .chain([0])
-                .filter(|&i| super::key::ALGORITHMS.iter().any(|a| l[i..].starts_with(a)))
-                .min()?;
-            let key = PublicKey::parse(&l[start..]).ok()?;
-            Some((l[..start].trim().to_owned(), key))
-        })
-        .collect()
+    lines(existing).into_iter().filter_map(key_line).collect()
+}
+
+/// The options and the key of one `authorized_keys` line, when it holds a key.
+fn key_line(line: &[u8]) -> Option<(String, PublicKey)> {
+    let l = std::str::from_utf8(line).ok()?.trim();
+    // The key is the first word that is an algorithm; what stands before it is options.
+    let start = l
+        .match_indices(|c: char| c.is_ascii_whitespace())
+        .map(|(i, _)| i + 1)
+        .chain([0])
+        .filter(|&i| super::key::ALGORITHMS.iter().any(|a| l[i..].starts_with(a)))
+        .min()?;
+    let key = PublicKey::parse(&l[start..]).ok()?;
+    Some((l[..start].trim().to_owned(), key))
+}
+
+/// The lines (1-based), outside tunnel-agent's block, that hold the key of fingerprint `fp`
+/// with none of the options that keep it from logging in from anywhere (`from=`, `command=`,
+/// `restrict`): the copy the web manager's "install key" button appends, which undoes the
+/// restriction of ours. Found to be said, never rewritten.
+pub fn unrestricted_copies(existing: &[u8], fp: &str) -> Vec<usize> {
+    let mut inside = false;
+    let mut found = Vec::new();
+    for (i, line) in lines(existing).into_iter().enumerate() {
+        if is(line, BEGIN) {
+            inside = true;
+        } else if is(line, END) {
+            inside = false;
+        } else if let Some((options, key)) = key_line(line).filter(|_| !inside) {
+            let restricted = super::server::option_names(&options).iter().any(|n| {
+                ["from", "command", "restrict"]
+                    .iter()
+                    .any(|r| n.eq_ignore_ascii_case(r))
+            });
+            if !restricted && key.fingerprint() == fp {
+                found.push(i + 1);
+            }
+        }
+    }
+    found
 }
 
 /// One line of Meeting's `ssh-hostkey` answer: `host algorithm base64`.
@@ -262,6 +287,25 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.matches(BEGIN).count(), 1);
+    }
+
+    /// Meeting's key in the web manager's form (the key alone, or with options that do not
+    /// restrict) is found by line; ours, inside the block or restricted, is not.
+    #[test]
+    fn unrestricted_copies_of_a_key_are_found_by_line() {
+        let fp = PublicKey::parse(K1).unwrap().fingerprint();
+        let file = format!(
+            "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 other\n{BEGIN}\n{K1} ours-without-from\n{END}\n\
+             {K1} meeting@web-manager\nfrom=\"127.0.0.1\" {K1} restricted\n\
+             no-pty,no-agent-forwarding {K1} still-open\nrestrict {K1} r\n\
+             command=\"/bin/true\" {K1} c\n"
+        );
+        assert_eq!(unrestricted_copies(file.as_bytes(), &fp), vec![5, 7]);
+        assert_eq!(unrestricted_copies(b"", &fp), Vec::<usize>::new());
+        assert_eq!(
+            unrestricted_copies(file.as_bytes(), "SHA256:another-key"),
+            Vec::<usize>::new()
+        );
     }
 
     #[test]

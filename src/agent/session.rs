@@ -391,28 +391,37 @@ fn handshake_then_frames(
     let _ = sock.set_read_timeout(None);
     status.set(State::Connected);
     live.beacon().authenticated();
-    frames(
-        cfg,
+    let wire = Wire {
         sock,
         reader,
         writer,
-        live,
-        shutdown,
-        status.totals(),
         late,
-    )
+    };
+    frames(cfg, wire, live, shutdown, status.totals())
+}
+
+/// The control connection once the handshake is over: its socket, its two halves, and when the
+/// handshake was sent if no reply came in time (a late one may still begin the frames).
+struct Wire {
+    sock: TcpStream,
+    reader: BufReader<Box<dyn Read + Send>>,
+    writer: Box<dyn Write + Send>,
+    late: Option<Instant>,
 }
 
 fn frames(
     cfg: &Config,
-    sock: TcpStream,
-    reader: BufReader<Box<dyn Read + Send>>,
-    writer: Box<dyn Write + Send>,
+    wire: Wire,
     live: &Arc<Live>,
     shutdown: &Shutdown,
     totals: &Arc<Totals>,
-    mut late: Option<Instant>,
 ) -> SessionOutcome {
+    let Wire {
+        sock,
+        reader,
+        writer,
+        mut late,
+    } = wire;
     let since = Instant::now();
     let closer = match sock.try_clone() {
         Ok(c) => c,

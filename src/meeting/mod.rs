@@ -644,8 +644,8 @@ fn flag(v: &Value) -> Option<bool> {
         Value::Bool(b) => Some(*b),
         Value::Null => Some(false),
         Value::Number(n) => match n.as_f64() {
-            Some(x) if x == 1.0 => Some(true),
-            Some(x) if x == 0.0 => Some(false),
+            Some(1.0) => Some(true),
+            Some(0.0) => Some(false),
             _ => None,
         },
         Value::String(t) => match t.trim().to_ascii_lowercase().as_str() {

@@ -42,9 +42,13 @@ pub fn base_root() -> PathBuf {
 /// A Debian root with systemd for `arch` (`amd64`, `armhf`, `arm64`), made once (about two
 /// minutes, three under emulation) and kept.
 pub fn base_root_for(arch: &str) -> PathBuf {
-    // The tests run at once: one makes a root, the others wait for it.
-    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = MAKING.lock().unwrap_or_else(|p| p.into_inner());
+    // The tests run at once: one makes an architecture's root, the others wait for it.
+    static MAKING: [std::sync::Mutex<()>; 3] = [const { std::sync::Mutex::new(()) }; 3];
+    let slot = ["amd64", "armhf", "arm64"]
+        .iter()
+        .position(|a| *a == arch)
+        .unwrap_or_else(|| panic!("no Debian root for {arch}"));
+    let _one = MAKING[slot].lock().unwrap_or_else(|p| p.into_inner());
     let roots = roots();
     let base = roots.join(format!("bookworm-systemd-{arch}"));
     if base.join(".complete").exists() {

@@ -1,5 +1,6 @@
-//! The Meeting REST API client (blocking, HTTPS): base URL normalisation, the device record
-//! that `check` reads, and the TLS settings it shares with the proxy connection. Described in
+//! The Meeting REST API client (blocking, HTTPS): base URL normalisation, the device record in
+//! every form Meeting sends it, and HTTPS with the same trust as the proxy connection (the
+//! rustls configuration of `transport::tls`, put under ureq by `tls.rs`). Described in
 //! `docs/protocol.md`, "Meeting REST API".
 //!
 //! Owns HTTP requests to Meeting and the parsing of their answers. Must not know the tunnel

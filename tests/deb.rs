@@ -473,6 +473,113 @@ fn disabled_python_agent(arch: &str) {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
+/// The package as the previous release shipped it (0.1.0 before the web manager's name stood
+/// for the agent: it masked `meeting-tunnel-agent.service`): this release's files with that
+/// release's maintainer scripts (`tests/deb-previous/`, copied from it) and without the unit
+/// and drop-ins it did not have, as version `0.0.9`.
+fn previous_release(arch: &str, tmp: &Path) -> PathBuf {
+    let dir = tmp.join(format!("previous-{arch}"));
+    run(Command::new("dpkg-deb")
+        .arg("-R")
+        .arg(package(arch))
+        .arg(&dir));
+    for script in ["postinst", "prerm", "postrm"] {
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/deb-previous")
+                .join(script),
+            dir.join("DEBIAN").join(script),
+        )
+        .unwrap();
+    }
+    let new_files = [
+        format!("lib/systemd/system/{OLD}"),
+        "lib/systemd/system/meeting-tunnel-agent.service.d/tunnel-agent.conf".to_owned(),
+        "lib/systemd/system/tunnel-agent.service.d/meeting-tunnel-agent.conf".to_owned(),
+    ];
+    for f in &new_files {
+        std::fs::remove_file(dir.join(f)).unwrap();
+        let _ = std::fs::remove_dir(dir.join(f).parent().unwrap());
+    }
+    let md5sums = dir.join("DEBIAN/md5sums");
+    let kept: String = std::fs::read_to_string(&md5sums)
+        .unwrap()
+        .lines()
+        .filter(|l| !new_files.iter().any(|f| l.ends_with(f.as_str())))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&md5sums, kept).unwrap();
+    let control = dir.join("DEBIAN/control");
+    let text = std::fs::read_to_string(&control).unwrap();
+    std::fs::write(
+        &control,
+        text.replace(&format!("Version: {}", version()), "Version: 0.0.9"),
+    )
+    .unwrap();
+    let deb = tmp.join(format!("tunnel-agent_0.0.9_{arch}.deb"));
+    run(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-b"])
+        .arg(&dir)
+        .arg(&deb));
+    deb
+}
+
+/// A device migrated by the previous release, which masked the Python agent's unit, upgraded
+/// to this one: the mask gives way to the name standing for tunnel-agent, the agent's state
+/// kept; removed, the Python agent comes back with its own unit file.
+fn upgrade_from_the_masking_release(arch: &str) {
+    let tmp = scratch(&format!("previous-{arch}"));
+    let proxy = Proxy::for_ports(&[echo_server()], &[]);
+    let (root, mut container) = fleet_device(arch, "deb-prev", true, &fleet(&proxy, true), &tmp);
+    let n = container.pid();
+    std::fs::copy(previous_release(arch, &tmp), root.path("/root/v0.deb")).unwrap();
+    let said = in_container(n, "dpkg", &["-i", "/root/v0.deb"]);
+    assert!(said.contains("is stopped, disabled and masked"), "{said}");
+    proxy.wait_agent(1);
+    assert_eq!(property(n, OLD, "UnitFileState"), "masked");
+    let said = in_container(n, "dpkg", &["-i", "/root/v1.deb"]);
+    println!("dpkg -i ({arch}, over the masking release):\n{said}");
+    assert!(
+        said.contains(&format!(
+            "{OLD}, masked by an earlier version of this package, now stands for \
+             tunnel-agent.service, which stays as it was: enabled at boot, and running."
+        )),
+        "{said}"
+    );
+    proxy.wait_agent(2);
+    wait_active(&container, UNIT);
+    assert_eq!(web_manager_sees(n), ("active".into(), "enabled".into()));
+    assert_eq!(property(n, UNIT, "UnitFileState"), "disabled");
+    press(n, "stop");
+    assert_eq!(property(n, UNIT, "ActiveState"), "inactive");
+    press(n, "start");
+    proxy.wait_agent(3);
+    assert_eq!(python_runs(&root), 1, "the Python agent started again");
+    let said = in_container(n, "dpkg", &["-r", "tunnel-agent"]);
+    assert!(
+        said.contains(&format!(
+            "the Python agent's {OLD} is back (enabled, started)"
+        )),
+        "{said}"
+    );
+    wait_active(&container, OLD);
+    assert_eq!(python_runs(&root), 2);
+    assert_eq!(
+        std::fs::read_to_string(root.path(&format!("/etc/systemd/system/{OLD}"))).unwrap(),
+        STAND_IN
+    );
+    halt(&mut container);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+#[ignore = "needs make deb: run by make test-deb"]
+fn a_device_migrated_by_the_masking_release_upgrades_to_the_name_standing_for_the_agent() {
+    if can_boot_roots("a_device_migrated_by_the_masking_release_upgrades") {
+        upgrade_from_the_masking_release("amd64");
+    }
+}
+
 #[test]
 #[ignore = "needs make deb: run by make test-deb"]
 fn the_package_replaces_the_python_agent_and_installs_upgrades_removes_and_purges() {

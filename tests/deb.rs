@@ -159,6 +159,22 @@ fn python_runs(root: &Root) -> usize {
         .count()
 }
 
+/// Waits until the stand-in has noted its `n`-th start: its unit is active once the shell is
+/// started, and the shell writes the note a moment later (longer under emulation). Polled:
+/// the file is the only sign.
+fn wait_python_runs(root: &Root, n: usize) {
+    let deadline = std::time::Instant::now() + SOON;
+    while python_runs(root) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stand-in noted {} starts, not {n}",
+            python_runs(root)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(python_runs(root), n);
+}
+
 /// A booted root of `arch` with the Python agent's stand-in unit (enabled and running when
 /// `enabled`), the fleet's meeting.json for `proxy`, and this arch's package as v1.deb and a
 /// later version as v2.deb in /root.
@@ -251,7 +267,7 @@ fn lifecycle(arch: &str) {
     let meeting = fleet(&proxy, true);
     let (root, mut container) = fleet_device(arch, "deb", true, &meeting, &tmp);
     let n = container.pid();
-    assert_eq!(python_runs(&root), 1);
+    wait_python_runs(&root, 1);
     assert_eq!(web_manager_sees(n), ("active".into(), "enabled".into()));
 
     // Install: the Python agent stopped, the old name standing for tunnel-agent, both choices
@@ -397,7 +413,7 @@ fn lifecycle(arch: &str) {
     assert_eq!(state.trim(), "rc");
     wait_active(&container, OLD);
     assert_eq!(web_manager_sees(n), ("active".into(), "enabled".into()));
-    assert_eq!(python_runs(&root), 2, "the Python agent is back, once");
+    wait_python_runs(&root, 2);
     assert_eq!(
         std::fs::read_to_string(root.path(&format!("/etc/systemd/system/{OLD}"))).unwrap(),
         STAND_IN
@@ -468,7 +484,7 @@ fn disabled_python_agent(arch: &str) {
         "{said}"
     );
     wait_active(&container, OLD);
-    assert_eq!(python_runs(&root), 1);
+    wait_python_runs(&root, 1);
     halt(&mut container);
     let _ = std::fs::remove_dir_all(&tmp);
 }
@@ -532,6 +548,7 @@ fn upgrade_from_the_masking_release(arch: &str) {
     let proxy = Proxy::for_ports(&[echo_server()], &[]);
     let (root, mut container) = fleet_device(arch, "deb-prev", true, &fleet(&proxy, true), &tmp);
     let n = container.pid();
+    wait_python_runs(&root, 1);
     std::fs::copy(previous_release(arch, &tmp), root.path("/root/v0.deb")).unwrap();
     let said = in_container(n, "dpkg", &["-i", "/root/v0.deb"]);
     assert!(said.contains("is stopped, disabled and masked"), "{said}");
@@ -563,7 +580,7 @@ fn upgrade_from_the_masking_release(arch: &str) {
         "{said}"
     );
     wait_active(&container, OLD);
-    assert_eq!(python_runs(&root), 2);
+    wait_python_runs(&root, 2);
     assert_eq!(
         std::fs::read_to_string(root.path(&format!("/etc/systemd/system/{OLD}"))).unwrap(),
         STAND_IN

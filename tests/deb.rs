@@ -476,15 +476,7 @@ fn disabled_python_agent(arch: &str) {
     proxy.wait_agent(1);
     assert_eq!(web_manager_sees(n), ("active".into(), "enabled".into()));
     // Removed: the Python agent comes back as the web manager's switch was left.
-    let said = in_container(n, "dpkg", &["-r", "tunnel-agent"]);
-    assert!(
-        said.contains(&format!(
-            "the Python agent's {OLD} is back (enabled, started)"
-        )),
-        "{said}"
-    );
-    wait_active(&container, OLD);
-    wait_python_runs(&root, 1);
+    remove_and_see_the_python_agent_back(&container, &root, 1);
     halt(&mut container);
     let _ = std::fs::remove_dir_all(&tmp);
 }
@@ -540,6 +532,20 @@ fn previous_release(arch: &str, tmp: &Path) -> PathBuf {
     deb
 }
 
+/// `dpkg -r tunnel-agent` in the booted `container`: the Python agent's stand-in is back,
+/// enabled and running, and has noted its `runs`-th start.
+fn remove_and_see_the_python_agent_back(container: &Proc, root: &Root, runs: usize) {
+    let said = in_container(container.pid(), "dpkg", &["-r", "tunnel-agent"]);
+    assert!(
+        said.contains(&format!(
+            "the Python agent's {OLD} is back (enabled, started)"
+        )),
+        "{said}"
+    );
+    wait_active(container, OLD);
+    wait_python_runs(root, runs);
+}
+
 /// A device migrated by the previous release, which masked the Python agent's unit, upgraded
 /// to this one: the mask gives way to the name standing for tunnel-agent, the agent's state
 /// kept; removed, the Python agent comes back with its own unit file.
@@ -572,15 +578,7 @@ fn upgrade_from_the_masking_release(arch: &str) {
     press(n, "start");
     proxy.wait_agent(3);
     assert_eq!(python_runs(&root), 1, "the Python agent started again");
-    let said = in_container(n, "dpkg", &["-r", "tunnel-agent"]);
-    assert!(
-        said.contains(&format!(
-            "the Python agent's {OLD} is back (enabled, started)"
-        )),
-        "{said}"
-    );
-    wait_active(&container, OLD);
-    wait_python_runs(&root, 2);
+    remove_and_see_the_python_agent_back(&container, &root, 2);
     assert_eq!(
         std::fs::read_to_string(root.path(&format!("/etc/systemd/system/{OLD}"))).unwrap(),
         STAND_IN

@@ -611,18 +611,14 @@ impl StreamSink {
     /// nothing is left to write.
     fn close_if_drained(&self, st: &mut State) {
         if st.finishing && st.held() == 0 {
-            if let Link::Open(s) = &st.link {
-                // Our FIN after the last byte; reading goes on (the owner's reader), so that a
-                // peer still sending is neither blocked on a full window nor reset, which would
-                // throw away what it has not read of ours yet: a lingering close, as nginx's.
-                let _ = s.shutdown(Shutdown::Write);
-                if !peer_finished(s) {
-                    self.linger(s.clone());
+            // Our FIN after the last byte; reading goes on (the owner's reader), so that a peer
+            // still sending is neither blocked on a full window nor reset, which would throw
+            // away what it has not read of ours yet: a lingering close, as nginx's.
+            if let Some(s) = Self::close_locked(st, Shutdown::Write) {
+                if !peer_finished(&s) {
+                    self.linger(s);
                 }
             }
-            st.link = Link::Closed;
-            st.queue = Vec::new();
-            st.in_flight = 0;
         }
         self.cv.notify_all();
     }
@@ -662,13 +658,19 @@ impl StreamSink {
         }
     }
 
-    fn close_locked(st: &mut State) {
-        if let Link::Open(s) = &st.link {
-            let _ = s.shutdown(Shutdown::Both);
-        }
-        st.link = Link::Closed;
+    /// Marks the stream closed, dropping what it held, and shuts its socket `how`; the socket,
+    /// when it had one.
+    fn close_locked(st: &mut State, how: Shutdown) -> Option<Arc<TcpStream>> {
+        let sock = match std::mem::replace(&mut st.link, Link::Closed) {
+            Link::Open(s) => {
+                let _ = s.shutdown(how);
+                Some(s)
+            }
+            _ => None,
+        };
         st.queue = Vec::new();
         st.in_flight = 0;
+        sock
     }
 
     /// Ends the stream for `why`: the socket is shut (which also wakes the owner's reader of
@@ -679,7 +681,7 @@ impl StreamSink {
             undelivered: st.held() + extra,
         };
         st.cut.get_or_insert_with(|| cut.clone());
-        Self::close_locked(st);
+        Self::close_locked(st, Shutdown::Both);
         self.cv.notify_all();
         cut
     }
@@ -712,7 +714,7 @@ impl StreamSink {
         if st.held() > 0 {
             self.cut_locked(&mut st, CutReason::Ended(why.to_owned()), 0);
         } else {
-            Self::close_locked(&mut st);
+            Self::close_locked(&mut st, Shutdown::Both);
             self.cv.notify_all();
         }
     }

@@ -2,10 +2,10 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use support::*;
 
@@ -203,131 +203,4 @@ fn a_new_device_connection_replaces_the_old_one() {
     drop(other);
     proxy.wait_agent(3);
     assert_eq!(echo_through(proxy.tunnels[0], b"routed"), b"routed");
-}
-
-/// A server that answers before the request has all arrived, as an HTTP server answers 413 to
-/// an upload too large: reads a little, writes its answer, shuts its sending side, and reads
-/// (and drops) the rest until the client closes, as nginx's lingering close does.
-fn early_answerer(answer: Vec<u8>) -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for s in l.incoming().map_while(Result::ok) {
-            let answer = answer.clone();
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf);
-                let _ = s.write_all(&answer);
-                let _ = s.shutdown(std::net::Shutdown::Write);
-                let mut rest = vec![0u8; 64 * 1024];
-                while matches!(s.read(&mut rest), Ok(n) if n > 0) {}
-            });
-        }
-    });
-    port
-}
-
-/// Sends `upload` bytes on `s` from another thread (stopping at the first error), while this
-/// one waits `pause` and then reads to the end: what it read, or the error that ended it.
-fn upload_then_read(mut s: TcpStream, upload: usize, pause: Duration) -> Result<Vec<u8>, String> {
-    let mut w = s.try_clone().unwrap();
-    let writer = std::thread::spawn(move || {
-        let chunk = vec![b'u'; 64 * 1024];
-        let mut sent = 0;
-        while sent < upload {
-            if w.write_all(&chunk).is_err() {
-                break;
-            }
-            sent += chunk.len();
-        }
-        let _ = w.shutdown(std::net::Shutdown::Write);
-    });
-    std::thread::sleep(pause);
-    let mut got = Vec::new();
-    let read = s.read_to_end(&mut got);
-    let _ = writer.join();
-    read.map(|_| got.clone())
-        .map_err(|e| format!("{e} after {} bytes", got.len()))
-}
-
-/// The answer of a server that answers early and closes while the public client is still
-/// uploading reaches the client whole, however late it reads it: the stream's end is a FIN
-/// after the answer, not a reset that would throw away what the client has not read yet.
-#[test]
-fn an_answer_sent_while_the_client_still_uploads_reaches_it_whole() {
-    let answer = random_bytes(200_000, 71);
-    let service = early_answerer(answer.clone());
-    let proxy = Proxy::for_ports(&[service], &[]);
-    let agent = proxy.agent(&["-v"]);
-    proxy.wait_agent(1);
-    let logs = || {
-        let _ = proxy.proc.try_next_after("stream 1 closed");
-        format!(
-            "proxy:\n{}\nagent:\n{}",
-            proxy.proc.output(),
-            agent.output()
-        )
-    };
-    for round in 0..5 {
-        let s = TcpStream::connect(proxy.tunnels[0]).unwrap();
-        s.set_read_timeout(Some(SOON)).unwrap();
-        let got = upload_then_read(s, 32 << 20, Duration::from_millis(300));
-        match got {
-            Ok(got) => assert!(
-                got == answer,
-                "round {round}: {} of {} bytes\n{}",
-                got.len(),
-                answer.len(),
-                logs()
-            ),
-            Err(e) => panic!("round {round}: the answer was lost: {e}\n{}", logs()),
-        }
-    }
-}
-
-/// The same the other way: the public client answers early and closes while the local service
-/// is still sending; the service gets the client's answer whole.
-#[test]
-fn an_answer_sent_while_the_service_still_uploads_reaches_it_whole() {
-    let answer = random_bytes(200_000, 73);
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let service = l.local_addr().unwrap().port();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for s in l.incoming().map_while(Result::ok) {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                s.set_read_timeout(Some(SOON)).unwrap();
-                let _ = tx.send(upload_then_read(s, 32 << 20, Duration::from_millis(300)));
-            });
-        }
-    });
-    let proxy = Proxy::for_ports(&[service], &[]);
-    let agent = proxy.agent(&[]);
-    proxy.wait_agent(1);
-    for round in 0..5 {
-        let mut c = TcpStream::connect(proxy.tunnels[0]).unwrap();
-        let mut first = [0u8; 1024];
-        c.read_exact(&mut first).unwrap();
-        c.write_all(&answer).unwrap();
-        c.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut rest = vec![0u8; 64 * 1024];
-        while matches!(c.read(&mut rest), Ok(n) if n > 0) {}
-        let got = rx.recv_timeout(SOON * 2).expect("the service's result");
-        match got {
-            Ok(got) => assert!(
-                got == answer,
-                "round {round}: {} of {} bytes\n{}\n{}",
-                got.len(),
-                answer.len(),
-                proxy.proc.output(),
-                agent.output()
-            ),
-            Err(e) => panic!(
-                "round {round}: the answer was lost: {e}\n{}",
-                agent.output()
-            ),
-        }
-    }
 }

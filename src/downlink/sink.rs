@@ -18,11 +18,10 @@
 //! seconds, so drain writes wait at most [`WAIT_SLICE`] at a time, and in between the bytes
 //! the peer has not acknowledged (`SIOCOUTQ`) say whether it read any.
 //!
-//! A stream ends in one of three ways: [`StreamSink::finish`] (the other end closed it: once
-//! everything held is written, a lingering close: our FIN, the owner's reader going on until
-//! the peer closes too or goes quiet, see [`LINGER_QUIET`]), [`StreamSink::abort`] (the owner
-//! ends it now: what is held is dropped) or a cut by a bound or a failed write. Whatever was
-//! held and not written is reported in the [`Cut`], which the owner words for its peer.
+//! A stream ends in one of three ways: [`StreamSink::finish`] (the other end closed it: the
+//! socket is closed once everything held is written), [`StreamSink::abort`] (the owner ends it
+//! now: what is held is dropped) or a cut by a bound or a failed write. Whatever was held and
+//! not written is reported in the [`Cut`], which the owner words for its peer.
 //!
 //! Bytes that arrive while the socket is still being connected ([`StreamSink::connecting`])
 //! wait in the same queue.
@@ -35,21 +34,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::transport::tcp::{
-    last_data_received, peer_finished, reset_on_close, send_now, timed_out, unacked_bytes,
-    unread_bytes,
-};
+use crate::transport::tcp::{reset_on_close, send_now, timed_out, unacked_bytes, unread_bytes};
 
 /// How often a reader waiting on a full queue looks at what may interrupt it, and how long
 /// one drain write waits before it looks whether the peer read anything.
 pub const WAIT_SLICE: Duration = Duration::from_millis(100);
-
-/// A lingering close ([`StreamSink::close_out`]) ends when the peer, holding all our bytes,
-/// has sent nothing for this long (nginx's `lingering_timeout` is 5 s).
-pub const LINGER_QUIET: Duration = Duration::from_secs(2);
-
-/// How often a lingering close looks at its socket.
-const LINGER_POLL: Duration = Duration::from_millis(50);
 
 /// What a full queue does to the connection's reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,6 +310,9 @@ impl StreamSink {
         }
         st.link = Link::Open(sock.clone());
         st.progress = Instant::now();
+        if st.finishing {
+            let _ = sock.shutdown(Shutdown::Read);
+        }
         if !st.queue.is_empty() {
             match send_now(&sock, &st.queue) {
                 Ok(n) => {
@@ -611,66 +603,18 @@ impl StreamSink {
     /// nothing is left to write.
     fn close_if_drained(&self, st: &mut State) {
         if st.finishing && st.held() == 0 {
-            // Our FIN after the last byte; reading goes on (the owner's reader), so that a peer
-            // still sending is neither blocked on a full window nor reset, which would throw
-            // away what it has not read of ours yet: a lingering close, as nginx's.
-            if let Some(s) = Self::close_locked(st, Shutdown::Write) {
-                if !peer_finished(&s) {
-                    self.linger(s);
-                }
-            }
+            Self::close_locked(st);
         }
         self.cv.notify_all();
     }
 
-    /// Watches a finished stream's socket on a thread of its own until its peer closes its
-    /// side; wakes the owner's reader (`SHUT_RD`) once the peer has all our bytes and sent
-    /// nothing for [`LINGER_QUIET`], or when `idle_limit` has passed in all (a peer still
-    /// sending then is reset by the kernel).
-    fn linger(&self, sock: Arc<TcpStream>) {
-        let limit = self.settings.idle_limit;
-        let waker = sock.clone();
-        let watch = move || {
-            let started = Instant::now();
-            loop {
-                thread::sleep(LINGER_POLL);
-                if peer_finished(&sock) {
-                    return;
-                }
-                let delivered = unacked_bytes(&sock).is_none_or(|n| n == 0);
-                let quiet = last_data_received(&sock).is_none_or(|d| d >= LINGER_QUIET);
-                if (delivered && quiet && started.elapsed() >= LINGER_QUIET)
-                    || started.elapsed() >= limit
-                {
-                    let _ = sock.shutdown(Shutdown::Read);
-                    return;
-                }
-            }
-        };
-        let name = format!("{}-linger", self.settings.name);
-        if self
-            .owner
-            .spawn(name, self.settings.stack, Box::new(watch))
-            .is_err()
-        {
-            // No thread: the reader is woken now (a peer still sending is then reset).
-            let _ = waker.shutdown(Shutdown::Read);
+    fn close_locked(st: &mut State) {
+        if let Link::Open(s) = &st.link {
+            let _ = s.shutdown(Shutdown::Both);
         }
-    }
-
-    /// Marks the stream closed, dropping what it held, and shuts its socket `how`; the socket,
-    /// when it had one.
-    fn close_locked(st: &mut State, how: Shutdown) -> Option<Arc<TcpStream>> {
-        let sock = match std::mem::replace(&mut st.link, Link::Closed) {
-            Link::Open(s) => {
-                let _ = s.shutdown(how);
-                Some(s)
-            }
-            _ => None,
-        };
+        st.link = Link::Closed;
         st.queue = Vec::new();
         st.in_flight = 0;
-        sock
     }
 
     /// Ends the stream for `why`: the socket is shut (which also wakes the owner's reader of
@@ -681,7 +625,7 @@ impl StreamSink {
             undelivered: st.held() + extra,
         };
         st.cut.get_or_insert_with(|| cut.clone());
-        Self::close_locked(st, Shutdown::Both);
+        Self::close_locked(st);
         self.cv.notify_all();
         cut
     }
@@ -690,10 +634,15 @@ impl StreamSink {
     /// (at once when nothing is), and nothing more is read from it.
     pub fn finish(&self) {
         let mut st = self.lock();
+        let held = st.held();
         match &st.link {
             Link::Closed => return,
             Link::Open(s) => {
-                st.peer_sending = unread_bytes(s).is_some_and(|n| n > 0);
+                let sending = unread_bytes(s).is_some_and(|n| n > 0);
+                if held > 0 {
+                    let _ = s.shutdown(Shutdown::Read);
+                }
+                st.peer_sending = sending;
             }
             Link::Connecting => {}
         }
@@ -714,24 +663,31 @@ impl StreamSink {
         if st.held() > 0 {
             self.cut_locked(&mut st, CutReason::Ended(why.to_owned()), 0);
         } else {
-            Self::close_locked(&mut st, Shutdown::Both);
+            Self::close_locked(&mut st);
             self.cv.notify_all();
         }
     }
 
-    /// For the owner of `sock`, once the stream has ended and its reader has stopped, before
-    /// its last handle on the socket goes: a cut stream whose peer was still sending is reset
-    /// at once, so that a peer blocked writing into a full window learns now, not when the
-    /// kernel gives up on the closed socket (about 100 s on Linux). A stream that finished
-    /// closed lingering ([`LINGER_QUIET`]): its FIN went after our last byte.
+    /// For the owner of `sock`, once the stream has ended and before its last handle on the
+    /// socket goes: when the peer was still sending as reading stopped, the close is made a
+    /// reset (after our own bytes are acknowledged, at most `idle_limit`, unless the stream was
+    /// cut), so that a peer blocked writing into a full window learns now, not when the kernel
+    /// gives up on the closed socket (about 100 s on Linux).
     pub fn close_out(&self, sock: &TcpStream) {
         let (sending, cut) = {
             let st = self.lock();
             (st.peer_sending, st.cut.is_some())
         };
-        if cut && (sending || unread_bytes(sock).is_some_and(|n| n > 0)) {
-            reset_on_close(sock);
+        if !sending {
+            return;
         }
+        if !cut {
+            let deadline = Instant::now() + self.settings.idle_limit;
+            while unacked_bytes(sock).is_some_and(|n| n > 0) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+        reset_on_close(sock);
     }
 
     /// Waits until the stream has ended; why it was cut, if it was.

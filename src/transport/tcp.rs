@@ -293,28 +293,8 @@ pub fn reset_on_close(sock: &TcpStream) {
 }
 
 // Connection states from the kernel's tcp_states.h (libc has no constants for them).
-const TCP_TIME_WAIT: u8 = 6;
 const TCP_CLOSE: u8 = 7;
 const TCP_CLOSE_WAIT: u8 = 8;
-const TCP_LAST_ACK: u8 = 9;
-const TCP_CLOSING: u8 = 11;
-
-/// How long ago the last data came from the peer of `sock` (`TCP_INFO`); `None` when the
-/// kernel cannot say.
-pub fn last_data_received(sock: &TcpStream) -> Option<Duration> {
-    tcp_info(sock).map(|info| Duration::from_millis(info.tcpi_last_data_recv.into()))
-}
-
-/// Whether the peer has finished sending (its FIN came, or a reset), whatever this side did:
-/// also after this side shut the connection down itself.
-pub fn peer_finished(sock: &TcpStream) -> bool {
-    tcp_info(sock).is_some_and(|info| {
-        matches!(
-            info.tcpi_state,
-            TCP_TIME_WAIT | TCP_CLOSE | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING
-        )
-    })
-}
 
 /// What the kernel knows of `sock` (`TCP_INFO`); `None` when it cannot say.
 fn tcp_info(sock: &TcpStream) -> Option<libc::tcp_info> {

@@ -315,7 +315,8 @@ fn lifecycle(arch: &str) {
     let buttons = |round: usize| {
         let first = property(n, UNIT, "MainPID");
         press(n, "stop");
-        assert_eq!(property(n, UNIT, "ActiveState"), "inactive");
+        // The agent's stop is a job of its own, propagated (PartOf): it may still be running.
+        wait_property(&container, UNIT, "ActiveState", "inactive");
         assert_eq!(web_manager_sees(n).0, "inactive");
         press(n, "start");
         wait_active(&container, UNIT);
@@ -574,7 +575,7 @@ fn upgrade_from_the_masking_release(arch: &str) {
     assert_eq!(web_manager_sees(n), ("active".into(), "enabled".into()));
     assert_eq!(property(n, UNIT, "UnitFileState"), "disabled");
     press(n, "stop");
-    assert_eq!(property(n, UNIT, "ActiveState"), "inactive");
+    wait_property(&container, UNIT, "ActiveState", "inactive");
     press(n, "start");
     proxy.wait_agent(3);
     assert_eq!(python_runs(&root), 1, "the Python agent started again");

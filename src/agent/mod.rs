@@ -13,6 +13,7 @@ mod keys;
 mod netinfo;
 pub mod noise;
 pub mod notify;
+pub mod pings;
 pub mod presence;
 mod services;
 pub mod session;
@@ -130,6 +131,7 @@ pub fn connection_changes(a: &Config, b: &Config) -> Vec<&'static str> {
         a.tls_server_name.value != b.tls_server_name.value,
     );
     check("keepalive", a.keepalive != b.keepalive);
+    check("ping_interval", a.ping_interval != b.ping_interval);
     check("max_frame", a.max_frame != b.max_frame);
     check(
         "handshake_timeout",

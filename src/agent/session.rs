@@ -17,11 +17,14 @@ use crate::agent::status::{State, Status, Totals};
 use crate::agent::Live;
 use crate::bytes::printable::printable;
 use crate::config::Config;
+use crate::agent::pings::{Due, Pings};
 use crate::protocol::frame::{
-    close_frame, printable_type, Frame, FrameError, FrameReader, MAX_REPLACED_BY,
+    close_frame, ping_answer_frame, ping_frame, printable_type, Frame, FrameError, FrameReader,
+    MAX_REPLACED_BY,
 };
 use crate::protocol::handshake::{
-    classify_bounded, handshake_line, read_reply, FailureClass, Reply, ReplyError, MAX_REPLY_LINE,
+    classify_bounded, handshake_line, read_reply, FailureClass, PingOffer, Reply, ReplyError,
+    MAX_REPLY_LINE,
 };
 use crate::transport::tcp::{self, acks_stopped, is_dead_link, peer_gone, Keepalive};
 use crate::transport::{self, Control, TransportError};
@@ -62,6 +65,16 @@ pub enum Ending {
     DeadLink {
         /// Sent data unacknowledged (TCP_USER_TIMEOUT) rather than idle probes unanswered.
         unacked: bool,
+    },
+    /// Nothing at all arrived for `quiet` though keepalive pings were agreed: `pings` of
+    /// them, `every` apart, went unanswered.
+    Silent {
+        /// How long nothing arrived.
+        quiet: Duration,
+        /// Pings sent meanwhile.
+        pings: u32,
+        /// The agreed interval.
+        every: Duration,
     },
 }
 
@@ -109,7 +122,7 @@ impl Ending {
             #[cfg(feature = "tls")]
             Ending::Transport(TransportError::Tls(_)) => "tls",
             Ending::Transport(TransportError::TlsUnavailable) => "tls",
-            Ending::DeadLink { .. } => "dead_link",
+            Ending::DeadLink { .. } | Ending::Silent { .. } => "dead_link",
             Ending::Replaced { .. } => "replaced",
             _ => "network",
         }
@@ -179,6 +192,16 @@ impl fmt::Display for SessionError {
                 k.count,
                 k.interval.as_secs_f64(),
                 k.idle.as_secs_f64()
+            ),
+            Ending::Silent {
+                quiet,
+                pings,
+                every,
+            } => write!(
+                f,
+                "dead link: nothing from the proxy {proxy} for {:.0} s, no answer to {pings}                  keepalive ping(s) {} s apart (noticed by this device's pings): the network                  path, an outbound proxy on it, or the proxy host is gone",
+                quiet.as_secs_f64(),
+                every.as_secs_f64()
             ),
             Ending::Reconfigured => {
                 write!(f, "closed the connection to {proxy} to apply new settings")
@@ -356,8 +379,10 @@ fn handshake_then_frames(
     let started = Instant::now();
     // Set when no reply came in time: the first bytes of frame mode may still be the reply.
     let mut late = None;
+    let mut offer = PingOffer::Absent;
     match read_reply(&mut reader) {
-        Ok(Reply::Accepted { device_key }) => {
+        Ok(Reply::Accepted { device_key, ping }) => {
+            offer = ping;
             // The status file says connected before the log says "tunnel ready".
             status.set(State::Connected);
             if let Some(k) = device_key.filter(|k| !k.eq_ignore_ascii_case(&cfg.device_key.value)) {
@@ -396,6 +421,7 @@ fn handshake_then_frames(
         reader,
         writer,
         late,
+        offer,
     };
     frames(cfg, wire, live, shutdown, status.totals())
 }
@@ -407,6 +433,17 @@ struct Wire {
     reader: BufReader<Box<dyn Read + Send>>,
     writer: Box<dyn Write + Send>,
     late: Option<Instant>,
+    /// What the acceptance said of keepalive pings.
+    offer: PingOffer,
+}
+
+/// How long a read of the control connection may wait before the loop comes round: the
+/// systemd watchdog's tick, and the ping interval once pings are agreed.
+fn read_tick(pings: Option<&Pings>) -> Option<Duration> {
+    match (super::notify::tick(), pings.map(Pings::every)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 fn frames(
@@ -421,6 +458,7 @@ fn frames(
         reader,
         writer,
         mut late,
+        offer,
     } = wire;
     let since = Instant::now();
     let closer = match sock.try_clone() {
@@ -434,6 +472,7 @@ fn frames(
     let channels = Channels::new(tx.clone(), live.clone(), totals.clone());
     let mut frames = FrameReader::after(reader, cfg.max_frame);
     let mut last_rx = Instant::now();
+    let mut pings = Pings::agree(cfg.ping_interval, &offer, last_rx);
     // Looked at while a local service keeps the control loop waiting.
     let interrupted = || {
         super::notify::alive();
@@ -445,10 +484,12 @@ fn frames(
             None
         }
     };
-    // Under a systemd watchdog the loop comes round at least every tick to feed it; a read
-    // cut by the tick resumes where it was (the frame reader keeps what it has).
-    if let Some(tick) = super::notify::tick() {
-        let _ = sock.set_read_timeout(Some(tick));
+    // Under a systemd watchdog the loop comes round at least every tick to feed it, and with
+    // pings every interval; a read cut by the tick resumes where it was (the frame reader
+    // keeps what it has).
+    let mut tick = read_tick(pings.as_ref());
+    if tick.is_some() {
+        let _ = sock.set_read_timeout(tick);
     }
     let end = loop {
         super::notify::alive();
@@ -456,7 +497,7 @@ fn frames(
             // A proxy that asks Meeting's API before it answers may answer after the wait.
             let line = match frames.late_line(MAX_REPLY_LINE) {
                 Ok(line) => line,
-                Err(e) if super::notify::tick().is_some() && tcp::timed_out(&e) => continue,
+                Err(e) if tick.is_some() && tcp::timed_out(&e) => continue,
                 Err(e) if is_dead_link(&e) => {
                     break Ending::DeadLink {
                         unacked: sent_since(&tx, last_rx),
@@ -468,13 +509,20 @@ fn frames(
             let Some(line) = line else { continue };
             last_rx = Instant::now();
             match classify_bounded(line) {
-                Ok(_) => info!(
-                    "authenticated by proxy {} as device {} after all, {:.1} s after the \
-                     handshake (a late reply: the proxy was slow to decide); tunnel ready",
-                    cfg.proxy_addr(),
-                    cfg.device_key.value,
-                    sent.elapsed().as_secs_f64()
-                ),
+                Ok(reply) => {
+                    info!(
+                        "authenticated by proxy {} as device {} after all, {:.1} s after the \
+                         handshake (a late reply: the proxy was slow to decide); tunnel ready",
+                        cfg.proxy_addr(),
+                        cfg.device_key.value,
+                        sent.elapsed().as_secs_f64()
+                    );
+                    if let Reply::Accepted { ping, .. } = reply {
+                        pings = Pings::agree(cfg.ping_interval, &ping, last_rx);
+                        tick = read_tick(pings.as_ref());
+                        let _ = sock.set_read_timeout(tick);
+                    }
+                }
                 Err(e) => break Ending::Reply(e),
             }
             continue;
@@ -482,8 +530,24 @@ fn frames(
         let frame = match frames.next_frame() {
             Ok(Some(f)) => f,
             Ok(None) => break Ending::ClosedByProxy,
-            Err(FrameError::Io(e)) if super::notify::tick().is_some() && tcp::timed_out(&e) => {
-                continue
+            Err(FrameError::Io(e)) if tick.is_some() && tcp::timed_out(&e) => {
+                match pings.as_mut().map(|p| p.tick(Instant::now())) {
+                    Some(Due::Ping) => {
+                        // Behind whatever is queued: if that is stuck, so is the link.
+                        if tx.send_queued(ping_frame()).is_err() {
+                            break Ending::ClosedByProxy;
+                        }
+                    }
+                    Some(Due::Dead { quiet, pings: n }) => {
+                        break Ending::Silent {
+                            quiet,
+                            pings: n,
+                            every: pings.as_ref().map_or(Duration::ZERO, Pings::every),
+                        };
+                    }
+                    Some(Due::Nothing) | None => {}
+                }
+                continue;
             }
             Err(FrameError::Io(e)) if is_dead_link(&e) => {
                 break Ending::DeadLink {
@@ -493,6 +557,11 @@ fn frames(
             Err(e) => break Ending::Frame(e),
         };
         last_rx = Instant::now();
+        if let Some(p) = pings.as_mut() {
+            if let Some(rtt) = p.received(last_rx, frame == Frame::PingAnswer) {
+                debug!("keepalive ping answered in {} ms", rtt.as_millis());
+            }
+        }
         match frame {
             Frame::Open { stream, port } => channels.open(stream, port),
             Frame::Data { stream, payload } => {
@@ -508,6 +577,11 @@ fn frames(
                 }
                 let _ = tx.send(close_frame(stream));
             }
+            // This agent pings, never the proxy; a ping is answered all the same.
+            Frame::Ping => {
+                let _ = tx.send_queued(ping_answer_frame());
+            }
+            Frame::PingAnswer => {}
             Frame::Replaced { by } => {
                 break Ending::Replaced {
                     by: printable(by, MAX_REPLACED_BY),

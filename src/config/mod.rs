@@ -204,6 +204,8 @@ pub struct Config {
     pub max_frame: u32,
     /// Dead-link detection on the control socket.
     pub keepalive: Keepalive,
+    /// Keepalive pings, with a proxy that announces them (`None`: never).
+    pub ping_interval: Option<Duration>,
     /// Where the status file is written (`None`: not written).
     pub status_file: Option<PathBuf>,
     /// Log to this syslog socket instead of stderr (`None`: stderr).
@@ -966,6 +968,7 @@ pub fn load(
         max_channels: p.get(&MAX_CHANNELS)?.value as usize,
         max_frame: p.get(&MAX_FRAME)?.value as u32,
         keepalive,
+        ping_interval: p.get(&PING_INTERVAL)?.value,
         status_file: p.get(&STATUS_FILE)?.value,
         syslog: p.get(&SYSLOG)?.value.then_some(syslog_socket),
         files: places.files.into_iter().map(|f| f.path).collect(),

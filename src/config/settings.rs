@@ -290,6 +290,11 @@ settings! {
     /// Largest frame accepted from the proxy.
     MAX_FRAME: u64 = "max_frame", flag Some("--max-frame"), env None, arg "BYTES",
         default Value("1048576"), parse count::<{ 64 * 1024 * 1024 }>, "largest frame accepted from the proxy";
+    /// With a proxy that announces keepalive pings: ping after this long with nothing
+    /// received (at most the proxy's interval); `None`: never ping.
+    PING_INTERVAL: Option<Duration> = "ping_interval", flag Some("--ping-interval"), env None, arg "SECS",
+        default Value("25"), parse seconds_or_off,
+        "with a proxy that announces keepalive pings: ping after this long with nothing received, and take the connection for dead after 3 times as long (0 or off: never ping)";
     /// Idle time before TCP keepalive probes.
     KEEPALIVE_IDLE: Duration = "keepalive_idle", flag Some("--keepalive-idle"), env None, arg "SECS",
         default Value("30"), parse seconds, "dead-link detection: idle time before TCP keepalive probes";
@@ -470,6 +475,14 @@ pub fn seconds(s: &str) -> Result<Duration, String> {
         _ => Err(format!(
             "\"{s}\" is not a number of seconds between 0 and 86400"
         )),
+    }
+}
+
+/// Seconds as [`seconds`] reads them, or off: `0`, `off` or empty.
+fn seconds_or_off(s: &str) -> Result<Option<Duration>, String> {
+    match s.trim() {
+        "0" | "off" | "" => Ok(None),
+        v => seconds(v).map(Some),
     }
 }
 

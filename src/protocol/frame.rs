@@ -20,6 +20,14 @@ pub const TYPE_CLOSE: u8 = b'C';
 /// Its payload is the newer connection's address as text. Agents that do not know it skip it
 /// as any frame of unknown type.
 pub const TYPE_REPLACED: u8 = b'R';
+/// Frame type byte of a keepalive ping (`P`, agent to proxy, stream 0, no payload): sent only
+/// to a proxy whose acceptance announced `keepalive`, after a while with nothing received.
+pub const TYPE_PING: u8 = b'P';
+/// Frame type byte of the answer to a ping (`A`, stream 0, no payload).
+pub const TYPE_PING_ANSWER: u8 = b'A';
+/// Either end takes a connection over which pings were agreed for dead once nothing at all
+/// arrived for this many keepalive intervals.
+pub const DEAD_AFTER_INTERVALS: u32 = 3;
 /// Longest address a replacement notice carries.
 pub const MAX_REPLACED_BY: usize = 128;
 /// Default largest payload accepted from the peer. Real proxies send tens of KiB at most.
@@ -60,6 +68,10 @@ pub enum Frame<'a> {
         /// The newer connection's address, as text.
         by: &'a [u8],
     },
+    /// `P`: a keepalive ping, to be answered with `A` (any payload is ignored).
+    Ping,
+    /// `A`: the answer to a ping (any payload is ignored).
+    PingAnswer,
     /// A type byte this agent does not know; its payload has been skipped.
     Unknown {
         /// The type byte.
@@ -203,6 +215,16 @@ pub fn replaced_frame(by: &str) -> Vec<u8> {
     let mut v = encode_header(TYPE_REPLACED, 0, by.len() as u32).to_vec();
     v.extend_from_slice(by);
     v
+}
+
+/// The bytes of a keepalive ping (`P`, stream 0, no payload).
+pub fn ping_frame() -> Vec<u8> {
+    encode_header(TYPE_PING, 0, 0).to_vec()
+}
+
+/// The bytes of the answer to a ping (`A`, stream 0, no payload).
+pub fn ping_answer_frame() -> Vec<u8> {
+    encode_header(TYPE_PING_ANSWER, 0, 0).to_vec()
 }
 
 /// Returns the bytes of an `N` frame asking for local `port` on `stream`.
@@ -376,6 +398,8 @@ impl<R: Read> FrameReader<R> {
             TYPE_DATA => Frame::Data { stream, payload },
             TYPE_CLOSE => Frame::Close { stream },
             TYPE_REPLACED => Frame::Replaced { by: payload },
+            TYPE_PING => Frame::Ping,
+            TYPE_PING_ANSWER => Frame::PingAnswer,
             _ => Frame::Unknown { kind, stream, len },
         }))
     }
@@ -556,15 +580,34 @@ mod tests {
     }
 
     #[test]
+    fn pings_and_answers_are_nine_bytes_on_stream_zero_and_a_payload_is_skipped() {
+        assert_eq!(ping_frame(), [b'P', 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(ping_answer_frame(), [b'A', 0, 0, 0, 0, 0, 0, 0, 0]);
+        let mut wire = ping_frame();
+        write_frame(&mut wire, TYPE_PING_ANSWER, 0, b"from a newer peer").unwrap();
+        write_frame(&mut wire, TYPE_DATA, 1, b"next").unwrap();
+        let mut r = reader(&wire);
+        assert_eq!(r.next_frame().unwrap(), Some(Frame::Ping));
+        assert_eq!(r.next_frame().unwrap(), Some(Frame::PingAnswer));
+        assert_eq!(
+            r.next_frame().unwrap(),
+            Some(Frame::Data {
+                stream: 1,
+                payload: b"next"
+            })
+        );
+    }
+
+    #[test]
     fn unknown_type_is_skipped_and_the_stream_goes_on() {
         let mut wire = Vec::new();
-        write_frame(&mut wire, b'P', 3, b"xyz").unwrap();
+        write_frame(&mut wire, b'Z', 3, b"xyz").unwrap();
         write_frame(&mut wire, TYPE_DATA, 3, b"ok").unwrap();
         let mut r = reader(&wire);
         assert_eq!(
             r.next_frame().unwrap(),
             Some(Frame::Unknown {
-                kind: b'P',
+                kind: b'Z',
                 stream: 3,
                 len: 3
             })

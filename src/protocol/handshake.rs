@@ -37,6 +37,8 @@ pub enum Reply {
     Accepted {
         /// The device key the proxy says it authenticated.
         device_key: Option<String>,
+        /// What the proxy says of keepalive pings.
+        ping: PingOffer,
     },
     /// Nothing arrived before the timeout and the connection is still open: an older proxy
     /// that answers nothing and sends frames when a tunnel opens.
@@ -47,6 +49,36 @@ pub enum Reply {
         /// The first byte, left in the reader.
         first: u8,
     },
+}
+
+/// What an acceptance says of keepalive pings: its `keepalive` member, the longest time in
+/// seconds the proxy wants between two frames from the agent. Only a proxy that announces it
+/// answers `P` frames; an older one has no such member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PingOffer {
+    /// No `keepalive` member: send nothing new.
+    Absent,
+    /// Ping at least this often when nothing else arrives.
+    Every(std::time::Duration),
+    /// A `keepalive` member this agent cannot read (quoted): treated as absent.
+    Unreadable(String),
+}
+
+/// Shortest and longest keepalive interval, in seconds, read from an acceptance.
+pub const PING_RANGE: std::ops::RangeInclusive<f64> = 1.0..=3600.0;
+
+impl PingOffer {
+    fn read(value: Option<&Value>) -> PingOffer {
+        match value {
+            None => PingOffer::Absent,
+            Some(v) => match v.as_f64() {
+                Some(s) if PING_RANGE.contains(&s) => {
+                    PingOffer::Every(std::time::Duration::from_secs_f64(s))
+                }
+                _ => PingOffer::Unreadable(printable(v.to_string().as_bytes(), 64)),
+            },
+        }
+    }
 }
 
 /// A reply that means the agent cannot go on with this connection.
@@ -276,6 +308,7 @@ pub fn classify_line(line: &[u8]) -> Result<Reply, ReplyError> {
     if status.as_deref() == Some("authenticated") {
         return Ok(Reply::Accepted {
             device_key: text("device_key"),
+            ping: PingOffer::read(map.get("keepalive")),
         });
     }
     if status.as_deref() == Some("error") || map.contains_key("error") {
@@ -340,12 +373,39 @@ mod tests {
         assert_eq!(
             read_reply(&mut r).unwrap(),
             Reply::Accepted {
-                device_key: Some("K".into())
+                device_key: Some("K".into()),
+                ping: PingOffer::Absent,
             }
         );
         let mut rest = Vec::new();
         r.read_to_end(&mut rest).unwrap();
         assert_eq!(rest, b"N\0\0\0\x01");
+    }
+
+    #[test]
+    fn the_keepalive_member_in_every_form() {
+        use std::time::Duration;
+        let offer = |member: &str| match classify(
+            format!("{{\"status\":\"authenticated\"{member}}}\n").as_bytes(),
+        ) {
+            Ok(Reply::Accepted { ping, .. }) => ping,
+            other => panic!("{member}: {other:?}"),
+        };
+        assert_eq!(offer(""), PingOffer::Absent);
+        assert_eq!(
+            offer(",\"keepalive\":25"),
+            PingOffer::Every(Duration::from_secs(25))
+        );
+        assert_eq!(
+            offer(",\"keepalive\":2.5"),
+            PingOffer::Every(Duration::from_millis(2500))
+        );
+        for bad in ["0", "-1", "0.5", "86400", "\"25\"", "true", "null", "{}", "[25]"] {
+            assert!(
+                matches!(offer(&format!(",\"keepalive\":{bad}")), PingOffer::Unreadable(_)),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -467,7 +527,10 @@ mod tests {
     fn accepts_crlf_and_missing_newline_before_close() {
         assert!(matches!(
             classify(b"{\"status\":\"authenticated\"}\r\n"),
-            Ok(Reply::Accepted { device_key: None })
+            Ok(Reply::Accepted {
+                device_key: None,
+                ..
+            })
         ));
         assert!(matches!(
             classify(b"{\"status\":\"error\",\"message\":\"x\"}"),

@@ -176,6 +176,7 @@ impl Shared {
             Way::Direct => (true, true),
             Way::Queued => (false, true),
             Way::Last => (true, false),
+            Way::Background => (false, false),
         };
         let mut s = self.sched();
         loop {
@@ -283,6 +284,8 @@ enum Way {
     Queued,
     /// A stream's close: like `Direct`, but never waits for room.
     Last,
+    /// Always queued for the writer thread, never waiting for room.
+    Background,
 }
 
 /// The writer has stopped (the connection failed or was finished).
@@ -296,6 +299,15 @@ impl FrameSender {
         let len = frame.len();
         self.shared
             .send(self.control, &self.control_room, (frame, len), Way::Direct)
+    }
+
+    /// Queues one encoded frame on the control lane for the writer thread, never waiting for
+    /// room or for the connection: a reading thread's keepalive frames (a ping, its answer),
+    /// at most one per interval, never hold up its reading.
+    pub fn send_queued(&self, frame: Vec<u8>) -> Result<(), WriterGone> {
+        let len = frame.len();
+        self.shared
+            .send(self.control, &self.control_room, (frame, len), Way::Background)
     }
 
     /// A buffer of `size` bytes to build a frame in (reused, so its contents are old bytes).

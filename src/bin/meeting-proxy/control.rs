@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 use tunnel_agent::bytes::printable::{printable, trim_ascii};
 use tunnel_agent::downlink::sink::Undelivered;
 use tunnel_agent::protocol::frame::{
-    printable_type, replaced_frame, Frame, FrameReader, Sender, DEFAULT_MAX_FRAME,
+    ping_answer_frame, printable_type, replaced_frame, Frame, FrameError, FrameReader, Sender,
+    DEAD_AFTER_INTERVALS, DEFAULT_MAX_FRAME,
 };
 use tunnel_agent::protocol::handshake::{read_bounded_line, BoundedLine, MAX_REPLY_LINE};
 use tunnel_agent::transport::tcp::timed_out;
@@ -26,6 +27,21 @@ use crate::penalty::{Gate, Penalties};
 use crate::pending::Slot;
 use crate::registry::{cut_words, DeviceSession, PublicLimits, Registry};
 use crate::settings::{ErrorForm, ReplyMode, Settings};
+
+/// The acceptance line: the device key, and the keepalive interval when pings are answered
+/// (an extra member older agents do not read).
+fn accepted(key: &str, keepalive: f64) -> Value {
+    let mut v = json!({"status": "authenticated", "device_key": key});
+    if keepalive > 0.0 {
+        // Whole seconds as an integer, the form an agent most surely reads.
+        v["keepalive"] = if keepalive.fract() == 0.0 {
+            json!(keepalive as u64)
+        } else {
+            json!(keepalive)
+        };
+    }
+    v
+}
 
 /// How long a refusal line may take to leave: a client that reads nothing gets no more.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
@@ -291,14 +307,14 @@ pub fn serve(
     // The frame reader takes over the bytes the handshake's buffer holds beyond the line.
     let beyond = reader.buffer().to_vec();
     let reader = FrameReader::with_buffered(reader.into_inner().inner, &beyond, DEFAULT_MAX_FRAME);
-    let reply = (settings.reply == ReplyMode::Normal)
-        .then(|| json!({"status": "authenticated", "device_key": key}));
+    let reply = (settings.reply == ReplyMode::Normal).then(|| accepted(&key, settings.keepalive));
     let link = Link {
         sock,
         reader,
         writer,
         peer,
         send_timeout,
+        keepalive: (settings.keepalive > 0.0).then(|| Duration::from_secs_f64(settings.keepalive)),
         limits: PublicLimits {
             per_address: settings.max_public_per_address,
             per_device: settings.max_public_per_device,
@@ -315,6 +331,8 @@ struct Link {
     peer: SocketAddr,
     /// How long a write to it may make no progress.
     send_timeout: Duration,
+    /// The keepalive interval announced to it, if any.
+    keepalive: Option<Duration>,
     /// Bounds of its public connections.
     limits: PublicLimits,
 }
@@ -326,6 +344,7 @@ fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply:
         mut writer,
         peer,
         send_timeout,
+        keepalive,
         limits,
     } = link;
     // The reply is written before the session is registered: no open request can go ahead of
@@ -365,8 +384,38 @@ fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply:
         }
     );
     let mut frames = reader;
+    // Set by the device's first ping: from then on, silence for this long drops it.
+    let mut silence: Option<Duration> = None;
+    let mut silent = false;
     let why = loop {
         match frames.next_frame() {
+            Ok(Some(Frame::Ping)) => {
+                if silence.is_none() {
+                    // Only a device that pings is held to it: an older agent may stay idle.
+                    if let Some(every) = keepalive {
+                        let bound = every * DEAD_AFTER_INTERVALS;
+                        let _ = sock.set_read_timeout(Some(bound));
+                        silence = Some(bound);
+                        info!(
+                            "device {key} pings (keepalive {} s): dropped if nothing comes from \
+                             it for {} s",
+                            every.as_secs_f64(),
+                            bound.as_secs_f64()
+                        );
+                    }
+                }
+                // Behind what is queued for the device, never holding up this reader.
+                let _ = tx.send_queued(ping_answer_frame());
+            }
+            Ok(Some(Frame::PingAnswer)) => {
+                if noise::allow(Cause::BadFrame) {
+                    warn!("device {key}: the device answered a ping this proxy never sent; ignored");
+                }
+            }
+            Err(FrameError::Io(e)) if silence.is_some() && timed_out(&e) => {
+                silent = true;
+                break String::new();
+            }
             Ok(Some(Frame::Data { stream, payload })) => {
                 let Some(public) = session.stream(stream) else {
                     continue;
@@ -428,8 +477,13 @@ fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply:
     tx.finish();
     drop(tx);
     let streams = session.streams_at_close();
-    let why = match writer.join() {
-        Ok(Err(e)) if timed_out(&e) => format!(
+    let why = match (silence, writer.join()) {
+        (Some(bound), _) if silent => format!(
+            "nothing from the device for {} s though it pings (noticed by the proxy: its network \
+             path or the device is gone); dropped with its {streams} public connection(s)",
+            bound.as_secs_f64()
+        ),
+        (_, Ok(Err(e))) if timed_out(&e) => format!(
             "the device took no data for {} s (send_timeout); dropped with its {streams} public connection(s)",
             send_timeout.as_secs_f64()
         ),

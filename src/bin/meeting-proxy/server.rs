@@ -92,13 +92,18 @@ impl std::error::Error for StartError {
     }
 }
 
+/// One address where agents connect, plain TCP or TLS.
+struct AgentPort {
+    listener: TcpListener,
+    tls: Arc<control::Tls>,
+}
+
 /// A proxy ready to accept agents.
 pub struct Server {
     settings: Arc<Settings>,
-    tls: Arc<control::Tls>,
     registry: Arc<Registry>,
     auth: Arc<Auth>,
-    control: TcpListener,
+    ports: Vec<AgentPort>,
     pending: Arc<Pending>,
     penalties: Arc<Penalties>,
 }
@@ -113,7 +118,24 @@ impl Server {
             Err(e) => warn!("cannot raise the open-file limit: {e}"),
         }
         let registry = Arc::new(Registry::default());
-        let control = listen(&settings.listen, "")?;
+        // With TLS keys and no --listen-tls, the --listen addresses serve TLS (as before
+        // there were two kinds).
+        let tls = Arc::new(tls);
+        let none: Arc<control::Tls> = Arc::new(None);
+        let plain = if settings.listen_tls.is_empty() {
+            tls.clone()
+        } else {
+            none
+        };
+        let mut ports = Vec::new();
+        for (addrs, tls) in [(&settings.listen, &plain), (&settings.listen_tls, &tls)] {
+            for addr in addrs {
+                ports.push(AgentPort {
+                    listener: listen(addr, "")?,
+                    tls: tls.clone(),
+                });
+            }
+        }
         for tunnel in &settings.tunnels {
             static_tunnel(tunnel, &registry)?;
         }
@@ -130,35 +152,62 @@ impl Server {
             pending: Pending::new(settings.max_pending_per_address, settings.max_pending),
             penalties: Arc::new(penalties(&settings)),
             settings: Arc::new(settings),
-            tls: Arc::new(tls),
             registry,
             auth,
-            control,
+            ports,
         })
     }
 
-    /// Accepts agents, one thread each, until the listener fails for good.
-    pub fn listen(self) -> ExitCode {
+    /// Accepts agents on every address, one thread each, until the listeners fail for good.
+    pub fn listen(mut self) -> ExitCode {
         noise::spawn_summaries();
-        match self.control.local_addr() {
-            Ok(a) => info!(
-                "listening for agents on {a} ({}, reply mode {})",
-                if self.tls.is_some() {
-                    "TLS"
-                } else {
-                    "plain TCP"
-                },
-                match self.settings.reply {
-                    ReplyMode::Normal => "normal",
-                    ReplyMode::None => "none",
-                    ReplyMode::SilentClose => "silent-close",
-                }
-            ),
-            Err(e) => warn!("listening for agents (address unknown: {e})"),
+        let ports = std::mem::take(&mut self.ports);
+        for port in &ports {
+            match port.listener.local_addr() {
+                Ok(a) => info!(
+                    "listening for agents on {a} ({}, reply mode {}, keepalive {})",
+                    if port.tls.is_some() {
+                        "TLS"
+                    } else {
+                        "plain TCP"
+                    },
+                    match self.settings.reply {
+                        ReplyMode::Normal => "normal",
+                        ReplyMode::None => "none",
+                        ReplyMode::SilentClose => "silent-close",
+                    },
+                    match self.settings.keepalive {
+                        k if k > 0.0 => format!("{k} s"),
+                        _ => "off".to_owned(),
+                    }
+                ),
+                Err(e) => warn!("listening for agents (address unknown: {e})"),
+            }
         }
-        for conn in self.control.incoming() {
+        let server = Arc::new(self);
+        let mut ports = ports.into_iter();
+        let last = ports.next_back();
+        for port in ports {
+            let server = server.clone();
+            let spawned = thread::Builder::new()
+                .name("agents".into())
+                .spawn(move || server.accept(port));
+            if let Err(e) = spawned {
+                warn!("cannot start a thread to accept agents: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        if let Some(port) = last {
+            server.accept(port);
+        }
+        ExitCode::SUCCESS
+    }
+
+    /// Accepts agents on `port` until its listener fails for good.
+    fn accept(&self, port: AgentPort) {
+        for conn in port.listener.incoming() {
             match conn {
-                Ok(sock) => self.admit(sock),
+                Ok(sock) => self.admit(sock, &port.tls),
                 Err(e) => {
                     if noise::allow(Cause::AcceptFailed) {
                         warn!("accept failed: {e}");
@@ -168,13 +217,12 @@ impl Server {
                 }
             }
         }
-        ExitCode::SUCCESS
     }
 
     /// Gives an accepted connection its thread, or, from an address slowed for its failed
     /// handshakes or over the bounds of handshakes in progress, one refusal line (never
     /// waiting on the client) and a close.
-    fn admit(&self, sock: std::net::TcpStream) {
+    fn admit(&self, sock: std::net::TcpStream, tls: &Arc<control::Tls>) {
         let Ok(peer) = sock.peer_addr() else {
             return;
         };
@@ -212,7 +260,7 @@ impl Server {
             at,
             slot,
         };
-        let (s, t) = (self.settings.clone(), self.tls.clone());
+        let (s, t) = (self.settings.clone(), tls.clone());
         let (a, r, p) = (
             self.auth.clone(),
             self.registry.clone(),

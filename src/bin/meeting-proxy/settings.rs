@@ -59,8 +59,12 @@ pub enum ErrorForm {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
-    /// Where agents connect.
-    pub listen: String,
+    /// Where agents connect (in JSON, one address or a list).
+    #[serde(deserialize_with = "one_or_many")]
+    pub listen: Vec<String>,
+    /// Where agents connect over TLS, beside `listen` (which is then plain TCP).
+    #[serde(deserialize_with = "one_or_many")]
+    pub listen_tls: Vec<String>,
     /// Accepted devices.
     pub devices: Vec<Device>,
     /// Public tunnels.
@@ -100,6 +104,9 @@ pub struct Settings {
     pub max_pending: usize,
     /// Seconds a device (or a public client) may take nothing before it is dropped.
     pub send_timeout: f64,
+    /// Keepalive interval announced to agents, in seconds (0: none): they ping when nothing
+    /// arrived for it, and a device that pings is dropped after 3 intervals of silence.
+    pub keepalive: f64,
     /// Failed handshakes from one address before it is slowed.
     pub address_penalty_burst: usize,
     /// Handshakes a second one slowed address may try.
@@ -119,7 +126,8 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            listen: "127.0.0.1:9001".to_owned(),
+            listen: vec!["127.0.0.1:9001".to_owned()],
+            listen_tls: Vec::new(),
             devices: Vec::new(),
             tunnels: Vec::new(),
             reply: ReplyMode::Normal,
@@ -139,6 +147,7 @@ impl Default for Settings {
             max_pending_per_address: 32,
             max_pending: 1024,
             send_timeout: 60.0,
+            keepalive: 25.0,
             address_penalty_burst: 5,
             address_penalty_per_second: 10.0,
             key_penalty_burst: 3,
@@ -166,6 +175,14 @@ impl Settings {
                     "{name} {v}: expected seconds between {min} and 86400"
                 ));
             }
+        }
+        if !(self.keepalive == 0.0
+            || (self.keepalive.is_finite() && (1.0..=3600.0).contains(&self.keepalive)))
+        {
+            return Err(format!(
+                "keepalive {}: expected 0 (off) or seconds between 1 and 3600",
+                self.keepalive
+            ));
         }
         if !(self.handshake_timeout.is_finite() && (0.1..=30.0).contains(&self.handshake_timeout)) {
             return Err(format!(
@@ -238,6 +255,12 @@ impl Settings {
                 ));
             }
         }
+        if self.listen.is_empty() && self.listen_tls.is_empty() {
+            return Err("listen is empty: give at least one address for agents".into());
+        }
+        if !self.listen_tls.is_empty() && self.tls_cert.is_none() {
+            return Err("listen_tls needs tls_cert and tls_key".into());
+        }
         if self.api_url.is_none() && self.api_ca_file.is_some() {
             return Err("api_ca_file is set but api_url is not".into());
         }
@@ -279,7 +302,11 @@ Usage: meeting-proxy [OPTIONS]
 Reference Meeting proxy: accepts tunnel-agent connections and maps public ports to them.
 
 Options:
-  --listen ADDR              where agents connect (default 127.0.0.1:9001; port 0 = any)
+  --listen ADDR              where agents connect (default 127.0.0.1:9001; port 0 = any);
+                             repeatable. With --tls-cert and no --listen-tls, these serve TLS
+  --listen-tls ADDR          where agents connect over TLS (repeatable); --listen addresses
+                             are then plain TCP: e.g. --listen 0.0.0.0:9001 for older agents
+                             and --listen-tls 127.0.0.1:9443 behind an SNI router on 443
   --device KEY=TOKEN         accept this device (repeatable); KEY=TOKEN:unauthorized refuses
                              it as not authorized for tunnels
   --tunnel ADDR=KEY:PORT     public ADDR reaches PORT on device KEY (repeatable)
@@ -315,6 +342,10 @@ Facing the internet:
   --send-timeout SECS        a device whose connection takes no data for SECS is dropped,
                              with its public connections (default 60); agents' connections
                              also get TCP keepalive and TCP_USER_TIMEOUT, as the agent's do
+  --keepalive SECS           announced to agents in the acceptance: they ping when nothing
+                             arrived for SECS, and a device that pings is dropped once
+                             nothing came from it for 3 x SECS (default 25; 0: not announced,
+                             devices stay until TCP gives up)
   --address-penalty-burst N, --address-penalty-per-second R
                              failed handshakes from one address pass N at once, then R a
                              second; more get \"too many failed handshakes\" with the time to
@@ -328,14 +359,15 @@ Facing the internet:
                              public connections to one device from one address (at most
                              100), and in all; more are closed at once (default 16 and 256)
 
-  --config FILE              the same settings as JSON: {\"listen\", \"devices\": [{\"key\",
+  --config FILE              the same settings as JSON: {\"listen\" (an address or a list),
+                             \"listen_tls\": [..], \"devices\": [{\"key\",
                              \"token\", \"authorized\"}], \"tunnels\": [{\"listen\", \"device\",
                              \"port\"}], \"reply\", \"error_form\", \"tls_cert\", \"tls_key\",
                              \"api_url\", \"api_ca_file\", \"api_timeout\", \"tunnels_interval\",
                              \"public_bind\", \"public_ports\": [LOW, HIGH], \"close_expired\",
                              \"cache_accept\", \"cache_refuse\", \"handshake_timeout\",
                              \"max_pending_per_address\", \"max_pending\",
-                             \"send_timeout\", \"address_penalty_burst\",
+                             \"send_timeout\", \"keepalive\", \"address_penalty_burst\",
                              \"address_penalty_per_second\", \"key_penalty_burst\",
                              \"key_penalty_per_minute\", \"remember_accepted\",
                              \"max_public_per_address\", \"max_public_per_device\"};
@@ -364,6 +396,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         None => Settings::default(),
     };
     let mut verbosity = 0;
+    // The first --listen replaces the default (or the file's); the next ones add to it.
+    let mut listen_given = false;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |flag: &str| it.next().cloned().ok_or(format!("{flag} needs a value"));
@@ -376,7 +410,13 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--config" => {
                 value("--config")?;
             }
-            "--listen" => settings.listen = value("--listen")?,
+            "--listen" => {
+                if !std::mem::replace(&mut listen_given, true) {
+                    settings.listen.clear();
+                }
+                settings.listen.push(value(arg)?)
+            }
+            "--listen-tls" => settings.listen_tls.push(value(arg)?),
             "--tls-cert" => settings.tls_cert = Some(value("--tls-cert")?.into()),
             "--tls-key" => settings.tls_key = Some(value("--tls-key")?.into()),
             "--device" => settings.devices.push(parse_device(&value("--device")?)?),
@@ -393,6 +433,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             }
             "--max-pending" => settings.max_pending = count(arg, &value(arg)?)?,
             "--send-timeout" => settings.send_timeout = seconds(arg, &value(arg)?)?,
+            "--keepalive" => settings.keepalive = seconds(arg, &value(arg)?)?,
             "--address-penalty-burst" => settings.address_penalty_burst = count(arg, &value(arg)?)?,
             "--address-penalty-per-second" => {
                 settings.address_penalty_per_second = number(arg, &value(arg)?)?
@@ -437,6 +478,20 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     }
     settings.validate()?;
     Ok(Command::Serve(Box::new(settings), verbosity))
+}
+
+/// A JSON member that holds one string or a list of them.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 fn load_file(path: &Path) -> Result<Settings, String> {
@@ -545,6 +600,63 @@ mod tests {
         let e = serve(&["--config", file.to_str().unwrap()]).unwrap_err();
         assert!(e.contains("tunnels_interval -1"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn agents_listen_on_several_addresses_plain_and_tls() {
+        assert_eq!(serve(&[]).unwrap().listen, ["127.0.0.1:9001"]);
+        let s = serve(&[
+            "--listen",
+            "0.0.0.0:9001",
+            "--listen",
+            "[::]:9001",
+            "--listen-tls",
+            "127.0.0.1:9443",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ])
+        .unwrap();
+        assert_eq!(s.listen, ["0.0.0.0:9001", "[::]:9001"]);
+        assert_eq!(s.listen_tls, ["127.0.0.1:9443"]);
+        let e = serve(&["--listen-tls", "127.0.0.1:9443"]).unwrap_err();
+        assert!(e.contains("listen_tls needs tls_cert"), "{e}");
+        let dir = std::env::temp_dir().join(format!("mp-listen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("proxy.json");
+        for (json, plain, tls) in [
+            (r#"{"listen": "127.0.0.1:1"}"#, vec!["127.0.0.1:1"], vec![]),
+            (
+                r#"{"listen": ["127.0.0.1:1", "127.0.0.2:1"], "listen_tls": ["127.0.0.1:2"],
+                    "tls_cert": "c", "tls_key": "k"}"#,
+                vec!["127.0.0.1:1", "127.0.0.2:1"],
+                vec!["127.0.0.1:2"],
+            ),
+            (r#"{"listen": [], "listen_tls": "127.0.0.1:2", "tls_cert": "c", "tls_key": "k"}"#, vec![], vec!["127.0.0.1:2"]),
+        ] {
+            std::fs::write(&file, json).unwrap();
+            let s = serve(&["--config", file.to_str().unwrap()]).unwrap();
+            assert_eq!(s.listen, plain, "{json}");
+            assert_eq!(s.listen_tls, tls, "{json}");
+        }
+        std::fs::write(&file, r#"{"listen": 9001}"#).unwrap();
+        assert!(serve(&["--config", file.to_str().unwrap()]).is_err());
+        std::fs::write(&file, r#"{"listen": []}"#).unwrap();
+        let e = serve(&["--config", file.to_str().unwrap()]).unwrap_err();
+        assert!(e.contains("listen is empty"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn keepalive_is_off_or_a_sane_interval() {
+        assert_eq!(serve(&[]).unwrap().keepalive, 25.0);
+        assert_eq!(serve(&["--keepalive", "0"]).unwrap().keepalive, 0.0);
+        assert_eq!(serve(&["--keepalive", "2"]).unwrap().keepalive, 2.0);
+        for bad in ["0.5", "7200", "-1", "NaN"] {
+            let e = serve(&["--keepalive", bad]).unwrap_err();
+            assert!(e.contains("keepalive"), "{bad}: {e}");
+        }
     }
 
     #[test]

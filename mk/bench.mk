@@ -40,6 +40,14 @@ bench-tls-arm:
 	@echo "this machine, native:"
 	@$(CARGO) run --locked --release -q --example tls_suites
 
+# An idle tunnel's CPU time and wake-ups over IDLE_MINUTES (10), agent and proxy, into
+# bench/IDLE.md; BEFORE=DIR runs an earlier build's pair (DIR/tunnel-agent, DIR/meeting-proxy)
+# at the same time.
+IDLE_MINUTES ?= 10
+bench-idle:
+	$(CARGO) build --locked --release --bins --example idle
+	IDLE_MINUTES=$(IDLE_MINUTES) ./target/release/examples/idle
+
 bench-latency:
 	$(CARGO) build --locked --release --bins --example bench
 	BENCH_ONLY=latency ./target/release/examples/bench

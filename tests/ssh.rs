@@ -4,34 +4,16 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
+use support::sshd::{keygen, run, Sshd, SSHD};
 use support::*;
-
-const SSHD: &str = "/usr/sbin/sshd";
 
 struct Dir(PathBuf);
 impl Drop for Dir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn keygen(path: &Path) {
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(path));
 }
 
 /// `true` when OpenSSH's server and client are missing here (after saying so; under CI their
@@ -51,26 +33,8 @@ fn skip_without_openssh(test: &str) -> bool {
 /// Debian's sshd on a loopback port with `dir/hostkey`, reading `authorized_keys`; returns it
 /// once it listens, with its port.
 fn start_sshd(dir: &Path, authorized_keys: &Path) -> (Proc, u16) {
-    keygen(&dir.join("hostkey"));
-    // sshd as root insists on its privilege separation directory.
-    let _ = std::fs::create_dir_all("/run/sshd");
-    let port = closed_port();
-    std::fs::write(
-        dir.join("sshd_config"),
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/hostkey\nPidFile {d}/sshd.pid\n\
-             AuthorizedKeysFile {keys}\nStrictModes no\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n\
-             Subsystem sftp internal-sftp\nLogLevel VERBOSE\n",
-            d = dir.display(),
-            keys = authorized_keys.display()
-        ),
-    )
-    .unwrap();
-    let cfg = dir.join("sshd_config").display().to_string();
-    let sshd = Proc::spawn(SSHD, &["-D", "-e", "-f", &cfg], &[]);
-    sshd.wait_for(&format!("Server listening on 127.0.0.1 port {port}"), SOON);
-    (sshd, port)
+    let sshd = Sshd::start(dir, authorized_keys);
+    (sshd.proc, sshd.port)
 }
 
 fn client_opts(dir: &Path) -> Vec<String> {

@@ -1,13 +1,15 @@
 //! The one support module of the tests, the examples and the benchmark: running the real
 //! binaries and reading their logs (`process`), the tunnel on loopback (`harness`), the fake
 //! Meeting API (`fake_api`), the peers the benchmark compares with (`peers`), what a test needs
-//! of the machine (`need`), a peer unreachable until opened (`relay`), a booted Debian root
+//! of the machine (`need`), a peer unreachable until opened and a path that can be cut
+//! (`relay`), a real sshd (`sshd`), a booted Debian root
 //! (`debian`), test data, loopback services and readers of `/proc`. Tests say
 //! `mod support;`; examples include it with `#[path]`.
 #![allow(dead_code, unused_imports)]
 
 pub mod debian;
 pub mod fake_api;
+pub mod frontend;
 pub mod harness;
 pub mod integrity;
 pub mod need;
@@ -16,6 +18,7 @@ pub mod peers;
 pub mod pki;
 pub mod process;
 pub mod relay;
+pub mod sshd;
 
 pub use fake_api::FakeApi;
 pub use harness::*;

@@ -49,11 +49,16 @@ impl Outbound {
     /// tinyproxy allowing CONNECT to `ports` only, with Basic authentication when `auth`,
     /// connecting out from `source`.
     pub fn tinyproxy(ports: &[u16], auth: bool, source: &'static str) -> Outbound {
+        Outbound::tinyproxy_idle(ports, auth, 600, source)
+    }
+
+    /// The same, closing a connection idle for `timeout` seconds (its `Timeout`).
+    pub fn tinyproxy_idle(ports: &[u16], auth: bool, timeout: u32, source: &'static str) -> Outbound {
         let dir = folder("tinyproxy");
         let port = free_port();
         let mut conf = format!(
             "User nobody\nGroup nogroup\nPort {port}\nListen 127.0.0.1\nBind {source}\n\
-             Timeout 600\nMaxClients 50\nAllow 127.0.0.1\nLogLevel Info\n"
+             Timeout {timeout}\nMaxClients 50\nAllow 127.0.0.1\nLogLevel Info\n"
         );
         if auth {
             conf.push_str(&format!("BasicAuth {HTTP_USER} {HTTP_PASSWORD}\n"));
@@ -78,10 +83,20 @@ impl Outbound {
     /// squid allowing CONNECT to `ports`, no authentication, giving up on a connection after
     /// `connect_timeout` seconds, connecting out from `source`.
     pub fn squid(ports: &[u16], connect_timeout: u32, source: &'static str) -> Outbound {
+        Outbound::squid_with(ports, connect_timeout, "", source)
+    }
+
+    /// The same with `extra` configuration lines (e.g. `read_timeout 30 seconds`).
+    pub fn squid_with(
+        ports: &[u16],
+        connect_timeout: u32,
+        extra: &str,
+        source: &'static str,
+    ) -> Outbound {
         let dir = folder("squid");
         let port = free_port();
         let list: Vec<String> = ports.iter().map(u16::to_string).collect();
-        let conf = format!(
+        let mut conf = format!(
             "http_port 127.0.0.1:{port}\npid_filename {d}/squid.pid\ncache deny all\n\
              access_log stdio:{d}/access.log\ncache_log /dev/stderr\ncache_effective_user proxy\n\
              connect_timeout {connect_timeout} seconds\ntcp_outgoing_address {source}\n\
@@ -91,6 +106,44 @@ impl Outbound {
             d = dir.display(),
             ports = list.join(" "),
         );
+        conf.push_str(extra);
+        Outbound::run_squid(dir, port, &conf, source)
+    }
+
+    /// squid with Debian's own configuration (`/etc/squid/squid.conf` as the package ships
+    /// it: CONNECT to port 443 only, from localhost), listening on a port of the test's and
+    /// resolving names by `hosts` (lines of an `/etc/hosts` file) alone. Only where it runs
+    /// (its port, pid, logs, user, outgoing address) is the test's.
+    pub fn squid_debian_default(hosts: &str, source: &'static str) -> Outbound {
+        let dir = folder("squid-debian");
+        let port = free_port();
+        let shipped = std::fs::read_to_string("/etc/squid/squid.conf").unwrap();
+        assert!(
+            shipped.lines().any(|l| l == "http_port 3128")
+                && shipped
+                    .lines()
+                    .any(|l| l == "http_access deny CONNECT !SSL_ports"),
+            "Debian's squid.conf changed: the test's premises (http_port 3128, CONNECT to \
+             SSL_ports only) no longer hold"
+        );
+        let mut conf: String = shipped
+            .lines()
+            .map(|l| match l {
+                "http_port 3128" => format!("http_port 127.0.0.1:{port}\n"),
+                l => format!("{l}\n"),
+            })
+            .collect();
+        std::fs::write(dir.join("hosts"), hosts).unwrap();
+        conf.push_str(&format!(
+            "pid_filename {d}/squid.pid\naccess_log stdio:{d}/access.log\ncache_log /dev/stderr\n\
+             cache_effective_user proxy\ntcp_outgoing_address {source}\nhosts_file {d}/hosts\n\
+             shutdown_lifetime 0 seconds\npinger_enable off\n",
+            d = dir.display()
+        ));
+        Outbound::run_squid(dir, port, &conf, source)
+    }
+
+    fn run_squid(dir: PathBuf, port: u16, conf: &str, source: &'static str) -> Outbound {
         std::fs::write(dir.join("squid.conf"), conf).unwrap();
         let proc = Launch::new("squid")
             .args(&["-N", "-f", dir.join("squid.conf").to_str().unwrap()])

@@ -70,7 +70,11 @@ fn listener(proxy: &Proc, kind: &str) -> SocketAddr {
             let rest = &line[line.find("listening for agents on ").unwrap() + 24..];
             return rest.split_whitespace().next().unwrap().parse().unwrap();
         }
-        assert!(Instant::now() < until, "no {kind} listener:\n{}", proxy.output());
+        assert!(
+            Instant::now() < until,
+            "no {kind} listener:\n{}",
+            proxy.output()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -99,7 +103,11 @@ fn only_ends_that_agreed_ping_and_the_older_ends_see_todays_bytes() {
         &format!("127.0.0.1:0={KEY2}:{echo}"),
     ]);
     let b = Proxy::start(&["--keepalive", "0", "--device", &key_and_token(KEY, TOKEN)]);
-    let (tap_a, tap_py, tap_b) = (Tap::start(a.control), Tap::start(a.control), Tap::start(b.control));
+    let (tap_a, tap_py, tap_b) = (
+        Tap::start(a.control),
+        Tap::start(a.control),
+        Tap::start(b.control),
+    );
 
     // The older ends first, so that they are idle for all of the pinging agent's time.
     let python = Proc::spawn(
@@ -130,7 +138,8 @@ fn only_ends_that_agreed_ping_and_the_older_ends_see_todays_bytes() {
         frame_types(&up).iter().all(|&t| t == b'P'),
         "the pinging agent sent other frames: {up:?}"
     );
-    let reply = format!("{{\"device_key\":\"{KEY}\",\"keepalive\":1,\"status\":\"authenticated\"}}\n");
+    let reply =
+        format!("{{\"device_key\":\"{KEY}\",\"keepalive\":1,\"status\":\"authenticated\"}}\n");
     assert!(down.starts_with(reply.as_bytes()), "{down:?}");
     assert!(frame_types(&down).iter().all(|&t| t == b'A'), "{down:?}");
     assert!(frame_types(&down).len() >= 4, "pings unanswered: {down:?}");
@@ -252,7 +261,11 @@ fn a_path_cut_behind_the_outbound_proxy_is_noticed_by_both_ends() {
         .wait_for(&format!("device {KEY} has no agent online"), SOON);
 
     // The agent that does not ping saw nothing, and the proxy holds its device on.
-    assert!(!silent.output().contains("dead link"), "{}", silent.output());
+    assert!(
+        !silent.output().contains("dead link"),
+        "{}",
+        silent.output()
+    );
     assert!(
         !proxy.proc.output().contains(&format!("device {KEY2} from")),
         "{}",
@@ -308,9 +321,15 @@ fn an_idle_tunnel_outlives_tinyproxy_and_squid_idle_limits() {
     };
     let agents = [
         ("tinyproxy, pinging", start(KEY, TOKEN, &tinyproxy, &[])),
-        ("tinyproxy, not pinging", start(KEY2, TOKEN2, &tinyproxy, &["--ping-interval", "0"])),
+        (
+            "tinyproxy, not pinging",
+            start(KEY2, TOKEN2, &tinyproxy, &["--ping-interval", "0"]),
+        ),
         ("squid, pinging", start(KEY3, TOKEN, &squid, &[])),
-        ("squid, not pinging", start(KEY4, TOKEN2, &squid, &["--ping-interval", "0"])),
+        (
+            "squid, not pinging",
+            start(KEY4, TOKEN2, &squid, &["--ping-interval", "0"]),
+        ),
     ];
     for (_, a) in &agents {
         a.wait_for("tunnel ready", SOON);
@@ -329,7 +348,11 @@ fn an_idle_tunnel_outlives_tinyproxy_and_squid_idle_limits() {
     std::thread::sleep(Duration::from_secs(180).saturating_sub(t0.elapsed()));
     for (name, a) in agents.iter().filter(|(n, _)| n.ends_with(", pinging")) {
         let log = a.output();
-        assert_eq!(a.count("connected to proxy"), 1, "{name} reconnected:\n{log}");
+        assert_eq!(
+            a.count("connected to proxy"),
+            1,
+            "{name} reconnected:\n{log}"
+        );
         assert!(
             log.contains("keepalive: the proxy answers pings; pinging after 25 s"),
             "{name}:\n{log}"
@@ -422,8 +445,10 @@ fn meeting_on_443_through_debians_squid_and_an_sni_router() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let step = check_step(&report, "outbound proxy");
     assert!(
-        step.to_string()
-            .contains(&format!("forbids connections to port {} (403)", plain.port())),
+        step.to_string().contains(&format!(
+            "forbids connections to port {} (403)",
+            plain.port()
+        )),
         "{report}"
     );
 
@@ -454,7 +479,10 @@ fn meeting_on_443_through_debians_squid_and_an_sni_router() {
         &[("MEETING_TOKEN", TOKEN)],
     );
     let tls_line = agent.wait_for(&format!("TLS to proxy {name}:443"), SOON);
-    assert!(tls_line.contains(&format!("certificate \"{name}\"")), "{tls_line}");
+    assert!(
+        tls_line.contains(&format!("certificate \"{name}\"")),
+        "{tls_line}"
+    );
     agent.wait_for("tunnel ready", SOON);
     agent.wait_for("keepalive: the proxy answers pings", SOON);
     proxy.wait_for(&format!("device {KEY} connected from 127.0.0.1"), SOON);

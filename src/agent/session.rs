@@ -12,12 +12,12 @@ use log::{debug, info, warn};
 
 use crate::advice;
 use crate::agent::channels::{Channels, Interrupt};
+use crate::agent::pings::{Due, Pings};
 use crate::agent::shutdown::Shutdown;
 use crate::agent::status::{State, Status, Totals};
 use crate::agent::Live;
 use crate::bytes::printable::printable;
 use crate::config::Config;
-use crate::agent::pings::{Due, Pings};
 use crate::protocol::frame::{
     close_frame, ping_answer_frame, ping_frame, printable_type, Frame, FrameError, FrameReader,
     MAX_REPLACED_BY,

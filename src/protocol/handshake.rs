@@ -400,9 +400,14 @@ mod tests {
             offer(",\"keepalive\":2.5"),
             PingOffer::Every(Duration::from_millis(2500))
         );
-        for bad in ["0", "-1", "0.5", "86400", "\"25\"", "true", "null", "{}", "[25]"] {
+        for bad in [
+            "0", "-1", "0.5", "86400", "\"25\"", "true", "null", "{}", "[25]",
+        ] {
             assert!(
-                matches!(offer(&format!(",\"keepalive\":{bad}")), PingOffer::Unreadable(_)),
+                matches!(
+                    offer(&format!(",\"keepalive\":{bad}")),
+                    PingOffer::Unreadable(_)
+                ),
                 "{bad}"
             );
         }

@@ -306,8 +306,12 @@ impl FrameSender {
     /// at most one per interval, never hold up its reading.
     pub fn send_queued(&self, frame: Vec<u8>) -> Result<(), WriterGone> {
         let len = frame.len();
-        self.shared
-            .send(self.control, &self.control_room, (frame, len), Way::Background)
+        self.shared.send(
+            self.control,
+            &self.control_room,
+            (frame, len),
+            Way::Background,
+        )
     }
 
     /// A buffer of `size` bytes to build a frame in (reused, so its contents are old bytes).

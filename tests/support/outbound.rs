@@ -53,7 +53,12 @@ impl Outbound {
     }
 
     /// The same, closing a connection idle for `timeout` seconds (its `Timeout`).
-    pub fn tinyproxy_idle(ports: &[u16], auth: bool, timeout: u32, source: &'static str) -> Outbound {
+    pub fn tinyproxy_idle(
+        ports: &[u16],
+        auth: bool,
+        timeout: u32,
+        source: &'static str,
+    ) -> Outbound {
         let dir = folder("tinyproxy");
         let port = free_port();
         let mut conf = format!(

@@ -409,7 +409,9 @@ fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply:
             }
             Ok(Some(Frame::PingAnswer)) => {
                 if noise::allow(Cause::BadFrame) {
-                    warn!("device {key}: the device answered a ping this proxy never sent; ignored");
+                    warn!(
+                        "device {key}: the device answered a ping this proxy never sent; ignored"
+                    );
                 }
             }
             Err(FrameError::Io(e)) if silence.is_some() && timed_out(&e) => {

@@ -633,7 +633,11 @@ mod tests {
                 vec!["127.0.0.1:1", "127.0.0.2:1"],
                 vec!["127.0.0.1:2"],
             ),
-            (r#"{"listen": [], "listen_tls": "127.0.0.1:2", "tls_cert": "c", "tls_key": "k"}"#, vec![], vec!["127.0.0.1:2"]),
+            (
+                r#"{"listen": [], "listen_tls": "127.0.0.1:2", "tls_cert": "c", "tls_key": "k"}"#,
+                vec![],
+                vec!["127.0.0.1:2"],
+            ),
         ] {
             std::fs::write(&file, json).unwrap();
             let s = serve(&["--config", file.to_str().unwrap()]).unwrap();

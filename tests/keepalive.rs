@@ -99,10 +99,40 @@ fn only_ends_that_agreed_ping_and_the_older_ends_see_todays_bytes() {
         &key_and_token(KEY, TOKEN),
         "--device",
         &key_and_token(KEY2, TOKEN2),
+        "--device",
+        &key_and_token(KEY3, TOKEN),
         "--tunnel",
         &format!("127.0.0.1:0={KEY2}:{echo}"),
     ]);
-    let b = Proxy::start(&["--keepalive", "0", "--device", &key_and_token(KEY, TOKEN)]);
+    let b = Proxy::start(&[
+        "--keepalive",
+        "0",
+        "--device",
+        &key_and_token(KEY, TOKEN),
+        "--device",
+        &key_and_token(KEY3, TOKEN),
+    ]);
+    // check says whether a proxy answers pings (as a device of its own: a handshake for a
+    // device that is connected would replace its connection).
+    for (proxy, said) in [
+        (
+            &a,
+            "accepted; the proxy answers keepalive pings (every 1 s at most)",
+        ),
+        (&b, "accepted"),
+    ] {
+        let out = std::process::Command::new(bin("tunnel-agent"))
+            .args(["check", "--json", "--timeout", "5", "--device-key", KEY3])
+            .args(["--host", "127.0.0.1", "--port"])
+            .arg(proxy.control.port().to_string())
+            .args(["--status-file", ""])
+            .env("MEETING_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let detail = check_step(&report, "handshake")["detail"].to_string();
+        assert!(detail.contains(&format!(": {said}; reply bytes")), "{detail}");
+    }
     let (tap_a, tap_py, tap_b) = (
         Tap::start(a.control),
         Tap::start(a.control),

@@ -19,7 +19,7 @@ use crate::bytes::printable::printable;
 use crate::bytes::recorded::Recorded;
 use crate::config::{self, Config, Flags, SearchPaths};
 use crate::meeting::{self, DeviceRecord};
-use crate::protocol::handshake::{handshake_line, read_reply, Reply, ReplyError};
+use crate::protocol::handshake::{handshake_line, read_reply, PingOffer, Reply, ReplyError};
 use crate::transport::tcp::{connect_any, resolve};
 use crate::transport::{self, Control, TransportError};
 use verdict::{Api, Findings, Handshake, Login, Presence, Reach, Verdict};
@@ -761,7 +761,21 @@ fn handshake_step(
     facts.reply_ms = Some(ms);
     facts.reply_raw = Some(raw.clone());
     let (status, what, hint, found) = match reply {
-        Ok(Reply::Accepted { .. }) => (Status::Pass, "accepted".to_owned(), None, Handshake::Accepted),
+        Ok(Reply::Accepted { ping, .. }) => (
+            Status::Pass,
+            match ping {
+                PingOffer::Every(d) => format!(
+                    "accepted; the proxy answers keepalive pings (every {} s at most)",
+                    d.as_secs_f64()
+                ),
+                PingOffer::Unreadable(raw) => {
+                    format!("accepted; keepalive announced in a form this agent cannot read: {raw}")
+                }
+                PingOffer::Absent => "accepted".to_owned(),
+            },
+            None,
+            Handshake::Accepted,
+        ),
         Ok(Reply::FramesStarted { .. }) => (
             Status::Pass,
             "no reply line; the proxy began with a frame (older proxy)".to_owned(),

@@ -11,10 +11,7 @@ mod support;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use support::{Launch, Proc, SOON};
-
-const KEY: &str = "3316A52EB08837267BF6BD3E2B2E8DC7";
-const TOKEN: &str = "50a4c0de";
+use support::{device_args, proxy_args, Launch, Proc, KEY, SOON, TOKEN};
 
 /// CPU nanoseconds (from each thread's schedstat) and context switches of a process's live
 /// threads.
@@ -59,34 +56,16 @@ struct Pair {
 
 fn start(name: &str, dir: &str) -> Pair {
     let proxy = Launch::new(format!("{dir}/meeting-proxy"))
-        .args(&[
-            "--listen",
-            "127.0.0.1:0",
-            "--device",
-            &format!("{KEY}={TOKEN}"),
-            "--tunnel",
-            "127.0.0.1:0=3316A52EB08837267BF6BD3E2B2E8DC7:22",
-        ])
+        .args(&proxy_args(KEY, TOKEN, &[22]))
         .start();
     let line = proxy.wait_for("listening for agents on ", SOON);
     let addr = line
         .split("listening for agents on ")
         .nth(1)
         .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_owned();
-    let port = addr.rsplit(':').next().unwrap().to_owned();
+        .unwrap();
     let agent = Launch::new(format!("{dir}/tunnel-agent"))
-        .args(&[
-            "--device-key",
-            KEY,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--status-file",
-            "",
-        ])
+        .args(&device_args(addr.parse().unwrap(), KEY))
         .envs(&[("MEETING_TOKEN", TOKEN)])
         .start();
     agent.wait_for("tunnel ready", SOON);

@@ -54,8 +54,20 @@ fn wait_pings(tap: &Tap, i: usize, n: usize) -> (Vec<u8>, Vec<u8>) {
     }
 }
 
-fn key_and_token(key: &str, token: &str) -> String {
-    format!("{key}={token}")
+/// Every device of these tests, with its token.
+const DEVICES: [(&str, &str); 4] = [(KEY, TOKEN), (KEY2, TOKEN2), (KEY3, TOKEN), (KEY4, TOKEN2)];
+
+/// meeting-proxy with `extra` arguments, accepting every device of these tests, one public
+/// port per (device, local port) of `tunnels`.
+fn proxy(extra: &[&str], tunnels: &[(&str, u16)]) -> Proxy {
+    let mut args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+    for (key, token) in DEVICES {
+        args.extend(["--device".to_owned(), format!("{key}={token}")]);
+    }
+    for (key, port) in tunnels {
+        args.extend(["--tunnel".to_owned(), format!("127.0.0.1:0={key}:{port}")]);
+    }
+    Proxy::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// A proxy's line that names a listener of `kind` ("TLS" or "plain TCP"): its address.
@@ -92,26 +104,8 @@ fn only_ends_that_agreed_ping_and_the_older_ends_see_todays_bytes() {
     }
     let echo = echo_server();
     // A: announces a 1 s keepalive (so pings come quickly); B: announces none.
-    let a = Proxy::start(&[
-        "--keepalive",
-        "1",
-        "--device",
-        &key_and_token(KEY, TOKEN),
-        "--device",
-        &key_and_token(KEY2, TOKEN2),
-        "--device",
-        &key_and_token(KEY3, TOKEN),
-        "--tunnel",
-        &format!("127.0.0.1:0={KEY2}:{echo}"),
-    ]);
-    let b = Proxy::start(&[
-        "--keepalive",
-        "0",
-        "--device",
-        &key_and_token(KEY, TOKEN),
-        "--device",
-        &key_and_token(KEY3, TOKEN),
-    ]);
+    let a = proxy(&["--keepalive", "1"], &[(KEY2, echo)]);
+    let b = proxy(&["--keepalive", "0"], &[]);
     // check says whether a proxy answers pings (as a device of its own: a handshake for a
     // device that is connected would replace its connection).
     for (proxy, said) in [
@@ -221,18 +215,7 @@ fn a_path_cut_behind_the_outbound_proxy_is_noticed_by_both_ends() {
         return;
     }
     let echo = echo_server();
-    let proxy = Proxy::start(&[
-        "--keepalive",
-        "2",
-        "--device",
-        &key_and_token(KEY, TOKEN),
-        "--device",
-        &key_and_token(KEY2, TOKEN2),
-        "--tunnel",
-        &format!("127.0.0.1:0={KEY}:{echo}"),
-        "--tunnel",
-        &format!("127.0.0.1:0={KEY2}:{echo}"),
-    ]);
+    let proxy = proxy(&["--keepalive", "2"], &[(KEY, echo), (KEY2, echo)]);
     let path = Tap::start(proxy.control);
     let outbound = Outbound::tinyproxy(&[path.addr.port()], false, "127.0.0.36");
     let via = outbound.url("http", None);
@@ -323,20 +306,7 @@ fn an_idle_tunnel_outlives_tinyproxy_and_squid_idle_limits() {
     let dir = std::env::temp_dir().join(format!("tunnel-agent-idle-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let sshd = Sshd::with_client_key(&dir);
-    let proxy = Proxy::start(&[
-        "--device",
-        &key_and_token(KEY, TOKEN),
-        "--device",
-        &key_and_token(KEY2, TOKEN2),
-        "--device",
-        &key_and_token(KEY3, TOKEN),
-        "--device",
-        &key_and_token(KEY4, TOKEN2),
-        "--tunnel",
-        &format!("127.0.0.1:0={KEY}:{}", sshd.port),
-        "--tunnel",
-        &format!("127.0.0.1:0={KEY3}:{}", sshd.port),
-    ]);
+    let proxy = proxy(&[], &[(KEY, sshd.port), (KEY3, sshd.port)]);
     let port = proxy.control.port();
     let tinyproxy = Outbound::tinyproxy_idle(&[port], false, 30, "127.0.0.37");
     let squid = Outbound::squid_with(&[port], 10, "read_timeout 30 seconds\n", "127.0.0.38");
@@ -449,9 +419,9 @@ fn meeting_on_443_through_debians_squid_and_an_sni_router() {
             "--tls-key",
             &pki.path("proxy.key"),
             "--device",
-            &key_and_token(KEY, TOKEN),
+            &format!("{KEY}={TOKEN}"),
             "--device",
-            &key_and_token(KEY2, TOKEN2),
+            &format!("{KEY2}={TOKEN2}"),
             "--tunnel",
             &format!("127.0.0.1:0={KEY}:{}", sshd.port),
         ],

@@ -577,11 +577,20 @@ fn frames(
                 }
                 let _ = tx.send(close_frame(stream));
             }
-            // This agent pings, never the proxy; a ping is answered all the same.
-            Frame::Ping => {
+            // This agent pings, never the proxy; a ping is answered all the same, where pings
+            // were agreed. Elsewhere the agent sends nothing that the proxy did not announce.
+            Frame::Ping if pings.is_some() => {
                 let _ = tx.send_queued(ping_answer_frame());
             }
-            Frame::PingAnswer => {}
+            Frame::PingAnswer if pings.is_some() => {}
+            Frame::Ping | Frame::PingAnswer => {
+                if totals.noise.allow(Cause::UnknownFrame) {
+                    warn!(
+                        "ignoring a keepalive frame from a proxy that did not announce \
+                         keepalive (its acceptance had no \"keepalive\" member)"
+                    );
+                }
+            }
             Frame::Replaced { by } => {
                 break Ending::Replaced {
                     by: printable(by, MAX_REPLACED_BY),

@@ -125,7 +125,10 @@ fn only_ends_that_agreed_ping_and_the_older_ends_see_todays_bytes() {
             .unwrap();
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let detail = check_step(&report, "handshake")["detail"].to_string();
-        assert!(detail.contains(&format!(": {said}; reply bytes")), "{detail}");
+        assert!(
+            detail.contains(&format!(": {said}; reply bytes")),
+            "{detail}"
+        );
     }
     let (tap_a, tap_py, tap_b) = (
         Tap::start(a.control),

@@ -138,7 +138,9 @@ pub fn tls(peer: Peer, e: &crate::transport::tls::TlsError) -> Option<String> {
         T::ServerKeys { .. } => {
             "both must be PEM files, the key matching the certificate".to_owned()
         }
-        T::Certificate(_) | T::Alert(_) | T::Timeout | T::Other(_) => return None,
+        T::Certificate(_) | T::Alert(_) | T::Timeout | T::ClosedDuringHandshake | T::Other(_) => {
+            return None
+        }
     })
 }
 

@@ -122,6 +122,11 @@ fn untrusted_ca_is_named_as_such() {
     );
     let line = agent.wait_for("certificate not trusted", SOON);
     assert!(line.contains("other.pem"), "names what it trusts: {line}");
+    // The proxy's side, in its own words: what its client did.
+    let line = proxy
+        .proc
+        .wait_for("the agent refused this proxy's certificate (alert", SOON);
+    assert!(line.contains("its ca_file and tls_server_name"), "{line}");
     let (code, v) = check(
         proxy.control,
         &[
@@ -300,7 +305,22 @@ fn plain_agent_against_a_tls_proxy_says_enable_tls() {
     let proxy = pki.proxy("server", 22);
     let agent = agent(proxy.control, &[]);
     agent.wait_for("enable TLS", SOON);
-    proxy.proc.wait_for("TLS handshake with agent", SOON);
+    proxy.proc.wait_for(
+        "the agent sent a plain-text line, not a TLS ClientHello: it has TLS off",
+        SOON,
+    );
+    // That line was the handshake: its token is not quoted.
+    assert!(
+        !proxy.proc.output().contains(TOKEN),
+        "{}",
+        proxy.proc.output()
+    );
+    // A client that connects and closes without a byte.
+    drop(std::net::TcpStream::connect(proxy.control).unwrap());
+    proxy.proc.wait_for(
+        "the agent closed the connection without sending a TLS ClientHello",
+        SOON,
+    );
     let (code, v) = check(proxy.control, &[]);
     assert_eq!(
         (code, v["verdict"].as_str().unwrap()),

@@ -69,6 +69,8 @@ pub enum TlsError {
     },
     /// The server closed the connection after the ClientHello without a TLS answer.
     ClosedAfterHello,
+    /// The peer closed the connection part-way through the handshake, after its first bytes.
+    ClosedDuringHandshake,
     /// The server refused the handshake with a TLS alert.
     Alert(String),
     /// No TLS answer within the timeout.
@@ -141,6 +143,12 @@ impl fmt::Display for TlsError {
                 "the server closed the connection after our TLS ClientHello: it does not speak \
                  TLS on this port"
             ),
+            TlsError::ClosedDuringHandshake => {
+                write!(
+                    f,
+                    "the server closed the connection during the TLS handshake"
+                )
+            }
             TlsError::Alert(a) => write!(f, "the server refused the TLS handshake with alert {a}"),
             TlsError::Timeout => write!(f, "no TLS answer from the server in time"),
             TlsError::Other(e) => write!(f, "TLS handshake failed: {e}"),
@@ -155,6 +163,50 @@ impl fmt::Display for TlsError {
 }
 
 impl std::error::Error for TlsError {}
+
+impl TlsError {
+    /// The failure of a handshake this side served (`meeting-proxy`), in words about what its
+    /// client did. `Display` is a client's view of a server.
+    pub fn from_client(&self) -> FromClient<'_> {
+        FromClient(self)
+    }
+}
+
+/// A [`TlsError`] worded by the server about its client ([`TlsError::from_client`]). What
+/// the client sent is never quoted when it may be a handshake line: that line holds a token.
+pub struct FromClient<'a>(&'a TlsError);
+
+impl fmt::Display for FromClient<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            TlsError::ClosedAfterHello => f.write_str(
+                "the agent closed the connection without sending a TLS ClientHello (it stopped \
+                 or gave up, or this was a port probe)",
+            ),
+            TlsError::ClosedDuringHandshake => f.write_str(
+                "the agent closed the connection in the middle of the TLS handshake, after this \
+                 proxy's certificate (an agent that does not trust it says so in its own log)",
+            ),
+            TlsError::NotTls { raw } if raw.first() == Some(&b'{') => f.write_str(
+                "the agent sent a plain-text line, not a TLS ClientHello: it has TLS off \
+                 (tunnel_ssl) and this port serves TLS",
+            ),
+            TlsError::NotTls { raw } => write!(
+                f,
+                "the client sent plain text, not a TLS ClientHello: \"{}\"",
+                printable(&raw[..raw.len().min(16)], 16)
+            ),
+            TlsError::Alert(a) if a.contains("Certificate") || a.contains("UnknownCA") => write!(
+                f,
+                "the agent refused this proxy's certificate (alert {a}): it does not trust its \
+                 issuer, or checks another name (its ca_file and tls_server_name)"
+            ),
+            TlsError::Alert(a) => write!(f, "the agent ended the TLS handshake with alert {a}"),
+            TlsError::Timeout => f.write_str("the agent sent no complete TLS handshake in time"),
+            other => other.fmt(f),
+        }
+    }
+}
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -346,11 +398,7 @@ fn handshake(
         }
         match conn.read_tls(&mut input) {
             Ok(0) if input.seen().is_empty() => return Err(TlsError::ClosedAfterHello),
-            Ok(0) => {
-                return Err(TlsError::Other(
-                    "the server closed the connection during the handshake".into(),
-                ))
-            }
+            Ok(0) => return Err(TlsError::ClosedDuringHandshake),
             Ok(_) => {}
             Err(e)
                 if matches!(

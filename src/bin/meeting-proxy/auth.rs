@@ -217,7 +217,10 @@ impl ApiJudge {
         drop(cache);
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.asking.fetch_add(1, Ordering::SeqCst);
-        let verdict = judge(self.client.device_record(key, token), token);
+        let at = std::time::Instant::now();
+        let answer = self.client.device_record(key, token);
+        crate::metrics::get().api("device", at, &answer);
+        let verdict = judge(answer, token);
         if self.asking.fetch_sub(1, Ordering::SeqCst) == 1 {
             tunnel_agent::memory::release_free_heap();
         }

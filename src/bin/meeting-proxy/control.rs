@@ -17,11 +17,12 @@ use tunnel_agent::protocol::frame::{
     DEAD_AFTER_INTERVALS, DEFAULT_MAX_FRAME,
 };
 use tunnel_agent::protocol::handshake::{read_bounded_line, BoundedLine, MAX_REPLY_LINE};
-use tunnel_agent::transport::tcp::timed_out;
+use tunnel_agent::transport::tcp::{is_dead_link, timed_out};
 use tunnel_agent::transport::Control;
 use tunnel_agent::uplink::writer;
 
 use crate::auth::{Auth, Decision, Refusal};
+use crate::metrics::{self, Ended, Handshake};
 use crate::noise::{self, Cause};
 use crate::penalty::{Gate, Penalties};
 use crate::pending::Slot;
@@ -118,7 +119,11 @@ fn open(sock: TcpStream, tls: &Tls, peer: SocketAddr, left: Duration) -> Option<
         Some(config) => match tunnel_agent::transport::tls::accept(sock, config.clone(), left) {
             Ok(c) => Some(c),
             Err(e) => {
-                warn!("TLS handshake with agent {peer} failed: {e}");
+                metrics::get().handshake(Handshake::TlsFailed);
+                warn!(
+                    "TLS handshake with agent {peer} failed: {}",
+                    e.from_client()
+                );
                 None
             }
         },
@@ -184,6 +189,7 @@ pub fn serve(
         },
     );
     if tls.is_none() && reader.fill_buf().is_ok_and(|b| b.first() == Some(&0x16)) {
+        metrics::get().handshake(Handshake::TlsOnPlainPort);
         warn!(
             "agent {peer} started a TLS handshake but this port is plain TCP: start meeting-proxy \
              with --tls-cert/--tls-key, or turn TLS off on the agent"
@@ -203,6 +209,7 @@ pub fn serve(
             Ok(_) => false,
         };
     if late {
+        metrics::get().handshake(Handshake::Late);
         let why = format!("handshake not received within {} s", limit.as_secs_f64());
         if noise::allow(Cause::Late) {
             warn!("agent {peer}: {why}; closed");
@@ -215,6 +222,7 @@ pub fn serve(
     let hello = match read {
         Ok(BoundedLine::Line(l)) => parse_hello(&l),
         Ok(BoundedLine::Partial(l)) if l.is_empty() => {
+            metrics::get().handshake(Handshake::Silent);
             if noise::allow(Cause::Refused) {
                 info!("agent {peer} sent no handshake; closed");
             }
@@ -231,6 +239,7 @@ pub fn serve(
         Ok(h) => h,
         Err(why) => {
             penalties.failed(peer.ip());
+            metrics::get().handshake(Handshake::Malformed);
             if noise::allow(Cause::Refused) {
                 warn!("malformed handshake from {peer}: {why}");
             }
@@ -273,6 +282,14 @@ pub fn serve(
         Err(_) => {}
     }
     drop(gate);
+    metrics::get().handshake(match &decision.verdict {
+        Ok(()) => Handshake::Accepted,
+        Err(Refusal::UnknownDevice) => Handshake::UnknownDevice,
+        Err(Refusal::NotAuthorized) => Handshake::NotAuthorized,
+        Err(Refusal::WrongToken) => Handshake::WrongToken,
+        Err(Refusal::Unverified(_)) => Handshake::ApiUnreachable,
+        Err(Refusal::Slowed(_)) => Handshake::SlowedKey,
+    });
     let source = decision.source;
     match (decision.verdict, settings.reply) {
         (verdict, ReplyMode::SilentClose) => {
@@ -386,8 +403,7 @@ fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply:
     let mut frames = reader;
     // Set by the device's first ping: from then on, silence for this long drops it.
     let mut silence: Option<Duration> = None;
-    let mut silent = false;
-    let why = loop {
+    let (ended, why) = loop {
         match frames.next_frame() {
             Ok(Some(Frame::Ping)) => {
                 if silence.is_none() {
@@ -415,10 +431,13 @@ fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply:
                 }
             }
             Err(FrameError::Io(e)) if silence.is_some() && timed_out(&e) => {
-                silent = true;
-                break String::new();
+                break (Ended::KeepaliveTimeout, String::new());
             }
             Ok(Some(Frame::Data { stream, payload })) => {
+                metrics::get().bytes_from_devices(payload.len());
+                session
+                    .bytes_from
+                    .fetch_add(payload.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 let Some(public) = session.stream(stream) else {
                     continue;
                 };
@@ -458,8 +477,20 @@ fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply:
                     );
                 }
             }
-            Ok(None) => break "the device closed the connection".to_owned(),
-            Err(e) => break e.from_sender(Sender::Device).to_string(),
+            Ok(None) => {
+                break (
+                    Ended::DeviceClosed,
+                    "the device closed the connection".to_owned(),
+                )
+            }
+            Err(e) => {
+                let ended = match &e {
+                    FrameError::Io(io) if is_dead_link(io) => Ended::DeadLink,
+                    FrameError::TooLong { .. } => Ended::ProtocolError,
+                    _ => Ended::ConnectionError,
+                };
+                break (ended, e.from_sender(Sender::Device).to_string());
+            }
         }
     };
     registry.remove_if_current(&session);
@@ -472,6 +503,7 @@ fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply:
         drop(tx);
         let _ = writer.join();
         session.close();
+        metrics::get().session_ended(Ended::Replaced, session.since.elapsed());
         info!("device {key} from {peer} disconnected: replaced by a new connection from {by}");
         return;
     }
@@ -479,17 +511,26 @@ fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply:
     tx.finish();
     drop(tx);
     let streams = session.streams_at_close();
-    let why = match (silence, writer.join()) {
-        (Some(bound), _) if silent => format!(
-            "nothing from the device for {} s though it pings (noticed by the proxy: its network \
-             path or the device is gone); dropped with its {streams} public connection(s)",
-            bound.as_secs_f64()
+    let (ended, why) = match (silence, writer.join()) {
+        (Some(bound), _) if ended == Ended::KeepaliveTimeout => (
+            ended,
+            format!(
+                "nothing from the device for {} s though it pings (noticed by the proxy: its \
+                 network path or the device is gone); dropped with its {streams} public \
+                 connection(s)",
+                bound.as_secs_f64()
+            ),
         ),
-        (_, Ok(Err(e))) if timed_out(&e) => format!(
-            "the device took no data for {} s (send_timeout); dropped with its {streams} public connection(s)",
-            send_timeout.as_secs_f64()
+        (_, Ok(Err(e))) if timed_out(&e) => (
+            Ended::SendTimeout,
+            format!(
+                "the device took no data for {} s (send_timeout); dropped with its {streams} \
+                 public connection(s)",
+                send_timeout.as_secs_f64()
+            ),
         ),
-        _ => why,
+        _ => (ended, why),
     };
+    metrics::get().session_ended(ended, session.since.elapsed());
     info!("device {key} from {peer} disconnected: {why}");
 }

@@ -9,6 +9,7 @@
 mod auth;
 mod control;
 mod listen;
+mod metrics;
 mod noise;
 mod penalty;
 mod pending;

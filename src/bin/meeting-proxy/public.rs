@@ -17,8 +17,9 @@ use tunnel_agent::downlink::sink::{CutReason, StreamSink};
 use tunnel_agent::protocol::frame::{close_frame, open_frame};
 use tunnel_agent::uplink::copy::{pump_to_frames, PumpEnd};
 
+use crate::metrics::{self, PublicRefused};
 use crate::noise::{self, Cause};
-use crate::registry::{cut_words, DeviceSession, Registry};
+use crate::registry::{cut_words, DeviceSession, OverPublic, Registry};
 use crate::settings::Tunnel;
 
 /// Stack of a thread serving one public connection or one agent: they hold no big buffer on
@@ -94,6 +95,7 @@ pub fn open(mut tunnel: Tunnel, registry: Arc<Registry>) -> std::io::Result<Open
         tunnel.listen = addr.to_string();
     }
     let gate = Arc::new(Gate::new(&listener));
+    registry.tunnel_opened(&tunnel.listen, &tunnel.device, tunnel.port);
     let opened = Opened {
         listen: tunnel.listen.clone(),
         gate: gate.clone(),
@@ -132,6 +134,7 @@ fn serve(listener: TcpListener, tunnel: Tunnel, registry: Arc<Registry>, gate: A
                     if let Some(sink) = session.remove_stream(stream) {
                         sink.abort("no thread for the connection");
                     }
+                    metrics::get().public_refused(PublicRefused::NoThread);
                     warn!("cannot start a thread for a public connection: {e}");
                 }
             }
@@ -144,6 +147,7 @@ fn serve(listener: TcpListener, tunnel: Tunnel, registry: Arc<Registry>, gate: A
             }
         }
     }
+    registry.tunnel_closed(&tunnel.listen);
 }
 
 /// The stream of a public connection just accepted, its sink and its device's session;
@@ -156,6 +160,7 @@ fn admit(
 ) -> Option<(u32, Arc<StreamSink>, Arc<DeviceSession>)> {
     let peer = sock.peer_addr().ok()?;
     let Some(session) = registry.get(&tunnel.device) else {
+        metrics::get().public_refused(PublicRefused::DeviceOffline);
         if noise::allow(Cause::PublicRefused) {
             info!(
                 "public connection from {peer} to {} closed: device {} has no agent online",
@@ -167,6 +172,10 @@ fn admit(
     match session.add_stream(sock.clone(), peer.ip()) {
         Ok((id, sink)) => Some((id, sink, session)),
         Err(over) => {
+            metrics::get().public_refused(match over {
+                OverPublic::Address(_) => PublicRefused::PerAddress,
+                OverPublic::Device(_) => PublicRefused::PerDevice,
+            });
             if noise::allow(Cause::PublicRefused) {
                 warn!(
                     "public connection from {peer} to {} refused: {over}",
@@ -211,7 +220,12 @@ fn relay(conn: Conn, tunnel: &Tunnel, session: &DeviceSession, gate: &Gate) {
         session.key, tunnel.port
     );
     let sent = AtomicU64::new(0);
-    let end = pump_to_frames(&*sock, id, &lane, &[&sent]);
+    let end = pump_to_frames(
+        &*sock,
+        id,
+        &lane,
+        &[&sent, &session.bytes_to, metrics::get().bytes_to_devices()],
+    );
     // If the stream is still ours, the public side ended it (or its sink cut it, which shut
     // the socket): tell the agent. What the client may still read of what is held goes on.
     if session.remove_stream(id).is_some() {

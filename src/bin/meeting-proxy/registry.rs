@@ -14,9 +14,11 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
 
 use tunnel_agent::downlink::sink::{Cut, CutReason, FullQueue, Plain, SinkSettings, StreamSink};
 use tunnel_agent::uplink::writer::FrameSender;
@@ -113,6 +115,14 @@ pub struct DeviceSession {
     closed_streams: AtomicU32,
     /// The address of the connection that replaced this one.
     replaced_by: Mutex<Option<SocketAddr>>,
+    /// When it was authenticated.
+    pub since: Instant,
+    /// The same, in seconds since the epoch.
+    since_epoch: u64,
+    /// Bytes from its public clients sent to it.
+    pub bytes_to: AtomicU64,
+    /// Bytes from it for its public clients.
+    pub bytes_from: AtomicU64,
 }
 
 impl DeviceSession {
@@ -135,6 +145,10 @@ impl DeviceSession {
             next_id: AtomicU32::new(1),
             closed_streams: AtomicU32::new(0),
             replaced_by: Mutex::new(None),
+            since: Instant::now(),
+            since_epoch: tunnel_agent::clock::now(),
+            bytes_to: AtomicU64::new(0),
+            bytes_from: AtomicU64::new(0),
         }
     }
 
@@ -222,10 +236,22 @@ impl DeviceSession {
     }
 }
 
-/// Live sessions by upper-cased device key.
+/// Live sessions by upper-cased device key, and which public port reaches which device.
 #[derive(Default)]
 pub struct Registry {
     map: Mutex<HashMap<String, Arc<DeviceSession>>>,
+    /// Public address to (device key, local port), for every port listening.
+    tunnels: Mutex<HashMap<String, (String, u16)>>,
+}
+
+/// What is live now, for the metrics.
+pub struct Figures {
+    /// Devices with an agent connected.
+    pub devices: usize,
+    /// Public connections open.
+    pub public: usize,
+    /// Public ports listening.
+    pub tunnels: usize,
 }
 
 impl Registry {
@@ -241,6 +267,62 @@ impl Registry {
     /// The device's live session.
     pub fn get(&self, key: &str) -> Option<Arc<DeviceSession>> {
         self.map().get(&key.to_ascii_uppercase()).cloned()
+    }
+
+    fn tunnels(&self) -> MutexGuard<'_, HashMap<String, (String, u16)>> {
+        self.tunnels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A public port at `listen` now reaches `port` on device `key`.
+    pub fn tunnel_opened(&self, listen: &str, key: &str, port: u16) {
+        self.tunnels()
+            .insert(listen.to_owned(), (key.to_ascii_uppercase(), port));
+    }
+
+    /// The public port at `listen` is closed.
+    pub fn tunnel_closed(&self, listen: &str) {
+        self.tunnels().remove(listen);
+    }
+
+    /// Devices, public connections and tunnels now.
+    pub fn figures(&self) -> Figures {
+        let map = self.map();
+        Figures {
+            devices: map.len(),
+            public: map.values().map(|s| s.streams().len()).sum(),
+            tunnels: self.tunnels().len(),
+        }
+    }
+
+    /// The devices online, for `GET /devices`: key, peer, since, open streams, bytes each
+    /// way, and the public ports that reach them. Never a token: the proxy keeps none here.
+    pub fn devices(&self) -> Vec<Value> {
+        let sessions: Vec<Arc<DeviceSession>> = self.map().values().cloned().collect();
+        let tunnels = self.tunnels().clone();
+        let mut out: Vec<Value> = sessions
+            .iter()
+            .map(|s| {
+                let key = s.key.to_ascii_uppercase();
+                let mut ports: Vec<Value> = tunnels
+                    .iter()
+                    .filter(|(_, (k, _))| *k == key)
+                    .map(|(listen, (_, port))| json!({"listen": listen, "port": port}))
+                    .collect();
+                ports.sort_by_key(|v| v["listen"].to_string());
+                json!({
+                    "device_key": s.key,
+                    "peer": s.peer.to_string(),
+                    "since": tunnel_agent::clock::utc(s.since_epoch),
+                    "connected_seconds": s.since.elapsed().as_secs(),
+                    "open_streams": s.streams().len(),
+                    "bytes_to_device": s.bytes_to.load(Ordering::Relaxed),
+                    "bytes_from_device": s.bytes_from.load(Ordering::Relaxed),
+                    "tunnels": ports,
+                })
+            })
+            .collect();
+        out.sort_by_key(|v| v["device_key"].to_string());
+        out
     }
 
     /// Removes `s` unless a newer session already replaced it.

@@ -12,6 +12,7 @@ use log::{info, warn};
 use tunnel_agent::meeting::{ApiError, ApiUrl, Client};
 
 use crate::auth::Auth;
+use crate::metrics::{self, Handshake};
 use crate::noise::{self, Cause};
 use crate::penalty::{Penalties, Rate};
 use crate::pending::Pending;
@@ -41,15 +42,20 @@ pub enum StartError {
         /// Why.
         err: std::io::Error,
     },
-    /// The tunnel poller's thread could not start.
-    Poller(std::io::Error),
+    /// A thread (the tunnel poller, the metrics) could not start.
+    Thread {
+        /// What it is for.
+        what: &'static str,
+        /// Why.
+        err: std::io::Error,
+    },
 }
 
 impl StartError {
     /// 2 for settings that cannot work, 1 for what the system refused.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::Listen { .. } | StartError::Poller(_) => 1,
+            StartError::Listen { .. } | StartError::Thread { .. } => 1,
             _ => 2,
         }
     }
@@ -75,7 +81,7 @@ impl fmt::Display for StartError {
             StartError::Listen { what, addr, err } => {
                 write!(f, "cannot listen on {addr}{what}: {err}")
             }
-            StartError::Poller(e) => write!(f, "cannot start the tunnel poller: {e}"),
+            StartError::Thread { what, err } => write!(f, "cannot start the {what}: {err}"),
         }
     }
 }
@@ -86,7 +92,7 @@ impl std::error::Error for StartError {
             #[cfg(feature = "tls")]
             StartError::TlsKeys(e) => Some(e),
             StartError::Api(e) => Some(e),
-            StartError::Listen { err, .. } | StartError::Poller(err) => Some(err),
+            StartError::Listen { err, .. } | StartError::Thread { err, .. } => Some(err),
             _ => None,
         }
     }
@@ -147,6 +153,13 @@ impl Server {
         ));
         if let Some(client) = api {
             start_poller(client, &settings, &registry)?;
+        }
+        if let Some(addr) = &settings.metrics_listen {
+            let listener = listen(addr, " for metrics")?;
+            metrics::serve(listener, registry.clone()).map_err(|err| StartError::Thread {
+                what: "metrics thread",
+                err,
+            })?;
         }
         Ok(Server {
             pending: Pending::new(settings.max_pending_per_address, settings.max_pending),
@@ -228,21 +241,28 @@ impl Server {
         };
         let at = std::time::Instant::now();
         let refused = match self.penalties.address(peer.ip()) {
-            Err(slowed) => Err(format!(
-                "too many failed handshakes from this address; retry in {}",
-                slowed.retry_in()
+            Err(slowed) => Err((
+                Handshake::SlowedAddress,
+                format!(
+                    "too many failed handshakes from this address; retry in {}",
+                    slowed.retry_in()
+                ),
             )),
             Ok(()) => self.pending.admit(peer.ip()).map_err(|over| {
-                format!(
-                    "busy: {over} (max_pending_per_address {}, max_pending {}); try again in \
-                     a minute",
-                    self.settings.max_pending_per_address, self.settings.max_pending
+                (
+                    Handshake::Busy,
+                    format!(
+                        "busy: {over} (max_pending_per_address {}, max_pending {}); try again \
+                         in a minute",
+                        self.settings.max_pending_per_address, self.settings.max_pending
+                    ),
                 )
             }),
         };
         let slot = match refused {
             Ok(slot) => slot,
-            Err(why) => {
+            Err((how, why)) => {
+                metrics::get().handshake(how);
                 if noise::allow(Cause::Busy) {
                     warn!("agent {peer} refused: {why}");
                 }
@@ -367,5 +387,8 @@ fn start_poller(
         .name("tunnels".into())
         .spawn(move || poller.run(every))
         .map(drop)
-        .map_err(StartError::Poller)
+        .map_err(|err| StartError::Thread {
+            what: "tunnel poller",
+            err,
+        })
 }

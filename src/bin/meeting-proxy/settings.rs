@@ -121,6 +121,8 @@ pub struct Settings {
     pub max_public_per_address: usize,
     /// Public connections to one device in all.
     pub max_public_per_device: usize,
+    /// Where Prometheus metrics and `GET /devices` are served (off when `None`).
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for Settings {
@@ -155,6 +157,7 @@ impl Default for Settings {
             remember_accepted: 3600.0,
             max_public_per_address: 16,
             max_public_per_device: 256,
+            metrics_listen: None,
         }
     }
 }
@@ -261,6 +264,15 @@ impl Settings {
         if !self.listen_tls.is_empty() && self.tls_cert.is_none() {
             return Err("listen_tls needs tls_cert and tls_key".into());
         }
+        if let Some(m) = &self.metrics_listen {
+            // Port 0 is any free port: never the same as another.
+            if !m.ends_with(":0") && (self.listen.contains(m) || self.listen_tls.contains(m)) {
+                return Err(format!(
+                    "metrics_listen {m} is an agents' address: give the metrics an address of \
+                     their own"
+                ));
+            }
+        }
         if self.api_url.is_none() && self.api_ca_file.is_some() {
             return Err("api_ca_file is set but api_url is not".into());
         }
@@ -359,6 +371,11 @@ Facing the internet:
                              public connections to one device from one address (at most
                              100), and in all; more are closed at once (default 16 and 256)
 
+Operating it:
+  --metrics-listen ADDR      serve Prometheus metrics (GET /metrics) and the devices online
+                             (GET /devices, JSON) on ADDR, e.g. 127.0.0.1:9464 (default: off;
+                             never an agents' address)
+
   --config FILE              the same settings as JSON: {\"listen\" (an address or a list),
                              \"listen_tls\": [..], \"devices\": [{\"key\",
                              \"token\", \"authorized\"}], \"tunnels\": [{\"listen\", \"device\",
@@ -370,7 +387,8 @@ Facing the internet:
                              \"send_timeout\", \"keepalive\", \"address_penalty_burst\",
                              \"address_penalty_per_second\", \"key_penalty_burst\",
                              \"key_penalty_per_minute\", \"remember_accepted\",
-                             \"max_public_per_address\", \"max_public_per_device\"};
+                             \"max_public_per_address\", \"max_public_per_device\",
+                             \"metrics_listen\"};
                              flags add to it
   -v, -q                     more / less logging
   -h, --help, -V, --version";
@@ -417,6 +435,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 settings.listen.push(value(arg)?)
             }
             "--listen-tls" => settings.listen_tls.push(value(arg)?),
+            "--metrics-listen" => settings.metrics_listen = Some(value(arg)?),
             "--tls-cert" => settings.tls_cert = Some(value("--tls-cert")?.into()),
             "--tls-key" => settings.tls_key = Some(value("--tls-key")?.into()),
             "--device" => settings.devices.push(parse_device(&value("--device")?)?),

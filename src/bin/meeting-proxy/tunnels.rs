@@ -83,7 +83,10 @@ impl Poller {
     /// One round: fetch the list (or keep the last one when the API fails), then open, close
     /// and expire.
     pub fn poll(&mut self) {
-        match self.client.tunnels() {
+        let at = std::time::Instant::now();
+        let answer = self.client.tunnels();
+        crate::metrics::get().api("tunnels", at, &answer);
+        match answer {
             Ok(list) => {
                 if let Some((since, _)) = self.failing_since.take() {
                     info!(

@@ -4,6 +4,7 @@
 //! Layers, each importing only those before it:
 //! - [`bytes`]: byte helpers every layer may use (the first bytes read, printable text);
 //! - [`protocol`]: the wire format, pure (no sockets, no threads);
+//! - [`notify`]: systemd's service notifications (ready, status, watchdog), for both daemons;
 //! - [`transport`]: the TCP/TLS connection to the proxy;
 //! - [`uplink`]: the frame-writer thread and the pumps from local sockets into frames;
 //! - [`downlink`]: the stream sink, the way from frames to one socket (the agent's local
@@ -33,6 +34,7 @@ pub mod downlink;
 pub mod logging;
 pub mod meeting;
 pub mod memory;
+pub mod notify;
 pub mod protocol;
 #[cfg(feature = "tls")]
 pub mod sshkeys;

@@ -221,3 +221,114 @@ fn secs_after(line: &str, marker: &str) -> f64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no number after {marker:?}: {line}"))
 }
+
+/// meeting-proxy's unit as shipped (`mk/proxy/`): its own user, port 443 through
+/// `CAP_NET_BIND_SERVICE` alone, `READY=1` once it listens, its figures as the status, its
+/// limits sized for the README's capacity, a watchdog that restarts a wedged proxy, and
+/// `systemd-analyze security` at OK or better.
+#[test]
+fn meeting_proxy_under_systemd_binds_443_as_its_own_user_and_its_watchdog_restarts_it() {
+    if !needs("meeting_proxy_under_systemd_binds_443_as_its_own_user_and_its_watchdog_restarts_it")
+    {
+        return;
+    }
+    let root = Root::new("proxy-unit");
+    let shipped = |f: &str| {
+        std::fs::read_to_string(format!("{}/mk/proxy/{f}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    };
+    std::fs::create_dir_all(root.path("/usr/bin")).unwrap();
+    std::fs::copy(bin("meeting-proxy"), root.path("/usr/bin/meeting-proxy")).unwrap();
+    root.write(
+        "/lib/systemd/system/meeting-proxy.service",
+        &shipped("meeting-proxy.service"),
+    );
+    root.write(
+        "/usr/lib/sysusers.d/meeting-proxy.conf",
+        &shipped("sysusers.conf"),
+    );
+    // A short watchdog for the test (the unit says 30 s), and a quick restart.
+    root.write(
+        "/etc/systemd/system/meeting-proxy.service.d/test.conf",
+        "[Service]\nWatchdogSec=4\nRestartSec=1\n",
+    );
+    let echo = echo_server();
+    let (public, metrics) = (free_port(), free_port());
+    let config = serde_json::json!({
+        "listen": ["127.0.0.1:443"],
+        "devices": [{"key": KEY, "token": TOKEN}],
+        "tunnels": [{"listen": format!("127.0.0.1:{public}"), "device": KEY, "port": echo}],
+        "metrics_listen": format!("127.0.0.1:{metrics}"),
+    });
+    root.write("/etc/meeting-proxy/config.json", &config.to_string());
+    root.write(
+        "/etc/systemd/journald.conf.d/console.conf",
+        "[Journal]\nForwardToConsole=yes\nTTYPath=/dev/console\nMaxLevelConsole=info\n",
+    );
+    let mut container = boot(&root);
+    let n = container.pid();
+    let unit = "meeting-proxy.service";
+    wait_property(
+        &container,
+        "systemd-sysusers.service",
+        "ActiveState",
+        "active",
+    );
+    // The configuration holds tokens: root's and the proxy's group's alone.
+    in_container(
+        n,
+        "sh",
+        &[
+            "-c",
+            "chown root:meeting-proxy /etc/meeting-proxy/config.json && \
+             chmod 0640 /etc/meeting-proxy/config.json",
+        ],
+    );
+    systemctl(n, &["start", unit]);
+    wait_active(&container, unit);
+    assert_eq!(property(n, unit, "Type"), "notify");
+    assert_eq!(property(n, unit, "LimitNOFILE"), "65536");
+    assert_eq!(property(n, unit, "TasksMax"), "32768");
+    // Not root, and bound to 443.
+    let pid = property(n, unit, "MainPID");
+    let uid = in_container(n, "stat", &["-c", "%U", &format!("/proc/{pid}")]);
+    assert_eq!(uid.trim(), "meeting-proxy");
+    let agent = agent(
+        "127.0.0.1:443".parse().unwrap(),
+        &["--allow-port", &echo.to_string()],
+    );
+    agent.wait_for("tunnel ready", SOON);
+    let data = random_bytes(50_000, 40);
+    let through: std::net::SocketAddr = format!("127.0.0.1:{public}").parse().unwrap();
+    assert!(echo_through(through, &data) == data);
+    // Its figures as the unit's status (the watchdog thread says them each round).
+    wait_property(
+        &container,
+        unit,
+        "StatusText",
+        "1 device(s) connected, 0 public connection(s)",
+    );
+
+    // systemd's own assessment of the sandbox.
+    let (_, report) = try_in_container(n, "systemd-analyze", &["security", unit, "--no-pager"]);
+    let overall = report
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("{report}"))
+        .to_owned();
+    eprintln!("{overall}");
+    assert!(
+        overall.contains(" OK") || overall.contains(" SAFE"),
+        "{overall}\n{report}"
+    );
+
+    // A wedged proxy (stopped): the watchdog goes unfed, systemd restarts it, and the agent
+    // connects again.
+    systemctl(n, &["kill", "--kill-whom=main", "--signal=SIGSTOP", unit]);
+    container.wait_for(
+        "meeting-proxy.service: Watchdog timeout",
+        Duration::from_secs(30),
+    );
+    agent.wait_for_nth("tunnel ready", 2, SOON * 2);
+    assert_ne!(property(n, unit, "MainPID"), pid);
+    halt(&mut container);
+}

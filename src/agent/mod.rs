@@ -12,7 +12,6 @@ pub mod channels;
 mod keys;
 mod netinfo;
 pub mod noise;
-pub mod notify;
 pub mod pings;
 pub mod presence;
 mod services;
@@ -452,7 +451,7 @@ pub fn run(live: &Arc<Live>, shutdown: &Shutdown, status: &Arc<Status>) {
             Wake::Elapsed => {}
         }
     }
-    notify::stopping();
+    crate::notify::stopping();
     live.beacon().stop();
     live.keys.stop();
     live.services.stop();

@@ -440,7 +440,7 @@ struct Wire {
 /// How long a read of the control connection may wait before the loop comes round: the
 /// systemd watchdog's tick, and the ping interval once pings are agreed.
 fn read_tick(pings: Option<&Pings>) -> Option<Duration> {
-    match (super::notify::tick(), pings.map(Pings::every)) {
+    match (crate::notify::tick(), pings.map(Pings::every)) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
@@ -475,7 +475,7 @@ fn frames(
     let mut pings = Pings::agree(cfg.ping_interval, &offer, last_rx);
     // Looked at while a local service keeps the control loop waiting.
     let interrupted = || {
-        super::notify::alive();
+        crate::notify::alive();
         if shutdown.pending() {
             Some(Interrupt::Stop)
         } else if peer_gone(&sock) {
@@ -492,7 +492,7 @@ fn frames(
         let _ = sock.set_read_timeout(tick);
     }
     let end = loop {
-        super::notify::alive();
+        crate::notify::alive();
         if let Some(sent) = late {
             // A proxy that asks Meeting's API before it answers may answer after the wait.
             let line = match frames.late_line(MAX_REPLY_LINE) {

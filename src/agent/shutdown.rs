@@ -102,9 +102,9 @@ impl Shutdown {
     pub fn sleep(&self, d: Duration) -> Wake {
         let until = std::time::Instant::now() + d;
         loop {
-            super::notify::alive();
+            crate::notify::alive();
             let left = until.saturating_duration_since(std::time::Instant::now());
-            let step = super::notify::tick().map_or(left, |t| left.min(t));
+            let step = crate::notify::tick().map_or(left, |t| left.min(t));
             let woken = self.wait_for(step, |g| match (g.requested, g.kicked) {
                 (true, _) => Some(Wake::Stop),
                 (false, true) => Some(Wake::Kick),

@@ -260,7 +260,7 @@ impl Status {
         let shown = format!("{} (proxy {})", state.as_str(), g.proxy);
         drop(g);
         let attempt_over = !matches!(state, State::Connecting | State::Authenticating);
-        super::notify::status(&shown, attempt_over);
+        crate::notify::status(&shown, attempt_over);
     }
 
     /// Records the last error.

@@ -197,6 +197,31 @@ impl Server {
                 Err(e) => warn!("listening for agents (address unknown: {e})"),
             }
         }
+        // Under systemd: ready now that every listener is open; the watchdog fed by a thread
+        // that must take the device registry's lock each time (a deadlock starves it).
+        let n = ports.len();
+        tunnel_agent::notify::status(&format!("listening for agents on {n} address(es)"), true);
+        if let Some(tick) = tunnel_agent::notify::tick() {
+            let registry = self.registry.clone();
+            let spawned = thread::Builder::new()
+                .name("watchdog".into())
+                .spawn(move || loop {
+                    let now = registry.figures();
+                    tunnel_agent::notify::alive();
+                    tunnel_agent::notify::status(
+                        &format!(
+                            "{} device(s) connected, {} public connection(s)",
+                            now.devices, now.public
+                        ),
+                        true,
+                    );
+                    thread::sleep(tick);
+                });
+            if let Err(e) = spawned {
+                warn!("cannot start the watchdog thread: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
         let server = Arc::new(self);
         let mut ports = ports.into_iter();
         let last = ports.next_back();

@@ -3,6 +3,8 @@
 //! once the first attempt to connect has ended either way (so boot never waits on a proxy),
 //! `STATUS=` with each state, and `WATCHDOG=1` from the agent's control loop when the unit
 //! sets `WatchdogSec=`: a wedged loop stops feeding it and systemd restarts the service.
+//! meeting-proxy says `READY=1` once every listener is open, and feeds the watchdog from a
+//! thread that must take its device registry's lock each time.
 //! Without `NOTIFY_SOCKET` (BusyBox init, a shell) every call is a no-op.
 
 use std::os::unix::net::{SocketAddr, UnixDatagram};

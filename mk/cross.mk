@@ -83,10 +83,12 @@ cross-setup:
 	  arm-*) mkdir -p $(UNWIND_DIR_ARMV6) && \
 	  ln -sf "$$(arm-linux-gnueabi-gcc -print-file-name=libgcc_eh.a)" $(UNWIND_DIR_ARMV6)/libunwind.a;; esac
 
+# BIN=meeting-proxy builds the proxy instead (its Debian package).
+BIN ?= tunnel-agent
 cross: cross-setup
 	env $(ENV_$(TARGET)) $(CARGO) $(TOOLCHAIN_$(TARGET)) build --locked --release \
-	  --bin tunnel-agent --target $(TARGET) $(BUILD_STD_$(TARGET)) $(FEATURES) --target-dir $(CROSS_DIR)
-	@ls -l $(CROSS_DIR)/$(TARGET)/release/tunnel-agent
+	  --bin $(BIN) --target $(TARGET) $(BUILD_STD_$(TARGET)) $(FEATURES) --target-dir $(CROSS_DIR)
+	@ls -l $(CROSS_DIR)/$(TARGET)/release/$(BIN)
 
 static:
 	$(MAKE) cross TARGET=x86_64-unknown-linux-musl

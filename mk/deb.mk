@@ -8,6 +8,8 @@ DEB_ARCHES ?= amd64 arm64 armhf
 DEB_TARGET_amd64 = x86_64-unknown-linux-musl
 DEB_TARGET_arm64 = aarch64-unknown-linux-musl
 DEB_TARGET_armhf = arm-unknown-linux-musleabi
+# meeting-proxy's package: the servers it runs on.
+PROXY_DEB_ARCHES ?= amd64 arm64
 DEB_VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 DEB_DIR ?= target/deb
 DEB_MAINTAINER ?= tunnel-agent developers <tunnel-agent@meeting.ygsoft.fr>
@@ -20,6 +22,9 @@ deb:
 	$(foreach a,$(DEB_ARCHES),$(if $(DEB_TARGET_$(a)),,$(error no build for Debian architecture $(a))))
 	$(foreach a,$(DEB_ARCHES),$(MAKE) cross TARGET=$(DEB_TARGET_$(a)) &&) true
 	$(foreach a,$(DEB_ARCHES),mk/deb/build $(a) target/cross/$(DEB_TARGET_$(a))/release/tunnel-agent \
+	  $(DEB_VERSION) $(DEB_DIR) '$(DEB_MAINTAINER)' &&) true
+	$(foreach a,$(PROXY_DEB_ARCHES),$(MAKE) cross TARGET=$(DEB_TARGET_$(a)) BIN=meeting-proxy &&) true
+	$(foreach a,$(PROXY_DEB_ARCHES),mk/proxy/build $(a) target/cross/$(DEB_TARGET_$(a))/release/meeting-proxy \
 	  $(DEB_VERSION) $(DEB_DIR) '$(DEB_MAINTAINER)' &&) true
 
 # The packages with dpkg and lintian, then installed, upgraded, removed and purged in booted

@@ -639,3 +639,151 @@ fn on_armhf_a_disabled_python_agent_leaves_tunnel_agent_disabled() {
         disabled_python_agent("armhf");
     }
 }
+
+/// meeting-proxy's package for `arch`.
+fn proxy_package(arch: &str) -> PathBuf {
+    deb_dir().join(format!("meeting-proxy_{}_{arch}.deb", version()))
+}
+
+/// meeting-proxy's packages (amd64, arm64): their build, the conffile's mode, lintian; then
+/// the amd64 one installed in a booted Debian root (its own user, the configuration given to
+/// that user's group, the service running as that user), the operator's configuration used,
+/// an upgrade that keeps it and restarts the proxy, remove and purge.
+#[test]
+#[ignore = "needs make deb: run by make test-deb"]
+fn the_proxy_package_runs_as_its_own_user_and_installs_upgrades_removes_and_purges() {
+    let name = "the_proxy_package_runs_as_its_own_user_and_installs_upgrades_removes_and_purges";
+    if !can_boot_roots(name) || !may_run(name, &[tool("lintian", "lintian")]) {
+        return;
+    }
+    let tmp = scratch("proxy");
+    for (arch, machine) in [("amd64", 62u16), ("arm64", 183)] {
+        let deb = proxy_package(arch);
+        let field = |name: &str| {
+            run(Command::new("dpkg-deb").arg("-f").arg(&deb).arg(name))
+                .trim()
+                .to_owned()
+        };
+        assert_eq!(field("Package"), "meeting-proxy");
+        assert_eq!(field("Architecture"), arch);
+        let contents = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
+        for (path, mode) in [
+            ("etc/meeting-proxy/config.json", "-rw-r----- root/root"),
+            ("usr/bin/meeting-proxy", "-rwxr-xr-x root/root"),
+            (
+                "lib/systemd/system/meeting-proxy.service",
+                "-rw-r--r-- root/root",
+            ),
+            (
+                "usr/lib/sysusers.d/meeting-proxy.conf",
+                "-rw-r--r-- root/root",
+            ),
+        ] {
+            assert!(
+                contents
+                    .lines()
+                    .any(|l| l.starts_with(mode) && l.ends_with(&format!(" ./{path}"))),
+                "{arch}: {path} {mode}\n{contents}"
+            );
+        }
+        let files = tmp.join(format!("proxy-files-{arch}"));
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&files));
+        assert_eq!(elf_machine(&files.join("usr/bin/meeting-proxy")), machine);
+        let lint = Command::new("lintian")
+            .args(["--fail-on", "error"])
+            .arg(&deb)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&lint.stdout).into_owned();
+        println!("lintian meeting-proxy {arch}:\n{said}");
+        assert!(
+            lint.status.success() && !said.lines().any(|l| l.starts_with("E:")),
+            "lintian {arch}: {said}{}",
+            String::from_utf8_lossy(&lint.stderr)
+        );
+    }
+
+    // A second version of the amd64 package, for the upgrade.
+    let v2 = format!("{}+test2", version());
+    let built = run(
+        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/mk/proxy/build"))
+            .arg("amd64")
+            .arg(tmp.join("proxy-files-amd64/usr/bin/meeting-proxy"))
+            .arg(&v2)
+            .arg(&tmp),
+    );
+    let root = Root::for_arch("proxy-deb", "amd64");
+    std::fs::copy(proxy_package("amd64"), root.path("/root/v1.deb")).unwrap();
+    std::fs::copy(built.trim(), root.path("/root/v2.deb")).unwrap();
+    let mut container = boot(&root);
+    let n = container.pid();
+    let unit = "meeting-proxy.service";
+    wait_property(&container, "multi-user.target", "ActiveState", "active");
+
+    // Install: the user, the configuration readable by its group only, the proxy running as
+    // that user and enabled at boot.
+    let said = in_container(n, "dpkg", &["-i", "/root/v1.deb"]);
+    println!("dpkg -i meeting-proxy:\n{said}");
+    assert!(said.contains("meeting-proxy.service started"), "{said}");
+    wait_active(&container, unit);
+    assert_eq!(property(n, unit, "UnitFileState"), "enabled");
+    let conf = "/etc/meeting-proxy/config.json";
+    assert_eq!(
+        in_container(n, "stat", &["-c", "%a %U %G", conf]).trim(),
+        "640 root meeting-proxy"
+    );
+    let pid = property(n, unit, "MainPID");
+    assert_eq!(
+        in_container(n, "stat", &["-c", "%U", &format!("/proc/{pid}")]).trim(),
+        "meeting-proxy"
+    );
+
+    // The operator's configuration: a device and its tunnel; the proxy restarted uses it.
+    let echo = echo_server();
+    let (agents, public) = (free_port(), free_port());
+    let mine = serde_json::json!({
+        "listen": [format!("127.0.0.1:{agents}")],
+        "devices": [{"key": KEY, "token": TOKEN}],
+        "tunnels": [{"listen": format!("127.0.0.1:{public}"), "device": KEY, "port": echo}],
+    })
+    .to_string();
+    root.write(conf, &mine);
+    systemctl(n, &["restart", unit]);
+    wait_active(&container, unit);
+    let agent = agent(
+        format!("127.0.0.1:{agents}").parse().unwrap(),
+        &["--allow-port", &echo.to_string()],
+    );
+    agent.wait_for("tunnel ready", SOON);
+    let through: std::net::SocketAddr = format!("127.0.0.1:{public}").parse().unwrap();
+    let data = random_bytes(100_000, 41);
+    assert!(echo_through(through, &data) == data);
+
+    // Upgrade: the operator's configuration kept (no prompt: the shipped one did not change),
+    // its mode and group too, and the proxy restarted on it.
+    let first = property(n, unit, "MainPID");
+    let said = in_container(n, "dpkg", &["-i", "/root/v2.deb"]);
+    println!("dpkg -i meeting-proxy (upgrade):\n{said}");
+    assert!(said.contains("meeting-proxy.service restarted"), "{said}");
+    wait_active(&container, unit);
+    assert_ne!(property(n, unit, "MainPID"), first);
+    assert_eq!(std::fs::read_to_string(root.path(conf)).unwrap(), mine);
+    assert_eq!(
+        in_container(n, "stat", &["-c", "%a %U %G", conf]).trim(),
+        "640 root meeting-proxy"
+    );
+    assert!(!root
+        .path("/etc/meeting-proxy/config.json.dpkg-dist")
+        .exists());
+    agent.wait_for_nth("tunnel ready", 2, SOON);
+    assert!(echo_through(through, &data) == data);
+
+    // Remove: stopped, the configuration kept; purge: gone.
+    in_container(n, "dpkg", &["-r", "meeting-proxy"]);
+    assert_eq!(property(n, unit, "ActiveState"), "inactive");
+    assert!(root.path(conf).exists());
+    in_container(n, "dpkg", &["-P", "meeting-proxy"]);
+    assert!(!root.path("/etc/meeting-proxy").exists());
+    halt(&mut container);
+    let _ = std::fs::remove_dir_all(&tmp);
+}

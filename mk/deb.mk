@@ -27,7 +27,8 @@ deb:
 	$(foreach a,$(PROXY_DEB_ARCHES),mk/proxy/build $(a) target/cross/$(DEB_TARGET_$(a))/release/meeting-proxy \
 	  $(DEB_VERSION) $(DEB_DIR) '$(DEB_MAINTAINER)' &&) true
 
-# The packages with dpkg and lintian, then installed, upgraded, removed and purged in booted
+# The packages (the agent's, and meeting-proxy's for amd64 and arm64) with dpkg and lintian,
+# then installed, upgraded, removed and purged in booted
 # Debian roots (systemd-nspawn), amd64 and armhf (under qemu-user, through binfmt_misc), that
 # have a stand-in for the Python agent's unit and the web manager's systemctl calls
 # (tests/deb.rs). The roots are kept in TEST_ROOTS (default /var/cache/tunnel-agent-tests/roots).

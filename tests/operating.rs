@@ -232,3 +232,81 @@ fn prometheus_reads_a_device_connecting_carrying_data_and_being_replaced() {
     assert_eq!(get(metrics, "/").0, 404);
     drop(second);
 }
+
+/// The hardening suite's floods on the agents' port (handshakes held open up to the bounds,
+/// hundreds more refused as busy) while the metrics are scraped again and again: every scrape
+/// answers and counts the floods, the proxy's threads stay at the bounds, and hundreds of
+/// scrapes leave its memory where it was.
+#[test]
+fn scraping_during_floods_costs_the_proxy_nothing_unbounded() {
+    let echo = echo_server();
+    let proxy = Proxy::for_ports(
+        &[echo],
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--max-pending-per-address",
+            "5",
+            "--max-pending",
+            "12",
+            "--handshake-timeout",
+            "30",
+        ],
+    );
+    let metrics = metrics_addr(&proxy.proc);
+    let _agent = proxy.agent(&[]);
+    proxy.wait_agent(1);
+    let pid = proxy.proc.pid();
+    assert_eq!(get(metrics, "/metrics").0, 200);
+    let base = status_field(pid, "Threads:");
+
+    // Twelve handshakes held open from three addresses (the bounds), then 300 refused at
+    // once, while the scrapes go on.
+    let control = proxy.control;
+    let from = |a: &str| connect_from(a.parse().unwrap(), control, None).unwrap();
+    let held: Vec<TcpStream> = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+        .iter()
+        .flat_map(|a| (0..4).map(move |_| *a))
+        .map(from)
+        .collect();
+    let flood = std::thread::spawn(move || {
+        for i in 0..300 {
+            let a = format!("127.0.1.{}", 1 + i % 200);
+            if let Ok(mut s) = connect_from(a.parse().unwrap(), control, None) {
+                let _ = s.set_read_timeout(Some(SOON));
+                let _ = s.read_to_end(&mut Vec::new());
+            }
+        }
+    });
+    let mut scrapes = 0;
+    while !flood.is_finished() {
+        let (code, text) = get(metrics, "/metrics");
+        assert_eq!(code, 200);
+        assert!(text.contains("meeting_proxy_devices_connected 1"), "{text}");
+        scrapes += 1;
+    }
+    flood.join().unwrap();
+    let (_, text) = get(metrics, "/metrics");
+    let busy = sample(&text, "meeting_proxy_handshakes_total{outcome=\"busy\"}").unwrap_or(0.0);
+    assert!(busy >= 300.0, "{busy} busy refusals counted:\n{text}");
+    // The threads: the twelve handshakes in progress, not one more for 300 refusals and
+    // {scrapes} scrapes.
+    assert_eq!(
+        status_field(pid, "Threads:"),
+        base + 12,
+        "{scrapes} scrapes"
+    );
+
+    // Hundreds of scrapes leave the memory where it was: every series is fixed.
+    for _ in 0..100 {
+        get(metrics, "/metrics");
+    }
+    let rss = status_field(pid, "VmRSS:");
+    for _ in 0..500 {
+        assert_eq!(get(metrics, "/metrics").0, 200);
+        assert_eq!(get(metrics, "/devices").0, 200);
+    }
+    let grown = status_field(pid, "VmRSS:").saturating_sub(rss);
+    assert!(grown < 1024, "500 scrapes took {grown} KiB more");
+    drop(held);
+}

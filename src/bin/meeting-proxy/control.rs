@@ -31,14 +31,14 @@ use crate::settings::{ErrorForm, ReplyMode, Settings};
 
 /// The acceptance line: the device key, and the keepalive interval when pings are answered
 /// (an extra member older agents do not read).
-fn accepted(key: &str, keepalive: f64) -> Value {
+fn accepted(key: &str, keepalive: Option<Duration>) -> Value {
     let mut v = json!({"status": "authenticated", "device_key": key});
-    if keepalive > 0.0 {
+    if let Some(every) = keepalive {
         // Whole seconds as an integer, the form an agent most surely reads.
-        v["keepalive"] = if keepalive.fract() == 0.0 {
-            json!(keepalive as u64)
+        v["keepalive"] = if every.subsec_nanos() == 0 {
+            json!(every.as_secs())
         } else {
-            json!(keepalive)
+            json!(every.as_secs_f64())
         };
     }
     v
@@ -160,7 +160,7 @@ pub fn serve(
         at,
         slot,
     } = conn;
-    let limit = Duration::from_secs_f64(settings.handshake_timeout);
+    let limit = settings.handshake_timeout;
     let until = at + limit;
     let Some(Control {
         reader,
@@ -318,7 +318,7 @@ pub fn serve(
     let _ = sock.set_read_timeout(None);
     // A device that takes nothing for send_timeout is dropped (its writes fail, the writer
     // shuts the socket); a dead link is noticed as the agent notices it.
-    let send_timeout = Duration::from_secs_f64(settings.send_timeout);
+    let send_timeout = settings.send_timeout;
     let _ = sock.set_write_timeout(Some(send_timeout));
     tunnel_agent::transport::tcp::arm_keepalive(&sock, &AGENT_KEEPALIVE);
     // The frame reader takes over the bytes the handshake's buffer holds beyond the line.
@@ -331,7 +331,7 @@ pub fn serve(
         writer,
         peer,
         send_timeout,
-        keepalive: (settings.keepalive > 0.0).then(|| Duration::from_secs_f64(settings.keepalive)),
+        keepalive: settings.keepalive,
         limits: PublicLimits {
             per_address: settings.max_public_per_address,
             per_device: settings.max_public_per_device,

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     let (settings, verbosity) = match settings::parse(&args) {
         Ok(Command::Serve(s, v)) => (*s, v),
         // Not println!: a closed pipe (`| head`) must not panic.
-        Ok(Command::Help) => return say(settings::USAGE),
+        Ok(Command::Help) => return say(&settings::usage()),
         Ok(Command::Version) => {
             return say(&format!("meeting-proxy {}", env!("CARGO_PKG_VERSION")))
         }

@@ -148,8 +148,8 @@ impl Server {
         let auth = Arc::new(Auth::new(
             settings.devices.clone(),
             api.clone(),
-            Duration::from_secs_f64(settings.cache_accept),
-            Duration::from_secs_f64(settings.cache_refuse),
+            settings.cache_accept,
+            settings.cache_refuse,
         ));
         if let Some(client) = api {
             start_poller(client, &settings, &registry)?;
@@ -190,8 +190,8 @@ impl Server {
                         ReplyMode::SilentClose => "silent-close",
                     },
                     match self.settings.keepalive {
-                        k if k > 0.0 => format!("{k} s"),
-                        _ => "off".to_owned(),
+                        Some(k) => format!("{} s", k.as_secs_f64()),
+                        None => "off".to_owned(),
                     }
                 ),
                 Err(e) => warn!("listening for agents (address unknown: {e})"),
@@ -332,7 +332,7 @@ fn penalties(settings: &Settings) -> Penalties {
             burst: settings.key_penalty_burst as f64,
             per_second: settings.key_penalty_per_minute / 60.0,
         },
-        Duration::from_secs_f64(settings.remember_accepted),
+        settings.remember_accepted,
     )
 }
 
@@ -357,7 +357,7 @@ fn api_client(settings: &Settings) -> Result<Option<Client>, StartError> {
     let client = Client::new(
         ApiUrl::new(url),
         settings.api_ca_file.clone(),
-        Duration::from_secs_f64(settings.api_timeout),
+        settings.api_timeout,
     );
     client.prepare().map_err(StartError::Api)?;
     Ok(Some(client))
@@ -400,14 +400,14 @@ fn start_poller(
         "devices decided by the Meeting API at {} (answers reused {} s when accepted, {} s when \
          refused); tunnels from {}/tunnels every {} s on {}",
         client.url,
-        settings.cache_accept,
-        settings.cache_refuse,
+        settings.cache_accept.as_secs_f64(),
+        settings.cache_refuse.as_secs_f64(),
         client.url,
-        settings.tunnels_interval,
+        settings.tunnels_interval.as_secs_f64(),
         settings.public_bind
     );
     let poller = tunnels::Poller::new(client, settings, registry.clone());
-    let every = Duration::from_secs_f64(settings.tunnels_interval);
+    let every = settings.tunnels_interval;
     thread::Builder::new()
         .name("tunnels".into())
         .spawn(move || poller.run(every))

@@ -1,8 +1,10 @@
 //! `meeting-proxy` settings: repeatable flags, or the same from a JSON file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
+use serde_json::Value;
 
 /// A device the proxy accepts.
 #[derive(Debug, Clone, Deserialize)]
@@ -54,210 +56,193 @@ pub enum ErrorForm {
     Error,
 }
 
-/// Everything the proxy runs with. A member missing from the JSON file takes its value from
-/// [`Settings::default`], where each default is written once.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Settings {
-    /// Where agents connect (in JSON, one address or a list).
-    #[serde(deserialize_with = "one_or_many")]
-    pub listen: Vec<String>,
-    /// Where agents connect over TLS, beside `listen` (which is then plain TCP).
-    #[serde(deserialize_with = "one_or_many")]
-    pub listen_tls: Vec<String>,
-    /// Accepted devices.
-    pub devices: Vec<Device>,
-    /// Public tunnels.
-    pub tunnels: Vec<Tunnel>,
-    /// Reply mode.
-    pub reply: ReplyMode,
-    /// Refusal form.
-    pub error_form: ErrorForm,
-    /// PEM certificate chain: serve TLS on the agent port.
-    pub tls_cert: Option<std::path::PathBuf>,
-    /// PEM private key for `tls_cert`.
-    pub tls_key: Option<std::path::PathBuf>,
-    /// The Meeting API that decides handshakes and lists tunnels (with or without `/api`).
-    pub api_url: Option<String>,
-    /// PEM CA bundle for the API's certificate (else the public roots).
-    pub api_ca_file: Option<std::path::PathBuf>,
-    /// Bound of one API request, in seconds. Under the agents' handshake wait (15 s), so a
-    /// slow API still gets every handshake an answer within it.
-    pub api_timeout: f64,
-    /// Seconds between two `GET {api}/tunnels`.
-    pub tunnels_interval: f64,
-    /// Address the API's tunnels listen on (their port comes from the API).
-    pub public_bind: String,
-    /// Public ports the API may open, `[low, high]`; others are left out with a warning.
-    pub public_ports: Option<(u16, u16)>,
-    /// Cut the open connections of a tunnel when it expires or is removed.
-    pub close_expired: bool,
-    /// Seconds an accepted handshake's answer is reused.
-    pub cache_accept: f64,
-    /// Seconds a refusal's answer is reused.
-    pub cache_refuse: f64,
-    /// Seconds from accept within which the whole handshake (TLS included) must arrive.
-    pub handshake_timeout: f64,
-    /// Handshakes in progress from one address; more are refused at once.
-    pub max_pending_per_address: usize,
-    /// Handshakes in progress in all; more are refused at once.
-    pub max_pending: usize,
-    /// Seconds a device (or a public client) may take nothing before it is dropped.
-    pub send_timeout: f64,
-    /// Keepalive interval announced to agents, in seconds (0: none): they ping when nothing
-    /// arrived for it, and a device that pings is dropped after 3 intervals of silence.
-    pub keepalive: f64,
-    /// Failed handshakes from one address before it is slowed.
-    pub address_penalty_burst: usize,
-    /// Handshakes a second one slowed address may try.
-    pub address_penalty_per_second: f64,
-    /// Failed handshakes for one device key before it is slowed.
-    pub key_penalty_burst: usize,
-    /// Handshakes a minute a slowed key may have judged (each may be one API call).
-    pub key_penalty_per_minute: f64,
-    /// Seconds a device's accepted token still lets it in while its key is slowed.
-    pub remember_accepted: f64,
-    /// Public connections from one address to one device.
-    pub max_public_per_address: usize,
-    /// Public connections to one device in all.
-    pub max_public_per_device: usize,
-    /// Where Prometheus metrics and `GET /devices` are served (off when `None`).
-    pub metrics_listen: Option<String>,
+/// One setting, as the usage, the JSON file's reader and the README's table know it.
+#[derive(Debug)]
+pub struct Row {
+    /// The key in the JSON file.
+    pub key: &'static str,
+    /// The flag.
+    pub flag: &'static str,
+    /// What the flag's value is called (`""`: a switch).
+    pub arg: &'static str,
+    /// The default, as shown.
+    pub default: &'static str,
+    /// What it does.
+    pub help: &'static str,
+    /// The part of the usage it is in.
+    pub group: &'static str,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            listen: vec!["127.0.0.1:9001".to_owned()],
-            listen_tls: Vec::new(),
-            devices: Vec::new(),
-            tunnels: Vec::new(),
-            reply: ReplyMode::Normal,
-            error_form: ErrorForm::Status,
-            tls_cert: None,
-            tls_key: None,
-            api_url: None,
-            api_ca_file: None,
-            api_timeout: 3.0,
-            tunnels_interval: 5.0,
-            public_bind: "0.0.0.0".to_owned(),
-            public_ports: None,
-            close_expired: false,
-            cache_accept: 60.0,
-            cache_refuse: 5.0,
-            handshake_timeout: 10.0,
-            max_pending_per_address: 32,
-            max_pending: 1024,
-            send_timeout: 60.0,
-            keepalive: 25.0,
-            address_penalty_burst: 5,
-            address_penalty_per_second: 10.0,
-            key_penalty_burst: 3,
-            key_penalty_per_minute: 3.0,
-            remember_accepted: 3600.0,
-            max_public_per_address: 16,
-            max_public_per_device: 256,
-            metrics_listen: None,
+/// A value for a setting: a flag's (`None` for a switch; `first`: the first time the flag is
+/// given) or the JSON file's.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    Flag(Option<&'a str>, bool),
+    Json(&'a Value),
+}
+
+/// Declares every setting once: its field and type, JSON key, flag, default (the value and
+/// how it is shown), how it is read, and its help. The struct, its `Default`, the flags, the
+/// JSON file's reader, the usage and the README's table all come from these rows.
+macro_rules! settings {
+    ($(
+        $(#[$doc:meta])*
+        $group:literal $field:ident: $ty:ty = $key:literal, $flag:literal, $arg:literal,
+            default $default:expr, $shown:literal, read $read:expr, $help:literal;
+    )*) => {
+        /// Everything the proxy runs with (see [`ROWS`]).
+        #[derive(Debug, Clone)]
+        pub struct Settings {
+            $( $(#[$doc])* pub $field: $ty, )*
         }
-    }
+
+        impl Default for Settings {
+            fn default() -> Self {
+                Settings { $( $field: $default, )* }
+            }
+        }
+
+        /// Every setting, in the usage's order.
+        pub static ROWS: &[Row] = &[$(
+            Row { key: $key, flag: $flag, arg: $arg, default: $shown, help: $help, group: $group },
+        )*];
+
+        impl Settings {
+            /// Sets the setting whose JSON key is `key` from `input`.
+            fn set(&mut self, key: &str, input: Input<'_>) -> Result<(), String> {
+                match key {
+                    $( $key => {
+                        let read: fn(&mut $ty, Input<'_>) -> Result<(), String> = $read;
+                        read(&mut self.$field, input)
+                    } )*
+                    other => Err(format!("unknown setting \"{other}\"")),
+                }
+            }
+        }
+    };
+}
+
+settings! {
+    /// Where agents connect.
+    "Agents" listen: Vec<String> = "listen", "--listen", "ADDR",
+        default vec!["127.0.0.1:9001".to_owned()], "127.0.0.1:9001", read |v, i| addresses(v, i, true),
+        "where agents connect (port 0: any free one); repeatable; with --tls-cert and no --listen-tls these serve TLS";
+    /// Where agents connect over TLS, beside `listen` (which is then plain TCP).
+    "Agents" listen_tls: Vec<String> = "listen_tls", "--listen-tls", "ADDR",
+        default Vec::new(), "none", read |v, i| addresses(v, i, false),
+        "where agents connect over TLS (repeatable); the --listen addresses are then plain TCP";
+    /// PEM certificate chain: serve TLS.
+    "Agents" tls_cert: Option<PathBuf> = "tls_cert", "--tls-cert", "FILE",
+        default None, "none", read path, "PEM certificate chain for the TLS listeners";
+    /// PEM private key for `tls_cert`.
+    "Agents" tls_key: Option<PathBuf> = "tls_key", "--tls-key", "FILE",
+        default None, "none", read path, "its PEM private key";
+    /// Accepted devices.
+    "Agents" devices: Vec<Device> = "devices", "--device", "KEY=TOKEN",
+        default Vec::new(), "none", read devices,
+        "accept this device (repeatable); KEY=TOKEN:unauthorized refuses it as not authorized; JSON: [{\"key\", \"token\", \"authorized\"}]";
+    /// Public tunnels.
+    "Agents" tunnels: Vec<Tunnel> = "tunnels", "--tunnel", "ADDR=KEY:PORT",
+        default Vec::new(), "none", read tunnels,
+        "public ADDR reaches PORT on device KEY (repeatable); JSON: [{\"listen\", \"device\", \"port\"}]";
+    /// Reply mode.
+    "Agents" reply: ReplyMode = "reply", "--reply", "MODE",
+        default ReplyMode::Normal, "normal", read reply,
+        "normal | none (no reply line, older proxies) | silent-close (close after the handshake, the field bug)";
+    /// Refusal form.
+    "Agents" error_form: ErrorForm = "error_form", "--error-form", "FORM",
+        default ErrorForm::Status, "status", read error_form,
+        "status: {\"status\":\"error\",\"message\":..}; error: {\"error\":\"auth_failed\",\"reason\":..}";
+    /// Keepalive interval announced to agents (`None`: not announced).
+    "Agents" keepalive: Option<Duration> = "keepalive", "--keepalive", "SECS",
+        default Some(Duration::from_secs(25)), "25", read keepalive,
+        "announced in the acceptance: agents ping when nothing arrived for SECS, and a device that pings is dropped after 3 x SECS of silence (0: not announced)";
+    /// The Meeting API that decides handshakes and lists tunnels.
+    "Meeting API (a drop-in for the production proxy)" api_url: Option<String> = "api_url", "--api-url", "URL",
+        default None, "none", read text,
+        "decide each handshake with GET URL/devices/KEY (X-Token-Code) and open the tunnels of GET URL/tunnels; --device entries are decided first";
+    /// PEM CA bundle for the API's certificate.
+    "Meeting API (a drop-in for the production proxy)" api_ca_file: Option<PathBuf> = "api_ca_file", "--api-ca-file", "FILE",
+        default None, "public roots", read path, "PEM CA for the API's certificate";
+    /// Bound of one API request.
+    "Meeting API (a drop-in for the production proxy)" api_timeout: Duration = "api_timeout", "--api-timeout", "SECS",
+        default Duration::from_secs(3), "3", read |v, i| seconds(v, i, 0.1, 86_400.0),
+        "bound of one API request (agents wait 15 for a reply)";
+    /// Time between two `GET {api}/tunnels`.
+    "Meeting API (a drop-in for the production proxy)" tunnels_interval: Duration = "tunnels_interval", "--tunnels-interval", "SECS",
+        default Duration::from_secs(5), "5", read |v, i| seconds(v, i, 0.1, 86_400.0),
+        "how often the tunnel list is fetched";
+    /// Address the API's tunnels listen on.
+    "Meeting API (a drop-in for the production proxy)" public_bind: String = "public_bind", "--public-bind", "ADDR",
+        default "0.0.0.0".to_owned(), "0.0.0.0", read string, "address the API's tunnels listen on";
+    /// Public ports the API may open.
+    "Meeting API (a drop-in for the production proxy)" public_ports: Option<(u16, u16)> = "public_ports", "--public-ports", "LOW-HIGH",
+        default None, "any", read port_range, "ports the API may open, e.g. 9050-9130; JSON: [LOW, HIGH]";
+    /// Cut the open connections of a tunnel when it expires or is removed.
+    "Meeting API (a drop-in for the production proxy)" close_expired: bool = "close_expired", "--close-expired", "",
+        default false, "false", read switch,
+        "cut open connections when their tunnel expires or is removed (else they go on until they end)";
+    /// How long an accepted handshake's answer is reused.
+    "Meeting API (a drop-in for the production proxy)" cache_accept: Duration = "cache_accept", "--cache-accept", "SECS",
+        default Duration::from_secs(60), "60", read |v, i| seconds(v, i, 0.0, 86_400.0),
+        "how long an API answer accepting a device is reused";
+    /// How long a refusal's answer is reused.
+    "Meeting API (a drop-in for the production proxy)" cache_refuse: Duration = "cache_refuse", "--cache-refuse", "SECS",
+        default Duration::from_secs(5), "5", read |v, i| seconds(v, i, 0.0, 86_400.0),
+        "how long an API answer refusing a device is reused";
+    /// The whole handshake must arrive within this of the accept.
+    "Facing the internet" handshake_timeout: Duration = "handshake_timeout", "--handshake-timeout", "SECS",
+        default Duration::from_secs(10), "10", read |v, i| seconds(v, i, 0.1, 30.0),
+        "the whole handshake, TLS included, must arrive within SECS of the accept, or it gets an error line and a close (at most 30)";
+    /// Handshakes in progress from one address.
+    "Facing the internet" max_pending_per_address: usize = "max_pending_per_address", "--max-pending-per-address", "N",
+        default 32, "32", read |v, i| count(v, i, 1, 100),
+        "handshakes in progress from one address; more get \"busy\" at once, with no thread (at most 100)";
+    /// Handshakes in progress in all.
+    "Facing the internet" max_pending: usize = "max_pending", "--max-pending", "N",
+        default 1024, "1024", read |v, i| count(v, i, 1, 65_536),
+        "handshakes in progress in all; more get \"busy\" at once";
+    /// A device (or a public client) that takes nothing this long is dropped.
+    "Facing the internet" send_timeout: Duration = "send_timeout", "--send-timeout", "SECS",
+        default Duration::from_secs(60), "60", read |v, i| seconds(v, i, 0.1, 86_400.0),
+        "a device whose connection takes no data for SECS is dropped with its public connections; a public client likewise";
+    /// Failed handshakes from one address before it is slowed.
+    "Facing the internet" address_penalty_burst: usize = "address_penalty_burst", "--address-penalty-burst", "N",
+        default 5, "5", read |v, i| count(v, i, 1, 1000),
+        "failed handshakes from one address that pass at once";
+    /// Handshakes a second a slowed address may try.
+    "Facing the internet" address_penalty_per_second: f64 = "address_penalty_per_second", "--address-penalty-per-second", "R",
+        default 10.0, "10", read |v, i| number(v, i, 0.1, 1000.0),
+        "then this many a second; more get \"too many failed handshakes\" with the time to wait";
+    /// Failed handshakes for one key before it is slowed.
+    "Facing the internet" key_penalty_burst: usize = "key_penalty_burst", "--key-penalty-burst", "N",
+        default 3, "3", read |v, i| count(v, i, 1, 1000),
+        "failed handshakes for one device key, from any address, that pass at once";
+    /// Handshakes a minute a slowed key may have judged.
+    "Facing the internet" key_penalty_per_minute: f64 = "key_penalty_per_minute", "--key-penalty-per-minute", "R",
+        default 3.0, "3", read |v, i| number(v, i, 0.1, 600.0),
+        "then this many a minute, before the token is compared or the API asked";
+    /// How long a device's accepted token still lets it in while its key is slowed.
+    "Facing the internet" remember_accepted: Duration = "remember_accepted", "--remember-accepted", "SECS",
+        default Duration::from_secs(3600), "3600", read |v, i| seconds(v, i, 0.0, 86_400.0),
+        "while a key is slowed, the token accepted for it within SECS still gets in";
+    /// Public connections from one address to one device.
+    "Facing the internet" max_public_per_address: usize = "max_public_per_address", "--max-public-per-address", "N",
+        default 16, "16", read |v, i| count(v, i, 1, 100),
+        "public connections to one device from one address; more are closed at once (at most 100)";
+    /// Public connections to one device in all.
+    "Facing the internet" max_public_per_device: usize = "max_public_per_device", "--max-public-per-device", "N",
+        default 256, "256", read |v, i| count(v, i, 1, 65_536),
+        "public connections to one device in all";
+    /// Where Prometheus metrics and `GET /devices` are served.
+    "Operating it" metrics_listen: Option<String> = "metrics_listen", "--metrics-listen", "ADDR",
+        default None, "off", read text,
+        "serve Prometheus metrics (GET /metrics) and the devices online (GET /devices) on ADDR, e.g. 127.0.0.1:9464; never an agents' address";
 }
 
 impl Settings {
-    /// Checks what serde cannot: durations, the port range, what goes together.
+    /// Checks what goes together.
     pub fn validate(&self) -> Result<(), String> {
-        for (name, v, min) in [
-            ("api_timeout", self.api_timeout, 0.1),
-            ("tunnels_interval", self.tunnels_interval, 0.1),
-            ("cache_accept", self.cache_accept, 0.0),
-            ("cache_refuse", self.cache_refuse, 0.0),
-            ("send_timeout", self.send_timeout, 0.1),
-            ("remember_accepted", self.remember_accepted, 0.0),
-        ] {
-            if !(v.is_finite() && (min..=86_400.0).contains(&v)) {
-                return Err(format!(
-                    "{name} {v}: expected seconds between {min} and 86400"
-                ));
-            }
-        }
-        if !(self.keepalive == 0.0
-            || (self.keepalive.is_finite() && (1.0..=3600.0).contains(&self.keepalive)))
-        {
-            return Err(format!(
-                "keepalive {}: expected 0 (off) or seconds between 1 and 3600",
-                self.keepalive
-            ));
-        }
-        if !(self.handshake_timeout.is_finite() && (0.1..=30.0).contains(&self.handshake_timeout)) {
-            return Err(format!(
-                "handshake_timeout {}: expected seconds between 0.1 and 30",
-                self.handshake_timeout
-            ));
-        }
-        if !(1..=100).contains(&self.max_pending_per_address) {
-            return Err(format!(
-                "max_pending_per_address {}: expected 1 to 100",
-                self.max_pending_per_address
-            ));
-        }
-        if !(1..=65_536).contains(&self.max_pending) {
-            return Err(format!(
-                "max_pending {}: expected 1 to 65536",
-                self.max_pending
-            ));
-        }
-        for (name, v, range) in [
-            (
-                "address_penalty_per_second",
-                self.address_penalty_per_second,
-                0.1..=1000.0,
-            ),
-            (
-                "key_penalty_per_minute",
-                self.key_penalty_per_minute,
-                0.1..=600.0,
-            ),
-        ] {
-            if !(v.is_finite() && range.contains(&v)) {
-                return Err(format!(
-                    "{name} {v}: expected {} to {}",
-                    range.start(),
-                    range.end()
-                ));
-            }
-        }
-        for (name, v, range) in [
-            (
-                "address_penalty_burst",
-                self.address_penalty_burst,
-                1..=1000,
-            ),
-            ("key_penalty_burst", self.key_penalty_burst, 1..=1000),
-            (
-                "max_public_per_address",
-                self.max_public_per_address,
-                1..=100,
-            ),
-            (
-                "max_public_per_device",
-                self.max_public_per_device,
-                1..=65_536,
-            ),
-        ] {
-            if !range.contains(&v) {
-                return Err(format!(
-                    "{name} {v}: expected {} to {}",
-                    range.start(),
-                    range.end()
-                ));
-            }
-        }
-        if let Some((lo, hi)) = self.public_ports {
-            if lo == 0 || lo > hi {
-                return Err(format!(
-                    "public_ports {lo}-{hi}: expected LOW-HIGH with 1 <= LOW <= HIGH"
-                ));
-            }
-        }
         if self.listen.is_empty() && self.listen_tls.is_empty() {
             return Err("listen is empty: give at least one address for agents".into());
         }
@@ -280,118 +265,267 @@ impl Settings {
     }
 }
 
-/// Seconds as given on the command line (`5`, `0.5`).
-fn seconds(flag: &str, v: &str) -> Result<f64, String> {
-    v.parse::<f64>()
-        .map_err(|_| format!("{flag} '{v}': expected a number of seconds, e.g. 5 or 0.5"))
+/// What a setting's value should have been, for its error.
+fn expected(input: Input<'_>, what: &str) -> String {
+    match input {
+        Input::Flag(Some(v), _) => format!("'{v}': expected {what}"),
+        Input::Flag(None, _) => format!("expected {what}"),
+        Input::Json(v) => format!("{v}: expected {what}"),
+    }
 }
 
-/// A rate as given on the command line.
-fn number(flag: &str, v: &str) -> Result<f64, String> {
-    v.parse::<f64>()
-        .map_err(|_| format!("{flag} '{v}': expected a number, e.g. 10 or 0.5"))
+/// A number from a flag's text or the file's JSON.
+fn read_f64(input: Input<'_>) -> Option<f64> {
+    match input {
+        Input::Flag(Some(v), _) => v.trim().parse().ok(),
+        Input::Json(v) => v.as_f64(),
+        Input::Flag(None, _) => None,
+    }
 }
 
-/// A count as given on the command line.
-fn count(flag: &str, v: &str) -> Result<usize, String> {
-    v.parse::<usize>()
-        .map_err(|_| format!("{flag} '{v}': expected a whole number"))
+/// Seconds from `min` to `max`, fractions allowed.
+fn seconds(v: &mut Duration, input: Input<'_>, min: f64, max: f64) -> Result<(), String> {
+    match read_f64(input) {
+        Some(s) if s.is_finite() && (min..=max).contains(&s) => {
+            *v = Duration::from_secs_f64(s);
+            Ok(())
+        }
+        _ => Err(expected(
+            input,
+            &format!("seconds between {min} and {max}, e.g. 5 or 0.5"),
+        )),
+    }
 }
 
-fn parse_range(v: &str) -> Result<(u16, u16), String> {
-    let bad = || format!("--public-ports '{v}': expected LOW-HIGH, e.g. 9050-9130");
-    let (lo, hi) = v.split_once('-').ok_or_else(bad)?;
-    Ok((
-        lo.trim().parse().map_err(|_| bad())?,
-        hi.trim().parse().map_err(|_| bad())?,
-    ))
+/// A number from `min` to `max`.
+fn number(v: &mut f64, input: Input<'_>, min: f64, max: f64) -> Result<(), String> {
+    match read_f64(input) {
+        Some(x) if x.is_finite() && (min..=max).contains(&x) => {
+            *v = x;
+            Ok(())
+        }
+        _ => Err(expected(input, &format!("a number from {min} to {max}"))),
+    }
 }
 
-/// Usage text.
-pub const USAGE: &str = "\
-Usage: meeting-proxy [OPTIONS]
+/// A whole number from `min` to `max`.
+fn count(v: &mut usize, input: Input<'_>, min: usize, max: usize) -> Result<(), String> {
+    let n = match input {
+        Input::Flag(Some(s), _) => s.trim().parse::<usize>().ok(),
+        Input::Json(j) => j.as_u64().and_then(|n| usize::try_from(n).ok()),
+        Input::Flag(None, _) => None,
+    };
+    match n {
+        Some(n) if (min..=max).contains(&n) => {
+            *v = n;
+            Ok(())
+        }
+        _ => Err(expected(
+            input,
+            &format!("a whole number from {min} to {max}"),
+        )),
+    }
+}
 
-Reference Meeting proxy: accepts tunnel-agent connections and maps public ports to them.
+/// The keepalive interval: 0 for none, else 1 to 3600 seconds.
+fn keepalive(v: &mut Option<Duration>, input: Input<'_>) -> Result<(), String> {
+    match read_f64(input) {
+        Some(0.0) => {
+            *v = None;
+            Ok(())
+        }
+        Some(s) if s.is_finite() && (1.0..=3600.0).contains(&s) => {
+            *v = Some(Duration::from_secs_f64(s));
+            Ok(())
+        }
+        _ => Err(expected(input, "0 (off) or seconds between 1 and 3600")),
+    }
+}
 
-Options:
-  --listen ADDR              where agents connect (default 127.0.0.1:9001; port 0 = any);
-                             repeatable. With --tls-cert and no --listen-tls, these serve TLS
-  --listen-tls ADDR          where agents connect over TLS (repeatable); --listen addresses
-                             are then plain TCP: e.g. --listen 0.0.0.0:9001 for older agents
-                             and --listen-tls 127.0.0.1:9443 behind an SNI router on 443
-  --device KEY=TOKEN         accept this device (repeatable); KEY=TOKEN:unauthorized refuses
-                             it as not authorized for tunnels
-  --tunnel ADDR=KEY:PORT     public ADDR reaches PORT on device KEY (repeatable)
-  --reply MODE               normal | none (no reply line, older proxies) |
-                             silent-close (close after the handshake, the field bug)
-  --tls-cert FILE, --tls-key FILE
-                             serve TLS on the agent port (PEM certificate chain and key)
-  --error-form FORM          status: {\"status\":\"error\",\"message\":..} (default)
-                             error:  {\"error\":\"auth_failed\",\"reason\":..}
+/// Text, given.
+fn text(v: &mut Option<String>, input: Input<'_>) -> Result<(), String> {
+    let mut s = String::new();
+    string(&mut s, input)?;
+    *v = Some(s);
+    Ok(())
+}
 
-Meeting API (a drop-in for the production proxy):
-  --api-url URL              decide each handshake with GET URL/devices/KEY (X-Token-Code)
-                             and open the tunnels of GET URL/tunnels; --device entries are
-                             decided locally first
-  --api-ca-file FILE         PEM CA for the API's certificate (default: public roots)
-  --api-timeout SECS         bound of one API request (default 3; agents wait 15 for a reply)
-  --tunnels-interval SECS    how often the tunnel list is fetched (default 5)
-  --public-bind ADDR         address the API's tunnels listen on (default 0.0.0.0)
-  --public-ports LOW-HIGH    ports the API may open (default: any), e.g. 9050-9130
-  --close-expired            cut open connections when their tunnel expires or is removed
-                             (default: they go on until they end)
-  --cache-accept SECS, --cache-refuse SECS
-                             how long an API answer is reused (default 60 and 5)
+/// Text.
+fn string(v: &mut String, input: Input<'_>) -> Result<(), String> {
+    match input {
+        Input::Flag(Some(s), _) => *v = s.to_owned(),
+        Input::Json(Value::String(s)) => *v = s.clone(),
+        _ => return Err(expected(input, "text")),
+    }
+    Ok(())
+}
 
-Facing the internet:
-  --handshake-timeout SECS   the whole handshake must arrive within SECS of the accept, or
-                             the connection gets an error line and is closed (default 10,
-                             at most 30)
-  --max-pending-per-address N, --max-pending N
-                             handshakes in progress from one address, and in all; a
-                             connection over either gets a \"busy\" refusal at once, with no
-                             thread started (default 32 and 1024)
-  --send-timeout SECS        a device whose connection takes no data for SECS is dropped,
-                             with its public connections (default 60); agents' connections
-                             also get TCP keepalive and TCP_USER_TIMEOUT, as the agent's do
-  --keepalive SECS           announced to agents in the acceptance: they ping when nothing
-                             arrived for SECS, and a device that pings is dropped once
-                             nothing came from it for 3 x SECS (default 25; 0: not announced,
-                             devices stay until TCP gives up)
-  --address-penalty-burst N, --address-penalty-per-second R
-                             failed handshakes from one address pass N at once, then R a
-                             second; more get \"too many failed handshakes\" with the time to
-                             wait, before any thread (default 5 and 10)
-  --key-penalty-burst N, --key-penalty-per-minute R
-                             the same per device key, before the token is checked or the API
-                             asked (default 3 and 3); while a key is slowed, the token
-                             accepted for it within --remember-accepted SECS still gets in
-                             (default 3600)
-  --max-public-per-address N, --max-public-per-device N
-                             public connections to one device from one address (at most
-                             100), and in all; more are closed at once (default 16 and 256)
+/// A path.
+fn path(v: &mut Option<PathBuf>, input: Input<'_>) -> Result<(), String> {
+    let mut s = String::new();
+    string(&mut s, input).map_err(|_| expected(input, "a file's path"))?;
+    *v = Some(PathBuf::from(s));
+    Ok(())
+}
 
-Operating it:
-  --metrics-listen ADDR      serve Prometheus metrics (GET /metrics) and the devices online
-                             (GET /devices, JSON) on ADDR, e.g. 127.0.0.1:9464 (default: off;
-                             never an agents' address)
+/// A switch: given, or true/false in the file.
+fn switch(v: &mut bool, input: Input<'_>) -> Result<(), String> {
+    match input {
+        Input::Flag(None, _) => *v = true,
+        Input::Json(Value::Bool(b)) => *v = *b,
+        _ => return Err(expected(input, "true or false")),
+    }
+    Ok(())
+}
 
-  --config FILE              the same settings as JSON: {\"listen\" (an address or a list),
-                             \"listen_tls\": [..], \"devices\": [{\"key\",
-                             \"token\", \"authorized\"}], \"tunnels\": [{\"listen\", \"device\",
-                             \"port\"}], \"reply\", \"error_form\", \"tls_cert\", \"tls_key\",
-                             \"api_url\", \"api_ca_file\", \"api_timeout\", \"tunnels_interval\",
-                             \"public_bind\", \"public_ports\": [LOW, HIGH], \"close_expired\",
-                             \"cache_accept\", \"cache_refuse\", \"handshake_timeout\",
-                             \"max_pending_per_address\", \"max_pending\",
-                             \"send_timeout\", \"keepalive\", \"address_penalty_burst\",
-                             \"address_penalty_per_second\", \"key_penalty_burst\",
-                             \"key_penalty_per_minute\", \"remember_accepted\",
-                             \"max_public_per_address\", \"max_public_per_device\",
-                             \"metrics_listen\"};
-                             flags add to it
-  -v, -q                     more / less logging
-  -h, --help, -V, --version";
+/// Addresses: a flag adds one (the first flag of a `replacing` list clears what the default
+/// or the file gave); the file gives one or a list.
+fn addresses(v: &mut Vec<String>, input: Input<'_>, replacing: bool) -> Result<(), String> {
+    match input {
+        Input::Flag(Some(a), first) => {
+            if replacing && first {
+                v.clear();
+            }
+            v.push(a.to_owned());
+        }
+        Input::Json(Value::String(a)) => *v = vec![a.clone()],
+        Input::Json(Value::Array(list)) if list.iter().all(Value::is_string) => {
+            *v = list
+                .iter()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect();
+        }
+        _ => return Err(expected(input, "an address or a list of them")),
+    }
+    Ok(())
+}
+
+/// Devices: a flag adds `KEY=TOKEN`; the file lists objects.
+fn devices(v: &mut Vec<Device>, input: Input<'_>) -> Result<(), String> {
+    match input {
+        Input::Flag(Some(s), _) => v.push(parse_device(s)?),
+        Input::Json(j) => {
+            *v = serde_json::from_value(j.clone())
+                .map_err(|e| expected(input, &format!("[{{\"key\", \"token\"}}] ({e})")))?
+        }
+        Input::Flag(None, _) => return Err(expected(input, "KEY=TOKEN")),
+    }
+    Ok(())
+}
+
+/// Tunnels: a flag adds `ADDR=KEY:PORT`; the file lists objects.
+fn tunnels(v: &mut Vec<Tunnel>, input: Input<'_>) -> Result<(), String> {
+    match input {
+        Input::Flag(Some(s), _) => v.push(parse_tunnel(s)?),
+        Input::Json(j) => {
+            *v = serde_json::from_value(j.clone()).map_err(|e| {
+                expected(
+                    input,
+                    &format!("[{{\"listen\", \"device\", \"port\"}}] ({e})"),
+                )
+            })?
+        }
+        Input::Flag(None, _) => return Err(expected(input, "ADDR=KEY:PORT")),
+    }
+    Ok(())
+}
+
+fn word<'a>(input: Input<'a>) -> Option<&'a str> {
+    match input {
+        Input::Flag(Some(s), _) => Some(s),
+        Input::Json(Value::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn reply(v: &mut ReplyMode, input: Input<'_>) -> Result<(), String> {
+    *v = match word(input) {
+        Some("normal") => ReplyMode::Normal,
+        Some("none") => ReplyMode::None,
+        Some("silent-close") => ReplyMode::SilentClose,
+        _ => return Err(expected(input, "normal, none or silent-close")),
+    };
+    Ok(())
+}
+
+fn error_form(v: &mut ErrorForm, input: Input<'_>) -> Result<(), String> {
+    *v = match word(input) {
+        Some("status") => ErrorForm::Status,
+        Some("error") => ErrorForm::Error,
+        _ => return Err(expected(input, "status or error")),
+    };
+    Ok(())
+}
+
+/// `LOW-HIGH` from a flag, `[LOW, HIGH]` from the file, with 1 <= LOW <= HIGH.
+fn port_range(v: &mut Option<(u16, u16)>, input: Input<'_>) -> Result<(), String> {
+    let pair = match input {
+        Input::Flag(Some(s), _) => s
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?))),
+        Input::Json(Value::Array(a)) if a.len() == 2 => a[0]
+            .as_u64()
+            .zip(a[1].as_u64())
+            .and_then(|(lo, hi)| Some((u16::try_from(lo).ok()?, u16::try_from(hi).ok()?))),
+        _ => None,
+    };
+    match pair {
+        Some((lo, hi)) if lo >= 1 && lo <= hi => {
+            *v = Some((lo, hi));
+            Ok(())
+        }
+        _ => Err(expected(
+            input,
+            "LOW-HIGH with 1 <= LOW <= HIGH, e.g. 9050-9130 (JSON: [9050, 9130])",
+        )),
+    }
+}
+
+/// The usage text, from [`ROWS`].
+pub fn usage() -> String {
+    let mut out = String::from(
+        "Usage: meeting-proxy [OPTIONS]\n\nReference Meeting proxy: accepts tunnel-agent \
+         connections and maps public ports to them.\n",
+    );
+    let mut group = "";
+    for row in ROWS {
+        if row.group != group {
+            group = row.group;
+            out.push_str(&format!("\n{group}:\n"));
+        }
+        let left = if row.arg.is_empty() {
+            row.flag.to_owned()
+        } else {
+            format!("{} {}", row.flag, row.arg)
+        };
+        let help = format!(
+            "{} (default {}; JSON \"{}\")",
+            row.help, row.default, row.key
+        );
+        out.push_str(&format!("  {left:<27}"));
+        let mut col = 29;
+        if left.len() > 25 {
+            out.push_str("\n                             ");
+        }
+        for (i, w) in help.split(' ').enumerate() {
+            if i > 0 && col + 1 + w.len() > 95 {
+                out.push_str("\n                             ");
+                col = 29;
+            } else if i > 0 {
+                out.push(' ');
+                col += 1;
+            }
+            out.push_str(w);
+            col += w.len();
+        }
+        out.push('\n');
+    }
+    out.push_str(
+        "\n  --config FILE              the same settings as JSON, by their keys; flags add to it\n  \
+         -v, -q                     more / less logging\n  -h, --help, -V, --version",
+    );
+    out
+}
 
 /// What the command line asks for.
 pub enum Command {
@@ -414,11 +548,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         None => Settings::default(),
     };
     let mut verbosity = 0;
-    // The first --listen replaces the default (or the file's); the next ones add to it.
-    let mut listen_given = false;
+    let mut seen: Vec<&str> = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
-        let mut value = |flag: &str| it.next().cloned().ok_or(format!("{flag} needs a value"));
         match arg.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
@@ -426,98 +558,45 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "-vv" => verbosity += 2,
             "-q" => verbosity -= 1,
             "--config" => {
-                value("--config")?;
+                it.next();
             }
-            "--listen" => {
-                if !std::mem::replace(&mut listen_given, true) {
-                    settings.listen.clear();
-                }
-                settings.listen.push(value(arg)?)
+            flag => {
+                let row = ROWS
+                    .iter()
+                    .find(|r| r.flag == flag)
+                    .ok_or_else(|| format!("unknown argument '{flag}'"))?;
+                let value = if row.arg.is_empty() {
+                    None
+                } else {
+                    Some(it.next().ok_or(format!("{flag} needs a value"))?.as_str())
+                };
+                let first = !seen.contains(&row.flag);
+                seen.push(row.flag);
+                settings
+                    .set(row.key, Input::Flag(value, first))
+                    .map_err(|e| format!("{flag} {e}"))?;
             }
-            "--listen-tls" => settings.listen_tls.push(value(arg)?),
-            "--metrics-listen" => settings.metrics_listen = Some(value(arg)?),
-            "--tls-cert" => settings.tls_cert = Some(value("--tls-cert")?.into()),
-            "--tls-key" => settings.tls_key = Some(value("--tls-key")?.into()),
-            "--device" => settings.devices.push(parse_device(&value("--device")?)?),
-            "--tunnel" => settings.tunnels.push(parse_tunnel(&value("--tunnel")?)?),
-            "--api-url" => settings.api_url = Some(value("--api-url")?),
-            "--api-ca-file" => settings.api_ca_file = Some(value("--api-ca-file")?.into()),
-            "--api-timeout" => settings.api_timeout = seconds(arg, &value(arg)?)?,
-            "--tunnels-interval" => settings.tunnels_interval = seconds(arg, &value(arg)?)?,
-            "--cache-accept" => settings.cache_accept = seconds(arg, &value(arg)?)?,
-            "--cache-refuse" => settings.cache_refuse = seconds(arg, &value(arg)?)?,
-            "--handshake-timeout" => settings.handshake_timeout = seconds(arg, &value(arg)?)?,
-            "--max-pending-per-address" => {
-                settings.max_pending_per_address = count(arg, &value(arg)?)?
-            }
-            "--max-pending" => settings.max_pending = count(arg, &value(arg)?)?,
-            "--send-timeout" => settings.send_timeout = seconds(arg, &value(arg)?)?,
-            "--keepalive" => settings.keepalive = seconds(arg, &value(arg)?)?,
-            "--address-penalty-burst" => settings.address_penalty_burst = count(arg, &value(arg)?)?,
-            "--address-penalty-per-second" => {
-                settings.address_penalty_per_second = number(arg, &value(arg)?)?
-            }
-            "--key-penalty-burst" => settings.key_penalty_burst = count(arg, &value(arg)?)?,
-            "--key-penalty-per-minute" => {
-                settings.key_penalty_per_minute = number(arg, &value(arg)?)?
-            }
-            "--remember-accepted" => settings.remember_accepted = seconds(arg, &value(arg)?)?,
-            "--max-public-per-address" => {
-                settings.max_public_per_address = count(arg, &value(arg)?)?
-            }
-            "--max-public-per-device" => settings.max_public_per_device = count(arg, &value(arg)?)?,
-            "--public-bind" => settings.public_bind = value("--public-bind")?,
-            "--public-ports" => settings.public_ports = Some(parse_range(&value(arg)?)?),
-            "--close-expired" => settings.close_expired = true,
-            "--reply" => {
-                settings.reply = match value("--reply")?.as_str() {
-                    "normal" => ReplyMode::Normal,
-                    "none" => ReplyMode::None,
-                    "silent-close" => ReplyMode::SilentClose,
-                    other => {
-                        return Err(format!(
-                            "--reply: unknown mode '{other}' (normal, none, silent-close)"
-                        ))
-                    }
-                }
-            }
-            "--error-form" => {
-                settings.error_form = match value("--error-form")?.as_str() {
-                    "status" => ErrorForm::Status,
-                    "error" => ErrorForm::Error,
-                    other => {
-                        return Err(format!(
-                            "--error-form: unknown form '{other}' (status, error)"
-                        ))
-                    }
-                }
-            }
-            other => return Err(format!("unknown argument '{other}'")),
         }
     }
     settings.validate()?;
     Ok(Command::Serve(Box::new(settings), verbosity))
 }
 
-/// A JSON member that holds one string or a list of them.
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => vec![s],
-        OneOrMany::Many(v) => v,
-    })
-}
-
 fn load_file(path: &Path) -> Result<Settings, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    serde_json::from_str(&text)
-        .map_err(|e| format!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))?;
+    let Value::Object(map) = value else {
+        return Err(format!("{}: expected a JSON object", path.display()));
+    };
+    let mut settings = Settings::default();
+    for (key, v) in &map {
+        settings
+            .set(key, Input::Json(v))
+            .map_err(|e| format!("{}: {key} {e}", path.display()))?;
+    }
+    Ok(settings)
 }
 
 fn parse_device(s: &str) -> Result<Device, String> {
@@ -593,7 +672,11 @@ mod tests {
         assert!(s.close_expired);
         assert_eq!(
             (s.tunnels_interval, s.cache_accept, s.cache_refuse),
-            (0.5, 30.0, 2.0)
+            (
+                Duration::from_millis(500),
+                Duration::from_secs(30),
+                Duration::from_secs(2)
+            )
         );
         let dir = std::env::temp_dir().join(format!("mp-settings-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -610,7 +693,10 @@ mod tests {
             (s.public_bind.as_str(), s.public_ports),
             ("::", Some((9050, 9130)))
         );
-        assert_eq!((s.tunnels_interval, s.cache_accept), (2.0, 60.0));
+        assert_eq!(
+            (s.tunnels_interval, s.cache_accept),
+            (Duration::from_secs(2), Duration::from_secs(60))
+        );
         std::fs::write(
             &file,
             r#"{"api_url": "https://m/api", "tunnels_interval": -1}"#,
@@ -673,9 +759,10 @@ mod tests {
 
     #[test]
     fn keepalive_is_off_or_a_sane_interval() {
-        assert_eq!(serve(&[]).unwrap().keepalive, 25.0);
-        assert_eq!(serve(&["--keepalive", "0"]).unwrap().keepalive, 0.0);
-        assert_eq!(serve(&["--keepalive", "2"]).unwrap().keepalive, 2.0);
+        let secs = |n| Some(Duration::from_secs(n));
+        assert_eq!(serve(&[]).unwrap().keepalive, secs(25));
+        assert_eq!(serve(&["--keepalive", "0"]).unwrap().keepalive, None);
+        assert_eq!(serve(&["--keepalive", "2"]).unwrap().keepalive, secs(2));
         for bad in ["0.5", "7200", "-1", "NaN"] {
             let e = serve(&["--keepalive", bad]).unwrap_err();
             assert!(e.contains("keepalive"), "{bad}: {e}");
@@ -687,12 +774,114 @@ mod tests {
         for (a, said) in [
             (&["--public-ports", "9130-9050"][..], "LOW <= HIGH"),
             (&["--public-ports", "9050"][..], "expected LOW-HIGH"),
-            (&["--tunnels-interval", "soon"][..], "number of seconds"),
-            (&["--cache-refuse", "NaN"][..], "cache_refuse NaN"),
+            (
+                &["--tunnels-interval", "soon"][..],
+                "--tunnels-interval 'soon': expected seconds between 0.1 and 86400",
+            ),
+            (
+                &["--cache-refuse", "NaN"][..],
+                "--cache-refuse 'NaN': expected seconds",
+            ),
+            (
+                &["--max-pending", "0"][..],
+                "expected a whole number from 1 to 65536",
+            ),
+            (
+                &["--reply", "loud"][..],
+                "expected normal, none or silent-close",
+            ),
+            (
+                &["--close-expired", "--nope"][..],
+                "unknown argument '--nope'",
+            ),
             (&["--api-ca-file", "/ca.pem"][..], "api_url is not"),
         ] {
             let e = serve(a).unwrap_err();
             assert!(e.contains(said), "{a:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_file_names_the_setting_that_is_wrong_and_knows_no_other() {
+        let dir = std::env::temp_dir().join(format!("mp-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("proxy.json");
+        for (json, said) in [
+            (
+                r#"{"send_timeout": "soon"}"#,
+                "send_timeout \"soon\": expected seconds",
+            ),
+            (
+                r#"{"max_pending": -1}"#,
+                "max_pending -1: expected a whole number",
+            ),
+            (r#"{"sendtimeout": 5}"#, "unknown setting \"sendtimeout\""),
+            (r#"{"devices": [{"key": "K"}]}"#, "devices"),
+            (r#"[]"#, "expected a JSON object"),
+        ] {
+            std::fs::write(&file, json).unwrap();
+            let e = serve(&["--config", file.to_str().unwrap()]).unwrap_err();
+            assert!(e.contains(said), "{json}: {e}");
+        }
+        std::fs::write(
+            &file,
+            r#"{"keepalive": 0, "close_expired": true, "send_timeout": 2.5}"#,
+        )
+        .unwrap();
+        let s = serve(&["--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(
+            (s.keepalive, s.close_expired, s.send_timeout),
+            (None, true, Duration::from_millis(2500))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Every row's default is read by its own reader, and its flag is unique.
+    #[test]
+    fn each_default_shown_is_the_default_read() {
+        let d = Settings::default();
+        assert_eq!(d.keepalive, Some(Duration::from_secs(25)));
+        for row in ROWS {
+            assert_eq!(
+                ROWS.iter()
+                    .filter(|r| r.flag == row.flag || r.key == row.key)
+                    .count(),
+                1,
+                "{}",
+                row.key
+            );
+            // Numbers shown as defaults read back as the default itself.
+            if row.default.parse::<f64>().is_ok() {
+                let mut s = Settings::default();
+                s.set(row.key, Input::Flag(Some(row.default), true))
+                    .unwrap();
+                assert_eq!(format!("{s:?}"), format!("{d:?}"), "{}", row.key);
+            }
+        }
+    }
+
+    /// The README's table of meeting-proxy's settings is these rows: flag, key, default.
+    #[test]
+    fn the_readme_table_matches_the_declarations() {
+        let readme = include_str!("../../../README.md");
+        let table: Vec<&str> = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| meeting-proxy flag |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        assert_eq!(table.len(), ROWS.len(), "{table:#?}");
+        for (line, row) in table.iter().zip(ROWS) {
+            let flag = if row.arg.is_empty() {
+                format!("`{}`", row.flag)
+            } else {
+                format!("`{} {}`", row.flag, row.arg)
+            };
+            let want = format!("| {flag} | `{}` | {} |", row.key, row.default);
+            assert!(
+                line.starts_with(&want),
+                "README: {line}\nwanted: {want} ..."
+            );
         }
     }
 }

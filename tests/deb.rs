@@ -39,6 +39,23 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// lintian on `deb`: no error (its warnings are printed for the reader).
+fn lintian_finds_no_error(deb: &Path) {
+    let lint = Command::new("lintian")
+        .args(["--fail-on", "error"])
+        .arg(deb)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&lint.stdout).into_owned();
+    println!("lintian {}:\n{said}", deb.display());
+    assert!(
+        lint.status.success() && !said.lines().any(|l| l.starts_with("E:")),
+        "lintian {}: {said}{}",
+        deb.display(),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+}
+
 /// The ELF machine of `file` (e_machine, little-endian).
 fn elf_machine(file: &Path) -> u16 {
     let bytes = std::fs::read(file).unwrap();
@@ -128,18 +145,7 @@ fn each_package_carries_its_architectures_build_and_lintian_finds_no_error() {
         // lintian: no error (its warnings are printed for the reader; the package's two
         // overrides, a static binary and the 0600 conffile, say their reasons in
         // /usr/share/lintian/overrides/tunnel-agent).
-        let lint = Command::new("lintian")
-            .args(["--fail-on", "error"])
-            .arg(&deb)
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&lint.stdout).into_owned();
-        println!("lintian {arch}:\n{said}");
-        assert!(
-            lint.status.success() && !said.lines().any(|l| l.starts_with("E:")),
-            "lintian {arch}: {said}{}",
-            String::from_utf8_lossy(&lint.stderr)
-        );
+        lintian_finds_no_error(&deb);
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }
@@ -689,18 +695,7 @@ fn the_proxy_package_runs_as_its_own_user_and_installs_upgrades_removes_and_purg
         let files = tmp.join(format!("proxy-files-{arch}"));
         run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&files));
         assert_eq!(elf_machine(&files.join("usr/bin/meeting-proxy")), machine);
-        let lint = Command::new("lintian")
-            .args(["--fail-on", "error"])
-            .arg(&deb)
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&lint.stdout).into_owned();
-        println!("lintian meeting-proxy {arch}:\n{said}");
-        assert!(
-            lint.status.success() && !said.lines().any(|l| l.starts_with("E:")),
-            "lintian {arch}: {said}{}",
-            String::from_utf8_lossy(&lint.stderr)
-        );
+        lintian_finds_no_error(&deb);
     }
 
     // A second version of the amd64 package, for the upgrade.

@@ -745,11 +745,14 @@ fn the_proxy_package_runs_as_its_own_user_and_installs_upgrades_removes_and_purg
     root.write(conf, &mine);
     systemctl(n, &["restart", unit]);
     wait_active(&container, unit);
-    let agent = agent(
+    let _agent = agent(
         format!("127.0.0.1:{agents}").parse().unwrap(),
         &["--allow-port", &echo.to_string()],
     );
-    agent.wait_for("tunnel ready", SOON);
+    // The proxy answers the device before it registers it: its journal says when a public
+    // connection can reach the device.
+    let connected = format!("device {KEY} connected from");
+    wait_journal(&container, unit, &connected, 1);
     let through: std::net::SocketAddr = format!("127.0.0.1:{public}").parse().unwrap();
     let data = random_bytes(100_000, 41);
     assert!(echo_through(through, &data) == data);
@@ -770,7 +773,7 @@ fn the_proxy_package_runs_as_its_own_user_and_installs_upgrades_removes_and_purg
     assert!(!root
         .path("/etc/meeting-proxy/config.json.dpkg-dist")
         .exists());
-    agent.wait_for_nth("tunnel ready", 2, SOON);
+    wait_journal(&container, unit, &connected, 2);
     assert!(echo_through(through, &data) == data);
 
     // Remove: stopped, the configuration kept; purge: gone.

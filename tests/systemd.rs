@@ -297,6 +297,9 @@ fn meeting_proxy_under_systemd_binds_443_as_its_own_user_and_its_watchdog_restar
         &["--allow-port", &echo.to_string()],
     );
     agent.wait_for("tunnel ready", SOON);
+    // The proxy answers the device before it registers it: its journal says when a public
+    // connection can reach the device.
+    wait_journal(&container, unit, &format!("device {KEY} connected from"), 1);
     let data = random_bytes(50_000, 40);
     let through: std::net::SocketAddr = format!("127.0.0.1:{public}").parse().unwrap();
     assert!(echo_through(through, &data) == data);

@@ -212,6 +212,24 @@ pub fn wait_property(container: &Proc, unit: &str, name: &str, want: &str) {
     }
 }
 
+/// Waits until `unit`'s journal in the booted container holds `text` `nth` times (what a
+/// service logs is its only signal that it took a step), polling journalctl.
+pub fn wait_journal(container: &Proc, unit: &str, text: &str, nth: usize) {
+    let deadline = std::time::Instant::now() + SOON * 2;
+    let n = container.pid();
+    loop {
+        let journal = try_in_container(n, "journalctl", &["-q", "-o", "cat", "-u", unit]).1;
+        if journal.matches(text).count() >= nth {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{unit}'s journal has not said {text:?} {nth} time(s):\n{journal}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Stops the booted container and waits for it: `systemctl poweroff` inside (under qemu-user
 /// systemd does not get the signal systemd-nspawn stops a container with), else SIGTERM.
 pub fn halt(container: &mut Proc) {

@@ -103,15 +103,17 @@ fn only_ends_that_agreed_ping_and_the_older_ends_see_todays_bytes() {
         return;
     }
     let echo = echo_server();
-    // A: announces a 1 s keepalive (so pings come quickly); B: announces none.
+    // A: announces a 1 s keepalive (so pings come quickly), and windows; B: announces
+    // nothing.
     let a = proxy(&["--keepalive", "1"], &[(KEY2, echo)]);
-    let b = proxy(&["--keepalive", "0"], &[]);
+    let b = proxy(&["--keepalive", "0", "--window", "0"], &[]);
     // check says whether a proxy answers pings (as a device of its own: a handshake for a
     // device that is connected would replace its connection).
     for (proxy, said) in [
         (
             &a,
-            "accepted; the proxy answers keepalive pings (every 1 s at most)",
+            "accepted; the proxy answers keepalive pings (every 1 s at most); per-stream \
+             windows of 256 KiB",
         ),
         (&b, "accepted"),
     ] {
@@ -161,12 +163,17 @@ fn only_ends_that_agreed_ping_and_the_older_ends_see_todays_bytes() {
     let (up, down) = wait_pings(&tap_a, 0, 5);
     let hello = format!("{{\"token\": \"{TOKEN}\", \"name\": \"{KEY}\"}}\n");
     assert!(up.starts_with(hello.as_bytes()));
+    // Its answer to the windows, then pings only.
+    let types = frame_types(&up);
+    assert_eq!(types.first(), Some(&b'W'), "{up:?}");
     assert!(
-        frame_types(&up).iter().all(|&t| t == b'P'),
+        types[1..].iter().all(|&t| t == b'P'),
         "the pinging agent sent other frames: {up:?}"
     );
-    let reply =
-        format!("{{\"device_key\":\"{KEY}\",\"keepalive\":1,\"status\":\"authenticated\"}}\n");
+    let reply = format!(
+        "{{\"device_key\":\"{KEY}\",\"keepalive\":1,\"status\":\"authenticated\",\
+         \"window\":262144}}\n"
+    );
     assert!(down.starts_with(reply.as_bytes()), "{down:?}");
     assert!(frame_types(&down).iter().all(|&t| t == b'A'), "{down:?}");
     assert!(frame_types(&down).len() >= 4, "pings unanswered: {down:?}");
@@ -182,8 +189,8 @@ fn only_ends_that_agreed_ping_and_the_older_ends_see_todays_bytes() {
     assert!(!quiet.output().contains("keepalive:"), "{}", quiet.output());
 
     // The Python agent against meeting-proxy: its own handshake, the acceptance with the
-    // member it does not read, and no frame at all; it is not dropped for its silence, and
-    // its tunnel still carries bytes.
+    // members it does not read, and no frame at all (no window grant either, though its
+    // tunnel carries 100 kB); it is not dropped for its silence.
     let (up, down) = tap_py.recorded(0);
     assert_eq!(
         String::from_utf8_lossy(&up),
@@ -191,10 +198,18 @@ fn only_ends_that_agreed_ping_and_the_older_ends_see_todays_bytes() {
     );
     assert_eq!(
         String::from_utf8_lossy(&down),
-        format!("{{\"device_key\":\"{KEY2}\",\"keepalive\":1,\"status\":\"authenticated\"}}\n")
+        format!(
+            "{{\"device_key\":\"{KEY2}\",\"keepalive\":1,\"status\":\"authenticated\",\
+             \"window\":262144}}\n"
+        )
     );
     let data = random_bytes(100_000, 38);
     assert!(echo_through(a.tunnels[0], &data) == data);
+    let (_, down) = tap_py.recorded(0);
+    assert!(
+        !frame_types(&down).contains(&b'W'),
+        "meeting-proxy granted a window to the Python agent"
+    );
     let log = python.output();
     assert!(!log.contains("Unknown frame type"), "{log}");
     assert!(!log.contains("Connection closed by proxy"), "{log}");

@@ -16,12 +16,19 @@
 //! resets the control connection. A `C` from the proxy closes the local socket only once
 //! everything held for it is written.
 //!
+//! Where the proxy announced windows (docs/protocol.md, "Windows") none of that waiting
+//! happens: the proxy sends a stream at most a window (the queue's size) before the channel
+//! grants more, which it does as its service takes the bytes; the control loop writes only
+//! what a local socket takes at once and queues the rest. Up, the channel's thread sends at
+//! most a window before the proxy grants more. So a slow service or a slow public client
+//! slows only its own channel.
+//!
 //! Bytes that arrive while the local connection is still being made wait in the same queue.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -34,14 +41,18 @@ use crate::agent::Live;
 use crate::downlink::sink::{
     Cut, CutReason, FullQueue, Owner, SinkSettings, Stall, StreamSink, Undelivered,
 };
-use crate::protocol::frame::close_frame;
+use crate::protocol::frame::{close_frame, window_frame};
 use crate::uplink::copy::{pump_to_frames, PumpEnd};
+use crate::uplink::window::Credit;
 use crate::uplink::writer::{FrameSender, Lane};
 
 /// Bytes from the proxy held for one channel at most (waiting for its local connection, or
 /// for a local service that takes them slower than they come), the piece being written
 /// included.
 pub const QUEUE_MAX: usize = 64 * 1024;
+/// With windows, a channel grants the proxy more each time this fraction of a window reached
+/// its service: one 13-byte `W` frame per half window.
+pub const GRANT_FRACTION: usize = 2;
 /// How long the control loop waits for room in a local socket before it queues the rest of a
 /// payload: a service this quick (a fast reader whose socket buffer was full for a moment, or
 /// that was not scheduled on a busy single-core board) is written to directly, without a copy
@@ -71,12 +82,21 @@ struct Channel {
     opened: Instant,
     /// The way down, to the local service.
     sink: Arc<StreamSink>,
+    /// The way up's window, where windows were agreed (tied to the sink: it ends with it).
+    window: Option<Arc<Credit>>,
     bytes_up: AtomicU64,
     /// Why the channel closed, set by whoever closed it first.
     reason: Mutex<Option<String>>,
 }
 
 impl Channel {
+    /// The way up stops waiting for room: the stream is over.
+    fn end_window(&self) {
+        if let Some(w) = &self.window {
+            w.close();
+        }
+    }
+
     fn set_reason(&self, why: impl Into<String>) {
         let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
         if r.is_none() {
@@ -138,11 +158,18 @@ impl Channel {
 struct Threads {
     running: Arc<AtomicUsize>,
     totals: Arc<Totals>,
+    /// Where the grants go.
+    tx: FrameSender,
 }
 
 impl Owner for Threads {
     fn delivered(&self, n: usize) {
         self.totals.down.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn grant(&self, stream: u32, bytes: u32) -> bool {
+        // Behind what is queued, never waiting: the control loop may be the one granting.
+        self.tx.send_queued(window_frame(stream, bytes)).is_ok()
     }
 
     fn spawn(&self, name: String, stack: usize, f: Box<dyn FnOnce() + Send>) -> io::Result<()> {
@@ -171,6 +198,8 @@ struct Shared {
     live: Arc<Live>,
     totals: Arc<Totals>,
     threads: Arc<Threads>,
+    /// The window agreed with the proxy, in bytes; 0: none.
+    window: AtomicU32,
 }
 
 impl Shared {
@@ -200,17 +229,32 @@ impl Shared {
         }
     }
 
-    /// The sink of a new channel to `stream`, with the settings in force now.
-    fn sink(&self, stream: u32) -> Arc<StreamSink> {
-        let settings = SinkSettings {
+    /// The sink of a new channel to `stream`, with the settings in force now, and its way
+    /// up's window if windows were agreed.
+    fn sink(&self, stream: u32) -> (Arc<StreamSink>, Option<Arc<Credit>>) {
+        let window = self.window.load(Ordering::Relaxed) as usize;
+        let mut settings = SinkSettings {
             queue_max: QUEUE_MAX,
             direct_wait: DIRECT_WAIT,
             full: FullQueue::WaitWhileProgress,
             idle_limit: self.live.get().local_write_timeout,
             stack: DRAIN_STACK,
             name: "channel",
+            grant_every: 0,
         };
-        StreamSink::connecting(stream, settings, self.threads.clone())
+        if window > 0 {
+            // The proxy sends at most a window ahead of the grants: it always fits, and the
+            // control loop never waits on this service.
+            settings.queue_max = window;
+            settings.direct_wait = Duration::ZERO;
+            settings.grant_every = window / GRANT_FRACTION;
+        }
+        let sink = StreamSink::connecting(stream, settings, self.threads.clone());
+        let up = (window > 0).then(|| Arc::new(Credit::new(window as u32, true)));
+        if let Some(up) = &up {
+            sink.tie(up.clone());
+        }
+        (sink, up)
     }
 }
 
@@ -227,6 +271,7 @@ impl Channels {
         let threads = Arc::new(Threads {
             running: Arc::new(AtomicUsize::new(0)),
             totals: totals.clone(),
+            tx: tx.clone(),
         });
         Channels {
             shared: Arc::new(Shared {
@@ -235,7 +280,23 @@ impl Channels {
                 live,
                 totals,
                 threads,
+                window: AtomicU32::new(0),
             }),
+        }
+    }
+
+    /// Windows of `bytes` were agreed with the proxy: channels opened from now on keep to
+    /// them and grant them.
+    pub fn use_windows(&self, bytes: u32) {
+        self.shared.window.store(bytes, Ordering::Relaxed);
+    }
+
+    /// `W` from the proxy: `bytes` more may go up on `stream`. Unknown streams are ignored
+    /// (a grant may cross the stream's close).
+    pub fn grant(&self, stream: u32, bytes: u32) {
+        let ch = self.shared.map().get(&stream).cloned();
+        if let Some(w) = ch.as_ref().and_then(|c| c.window.as_ref()) {
+            w.grant(bytes);
         }
     }
 
@@ -278,12 +339,14 @@ impl Channels {
             let _ = self.shared.tx.send(close_frame(stream));
             return;
         }
+        let (sink, window) = self.shared.sink(stream);
         let ch = Arc::new(Channel {
             stream,
             lane: self.shared.tx.lane(),
             port,
             opened: Instant::now(),
-            sink: self.shared.sink(stream),
+            sink,
+            window,
             bytes_up: AtomicU64::new(0),
             reason: Mutex::new(None),
         });
@@ -420,6 +483,7 @@ impl Channels {
         };
         ch.set_reason("closed by the proxy");
         ch.sink.finish();
+        ch.end_window();
     }
 
     /// Closes every channel at once, dropping what is held for them; with `notify`, sends `C`
@@ -477,7 +541,7 @@ fn run_channel(shared: &Arc<Shared>, ch: &Arc<Channel>) {
     }
     info!("channel {} open: 127.0.0.1:{}", ch.stream, ch.port);
     let counters = [&ch.bytes_up, &shared.totals.up];
-    let end = pump_to_frames(&*sock, ch.stream, &ch.lane, &counters);
+    let end = pump_to_frames(&*sock, ch.stream, &ch.lane, &counters, ch.window.as_deref());
     if shared.remove_if_current(ch) {
         // The local side ended first (or its sink cut it, which shut the socket).
         let why = match (ch.sink.cut(), end) {

@@ -19,12 +19,12 @@ use crate::agent::Live;
 use crate::bytes::printable::printable;
 use crate::config::Config;
 use crate::protocol::frame::{
-    close_frame, ping_answer_frame, ping_frame, printable_type, Frame, FrameError, FrameReader,
-    MAX_REPLACED_BY,
+    close_frame, ping_answer_frame, ping_frame, printable_type, window_frame, Frame, FrameError,
+    FrameReader, MAX_REPLACED_BY,
 };
 use crate::protocol::handshake::{
     classify_bounded, handshake_line, read_reply, FailureClass, PingOffer, Reply, ReplyError,
-    MAX_REPLY_LINE,
+    WindowOffer, MAX_REPLY_LINE,
 };
 use crate::transport::tcp::{self, acks_stopped, is_dead_link, peer_gone, Keepalive};
 use crate::transport::{self, Control, TransportError};
@@ -379,10 +379,14 @@ fn handshake_then_frames(
     let started = Instant::now();
     // Set when no reply came in time: the first bytes of frame mode may still be the reply.
     let mut late = None;
-    let mut offer = PingOffer::Absent;
+    let mut offer = (PingOffer::Absent, WindowOffer::Absent);
     match read_reply(&mut reader) {
-        Ok(Reply::Accepted { device_key, ping }) => {
-            offer = ping;
+        Ok(Reply::Accepted {
+            device_key,
+            ping,
+            window,
+        }) => {
+            offer = (ping, window);
             // The status file says connected before the log says "tunnel ready".
             status.set(State::Connected);
             if let Some(k) = device_key.filter(|k| !k.eq_ignore_ascii_case(&cfg.device_key.value)) {
@@ -433,8 +437,35 @@ struct Wire {
     reader: BufReader<Box<dyn Read + Send>>,
     writer: Box<dyn Write + Send>,
     late: Option<Instant>,
-    /// What the acceptance said of keepalive pings.
-    offer: PingOffer,
+    /// What the acceptance said of keepalive pings and of windows.
+    offer: (PingOffer, WindowOffer),
+}
+
+/// Windows, if the proxy announced them in a form this agent reads: said to the proxy (a `W`
+/// on stream 0, the first frame) and to the channels. Whether they are in use.
+fn agree_windows(offer: &WindowOffer, tx: &FrameSender, channels: &Channels) -> bool {
+    match offer {
+        WindowOffer::Absent => false,
+        WindowOffer::Unreadable(raw) => {
+            warn!(
+                "the proxy announced per-stream windows in a form this agent cannot read \
+                 (\"window\": {raw}); not using them: one slow reader slows every stream"
+            );
+            false
+        }
+        WindowOffer::Bytes(n) => {
+            if tx.send(window_frame(0, *n)).is_err() {
+                return false;
+            }
+            channels.use_windows(*n);
+            info!(
+                "windows: at most {} KiB of a stream on its way each way before its reader \
+                 takes it; a slow reader slows only its own stream",
+                n / 1024
+            );
+            true
+        }
+    }
 }
 
 /// How long a read of the control connection may wait before the loop comes round: the
@@ -472,7 +503,8 @@ fn frames(
     let channels = Channels::new(tx.clone(), live.clone(), totals.clone());
     let mut frames = FrameReader::after(reader, cfg.max_frame);
     let mut last_rx = Instant::now();
-    let mut pings = Pings::agree(cfg.ping_interval, &offer, last_rx);
+    let mut pings = Pings::agree(cfg.ping_interval, &offer.0, last_rx);
+    let mut windows = agree_windows(&offer.1, &tx, &channels);
     // Looked at while a local service keeps the control loop waiting.
     let interrupted = || {
         crate::notify::alive();
@@ -517,7 +549,8 @@ fn frames(
                         cfg.device_key.value,
                         sent.elapsed().as_secs_f64()
                     );
-                    if let Reply::Accepted { ping, .. } = reply {
+                    if let Reply::Accepted { ping, window, .. } = reply {
+                        windows = agree_windows(&window, &tx, &channels);
                         pings = Pings::agree(cfg.ping_interval, &ping, last_rx);
                         tick = read_tick(pings.as_ref());
                         let _ = sock.set_read_timeout(tick);
@@ -583,6 +616,15 @@ fn frames(
                 let _ = tx.send_queued(ping_answer_frame());
             }
             Frame::PingAnswer if pings.is_some() => {}
+            Frame::Window { stream, grant } if windows => channels.grant(stream, grant),
+            Frame::Window { .. } => {
+                if totals.noise.allow(Cause::UnknownFrame) {
+                    warn!(
+                        "ignoring a window frame from a proxy that did not announce windows \
+                         (its acceptance had no readable \"window\" member)"
+                    );
+                }
+            }
             Frame::Ping | Frame::PingAnswer => {
                 if totals.noise.allow(Cause::UnknownFrame) {
                     warn!(

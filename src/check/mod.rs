@@ -19,7 +19,9 @@ use crate::bytes::printable::printable;
 use crate::bytes::recorded::Recorded;
 use crate::config::{self, Config, Flags, SearchPaths};
 use crate::meeting::{self, DeviceRecord};
-use crate::protocol::handshake::{handshake_line, read_reply, PingOffer, Reply, ReplyError};
+use crate::protocol::handshake::{
+    handshake_line, read_reply, PingOffer, Reply, ReplyError, WindowOffer,
+};
 use crate::transport::tcp::{connect_any, resolve};
 use crate::transport::{self, Control, TransportError};
 use verdict::{Api, Findings, Handshake, Login, Presence, Reach, Verdict};
@@ -761,18 +763,28 @@ fn handshake_step(
     facts.reply_ms = Some(ms);
     facts.reply_raw = Some(raw.clone());
     let (status, what, hint, found) = match reply {
-        Ok(Reply::Accepted { ping, .. }) => (
+        Ok(Reply::Accepted { ping, window, .. }) => (
             Status::Pass,
-            match ping {
-                PingOffer::Every(d) => format!(
-                    "accepted; the proxy answers keepalive pings (every {} s at most)",
-                    d.as_secs_f64()
-                ),
-                PingOffer::Unreadable(raw) => {
-                    format!("accepted; keepalive announced in a form this agent cannot read: {raw}")
+            format!(
+                "accepted{}{}",
+                match ping {
+                    PingOffer::Every(d) => format!(
+                        "; the proxy answers keepalive pings (every {} s at most)",
+                        d.as_secs_f64()
+                    ),
+                    PingOffer::Unreadable(raw) => {
+                        format!("; keepalive announced in a form this agent cannot read: {raw}")
+                    }
+                    PingOffer::Absent => String::new(),
+                },
+                match window {
+                    WindowOffer::Bytes(n) => format!("; per-stream windows of {} KiB", n / 1024),
+                    WindowOffer::Unreadable(raw) => {
+                        format!("; windows announced in a form this agent cannot read: {raw}")
+                    }
+                    WindowOffer::Absent => String::new(),
                 }
-                PingOffer::Absent => "accepted".to_owned(),
-            },
+            ),
             None,
             Handshake::Accepted,
         ),

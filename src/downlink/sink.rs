@@ -23,6 +23,11 @@
 //! now: what is held is dropped) or a cut by a bound or a failed write. Whatever was held and
 //! not written is reported in the [`Cut`], which the owner words for its peer.
 //!
+//! Where the two ends agreed on windows (docs/protocol.md, "Windows"), the sink also grants:
+//! each time [`SinkSettings::grant_every`] more bytes reached the socket, its owner sends a
+//! `W` frame for them, so the peer never has more than a window on its way or held here, and
+//! the queue (as large as the window) never makes the reader wait.
+//!
 //! Bytes that arrive while the socket is still being connected ([`StreamSink::connecting`])
 //! wait in the same queue.
 
@@ -35,6 +40,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::transport::tcp::{reset_on_close, send_now, timed_out, unacked_bytes, unread_bytes};
+use crate::uplink::window::Credit;
 
 /// How often a reader waiting on a full queue looks at what may interrupt it, and how long
 /// one drain write waits before it looks whether the peer read anything.
@@ -67,12 +73,20 @@ pub struct SinkSettings {
     pub stack: usize,
     /// The drain thread is named `<name>-<stream>-d`.
     pub name: &'static str,
+    /// Bytes written to the socket between two grants ([`Owner::grant`]); 0: no windows.
+    pub grant_every: usize,
 }
 
 /// What the side that owns a stream wants to know of its sink.
 pub trait Owner: Send + Sync {
     /// `n` more bytes were written to the socket.
     fn delivered(&self, _n: usize) {}
+
+    /// Sends a grant of `bytes` more for `stream` to the peer; `false` if it cannot yet (the
+    /// bytes are granted with the next ones).
+    fn grant(&self, _stream: u32, _bytes: u32) -> bool {
+        false
+    }
 
     /// Runs `f` on a new thread named `name` with `stack` bytes of stack.
     fn spawn(&self, name: String, stack: usize, f: Box<dyn FnOnce() + Send>) -> io::Result<()> {
@@ -203,6 +217,8 @@ struct State {
     /// When reading stopped (finish or abort), the peer had sent bytes that will never be
     /// read: it is still sending, and may be blocked on a window that will not open again.
     peer_sending: bool,
+    /// The window of the same stream's other way, closed when this way ends.
+    up: Option<Arc<Credit>>,
 }
 
 impl State {
@@ -220,6 +236,8 @@ pub struct StreamSink {
     /// Bytes were queued or written, or the link changed.
     cv: Condvar,
     delivered: AtomicU64,
+    /// Written to the socket and not yet granted.
+    ungranted: AtomicU64,
 }
 
 impl StreamSink {
@@ -263,9 +281,11 @@ impl StreamSink {
                 write_timeout: Duration::ZERO,
                 cut: None,
                 peer_sending: false,
+                up: None,
             }),
             cv: Condvar::new(),
             delivered: AtomicU64::new(0),
+            ungranted: AtomicU64::new(0),
         })
     }
 
@@ -297,6 +317,33 @@ impl StreamSink {
         if n > 0 {
             self.delivered.fetch_add(n as u64, Ordering::Relaxed);
             self.owner.delivered(n);
+            let every = self.settings.grant_every as u64;
+            if every > 0
+                && self.ungranted.fetch_add(n as u64, Ordering::Relaxed) + n as u64 >= every
+            {
+                self.grant();
+            }
+        }
+    }
+
+    /// Ties the window of the stream's other way (the socket's bytes to the peer) to this
+    /// sink: when the stream ends here (finished, aborted or cut), a pump waiting for that
+    /// window stops, as it would at the socket's end.
+    pub fn tie(&self, up: Arc<Credit>) {
+        let mut st = self.lock();
+        if matches!(st.link, Link::Closed) {
+            up.close();
+        }
+        st.up = Some(up);
+    }
+
+    /// Grants the peer what was written and not yet granted, if its owner can.
+    pub fn grant(&self) {
+        let n = self.ungranted.swap(0, Ordering::Relaxed);
+        // A grant is at most what the peer may send unanswered: a window, far under 4 GiB.
+        let bytes = u32::try_from(n).unwrap_or(u32::MAX);
+        if n > 0 && !self.owner.grant(self.stream, bytes) {
+            self.ungranted.fetch_add(n, Ordering::Relaxed);
         }
     }
 
@@ -612,6 +659,9 @@ impl StreamSink {
         if let Link::Open(s) = &st.link {
             let _ = s.shutdown(Shutdown::Both);
         }
+        if let Some(up) = &st.up {
+            up.close();
+        }
         st.link = Link::Closed;
         st.queue = Vec::new();
         st.in_flight = 0;
@@ -721,6 +771,7 @@ mod tests {
             idle_limit: Duration::from_secs(5),
             stack: 64 * 1024,
             name: "test",
+            grant_every: 0,
         }
     }
 

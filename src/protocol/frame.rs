@@ -25,6 +25,12 @@ pub const TYPE_REPLACED: u8 = b'R';
 pub const TYPE_PING: u8 = b'P';
 /// Frame type byte of the answer to a ping (`A`, stream 0, no payload).
 pub const TYPE_PING_ANSWER: u8 = b'A';
+/// Frame type byte of a window frame (`W`), sent only where the proxy's acceptance announced
+/// `window`. On a stream, its payload (4 bytes, big-endian) is a grant: the receiver of that
+/// stream's data wrote this many more of its bytes out, and the sender may send as many more.
+/// On stream 0 (agent to proxy, first frame after the acceptance) it says the agent keeps to
+/// the windows and grants them too. A payload of another length reads as a grant of 0.
+pub const TYPE_WINDOW: u8 = b'W';
 /// Either end takes a connection over which pings were agreed for dead once nothing at all
 /// arrived for this many keepalive intervals.
 pub const DEAD_AFTER_INTERVALS: u32 = 3;
@@ -72,6 +78,13 @@ pub enum Frame<'a> {
     Ping,
     /// `A`: the answer to a ping (any payload is ignored).
     PingAnswer,
+    /// `W`: a window grant for `stream`, or on stream 0 the agent's use of windows.
+    Window {
+        /// Stream id (0: the agent's use of windows).
+        stream: u32,
+        /// Bytes granted.
+        grant: u32,
+    },
     /// A type byte this agent does not know; its payload has been skipped.
     Unknown {
         /// The type byte.
@@ -225,6 +238,14 @@ pub fn ping_frame() -> Vec<u8> {
 /// The bytes of the answer to a ping (`A`, stream 0, no payload).
 pub fn ping_answer_frame() -> Vec<u8> {
     encode_header(TYPE_PING_ANSWER, 0, 0).to_vec()
+}
+
+/// The bytes of a `W` frame granting `bytes` more on `stream` (on stream 0: the agent keeps to
+/// windows of `bytes`).
+pub fn window_frame(stream: u32, bytes: u32) -> Vec<u8> {
+    let mut v = encode_header(TYPE_WINDOW, stream, 4).to_vec();
+    v.extend_from_slice(&bytes.to_be_bytes());
+    v
 }
 
 /// Returns the bytes of an `N` frame asking for local `port` on `stream`.
@@ -400,6 +421,13 @@ impl<R: Read> FrameReader<R> {
             TYPE_REPLACED => Frame::Replaced { by: payload },
             TYPE_PING => Frame::Ping,
             TYPE_PING_ANSWER => Frame::PingAnswer,
+            TYPE_WINDOW => Frame::Window {
+                stream,
+                grant: match payload {
+                    [a, b, c, d] => u32::from_be_bytes([*a, *b, *c, *d]),
+                    _ => 0,
+                },
+            },
             _ => Frame::Unknown { kind, stream, len },
         }))
     }
@@ -434,6 +462,22 @@ mod tests {
             })
         );
         assert_eq!(r.next_frame().unwrap(), Some(Frame::Close { stream: 7 }));
+        assert_eq!(r.next_frame().unwrap(), None);
+    }
+
+    #[test]
+    fn window_frames_and_their_odd_forms() {
+        let mut wire = window_frame(7, 131_072);
+        assert_eq!(wire.len(), HEADER_LEN + 4);
+        wire.extend(window_frame(0, 262_144));
+        write_frame(&mut wire, TYPE_WINDOW, 9, b"xy").unwrap();
+        write_frame(&mut wire, TYPE_WINDOW, 9, b"").unwrap();
+        write_frame(&mut wire, TYPE_WINDOW, 9, &[0xff; 8]).unwrap();
+        let mut r = reader(&wire);
+        let w = |stream, grant| Frame::Window { stream, grant };
+        for want in [w(7, 131_072), w(0, 262_144), w(9, 0), w(9, 0), w(9, 0)] {
+            assert_eq!(r.next_frame().unwrap(), Some(want));
+        }
         assert_eq!(r.next_frame().unwrap(), None);
     }
 

@@ -39,6 +39,8 @@ pub enum Reply {
         device_key: Option<String>,
         /// What the proxy says of keepalive pings.
         ping: PingOffer,
+        /// What the proxy says of per-stream windows.
+        window: WindowOffer,
     },
     /// Nothing arrived before the timeout and the connection is still open: an older proxy
     /// that answers nothing and sends frames when a tunnel opens.
@@ -77,6 +79,32 @@ impl PingOffer {
                 }
                 _ => PingOffer::Unreadable(printable(v.to_string().as_bytes(), 64)),
             },
+        }
+    }
+}
+
+/// What an acceptance says of per-stream windows: its `window` member, the bytes of a stream
+/// either end may send before the other grants more (`W` frames). Only a proxy that announces
+/// it keeps to windows and grants them; an older one has no such member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WindowOffer {
+    /// No `window` member: no windows, today's frames.
+    Absent,
+    /// Windows of this many bytes.
+    Bytes(u32),
+    /// A `window` member this agent cannot read (quoted): treated as absent.
+    Unreadable(String),
+}
+
+/// Smallest and largest window, in bytes, read from an acceptance.
+pub const WINDOW_RANGE: std::ops::RangeInclusive<u64> = 16 * 1024..=16 * 1024 * 1024;
+
+impl WindowOffer {
+    fn read(value: Option<&Value>) -> WindowOffer {
+        match value.map(|v| (v, v.as_u64())) {
+            None => WindowOffer::Absent,
+            Some((_, Some(n))) if WINDOW_RANGE.contains(&n) => WindowOffer::Bytes(n as u32),
+            Some((v, _)) => WindowOffer::Unreadable(printable(v.to_string().as_bytes(), 64)),
         }
     }
 }
@@ -309,6 +337,7 @@ pub fn classify_line(line: &[u8]) -> Result<Reply, ReplyError> {
         return Ok(Reply::Accepted {
             device_key: text("device_key"),
             ping: PingOffer::read(map.get("keepalive")),
+            window: WindowOffer::read(map.get("window")),
         });
     }
     if status.as_deref() == Some("error") || map.contains_key("error") {
@@ -375,11 +404,48 @@ mod tests {
             Reply::Accepted {
                 device_key: Some("K".into()),
                 ping: PingOffer::Absent,
+                window: WindowOffer::Absent,
             }
         );
         let mut rest = Vec::new();
         r.read_to_end(&mut rest).unwrap();
         assert_eq!(rest, b"N\0\0\0\x01");
+    }
+
+    #[test]
+    fn the_window_member_in_every_form() {
+        let offer = |member: &str| match classify(
+            format!("{{\"status\":\"authenticated\",\"keepalive\":25{member}}}\n").as_bytes(),
+        ) {
+            Ok(Reply::Accepted { window, .. }) => window,
+            other => panic!("{member}: {other:?}"),
+        };
+        assert_eq!(offer(""), WindowOffer::Absent);
+        assert_eq!(offer(",\"window\":262144"), WindowOffer::Bytes(262_144));
+        assert_eq!(offer(",\"window\":16384"), WindowOffer::Bytes(16_384));
+        assert_eq!(offer(",\"window\":16777216"), WindowOffer::Bytes(16 << 20));
+        for bad in [
+            "0",
+            "-1",
+            "16383",
+            "16777217",
+            "4294967296",
+            "1e30",
+            "65536.5",
+            "\"262144\"",
+            "true",
+            "null",
+            "{}",
+            "[262144]",
+        ] {
+            assert!(
+                matches!(
+                    offer(&format!(",\"window\":{bad}")),
+                    WindowOffer::Unreadable(_)
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

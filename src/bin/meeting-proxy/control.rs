@@ -29,10 +29,13 @@ use crate::pending::Slot;
 use crate::registry::{cut_words, DeviceSession, PublicLimits, Registry};
 use crate::settings::{ErrorForm, ReplyMode, Settings};
 
-/// The acceptance line: the device key, and the keepalive interval when pings are answered
-/// (an extra member older agents do not read).
-fn accepted(key: &str, keepalive: Option<Duration>) -> Value {
+/// The acceptance line: the device key, the keepalive interval when pings are answered and
+/// the per-stream window when windows are kept (extra members older agents do not read).
+fn accepted(key: &str, keepalive: Option<Duration>, window: u32) -> Value {
     let mut v = json!({"status": "authenticated", "device_key": key});
+    if window > 0 {
+        v["window"] = json!(window);
+    }
     if let Some(every) = keepalive {
         // Whole seconds as an integer, the form an agent most surely reads.
         v["keepalive"] = if every.subsec_nanos() == 0 {
@@ -324,7 +327,8 @@ pub fn serve(
     // The frame reader takes over the bytes the handshake's buffer holds beyond the line.
     let beyond = reader.buffer().to_vec();
     let reader = FrameReader::with_buffered(reader.into_inner().inner, &beyond, DEFAULT_MAX_FRAME);
-    let reply = (settings.reply == ReplyMode::Normal).then(|| accepted(&key, settings.keepalive));
+    let reply = (settings.reply == ReplyMode::Normal)
+        .then(|| accepted(&key, settings.keepalive, settings.window));
     let link = Link {
         sock,
         reader,
@@ -332,6 +336,8 @@ pub fn serve(
         peer,
         send_timeout,
         keepalive: settings.keepalive,
+        // Announced only in a reply: without one, no agent can know of windows.
+        window: if reply.is_some() { settings.window } else { 0 },
         limits: PublicLimits {
             per_address: settings.max_public_per_address,
             per_device: settings.max_public_per_device,
@@ -350,6 +356,8 @@ struct Link {
     send_timeout: Duration,
     /// The keepalive interval announced to it, if any.
     keepalive: Option<Duration>,
+    /// The per-stream window announced to it; 0: none.
+    window: u32,
     /// Bounds of its public connections.
     limits: PublicLimits,
 }
@@ -362,6 +370,7 @@ fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply:
         peer,
         send_timeout,
         keepalive,
+        window,
         limits,
     } = link;
     // The reply is written before the session is registered: no open request can go ahead of
@@ -383,7 +392,7 @@ fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply:
         peer,
         tx.clone(),
         kill_half,
-        (send_timeout, limits),
+        (send_timeout, limits, window),
     ));
     if let Some(old) = registry.insert(session.clone()) {
         info!(
@@ -422,6 +431,19 @@ fn frames(link: Link, (key, source): (String, &str), registry: &Registry, reply:
                 }
                 // Behind what is queued for the device, never holding up this reader.
                 let _ = tx.send_queued(ping_answer_frame());
+            }
+            Ok(Some(Frame::Window { stream, grant })) if session.announced_windows() => {
+                if stream == 0 {
+                    session.keep_windows();
+                    info!("device {key} keeps to per-stream windows of {window} bytes");
+                } else {
+                    session.grant(stream, grant);
+                }
+            }
+            Ok(Some(Frame::Window { .. })) => {
+                if noise::allow(Cause::BadFrame) {
+                    warn!("device {key}: the device sent a window frame though this proxy announced no windows; ignored");
+                }
             }
             Ok(Some(Frame::PingAnswer)) => {
                 if noise::allow(Cause::BadFrame) {

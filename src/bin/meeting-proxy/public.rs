@@ -16,10 +16,11 @@ use log::{info, warn};
 use tunnel_agent::downlink::sink::{CutReason, StreamSink};
 use tunnel_agent::protocol::frame::{close_frame, open_frame};
 use tunnel_agent::uplink::copy::{pump_to_frames, PumpEnd};
+use tunnel_agent::uplink::window::Credit;
 
 use crate::metrics::{self, PublicRefused};
 use crate::noise::{self, Cause};
-use crate::registry::{cut_words, DeviceSession, OverPublic, Registry};
+use crate::registry::{cut_words, DeviceSession, OverPublic, Registry, Stream};
 use crate::settings::Tunnel;
 
 /// Stack of a thread serving one public connection or one agent: they hold no big buffer on
@@ -117,14 +118,15 @@ fn serve(listener: TcpListener, tunnel: Tunnel, registry: Arc<Registry>, gate: A
         match conn {
             Ok(sock) => {
                 let sock = Arc::new(sock);
-                let Some((stream, sink, session)) = admit(&sock, &tunnel, &registry) else {
+                let Some((stream, ways, session)) = admit(&sock, &tunnel, &registry) else {
                     continue;
                 };
                 let (t, g, s) = (tunnel.clone(), gate.clone(), session.clone());
                 let conn = Conn {
                     sock,
                     id: stream,
-                    sink,
+                    sink: ways.sink,
+                    up: ways.up,
                 };
                 if let Err(e) = thread::Builder::new()
                     .name("public".into())
@@ -157,7 +159,7 @@ fn admit(
     sock: &Arc<TcpStream>,
     tunnel: &Tunnel,
     registry: &Registry,
-) -> Option<(u32, Arc<StreamSink>, Arc<DeviceSession>)> {
+) -> Option<(u32, Stream, Arc<DeviceSession>)> {
     let peer = sock.peer_addr().ok()?;
     let Some(session) = registry.get(&tunnel.device) else {
         metrics::get().public_refused(PublicRefused::DeviceOffline);
@@ -170,7 +172,7 @@ fn admit(
         return None;
     };
     match session.add_stream(sock.clone(), peer.ip()) {
-        Ok((id, sink)) => Some((id, sink, session)),
+        Ok((id, stream)) => Some((id, stream, session)),
         Err(over) => {
             metrics::get().public_refused(match over {
                 OverPublic::Address(_) => PublicRefused::PerAddress,
@@ -193,12 +195,14 @@ struct Conn {
     id: u32,
     /// The device's bytes to it.
     sink: Arc<StreamSink>,
+    /// The window of its bytes to the device.
+    up: Arc<Credit>,
 }
 
 /// Serves one public connection: its bytes up to the device until it ends, then waits for
 /// the device's bytes to it to be delivered (or cut), and says how the stream ended.
 fn relay(conn: Conn, tunnel: &Tunnel, session: &DeviceSession, gate: &Gate) {
-    let Conn { sock, id, sink } = conn;
+    let Conn { sock, id, sink, up } = conn;
     let peer = sock
         .peer_addr()
         .map(|a| a.to_string())
@@ -225,6 +229,7 @@ fn relay(conn: Conn, tunnel: &Tunnel, session: &DeviceSession, gate: &Gate) {
         id,
         &lane,
         &[&sent, &session.bytes_to, metrics::get().bytes_to_devices()],
+        session.announced_windows().then_some(&*up),
     );
     // If the stream is still ours, the public side ended it (or its sink cut it, which shut
     // the socket): tell the agent. What the client may still read of what is held goes on.

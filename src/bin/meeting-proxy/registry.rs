@@ -11,22 +11,34 @@
 //! queue that is not full is cut after `send_timeout` (nginx's `send_timeout`). A stream the
 //! device closes is closed toward its client only once the client has everything. Every cut
 //! says how many bytes were not delivered.
+//!
+//! Where the agent keeps to the windows this proxy announced (its `W` on stream 0), none of
+//! that waiting happens (docs/protocol.md, "Windows"): the agent sends a stream at most a
+//! window (within the queue) before the client's sink grants more, as the client takes the
+//! bytes; and a client's bytes go up at most a window ahead of the agent's grants. A slow
+//! client slows only its own stream, however slow, and only `send_timeout` (nothing taken)
+//! cuts it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use tunnel_agent::downlink::sink::{Cut, CutReason, FullQueue, Plain, SinkSettings, StreamSink};
+use tunnel_agent::downlink::sink::{Cut, CutReason, FullQueue, Owner, SinkSettings, StreamSink};
+use tunnel_agent::protocol::frame::window_frame;
+use tunnel_agent::uplink::window::Credit;
 use tunnel_agent::uplink::writer::FrameSender;
 
 /// Bytes from the device held for one public client at most.
 pub const QUEUE_MAX: usize = 256 * 1024;
 /// How long the device's reader waits for a payload to fit in a full queue.
 pub const STALL_WAIT: Duration = Duration::from_secs(2);
+/// With windows, a client's sink grants the device more each time this fraction of a window
+/// reached the client: one 13-byte `W` frame per half window.
+pub const GRANT_FRACTION: usize = 2;
 /// Stack of a public client's queue-draining thread: it holds nothing but the queue (heap).
 const DRAIN_STACK: usize = 64 * 1024;
 
@@ -60,6 +72,32 @@ struct Public {
     from: IpAddr,
     /// The way to it.
     sink: Arc<StreamSink>,
+    /// The window of its bytes to the device.
+    up: Arc<Credit>,
+}
+
+/// The grants of one device's public sinks: sent once the agent said it keeps to windows.
+struct Grants {
+    tx: FrameSender,
+    /// The agent's `W` on stream 0 came.
+    kept: AtomicBool,
+}
+
+impl Owner for Grants {
+    fn grant(&self, stream: u32, bytes: u32) -> bool {
+        // Behind what is queued for the device, never holding up the thread that grants.
+        self.kept.load(Ordering::Acquire)
+            && self.tx.send_queued(window_frame(stream, bytes)).is_ok()
+    }
+}
+
+/// A public stream's two ways: its sink (device to client) and its window (client to
+/// device).
+pub struct Stream {
+    /// Device to client.
+    pub sink: Arc<StreamSink>,
+    /// Client to device.
+    pub up: Arc<Credit>,
 }
 
 /// Bounds of one device's public connections (nginx's `limit_conn`): one address cannot take
@@ -115,6 +153,10 @@ pub struct DeviceSession {
     closed_streams: AtomicU32,
     /// The address of the connection that replaced this one.
     replaced_by: Mutex<Option<SocketAddr>>,
+    /// The per-stream window announced to it; 0: none.
+    window: u32,
+    /// Its streams' grants.
+    grants: Arc<Grants>,
     /// When it was authenticated.
     pub since: Instant,
     /// The same, in seconds since the epoch.
@@ -132,11 +174,16 @@ impl DeviceSession {
         peer: SocketAddr,
         tx: FrameSender,
         sock: TcpStream,
-        (send_timeout, limits): (Duration, PublicLimits),
+        (send_timeout, limits, window): (Duration, PublicLimits, u32),
     ) -> Self {
         DeviceSession {
             key,
             peer,
+            grants: Arc::new(Grants {
+                tx: tx.clone(),
+                kept: AtomicBool::new(false),
+            }),
+            window,
             tx,
             sock,
             send_timeout,
@@ -157,12 +204,12 @@ impl DeviceSession {
     }
 
     /// Registers a public connection from `from` under a fresh stream id, unless the
-    /// device's bounds are reached: the id, and the way to the connection.
+    /// device's bounds are reached: the id, and the stream's two ways.
     pub fn add_stream(
         &self,
         public: Arc<TcpStream>,
         from: IpAddr,
-    ) -> Result<(u32, Arc<StreamSink>), OverPublic> {
+    ) -> Result<(u32, Stream), OverPublic> {
         let mut streams = self.streams();
         if streams.len() >= self.limits.per_device {
             return Err(OverPublic::Device(streams.len()));
@@ -172,28 +219,61 @@ impl DeviceSession {
             return Err(OverPublic::Address(same));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let window = self.window as usize;
         let settings = SinkSettings {
-            queue_max: QUEUE_MAX,
+            // With windows the device sends at most a window ahead of the grants, and the
+            // queue holds it: STALL_WAIT never applies to an agent that keeps to them.
+            queue_max: QUEUE_MAX.max(window),
             direct_wait: Duration::ZERO,
             full: FullQueue::CutAfter(STALL_WAIT),
             idle_limit: self.send_timeout,
             stack: DRAIN_STACK,
             name: "public",
+            grant_every: window / GRANT_FRACTION,
         };
-        let sink = StreamSink::open(id, public, settings, Arc::new(Plain));
+        let sink = StreamSink::open(id, public, settings, self.grants.clone());
+        // Counted from the first byte, kept once the agent says it keeps to windows (which
+        // may come after this stream's first bytes went up).
+        let kept = self.grants.kept.load(Ordering::Acquire);
+        let up = Arc::new(Credit::new(self.window, kept));
+        sink.tie(up.clone());
         streams.insert(
             id,
             Public {
                 from,
                 sink: sink.clone(),
+                up: up.clone(),
             },
         );
-        Ok((id, sink))
+        Ok((id, Stream { sink, up }))
     }
 
     /// The way to a stream's public connection.
     pub fn stream(&self, id: u32) -> Option<Arc<StreamSink>> {
         self.streams().get(&id).map(|p| p.sink.clone())
+    }
+
+    /// Whether windows were announced to this device.
+    pub fn announced_windows(&self) -> bool {
+        self.window > 0
+    }
+
+    /// The agent's `W` on stream 0: it keeps to the windows and grants them. From now on
+    /// every stream's window is kept, and what its client took so far is granted.
+    pub fn keep_windows(&self) {
+        self.grants.kept.store(true, Ordering::Release);
+        for p in self.streams().values() {
+            p.up.keep();
+            p.sink.grant();
+        }
+    }
+
+    /// `W` from the agent for `stream`: `bytes` more of its client's may go up. Unknown
+    /// streams are ignored (a grant may cross the stream's close).
+    pub fn grant(&self, stream: u32, bytes: u32) {
+        if let Some(p) = self.streams().get(&stream) {
+            p.up.grant(bytes);
+        }
     }
 
     /// Removes a stream; its sink, if it was there (the caller finishes or aborts it).

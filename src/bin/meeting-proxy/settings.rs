@@ -157,6 +157,10 @@ settings! {
     "Agents" keepalive: Option<Duration> = "keepalive", "--keepalive", "SECS",
         default Some(Duration::from_secs(25)), "25", read keepalive,
         "announced in the acceptance: agents ping when nothing arrived for SECS, and a device that pings is dropped after 3 x SECS of silence (0: not announced)";
+    /// Per-stream window announced to agents (0: not announced).
+    "Agents" window: u32 = "window", "--window", "BYTES",
+        default 262_144, "262144", read window,
+        "announced in the acceptance: each way, a stream has at most BYTES on their way before its reader takes them, so one slow reader slows only its stream (0: not announced; else 16384 to 16777216)";
     /// The Meeting API that decides handshakes and lists tunnels.
     "Meeting API (a drop-in for the production proxy)" api_url: Option<String> = "api_url", "--api-url", "URL",
         default None, "none", read text,
@@ -340,6 +344,17 @@ fn keepalive(v: &mut Option<Duration>, input: Input<'_>) -> Result<(), String> {
         }
         _ => Err(expected(input, "0 (off) or seconds between 1 and 3600")),
     }
+}
+
+/// The per-stream window: 0 for none, else 16 KiB to 16 MiB.
+fn window(v: &mut u32, input: Input<'_>) -> Result<(), String> {
+    let mut n = 0usize;
+    count(&mut n, input, 0, 16 << 20)
+        .ok()
+        .filter(|()| n == 0 || n >= 16 << 10)
+        .ok_or_else(|| expected(input, "0 (off) or bytes from 16384 to 16777216"))?;
+    *v = n as u32;
+    Ok(())
 }
 
 /// Text, given.
@@ -755,6 +770,17 @@ mod tests {
         let e = serve(&["--config", file.to_str().unwrap()]).unwrap_err();
         assert!(e.contains("listen is empty"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn window_is_off_or_a_sane_size() {
+        assert_eq!(serve(&[]).unwrap().window, 262_144);
+        assert_eq!(serve(&["--window", "0"]).unwrap().window, 0);
+        assert_eq!(serve(&["--window", "16384"]).unwrap().window, 16_384);
+        for bad in ["1", "16383", "16777217", "-1", "x", "1e9"] {
+            let e = serve(&["--window", bad]).unwrap_err();
+            assert!(e.contains("window") && e.contains("16384"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -285,7 +285,10 @@ fn agents_connections_get_keepalive_and_a_user_timeout() {
 #[test]
 fn a_public_client_that_stops_reading_costs_only_its_own_stream() {
     let echo = echo_server();
-    let proxy = Proxy::for_ports(&[echo], &[]);
+    // Without windows (the production proxy's protocol), the bound of a full queue; with
+    // them the device never waits on a client, and `send_timeout` alone cuts one that takes
+    // nothing (tests/windows.rs).
+    let proxy = Proxy::for_ports(&[echo], &["--window", "0"]);
     let agent = proxy.agent(&[]);
     proxy.wait_agent(1);
     device_works(&proxy);
@@ -341,7 +344,9 @@ fn a_public_client_that_stops_reading_costs_only_its_own_stream() {
 #[test]
 fn a_public_client_trickling_reads_does_not_hold_its_device() {
     let echo = echo_server();
-    let proxy = Proxy::for_ports(&[echo], &[]);
+    // Without windows: with them a client that reads, however slowly, holds only its own
+    // stream and is never cut (tests/windows.rs).
+    let proxy = Proxy::for_ports(&[echo], &["--window", "0"]);
     let _agent = proxy.agent(&[]);
     proxy.wait_agent(1);
     // Pushes through the echo service and reads one byte every 300 ms: never idle for 2 s,

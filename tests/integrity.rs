@@ -1,6 +1,7 @@
 //! Every byte arrives, in order: the randomized integrity suite (`tests/support/integrity.rs`)
-//! through the real meeting-proxy and tunnel-agent, plain, with TLS to the proxy, and through
-//! an outbound HTTP proxy (Debian's tinyproxy). Seeded: the seed is printed on failure, and
+//! through the real meeting-proxy and tunnel-agent, plain (with per-stream windows, as
+//! meeting-proxy announces by default, and without), with TLS to the proxy, and through an
+//! outbound HTTP proxy (Debian's tinyproxy). Seeded: the seed is printed on failure, and
 //! `INTEGRITY_SEED=<n>` replays it. `make soak-integrity` runs it for 10 minutes
 //! (`INTEGRITY_MINUTES`).
 
@@ -85,8 +86,8 @@ fn suite(
     totals
 }
 
-fn plain(services: &Services) -> (Proxy, Proc) {
-    let proxy = Proxy::for_ports(&services.ports, &PROXY_BOUNDS);
+fn plain(services: &Services, extra: &[&str]) -> (Proxy, Proc) {
+    let proxy = Proxy::for_ports(&services.ports, &[&PROXY_BOUNDS[..], extra].concat());
     let agent = proxy.agent(&AGENT_BOUNDS);
     proxy.wait_agent(1);
     agent.wait_for("tunnel ready", SOON);
@@ -96,8 +97,18 @@ fn plain(services: &Services) -> (Proxy, Proc) {
 #[test]
 fn every_byte_arrives_through_the_tunnel() {
     let services = Services::start(SLOTS);
-    let (proxy, agent) = plain(&services);
+    let (proxy, agent) = plain(&services, &[]);
+    agent.wait_for("windows: at most 256 KiB", SOON);
     suite("plain", &proxy, &agent, &services, (160, None));
+}
+
+/// The same without windows (the protocol as the production proxy speaks it).
+#[test]
+fn every_byte_arrives_through_the_tunnel_without_windows() {
+    let services = Services::start(SLOTS);
+    let (proxy, agent) = plain(&services, &["--window", "0"]);
+    suite("plain, no windows", &proxy, &agent, &services, (160, None));
+    assert!(!agent.output().contains("windows:"), "{}", agent.output());
 }
 
 /// A TLS meeting-proxy (certificate for `proxy.test` from a CA of the test's own) with one
@@ -180,7 +191,7 @@ fn soak_integrity() {
         .and_then(|m| m.parse().ok())
         .unwrap_or(10);
     let services = Services::start(SLOTS);
-    let (proxy, agent) = plain(&services);
+    let (proxy, agent) = plain(&services, &[]);
     let until = Instant::now() + Duration::from_secs(minutes * 60);
     let t = suite("soak", &proxy, &agent, &services, (0, Some(until)));
     println!(

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use support::relay::Tap;
 use support::*;
 use tunnel_agent::protocol::frame::{
     close_frame, open_frame, window_frame, write_frame, Frame, FrameError, FrameReader, TYPE_DATA,
@@ -255,7 +256,10 @@ fn a_reader_that_takes_nothing_is_still_cut_by_its_bound_and_the_others_go_on() 
     let cut = agent.wait_for("took no data for", SOON);
     assert!(cut.contains("local_write_timeout"), "{cut}");
     let cut = proxy.proc.wait_for("cut: ", SOON);
-    assert!(cut.contains("took no data") || cut.contains("took nothing"), "{cut}");
+    assert!(
+        cut.contains("took no data") || cut.contains("took nothing"),
+        "{cut}"
+    );
     // The source was held to what the windows and the buffers took: far from its 64 MiB.
     assert!(sent.load(Ordering::SeqCst) < 16 << 20);
     assert_eq!(echo_through(proxy.tunnels[0], b"still here"), b"still here");
@@ -291,12 +295,7 @@ fn sixty_four_slow_streams_hold_at_most_a_window_each_on_each_side() {
     ports.push(echo);
     let proxy = Proxy::for_ports(
         &ports,
-        &[
-            "--send-timeout",
-            "120",
-            "--max-public-per-address",
-            "100",
-        ],
+        &["--send-timeout", "120", "--max-public-per-address", "100"],
     );
     let agent = proxy.agent(&["--local-write-timeout", "120", "--max-channels", "80"]);
     proxy.wait_agent(1);
@@ -402,7 +401,11 @@ fn listen_quiet(r: &mut FrameReader<TcpStream>, sock: &TcpStream, heard: &mut He
         match frame {
             Frame::Data { stream, payload } => {
                 heard.types.push(b'D');
-                heard.data.entry(stream).or_default().extend_from_slice(payload);
+                heard
+                    .data
+                    .entry(stream)
+                    .or_default()
+                    .extend_from_slice(payload);
             }
             Frame::Window { stream, grant } => {
                 heard.types.push(b'W');
@@ -484,8 +487,16 @@ fn the_agent_keeps_to_the_window_and_grants_what_its_service_took() {
         let g = h.granted.get(&2).copied().unwrap_or(0);
         assert!(g % u64::from(W / 2) == 0, "grants of {g} bytes");
         granted += g;
-        assert!(granted <= pace.taken(), "granted {granted}, taken {}", pace.taken());
-        assert!(n > 0 || g > 0, "no grant with {sent} sent and {} taken", pace.taken());
+        assert!(
+            granted <= pace.taken(),
+            "granted {granted}, taken {}",
+            pace.taken()
+        );
+        assert!(
+            n > 0 || g > 0,
+            "no grant with {sent} sent and {} taken",
+            pace.taken()
+        );
     }
     s.write_all(&close_frame(2)).unwrap();
     let (got, bad) = service.join().unwrap();
@@ -538,7 +549,8 @@ fn meeting_proxy_keeps_to_windows_only_once_the_agent_says_it_does() {
         (40_000..=40_000 + 32 * 1024).contains(&held),
         "{held} bytes sent beyond the window"
     );
-    s.write_all(&window_frame(1, (held - W + 1000) as u32)).unwrap();
+    s.write_all(&window_frame(1, (held - W + 1000) as u32))
+        .unwrap();
     listen_quiet(&mut r, &s, &mut heard);
     assert_eq!(sent_on(&heard, 1), held + 1000, "a grant of 1000");
     s.write_all(&window_frame(1, 1 << 20)).unwrap();
@@ -558,4 +570,125 @@ fn meeting_proxy_keeps_to_windows_only_once_the_agent_says_it_does() {
         listen_quiet(&mut r, &s, &mut h);
     }
     assert_eq!(h.granted[&1], W as u64, "{:?}", h.types);
+}
+
+/// The frame types in `bytes` after their first line (the handshake or its reply).
+fn frame_types(bytes: &[u8]) -> Vec<u8> {
+    let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
+        return Vec::new();
+    };
+    let mut rest = &bytes[nl + 1..];
+    let mut types = Vec::new();
+    while rest.len() >= 9 {
+        let len = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) as usize;
+        if rest.len() < 9 + len {
+            break;
+        }
+        types.push(rest[0]);
+        rest = &rest[9 + len..];
+    }
+    types
+}
+
+/// Without windows, today's bytes: the agent against an independent proxy written from the
+/// protocol (which announces nothing), and against meeting-proxy `--window 0`, sends and gets
+/// only `N`, `D` and `C` while its tunnel carries data both ways.
+#[test]
+fn without_windows_each_end_sends_todays_frames() {
+    if !may_run(
+        "without_windows_each_end_sends_todays_frames",
+        &[tool("python3", "python3")],
+    ) {
+        return;
+    }
+    let echo = echo_server();
+    let independent = Proc::spawn(
+        "python3",
+        &[
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/python_proxy.py"),
+            &echo.to_string(),
+        ],
+        &[],
+    );
+    let port_after = |what: &str| -> u16 {
+        let line = independent.wait_for(what, SOON);
+        line.rsplit(' ').next().unwrap().trim().parse().unwrap()
+    };
+    let (agents, public) = (port_after("agents on "), port_after("public on "));
+    let ours = Proxy::for_ports(&[echo], &["--window", "0"]);
+    let mut seen = Vec::new();
+    for (name, control, through) in [
+        (
+            "the independent proxy",
+            SocketAddr::from(([127, 0, 0, 1], agents)),
+            SocketAddr::from(([127, 0, 0, 1], public)),
+        ),
+        ("meeting-proxy --window 0", ours.control, ours.tunnels[0]),
+    ] {
+        let tap = Tap::start(control);
+        let a = agent(tap.addr, &["--allow-port", &echo.to_string()]);
+        a.wait_for("tunnel ready", SOON);
+        if name.starts_with("meeting-proxy") {
+            ours.wait_agent(1);
+        } else {
+            independent.wait_for("agent authenticated", SOON);
+        }
+        let data = random_bytes(300_000, 55);
+        assert!(echo_through(through, &data) == data, "{name}");
+        let (up, down) = tap.recorded(0);
+        let hello = format!("{{\"token\": \"{TOKEN}\", \"name\": \"{KEY}\"}}\n");
+        assert!(up.starts_with(hello.as_bytes()), "{name}");
+        let (up, down) = (frame_types(&up), frame_types(&down));
+        assert!(up.iter().all(|t| b"DC".contains(t)), "{name}: up {up:?}");
+        assert!(
+            down.iter().all(|t| b"NDC".contains(t)),
+            "{name}: down {down:?}"
+        );
+        assert!(up.contains(&b'D') && down.contains(&b'N'), "{name}");
+        assert!(!a.output().contains("windows"), "{name}: {}", a.output());
+        seen.push(format!(
+            "{name}: {} frames up, {} down",
+            up.len(),
+            down.len()
+        ));
+    }
+    assert!(
+        !independent.output().contains("skipped"),
+        "{}",
+        independent.output()
+    );
+    eprintln!("{}", seen.join("; "));
+}
+
+/// Window frames where none were announced: each end ignores them, says so, and goes on.
+#[test]
+fn window_frames_nobody_announced_are_ignored_with_a_warning() {
+    let echo = echo_server();
+    let fake = FakeProxy::start();
+    let a = agent(fake.addr, &["--allow-port", &echo.to_string()]);
+    let (mut s, mut r) = fake.session();
+    s.write_all(&window_frame(0, 1 << 20)).unwrap();
+    s.write_all(&window_frame(1, 1 << 20)).unwrap();
+    a.wait_for(
+        "ignoring a window frame from a proxy that did not announce windows",
+        SOON,
+    );
+    s.write_all(&open_frame(1, echo)).unwrap();
+    write_frame(&mut s, TYPE_DATA, 1, b"still fine").unwrap();
+    match r.next_frame().unwrap() {
+        Some(Frame::Data { stream: 1, payload }) => assert_eq!(payload, b"still fine"),
+        other => panic!("{other:?}"),
+    }
+
+    let proxy = Proxy::for_ports(&[echo], &["--window", "0"]);
+    let mut d = TcpStream::connect(proxy.control).unwrap();
+    d.write_all(format!("{{\"token\": \"{TOKEN}\", \"name\": \"{KEY}\"}}\n").as_bytes())
+        .unwrap();
+    proxy.wait_agent(1);
+    d.write_all(&window_frame(0, 1 << 20)).unwrap();
+    proxy.proc.wait_for(
+        "the device sent a window frame though this proxy announced no windows; ignored",
+        SOON,
+    );
+    assert!(!proxy.proc.output().contains("keeps to per-stream windows"));
 }

@@ -386,6 +386,16 @@ fn handshake_then_frames(
             ping,
             window,
         }) => {
+            // Said with the handshake, by this thread: the writer thread's first write is a
+            // stream's (a dead link's class reads that the agent sent data unanswered).
+            if let WindowOffer::Bytes(n) = window {
+                if let Err(e) = writer
+                    .write_all(&window_frame(0, n))
+                    .and_then(|()| writer.flush())
+                {
+                    return failed(cfg, Ending::SendHandshake(e));
+                }
+            }
             offer = (ping, window);
             // The status file says connected before the log says "tunnel ready".
             status.set(State::Connected);
@@ -442,8 +452,9 @@ struct Wire {
 }
 
 /// Windows, if the proxy announced them in a form this agent reads: said to the proxy (a `W`
-/// on stream 0, the first frame) and to the channels. Whether they are in use.
-fn agree_windows(offer: &WindowOffer, tx: &FrameSender, channels: &Channels) -> bool {
+/// on stream 0, the first frame) through `tx` (else it was said already) and to the
+/// channels. Whether they are in use.
+fn agree_windows(offer: &WindowOffer, tx: Option<&FrameSender>, channels: &Channels) -> bool {
     match offer {
         WindowOffer::Absent => false,
         WindowOffer::Unreadable(raw) => {
@@ -454,7 +465,7 @@ fn agree_windows(offer: &WindowOffer, tx: &FrameSender, channels: &Channels) -> 
             false
         }
         WindowOffer::Bytes(n) => {
-            if tx.send(window_frame(0, *n)).is_err() {
+            if tx.is_some_and(|tx| tx.send(window_frame(0, *n)).is_err()) {
                 return false;
             }
             channels.use_windows(*n);
@@ -504,7 +515,7 @@ fn frames(
     let mut frames = FrameReader::after(reader, cfg.max_frame);
     let mut last_rx = Instant::now();
     let mut pings = Pings::agree(cfg.ping_interval, &offer.0, last_rx);
-    let mut windows = agree_windows(&offer.1, &tx, &channels);
+    let mut windows = agree_windows(&offer.1, None, &channels);
     // Looked at while a local service keeps the control loop waiting.
     let interrupted = || {
         crate::notify::alive();
@@ -550,7 +561,7 @@ fn frames(
                         sent.elapsed().as_secs_f64()
                     );
                     if let Reply::Accepted { ping, window, .. } = reply {
-                        windows = agree_windows(&window, &tx, &channels);
+                        windows = agree_windows(&window, Some(&tx), &channels);
                         pings = Pings::agree(cfg.ping_interval, &ping, last_rx);
                         tick = read_tick(pings.as_ref());
                         let _ = sock.set_read_timeout(tick);

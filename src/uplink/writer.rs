@@ -94,8 +94,9 @@ struct Shared {
     /// The socket under the sink, shut down on a write error so the reading side notices.
     sock: TcpStream,
     base: Instant,
-    /// When bytes were last handed to the socket, in ms after `base` (0: never).
-    last_flush_ms: AtomicU64,
+    /// When bytes were last handed to the socket, in µs after `base` (0: never): finer than
+    /// the time between a frame received and the bytes it lets go.
+    last_flush_us: AtomicU64,
     pool: Mutex<Vec<Vec<u8>>>,
 }
 
@@ -122,8 +123,8 @@ impl Shared {
             out.write_all(f)?;
         }
         out.flush()?;
-        let ms = self.base.elapsed().as_millis().max(1) as u64;
-        self.last_flush_ms.store(ms, Ordering::Relaxed);
+        let us = self.base.elapsed().as_micros().max(1) as u64;
+        self.last_flush_us.store(us, Ordering::Relaxed);
         Ok(())
     }
 
@@ -353,13 +354,13 @@ impl FrameSender {
 
     /// How long ago bytes were last handed to the socket (`None`: never).
     pub fn since_last_flush(&self) -> Option<Duration> {
-        match self.shared.last_flush_ms.load(Ordering::Relaxed) {
+        match self.shared.last_flush_us.load(Ordering::Relaxed) {
             0 => None,
-            ms => Some(
+            us => Some(
                 self.shared
                     .base
                     .elapsed()
-                    .saturating_sub(Duration::from_millis(ms)),
+                    .saturating_sub(Duration::from_micros(us)),
             ),
         }
     }
@@ -445,7 +446,7 @@ pub fn spawn(
         failed: Mutex::new(None),
         sock,
         base: Instant::now(),
-        last_flush_ms: AtomicU64::new(0),
+        last_flush_us: AtomicU64::new(0),
         pool: Mutex::new(Vec::new()),
     });
     let (control, control_room) = shared.add_lane(CONTROL_FRAMES);

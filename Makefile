@@ -5,7 +5,7 @@ CARGO ?= cargo
 # Package installs run as root: directly, or through sudo.
 AS_ROOT = $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help build release test test-notls test-packaging lint fmt demo capacity fuzz soak soak-integrity bench bench-idle bench-peers bench-latency bench-tls-arm install yocto-crates \
+.PHONY: help build release test test-notls test-packaging lint fmt demo capacity fuzz soak soak-integrity bench bench-idle bench-windows bench-peers bench-latency bench-tls-arm install yocto-crates \
 	static cross cross-all cross-setup size test-cross test-image dropbear-buildroot deb test-deb clean
 
 help:
@@ -33,6 +33,7 @@ help:
 	@echo "make bench    throughput, CPU/GB, latency, memory vs direct, a socat relay hop and peers"
 	@echo "make bench-peers   install rathole and bore (cargo install) so make bench measures them"
 	@echo "make bench-idle    an idle tunnel's CPU and wake-ups over 10 min (BEFORE=DIR: an earlier build too)"
+	@echo "make bench-windows one stream's speed per window size and round trip (bench/WINDOWS.md)"
 	@echo "make bench-latency only the 1-byte round trips (direct, relay hop, agent), nothing written"
 	@echo "make bench-tls-arm TLS suites on armv7 under qemu, with and without AES instructions"
 	@echo "make clean    remove build output"

@@ -48,6 +48,11 @@ bench-idle:
 	$(CARGO) build --locked --release --bins --example idle
 	IDLE_MINUTES=$(IDLE_MINUTES) ./target/release/examples/idle
 
+# One stream's speed for each per-stream window and round trip, into bench/WINDOWS.md.
+bench-windows:
+	$(CARGO) build --locked --release --bins --example windows
+	./target/release/examples/windows
+
 bench-latency:
 	$(CARGO) build --locked --release --bins --example bench
 	BENCH_ONLY=latency ./target/release/examples/bench

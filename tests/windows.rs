@@ -273,7 +273,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 #[test]
-fn sixty_four_slow_streams_hold_at_most_a_window_each_on_each_side() {
+fn sixty_four_stuck_streams_hold_at_most_their_window_each_on_each_side() {
     const EACH: usize = 32;
     const WINDOW: u64 = 256 * 1024;
     // 32 uploads to local services and 32 downloads to public clients, none of which reads
@@ -359,9 +359,10 @@ fn sixty_four_slow_streams_hold_at_most_a_window_each_on_each_side() {
         WINDOW / 1024,
         total() >> 20
     );
-    // Each side holds at most a window for each stream it receives, and for each stream a
-    // thread and some frames in flight.
-    let bound = (2 * EACH) as u64 * (WINDOW + 160 * 1024) / 1024;
+    // Each side holds at most a window for each stream it receives (grown to 4 windows for
+    // a reader that took everything at first: these did, until their kernel buffers were
+    // full), and for every stream a thread and some frames in flight.
+    let bound = (EACH as u64 * 4 * WINDOW + (2 * EACH) as u64 * 160 * 1024) / 1024;
     assert!(grew.0 <= bound, "agent grew {} KiB (bound {bound})", grew.0);
     assert!(grew.1 <= bound, "proxy grew {} KiB (bound {bound})", grew.1);
     // The terminal still answers at once.
@@ -485,10 +486,10 @@ fn the_agent_keeps_to_the_window_and_grants_what_its_service_took() {
         let mut h = Heard::default();
         listen_quiet(&mut r, &s, &mut h);
         let g = h.granted.get(&2).copied().unwrap_or(0);
-        assert!(g % u64::from(W / 2) == 0, "grants of {g} bytes");
         granted += g;
+        // What the service took and, as it keeps up, the window grown to 4 windows at most.
         assert!(
-            granted <= pace.taken(),
+            granted <= pace.taken() + 3 * u64::from(W),
             "granted {granted}, taken {}",
             pace.taken()
         );
@@ -569,7 +570,13 @@ fn meeting_proxy_keeps_to_windows_only_once_the_agent_says_it_does() {
     while h.granted.get(&1).copied().unwrap_or(0) < W as u64 {
         listen_quiet(&mut r, &s, &mut h);
     }
-    assert_eq!(h.granted[&1], W as u64, "{:?}", h.types);
+    // What the client took and, as it kept up, as much again to grow the window.
+    assert!(
+        (W as u64..=2 * W as u64).contains(&h.granted[&1]),
+        "{} granted: {:?}",
+        h.granted[&1],
+        h.types
+    );
 }
 
 /// The frame types in `bytes` after their first line (the handshake or its reply).

@@ -53,6 +53,9 @@ pub const QUEUE_MAX: usize = 64 * 1024;
 /// With windows, a channel grants the proxy more each time this fraction of a window reached
 /// its service: one 13-byte `W` frame per half window.
 pub const GRANT_FRACTION: usize = 2;
+/// With windows, a channel whose service keeps up lets the proxy's window grow to this many
+/// times the window agreed (docs/protocol.md, "Windows"); a slow service's never grows.
+pub const WINDOW_GROWTH: usize = 4;
 /// How long the control loop waits for room in a local socket before it queues the rest of a
 /// payload: a service this quick (a fast reader whose socket buffer was full for a moment, or
 /// that was not scheduled on a busy single-core board) is written to directly, without a copy
@@ -169,7 +172,7 @@ impl Owner for Threads {
 
     fn grant(&self, stream: u32, bytes: u32) -> bool {
         // Behind what is queued, never waiting: the control loop may be the one granting.
-        self.tx.send_queued(window_frame(stream, bytes)).is_ok()
+        self.tx.send_eager(window_frame(stream, bytes)).is_ok()
     }
 
     fn spawn(&self, name: String, stack: usize, f: Box<dyn FnOnce() + Send>) -> io::Result<()> {
@@ -241,13 +244,16 @@ impl Shared {
             stack: DRAIN_STACK,
             name: "channel",
             grant_every: 0,
+            grow_to: 0,
         };
         if window > 0 {
-            // The proxy sends at most a window ahead of the grants: it always fits, and the
-            // control loop never waits on this service.
-            settings.queue_max = window;
+            // The proxy sends at most a window ahead of the grants (grown at most to
+            // `WINDOW_GROWTH` times the first): it always fits, and the control loop never
+            // waits on this service.
+            settings.queue_max = window * WINDOW_GROWTH;
             settings.direct_wait = Duration::ZERO;
             settings.grant_every = window / GRANT_FRACTION;
+            settings.grow_to = window * WINDOW_GROWTH;
         }
         let sink = StreamSink::connecting(stream, settings, self.threads.clone());
         let up = (window > 0).then(|| Arc::new(Credit::new(window as u32, true)));

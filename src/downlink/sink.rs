@@ -26,7 +26,10 @@
 //! Where the two ends agreed on windows (docs/protocol.md, "Windows"), the sink also grants:
 //! each time [`SinkSettings::grant_every`] more bytes reached the socket, its owner sends a
 //! `W` frame for them, so the peer never has more than a window on its way or held here, and
-//! the queue (as large as the window) never makes the reader wait.
+//! the queue (as large as the window) never makes the reader wait. A grant made while the
+//! socket had taken everything (its reader keeps up: what limits the stream is the window and
+//! the round trip) also doubles the stream's window, up to [`SinkSettings::grow_to`]; a slow
+//! reader's window never grows.
 //!
 //! Bytes that arrive while the socket is still being connected ([`StreamSink::connecting`])
 //! wait in the same queue.
@@ -75,6 +78,9 @@ pub struct SinkSettings {
     pub name: &'static str,
     /// Bytes written to the socket between two grants ([`Owner::grant`]); 0: no windows.
     pub grant_every: usize,
+    /// The largest window this sink lets the peer have: each grant made while the socket had
+    /// taken everything also doubles the window, up to this; at most `queue_max`.
+    pub grow_to: usize,
 }
 
 /// What the side that owns a stream wants to know of its sink.
@@ -238,6 +244,8 @@ pub struct StreamSink {
     delivered: AtomicU64,
     /// Written to the socket and not yet granted.
     ungranted: AtomicU64,
+    /// The window the peer has now (grown from the first by grants beyond what was taken).
+    window: AtomicU64,
 }
 
 impl StreamSink {
@@ -286,6 +294,7 @@ impl StreamSink {
             cv: Condvar::new(),
             delivered: AtomicU64::new(0),
             ungranted: AtomicU64::new(0),
+            window: AtomicU64::new(settings.grant_every as u64 * 2),
         })
     }
 
@@ -313,7 +322,8 @@ impl StreamSink {
         self.lock().cut.clone()
     }
 
-    fn count(&self, n: usize) {
+    /// `n` more bytes reached the socket; `caught_up`: it has taken everything held.
+    fn count(&self, n: usize, caught_up: bool) {
         if n > 0 {
             self.delivered.fetch_add(n as u64, Ordering::Relaxed);
             self.owner.delivered(n);
@@ -321,8 +331,32 @@ impl StreamSink {
             if every > 0
                 && self.ungranted.fetch_add(n as u64, Ordering::Relaxed) + n as u64 >= every
             {
-                self.grant();
+                self.grant_growing(caught_up);
             }
+        }
+    }
+
+    /// Grants the peer what was written and not yet granted, if its owner can.
+    pub fn grant(&self) {
+        self.grant_growing(false);
+    }
+
+    fn grant_growing(&self, grow: bool) {
+        let n = self.ungranted.swap(0, Ordering::Relaxed);
+        if n == 0 {
+            return;
+        }
+        let now = self.window.load(Ordering::Relaxed);
+        let more = match grow {
+            true => now.min((self.settings.grow_to as u64).saturating_sub(now)),
+            false => 0,
+        };
+        // A grant is at most what the peer may have unanswered: far under 4 GiB.
+        let bytes = u32::try_from(n + more).unwrap_or(u32::MAX);
+        if self.owner.grant(self.stream, bytes) {
+            self.window.fetch_add(more, Ordering::Relaxed);
+        } else {
+            self.ungranted.fetch_add(n, Ordering::Relaxed);
         }
     }
 
@@ -335,16 +369,6 @@ impl StreamSink {
             up.close();
         }
         st.up = Some(up);
-    }
-
-    /// Grants the peer what was written and not yet granted, if its owner can.
-    pub fn grant(&self) {
-        let n = self.ungranted.swap(0, Ordering::Relaxed);
-        // A grant is at most what the peer may send unanswered: a window, far under 4 GiB.
-        let bytes = u32::try_from(n).unwrap_or(u32::MAX);
-        if n > 0 && !self.owner.grant(self.stream, bytes) {
-            self.ungranted.fetch_add(n, Ordering::Relaxed);
-        }
     }
 
     /// The socket is connected: what waited for it is written (what it takes at once; the
@@ -364,7 +388,7 @@ impl StreamSink {
             match send_now(&sock, &st.queue) {
                 Ok(n) => {
                     st.queue.drain(..n);
-                    self.count(n);
+                    self.count(n, st.queue.is_empty());
                     if st.queue.is_empty() {
                         st.queue = Vec::new();
                     }
@@ -419,7 +443,7 @@ impl StreamSink {
         let wait = self.settings.direct_wait;
         if wait.is_zero() {
             let n = send_now(sock, bytes)?;
-            self.count(n);
+            self.count(n, n == bytes.len());
             if n > 0 {
                 st.progress = Instant::now();
             }
@@ -439,7 +463,7 @@ impl StreamSink {
             }
             match (&*sock).write(&bytes[done..]) {
                 Ok(n) if n > 0 => {
-                    self.count(n);
+                    self.count(n, done + n == bytes.len());
                     done += n;
                     deadline.get_or_insert_with(|| Instant::now() + wait);
                 }
@@ -616,7 +640,7 @@ impl StreamSink {
                     let mut st = self.lock();
                     st.in_flight = st.in_flight.saturating_sub(n);
                     st.progress = since;
-                    self.count(n);
+                    self.count(n, st.held() == 0);
                     self.cv.notify_all();
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -772,6 +796,7 @@ mod tests {
             stack: 64 * 1024,
             name: "test",
             grant_every: 0,
+            grow_to: 0,
         }
     }
 

@@ -315,6 +315,15 @@ impl FrameSender {
         )
     }
 
+    /// Sends one encoded frame on the control lane, never waiting for room: written by this
+    /// thread when the connection is free (a window grant reaches the peer without waking
+    /// the writer thread), else queued for the writer thread.
+    pub fn send_eager(&self, frame: Vec<u8>) -> Result<(), WriterGone> {
+        let len = frame.len();
+        self.shared
+            .send(self.control, &self.control_room, (frame, len), Way::Last)
+    }
+
     /// A buffer of `size` bytes to build a frame in (reused, so its contents are old bytes).
     pub fn buffer(&self, size: usize) -> Vec<u8> {
         let reused = relock(&self.shared.pool).pop();

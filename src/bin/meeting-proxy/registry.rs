@@ -39,6 +39,9 @@ pub const STALL_WAIT: Duration = Duration::from_secs(2);
 /// With windows, a client's sink grants the device more each time this fraction of a window
 /// reached the client: one 13-byte `W` frame per half window.
 pub const GRANT_FRACTION: usize = 2;
+/// With windows, a client that keeps up lets the device's window for its stream grow to this
+/// many times the window announced; a slow client's never grows.
+pub const WINDOW_GROWTH: usize = 4;
 /// Stack of a public client's queue-draining thread: it holds nothing but the queue (heap).
 const DRAIN_STACK: usize = 64 * 1024;
 
@@ -86,8 +89,7 @@ struct Grants {
 impl Owner for Grants {
     fn grant(&self, stream: u32, bytes: u32) -> bool {
         // Behind what is queued for the device, never holding up the thread that grants.
-        self.kept.load(Ordering::Acquire)
-            && self.tx.send_queued(window_frame(stream, bytes)).is_ok()
+        self.kept.load(Ordering::Acquire) && self.tx.send_eager(window_frame(stream, bytes)).is_ok()
     }
 }
 
@@ -223,13 +225,14 @@ impl DeviceSession {
         let settings = SinkSettings {
             // With windows the device sends at most a window ahead of the grants, and the
             // queue holds it: STALL_WAIT never applies to an agent that keeps to them.
-            queue_max: QUEUE_MAX.max(window),
+            queue_max: QUEUE_MAX.max(window * WINDOW_GROWTH),
             direct_wait: Duration::ZERO,
             full: FullQueue::CutAfter(STALL_WAIT),
             idle_limit: self.send_timeout,
             stack: DRAIN_STACK,
             name: "public",
             grant_every: window / GRANT_FRACTION,
+            grow_to: window * WINDOW_GROWTH,
         };
         let sink = StreamSink::open(id, public, settings, self.grants.clone());
         // Counted from the first byte, kept once the agent says it keeps to windows (which

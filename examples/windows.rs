@@ -201,7 +201,7 @@ fn main() {
          round trip shown (half each way, at most 4 MiB on its way each way, no bandwidth \
          taken away), for {secs} s after 1 s to reach its pace; Mbit/s that arrived. \
          \"off\": `--window 0`, the protocol without windows (TCP's flow control on the one \
-         connection alone). Grants every half window. {} cores.\n\n",
+         connection alone). Grants every half of the current window, which grows to 4 windows for a reader that keeps up. {} cores.\n\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     for up in [true, false] {

@@ -137,11 +137,20 @@ fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// The tests that measure round trips, and the one that loads the machine with 64 streams,
+/// take turns: each measures its own tunnel, not its neighbour's load.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 const SLOW: u64 = 40_000;
 const BIG: usize = 64 << 20;
 
 #[test]
 fn a_slow_local_service_and_a_slow_public_client_cost_only_their_own_streams() {
+    let _turn = one_at_a_time();
     let seed = 40 + std::process::id() as u64 % 1000;
     eprintln!("seed {seed}");
     let up_data = Arc::new(random_bytes(BIG, seed));
@@ -225,6 +234,7 @@ fn a_slow_local_service_and_a_slow_public_client_cost_only_their_own_streams() {
 
 #[test]
 fn a_reader_that_takes_nothing_is_still_cut_by_its_bound_and_the_others_go_on() {
+    let _turn = one_at_a_time();
     let echo = echo_server();
     // A local service that never reads, and a source for a public client that never reads.
     let stuck = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -274,6 +284,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn sixty_four_stuck_streams_hold_at_most_their_window_each_on_each_side() {
+    let _turn = one_at_a_time();
     const EACH: usize = 32;
     const WINDOW: u64 = 256 * 1024;
     // 32 uploads to local services and 32 downloads to public clients, none of which reads

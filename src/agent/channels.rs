@@ -17,11 +17,11 @@
 //! everything held for it is written.
 //!
 //! Where the proxy announced windows (docs/protocol.md, "Windows") none of that waiting
-//! happens: the proxy sends a stream at most a window (the queue's size) before the channel
-//! grants more, which it does as its service takes the bytes; the control loop writes only
-//! what a local socket takes at once and queues the rest. Up, the channel's thread sends at
-//! most a window before the proxy grants more. So a slow service or a slow public client
-//! slows only its own channel.
+//! happens: the proxy sends a stream at most a window (within the queue's size) before the
+//! channel grants more, which it does as its service takes the bytes; the control loop writes
+//! only what a local socket takes within `WINDOWED_DIRECT_WAIT` (2 ms) and queues the rest.
+//! Up, the channel's thread sends at most a window before the proxy grants more. So a slow
+//! service or a slow public client slows only its own channel.
 //!
 //! Bytes that arrive while the local connection is still being made wait in the same queue.
 
@@ -61,6 +61,11 @@ pub const WINDOW_GROWTH: usize = 4;
 /// that was not scheduled on a busy single-core board) is written to directly, without a copy
 /// or a second thread; longer, and the others would wait on it.
 const DIRECT_WAIT: Duration = Duration::from_millis(50);
+/// With windows, how long the control loop waits for room in a local socket: a service that
+/// reads as fast as it can but was not scheduled for a moment is still written to directly
+/// (no copy, no second thread), and a slow one costs the others no more than this now and
+/// then (its queue, as large as its window, takes the rest).
+const WINDOWED_DIRECT_WAIT: Duration = Duration::from_millis(2);
 /// A control loop kept waiting this long by a service that took nothing says so, once.
 const STALL_NOTICE: Duration = Duration::from_secs(1);
 /// Stack size of channel threads: they hold a 32 KiB heap buffer and little else.
@@ -248,10 +253,10 @@ impl Shared {
         };
         if window > 0 {
             // The proxy sends at most a window ahead of the grants (grown at most to
-            // `WINDOW_GROWTH` times the first): it always fits, and the control loop never
-            // waits on this service.
+            // `WINDOW_GROWTH` times the first): it always fits, and the control loop waits
+            // on this service at most WINDOWED_DIRECT_WAIT.
             settings.queue_max = window * WINDOW_GROWTH;
-            settings.direct_wait = Duration::ZERO;
+            settings.direct_wait = WINDOWED_DIRECT_WAIT;
             settings.grant_every = window / GRANT_FRACTION;
             settings.grow_to = window * WINDOW_GROWTH;
         }

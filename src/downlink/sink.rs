@@ -76,7 +76,8 @@ pub struct SinkSettings {
     pub stack: usize,
     /// The drain thread is named `<name>-<stream>-d`.
     pub name: &'static str,
-    /// Bytes written to the socket between two grants ([`Owner::grant`]); 0: no windows.
+    /// Bytes written to the socket between two grants ([`Owner::grant`]) while the window is
+    /// the first one (then half the window the peer has); 0: no windows.
     pub grant_every: usize,
     /// The largest window this sink lets the peer have: each grant made while the socket had
     /// taken everything also doubles the window, up to this; at most `queue_max`.
@@ -327,10 +328,12 @@ impl StreamSink {
         if n > 0 {
             self.delivered.fetch_add(n as u64, Ordering::Relaxed);
             self.owner.delivered(n);
-            let every = self.settings.grant_every as u64;
-            if every > 0
-                && self.ungranted.fetch_add(n as u64, Ordering::Relaxed) + n as u64 >= every
-            {
+            // Every half of the window the peer has now (a grown window, fewer grants).
+            let every = match self.settings.grant_every {
+                0 => return,
+                _ => self.window.load(Ordering::Relaxed) / 2,
+            };
+            if self.ungranted.fetch_add(n as u64, Ordering::Relaxed) + n as u64 >= every {
                 self.grant_growing(caught_up);
             }
         }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use support::frontend::SniRouter;
 use support::outbound::Outbound;
-use support::relay::Tap;
+use support::relay::{frame_types, Tap};
 use support::sshd::Sshd;
 use support::*;
 
@@ -21,24 +21,6 @@ const KEY2: &str = "A2A2A2A2A2A2A2A2A2A2A2A2A2A2A2A2";
 const KEY3: &str = "B3B3B3B3B3B3B3B3B3B3B3B3B3B3B3B3";
 const KEY4: &str = "C4C4C4C4C4C4C4C4C4C4C4C4C4C4C4C4";
 const TOKEN2: &str = "2222aa";
-
-/// The frames in `bytes` after the handshake's line (or the reply's): their type bytes.
-fn frame_types(bytes: &[u8]) -> Vec<u8> {
-    let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
-        return Vec::new();
-    };
-    let mut rest = &bytes[nl + 1..];
-    let mut types = Vec::new();
-    while rest.len() >= 9 {
-        let len = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) as usize;
-        if rest.len() < 9 + len {
-            break;
-        }
-        types.push(rest[0]);
-        rest = &rest[9 + len..];
-    }
-    types
-}
 
 /// Waits until `tap`'s connection `i` carried at least `n` pings up (polled: the bytes are the
 /// signal); all its bytes then.

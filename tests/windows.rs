@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use support::relay::Tap;
+use support::relay::{frame_types, Tap};
 use support::*;
 use tunnel_agent::protocol::frame::{
     close_frame, open_frame, window_frame, write_frame, Frame, FrameError, FrameReader, TYPE_DATA,
@@ -588,24 +588,6 @@ fn meeting_proxy_keeps_to_windows_only_once_the_agent_says_it_does() {
         h.granted[&1],
         h.types
     );
-}
-
-/// The frame types in `bytes` after their first line (the handshake or its reply).
-fn frame_types(bytes: &[u8]) -> Vec<u8> {
-    let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
-        return Vec::new();
-    };
-    let mut rest = &bytes[nl + 1..];
-    let mut types = Vec::new();
-    while rest.len() >= 9 {
-        let len = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) as usize;
-        if rest.len() < 9 + len {
-            break;
-        }
-        types.push(rest[0]);
-        rest = &rest[9 + len..];
-    }
-    types
 }
 
 /// Without windows, today's bytes: the agent against an independent proxy written from the

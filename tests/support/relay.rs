@@ -143,3 +143,22 @@ impl TapShared {
         let _ = to.shutdown(Shutdown::Write);
     }
 }
+
+/// The frame types in `bytes` (what a [`Tap`] recorded one way) after their first line (the
+/// handshake or its reply), in order; a frame cut short at the end is left out.
+pub fn frame_types(bytes: &[u8]) -> Vec<u8> {
+    let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
+        return Vec::new();
+    };
+    let mut rest = &bytes[nl + 1..];
+    let mut types = Vec::new();
+    while rest.len() >= 9 {
+        let len = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) as usize;
+        if rest.len() < 9 + len {
+            break;
+        }
+        types.push(rest[0]);
+        rest = &rest[9 + len..];
+    }
+    types
+}

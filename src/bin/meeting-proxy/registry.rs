@@ -222,22 +222,25 @@ impl DeviceSession {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let window = self.window as usize;
+        // Counted from the first byte, kept once the agent says it keeps to windows (which
+        // may come after this stream's first bytes went up).
+        let kept = self.grants.kept.load(Ordering::Acquire);
+        // The window may grow only where the agent already said it keeps to windows: an
+        // older agent's streams (and those opened before its answer) keep today's queue.
+        let grow_to = if kept { window * WINDOW_GROWTH } else { window };
         let settings = SinkSettings {
             // With windows the device sends at most a window ahead of the grants, and the
             // queue holds it: STALL_WAIT never applies to an agent that keeps to them.
-            queue_max: QUEUE_MAX.max(window * WINDOW_GROWTH),
+            queue_max: QUEUE_MAX.max(grow_to),
             direct_wait: Duration::ZERO,
             full: FullQueue::CutAfter(STALL_WAIT),
             idle_limit: self.send_timeout,
             stack: DRAIN_STACK,
             name: "public",
             grant_every: window / GRANT_FRACTION,
-            grow_to: window * WINDOW_GROWTH,
+            grow_to,
         };
         let sink = StreamSink::open(id, public, settings, self.grants.clone());
-        // Counted from the first byte, kept once the agent says it keeps to windows (which
-        // may come after this stream's first bytes went up).
-        let kept = self.grants.kept.load(Ordering::Acquire);
         let up = Arc::new(Credit::new(self.window, kept));
         sink.tie(up.clone());
         streams.insert(
